@@ -1,0 +1,47 @@
+// The per-instruction-set kernels behind topk_int8, and the tile they work on.
+//
+// A path packs a tile of up to kTile corpus rows into its own layout (once per tile), then computes
+// int32 dot products of query_rows queries at a time against the packed tile:
+//
+//   pack:  rows int8 [n_rows <= kTile, dim]          -> packed uint8 [packed_bytes(dim_padded)]
+//   dots:  packed, queries int8 [n_rows <= query_rows, dim_padded] (zero padded)
+//          -> int32 [n_rows, kTile] (rows of a [query_rows, kTile] buffer)
+//
+// A path may also offer dots_direct, for a query or two, which reads the rows where they are
+// (sequential memory access, no packing):
+//
+//   dots_direct: rows int8 [n_rows <= kTile, dim], query int8 [dim_padded] -> int32 [n_rows]
+//
+// dim_padded is dim rounded up to a multiple of 4. Rows past n_rows pack as zero vectors.
+// A path whose corpus_bias is true stores corpus bytes as unsigned (d + 128); its dots then hold
+// <q, d> + 128 * sum(q), and the caller subtracts the query's bias.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fastret {
+
+constexpr size_t kTile = 64;          // corpus vectors per packed tile
+constexpr size_t kMaxQueryRows = 8;   // the largest query_rows of any path
+
+struct SimdPath {
+  const char* name;
+  size_t query_rows;
+  bool corpus_bias;
+  bool (*supported)();
+  size_t (*packed_bytes)(size_t dim_padded);
+  void (*pack)(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded, uint8_t* packed);
+  void (*dots)(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows,
+               int32_t* out);
+  void (*dots_direct)(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
+                      int32_t* out);  // nullptr: use pack + dots
+};
+
+extern const SimdPath kScalarPath;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const SimdPath kAvx2Path;
+extern const SimdPath kAvx512VnniPath;
+#endif
+
+}  // namespace fastret

@@ -1,0 +1,302 @@
+// Driver for exact int8 top-k: path dispatch, threading, tiling and bounded heaps.
+//
+// Work layout for one block of queries:
+//   threads split the corpus into contiguous ranges of kTile-vector tiles;
+//   each thread packs a tile once (L2-resident), then scores every query of the block against it,
+//   query_rows queries per kernel call, and offers scores that reach a query's current k-th best to
+//   that query's private heap; at the end the per-thread heaps of each query are merged.
+#include "topk_int8.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <stdexcept>
+
+#include "simd_paths.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastret {
+namespace {
+
+// vpdpbusd accumulates (d + 128) * q: |sum| <= dim * 255 * 127 must stay inside int32.
+constexpr size_t kMaxDim = 65536;
+// Heap entries held at once (threads x queries in a block x k) before queries are split in blocks.
+constexpr size_t kHeapBudget = size_t(1) << 22;
+constexpr size_t kMaxQueryBlock = 2048;
+// Query batches up to this size read the corpus in place with dots_direct, where a path has it:
+// packing a tile only pays when several queries share it.
+constexpr size_t kDirectMaxQueries = 2;
+
+const SimdPath* const kPaths[] = {
+#if defined(__x86_64__) || defined(_M_X64)
+    &kAvx512VnniPath, &kAvx2Path,
+#endif
+    &kScalarPath};
+
+std::atomic<const SimdPath*> g_path{nullptr};
+std::atomic<int> g_threads{0};
+
+const SimdPath* active_path() {
+  const SimdPath* path = g_path.load();
+  if (path == nullptr) {
+    for (const SimdPath* candidate : kPaths) {
+      if (candidate->supported()) {
+        path = candidate;
+        break;
+      }
+    }
+    g_path.store(path);
+  }
+  return path;
+}
+
+size_t round_up(size_t x, size_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+struct Candidate {
+  float score;
+  int64_t id;   // ranks ties
+  int64_t row;  // returned
+};
+
+// Ranking rule shared by every path: higher score first, then lower id.
+inline bool better(const Candidate& a, const Candidate& b) {
+  return a.score > b.score || (a.score == b.score && a.id < b.id);
+}
+
+// The k best candidates offered so far; the heap's root is the worst of them.
+class TopK {
+ public:
+  explicit TopK(size_t k) : k_(k) {}
+
+  // Scores below this can never enter; equal scores may (lower id wins).
+  float threshold() const {
+    return items_.size() < k_ ? -std::numeric_limits<float>::infinity() : items_.front().score;
+  }
+
+  void offer(float score, int64_t id, int64_t row) {
+    const Candidate c{score, id, row};
+    if (items_.size() < k_) {
+      items_.push_back(c);
+      std::push_heap(items_.begin(), items_.end(), better);
+    } else if (better(c, items_.front())) {
+      std::pop_heap(items_.begin(), items_.end(), better);
+      items_.back() = c;
+      std::push_heap(items_.begin(), items_.end(), better);
+    }
+  }
+
+  const std::vector<Candidate>& items() const { return items_; }
+
+ private:
+  size_t k_;
+  std::vector<Candidate> items_;
+};
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+
+template <typename T>
+std::unique_ptr<T[], AlignedFree> aligned_buffer(size_t count) {
+  void* p = std::aligned_alloc(64, round_up(std::max<size_t>(count * sizeof(T), 1), 64));
+  if (p == nullptr) throw std::bad_alloc();
+  return std::unique_ptr<T[], AlignedFree>(static_cast<T*>(p));
+}
+
+// Per-thread scratch, allocated before the parallel region (no exceptions inside it).
+struct Scratch {
+  std::unique_ptr<uint8_t[], AlignedFree> packed;
+  std::unique_ptr<int32_t[], AlignedFree> dots;
+  std::vector<TopK> heaps;
+};
+
+int resolved_threads() {
+  const int requested = g_threads.load();
+  if (requested > 0) return requested;
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void check_arguments(size_t n_queries, size_t n_corpus, size_t dim, size_t k) {
+  if (n_queries == 0) throw std::invalid_argument("topk_int8: the query batch is empty");
+  if (n_corpus == 0) throw std::invalid_argument("topk_int8: the corpus is empty; add vectors first");
+  if (dim == 0) throw std::invalid_argument("topk_int8: dim must be at least 1");
+  if (dim > kMaxDim)
+    throw std::invalid_argument("topk_int8: dim " + std::to_string(dim) + " exceeds the supported " +
+                                std::to_string(kMaxDim) + " (int32 accumulators would overflow)");
+  if (k == 0) throw std::invalid_argument("topk_int8: k must be at least 1");
+  if (k > n_corpus)
+    throw std::invalid_argument("topk_int8: k = " + std::to_string(k) + " exceeds the " +
+                                std::to_string(n_corpus) + " corpus vectors; pass k <= " +
+                                std::to_string(n_corpus));
+}
+
+// Offers one query's scores against one tile to its heap.
+inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_scale,
+                       const float* tile_scales, size_t rows, size_t base, const int64_t* ids) {
+  float scores[kTile];
+  for (size_t j = 0; j < rows; ++j)
+    scores[j] = static_cast<float>(dots[j] - bias) * q_scale * tile_scales[j];
+  const float threshold = heap.threshold();
+  bool any = false;
+  for (size_t j = 0; j < rows; ++j) any |= scores[j] >= threshold;
+  if (!any) return;
+  for (size_t j = 0; j < rows; ++j) {
+    if (scores[j] >= heap.threshold()) {
+      const int64_t row = static_cast<int64_t>(base + j);
+      heap.offer(scores[j], ids ? ids[row] : row, row);
+    }
+  }
+}
+
+// Scores one block of queries (zero padded to dim_padded columns and to a multiple of
+// query_rows rows) against the whole corpus.
+void search_block(const SimdPath& path, const int8_t* padded_queries, const int32_t* biases,
+                  const float* query_scales, size_t n_block, const int8_t* corpus,
+                  const float* corpus_scales, const int64_t* ids, size_t n_corpus, size_t dim,
+                  size_t dim_padded, std::vector<Scratch>& scratch) {
+  const size_t rows_per_call = path.query_rows;
+  const size_t n_tiles = (n_corpus + kTile - 1) / kTile;
+  const int n_threads = static_cast<int>(scratch.size());
+  const bool direct = path.dots_direct != nullptr && n_block <= kDirectMaxQueries;
+
+#pragma omp parallel num_threads(n_threads)
+  {
+#ifdef _OPENMP
+    const size_t t = static_cast<size_t>(omp_get_thread_num());
+    const size_t team = static_cast<size_t>(omp_get_num_threads());
+#else
+    const size_t t = 0, team = 1;
+#endif
+    Scratch& mine = scratch[t];
+    int32_t* dots = mine.dots.get();
+    for (size_t tile = t * n_tiles / team; tile < (t + 1) * n_tiles / team; ++tile) {
+      const size_t base = tile * kTile;
+      const size_t rows = std::min(kTile, n_corpus - base);
+      const int8_t* tile_rows = corpus + base * dim;
+      const float* tile_scales = corpus_scales + base;
+      // Fetch the next tile while this one is scored: packing reads 16 rows at a stride of dim,
+      // a pattern the hardware prefetcher follows poorly.
+      const int8_t* next_end = corpus + std::min(base + 2 * kTile, n_corpus) * dim;
+      for (const int8_t* line = tile_rows + rows * dim; line < next_end; line += 64)
+        __builtin_prefetch(line, 0, 3);
+      if (direct) {
+        for (size_t q = 0; q < n_block; ++q) {
+          path.dots_direct(tile_rows, rows, dim, padded_queries + q * dim_padded, dots);
+          offer_tile(mine.heaps[q], dots, biases[q], query_scales[q], tile_scales, rows, base, ids);
+        }
+        continue;
+      }
+      path.pack(tile_rows, rows, dim, dim_padded, mine.packed.get());
+      for (size_t r0 = 0; r0 < n_block; r0 += rows_per_call) {
+        const size_t n_rows = std::min(rows_per_call, n_block - r0);
+        path.dots(mine.packed.get(), dim_padded, padded_queries + r0 * dim_padded, n_rows, dots);
+        for (size_t r = 0; r < n_rows; ++r) {
+          const size_t q = r0 + r;
+          offer_tile(mine.heaps[q], dots + r * kTile, biases[q], query_scales[q], tile_scales, rows,
+                     base, ids);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void topk_int8(const int8_t* queries, const float* query_scales, size_t n_queries,
+               const int8_t* corpus, const float* corpus_scales, const int64_t* ids,
+               size_t n_corpus, size_t dim, size_t k, float* out_scores, int64_t* out_rows) {
+  check_arguments(n_queries, n_corpus, dim, k);
+  const SimdPath& path = *active_path();
+  const size_t dim_padded = round_up(dim, 4);
+  const size_t n_tiles = (n_corpus + kTile - 1) / kTile;
+  const size_t n_threads =
+      std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(resolved_threads()), n_tiles));
+  const size_t block = std::min(
+      round_up(std::max<size_t>(kHeapBudget / (n_threads * k), 1), path.query_rows),
+      round_up(std::min(n_queries, kMaxQueryBlock), path.query_rows));
+
+  std::vector<Scratch> scratch(n_threads);
+  for (Scratch& s : scratch) {
+    s.packed = aligned_buffer<uint8_t>(path.packed_bytes(dim_padded));
+    s.dots = aligned_buffer<int32_t>(kMaxQueryRows * kTile);
+  }
+  std::vector<int8_t> padded(block * dim_padded);
+  std::vector<int32_t> biases(block);
+  std::vector<Candidate> merged;
+
+  for (size_t q0 = 0; q0 < n_queries; q0 += block) {
+    const size_t n_block = std::min(block, n_queries - q0);
+    std::fill(padded.begin(), padded.end(), int8_t(0));
+    for (size_t q = 0; q < n_block; ++q) {
+      const int8_t* src = queries + (q0 + q) * dim;
+      std::memcpy(padded.data() + q * dim_padded, src, dim);
+      int32_t sum = 0;
+      for (size_t i = 0; i < dim; ++i) sum += src[i];
+      biases[q] = path.corpus_bias ? 128 * sum : 0;
+    }
+    for (Scratch& s : scratch) s.heaps.assign(n_block, TopK(k));
+
+    search_block(path, padded.data(), biases.data(), query_scales + q0, n_block, corpus,
+                 corpus_scales, ids, n_corpus, dim, dim_padded, scratch);
+
+    for (size_t q = 0; q < n_block; ++q) {
+      merged.clear();
+      for (const Scratch& s : scratch)
+        merged.insert(merged.end(), s.heaps[q].items().begin(), s.heaps[q].items().end());
+      std::partial_sort(merged.begin(), merged.begin() + k, merged.end(), better);
+      for (size_t i = 0; i < k; ++i) {
+        out_scores[(q0 + q) * k + i] = merged[i].score;
+        out_rows[(q0 + q) * k + i] = merged[i].row;
+      }
+    }
+  }
+}
+
+std::vector<std::string> simd_paths_compiled() {
+  std::vector<std::string> names;
+  for (const SimdPath* path : kPaths) names.emplace_back(path->name);
+  return names;
+}
+
+std::vector<std::string> simd_paths_supported() {
+  std::vector<std::string> names;
+  for (const SimdPath* path : kPaths)
+    if (path->supported()) names.emplace_back(path->name);
+  return names;
+}
+
+std::string simd_path() { return active_path()->name; }
+
+void set_simd_path(const std::string& name) {
+  for (const SimdPath* path : kPaths) {
+    if (name == path->name) {
+      if (!path->supported())
+        throw std::invalid_argument("SIMD path '" + name + "' is not supported by this CPU");
+      g_path.store(path);
+      return;
+    }
+  }
+  std::string known;
+  for (const SimdPath* path : kPaths) known += std::string(known.empty() ? "" : ", ") + path->name;
+  throw std::invalid_argument("unknown SIMD path '" + name + "'; expected one of: " + known);
+}
+
+void set_num_threads(int n) {
+  if (n < 0) throw std::invalid_argument("number of threads must be >= 0 (0 = OpenMP default)");
+  g_threads.store(n);
+}
+
+int num_threads() { return resolved_threads(); }
+
+}  // namespace fastret

@@ -1,0 +1,139 @@
+"""Validation and conversion of user arrays (numpy arrays or torch tensors).
+
+Every public entry point funnels its inputs through here so that bad input gets one kind of
+message: what was expected, what came, and how to fix it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def is_torch(x: Any) -> bool:
+    """True for a torch.Tensor, without importing torch."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "device")
+
+
+def is_cuda(x: Any) -> bool:
+    return is_torch(x) and x.device.type == "cuda"
+
+
+def to_numpy(x: Any, name: str) -> np.ndarray:
+    """A numpy view of `x` (numpy array, CPU torch tensor, or nested sequence of numbers)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if is_torch(x):
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} is on {x.device}; move it to the CPU or pass every array on one device")
+        import torch
+
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16
+            x = x.float()
+        return x.detach().numpy()
+    if isinstance(x, (list, tuple)):
+        try:
+            array = np.asarray(x)
+        except ValueError as error:
+            raise ValueError(f"{name} is a ragged sequence; every vector must have the same length") from error
+        if array.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must hold numbers, got a sequence of {array.dtype}")
+        return array
+    raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def as_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
+    """`x` as 2-D [n, dim]; a single 1-D vector becomes [1, dim]."""
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, dim] (or one 1-D vector), got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {x.shape[1]} but the index has dimension {dim}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one vector")
+    return x
+
+
+def float_matrix(x: Any, name: str, dim: int | None = None) -> np.ndarray:
+    """Float vectors as a C-contiguous float32 [n, dim] array, checked finite."""
+    array = as_matrix(to_numpy(x, name), name, dim)
+    if array.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float32, float16 or float64 vectors, got {array.dtype}; "
+            "pass already-quantized vectors as a (codes int8, scales float32) tuple"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    check_finite(array, name)
+    return array
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    if not np.isfinite(array).all():
+        bad = np.flatnonzero(~np.isfinite(array).reshape(len(array), -1).all(axis=1))
+        raise ValueError(f"{name} contains NaN or inf in {len(bad)} row(s), first at row {bad[0]}; clean the input")
+
+
+def int8_codes(
+    codes: Any, scales: Any, name: str, dim: int | None = None, *, queries: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Already-quantized vectors: C-contiguous int8 [n, dim] codes and float32 [n] scales.
+
+    Query codes must lie in [-127, 127] (checked); corpus codes may be any int8, so a large
+    corpus is never scanned on every search.
+    """
+    codes = as_matrix(to_numpy(codes, f"{name} codes"), f"{name} codes", dim)
+    if codes.dtype != np.int8:
+        raise TypeError(f"{name} codes must be int8, got {codes.dtype}; quantize with fastret.quantize_int8")
+    if queries and (codes == -128).any():
+        raise ValueError(
+            f"{name} codes contain -128; fastret uses symmetric codes in [-127, 127] "
+            "(quantize with fastret.quantize_int8, or clip)"
+        )
+    scales = to_numpy(scales, f"{name} scales")
+    if scales.ndim == 0:
+        scales = scales.reshape(1)
+    if scales.ndim != 1 or scales.shape[0] != codes.shape[0]:
+        raise ValueError(
+            f"{name} scales must be 1-D with one scale per vector ({codes.shape[0]}), got shape {tuple(scales.shape)}"
+        )
+    if scales.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} scales must be floating point, got {scales.dtype}")
+    scales = np.ascontiguousarray(scales, dtype=np.float32)
+    if not np.isfinite(scales).all() or (scales < 0).any():
+        raise ValueError(f"{name} scales must be finite and >= 0")
+    return np.ascontiguousarray(codes), scales
+
+
+def vectors(
+    x: Any, name: str, dim: int | None = None, *, queries: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Float vectors (quantized here) or a (codes, scales) tuple -> (codes, scales, float32 or None).
+
+    `queries` applies the query rule of `int8_codes` (no code of -128).
+    """
+    from .quant import quantize_int8
+
+    if isinstance(x, tuple):
+        if len(x) != 2:
+            raise ValueError(f"{name} as a tuple must be (codes int8 [n, d], scales float32 [n]), got {len(x)} items")
+        codes, scales = int8_codes(x[0], x[1], name, dim, queries=queries)
+        return codes, scales, None
+    floats = float_matrix(x, name, dim)
+    codes, scales = quantize_int8(floats)
+    return codes, scales, floats
+
+
+def check_k(k: Any, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if n == 0:
+        raise ValueError("the index is empty; add vectors before searching")
+    if k > n:
+        raise ValueError(f"k = {k} exceeds the {n} vectors in the index; pass k <= {n}")
+    return int(k)

@@ -1,0 +1,163 @@
+"""Exact int8 top-k inner-product search: the C++ core on the CPU, torch on CUDA, and the reference.
+
+    score(q, d) = (float32(<q8, d8>) * s_q) * s_d
+
+Results are ordered by score (higher first), then by id (lower first); every backend returns the
+same ids and scores as `topk_int8_ref`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _arrays
+from . import _core
+
+# Corpus rows scored per torch matmul on the GPU: bounds the [queries, chunk] score buffers.
+_TORCH_CHUNK_ELEMENTS = 1 << 27
+
+
+def topk_int8(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: Any = None):
+    """Exact top-k of int8 inner products with per-vector scales.
+
+    Args:
+        queries: float [q, d] (quantized here with `quantize_int8`) or a (codes int8 [q, d],
+            scales float32 [q]) tuple. One 1-D vector counts as q = 1.
+        db_int8: int8 [n, d] codes in [-127, 127].
+        db_scales: float32 [n] scales.
+        k: results per query, 1 <= k <= n.
+        ids: optional int64 [n] ids returned instead of row numbers (ties go to the lower id).
+
+    Returns:
+        (scores float32 [q, k], ids int64 [q, k]): numpy arrays, or torch tensors on the GPU when
+        the inputs are CUDA tensors.
+
+    Raises:
+        TypeError, ValueError: wrong dtype, shape or dimension, NaN/inf, codes of -128, bad k.
+    """
+    if _arrays.is_cuda(db_int8):
+        return _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids)
+    db_codes, db_scale = _arrays.int8_codes(db_int8, db_scales, "db")
+    k = _arrays.check_k(k, len(db_codes))
+    q_codes, q_scales, _ = _arrays.vectors(queries, "queries", db_codes.shape[1], queries=True)
+    row_ids = _ids_array(ids, len(db_codes))
+    scores, rows = _core.topk_int8(q_codes, q_scales, db_codes, db_scale, row_ids, k)
+    return scores, rows if row_ids is None else row_ids[rows]
+
+
+def topk_int8_ref(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: Any = None):
+    """Plain numpy reference for `topk_int8` (same arguments, same results, slow)."""
+    db_codes, db_scale = _arrays.int8_codes(db_int8, db_scales, "db")
+    k = _arrays.check_k(k, len(db_codes))
+    q_codes, q_scales, _ = _arrays.vectors(queries, "queries", db_codes.shape[1], queries=True)
+    row_ids = _ids_array(ids, len(db_codes))
+    if row_ids is None:
+        row_ids = np.arange(len(db_codes), dtype=np.int64)
+    dots = q_codes.astype(np.int64) @ db_codes.astype(np.int64).T
+    scores = (dots.astype(np.float32) * q_scales[:, None]) * db_scale[None, :]
+    order = np.lexsort((np.broadcast_to(row_ids, scores.shape), -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), row_ids[order]
+
+
+def _ids_array(ids: Any, n: int) -> np.ndarray | None:
+    if ids is None:
+        return None
+    array = _arrays.to_numpy(ids, "ids")
+    if array.ndim != 1 or len(array) != n:
+        raise ValueError(f"ids must be 1-D with one id per vector ({n}), got shape {tuple(array.shape)}")
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
+    import torch
+
+    from .quant import quantize_int8
+
+    device = db_int8.device
+    if db_int8.dtype != torch.int8 or db_int8.ndim != 2:
+        raise TypeError(f"db_int8 must be an int8 [n, d] tensor, got {db_int8.dtype} {tuple(db_int8.shape)}")
+    n, dim = db_int8.shape
+    k = _arrays.check_k(k, n)
+    if isinstance(queries, tuple):
+        q_codes, q_scales = (torch.as_tensor(part, device=device) for part in queries)
+    else:
+        q_codes, q_scales = quantize_int8(torch.as_tensor(queries, device=device))
+    if q_codes.ndim == 1:
+        q_codes, q_scales = q_codes[None], q_scales.reshape(1)
+    if q_codes.ndim != 2 or q_codes.shape[1] != dim or q_codes.shape[0] == 0:
+        raise ValueError(f"queries must be [q, {dim}] with q >= 1, got {tuple(q_codes.shape)}")
+    row_ids = None if ids is None else torch.as_tensor(ids, device=device, dtype=torch.int64)
+    scores, rows = topk_int8_torch(q_codes, q_scales.float(), db_int8, db_scales.float(), k, row_ids)
+    return scores, rows if row_ids is None else row_ids[rows]
+
+
+def topk_int8_torch(q_codes, q_scales, db_codes, db_scales, k: int, ids=None):
+    """`topk_int8` in torch on tensors of one device (the GPU path; also runs on the CPU).
+
+    Returns (scores float32 [q, k], corpus rows int64 [q, k]); `ids` only ranks ties.
+    Scores use the same float32 expression as the C++ core. The tie rule is made exact by ranking
+    a 64-bit key (order-preserving score bits, then the inverted rank of the id), which has no ties.
+    """
+    import torch
+
+    device = db_codes.device
+    n = db_codes.shape[0]
+    if ids is None:
+        id_rank = torch.arange(n, device=device, dtype=torch.int64)
+    else:
+        id_rank = torch.empty_like(ids)
+        id_rank[torch.argsort(ids, stable=True)] = torch.arange(n, device=device)
+    chunk = max(8, min(n, _TORCH_CHUNK_ELEMENTS // max(1, q_codes.shape[0])))
+    best_keys = best_pos = None
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        dots = int8_matmul(q_codes, db_codes[start:stop])
+        scores = (dots.float() * q_scales[:, None]) * db_scales[None, start:stop] + 0.0  # -0.0 -> +0.0
+        keys = _rank_keys(scores, id_rank[start:stop])
+        keys, pos = keys.topk(min(k, stop - start), dim=1)
+        pos = pos + start
+        if best_keys is not None:
+            keys, take = torch.cat([best_keys, keys], 1).topk(k, dim=1)
+            pos = torch.cat([best_pos, pos], 1).gather(1, take)
+        best_keys, best_pos = keys, pos
+    return _key_scores(best_keys), best_pos
+
+
+def _rank_keys(scores, id_rank):
+    """int64 keys ordered like (score descending, id ascending) under a plain descending sort."""
+    import torch
+
+    bits = scores.view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed int order
+    return (ordered.to(torch.int64) << 32) | (0xFFFFFFFF - id_rank)[None, :]
+
+
+def _key_scores(keys):
+    """The float32 scores inside `_rank_keys` keys (the bit map is its own inverse)."""
+    import torch
+
+    ordered = (keys >> 32).to(torch.int32)
+    return (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def int8_matmul(a, b):
+    """int32 [m, n] = a int8 [m, d] @ b int8 [n, d].T, exact.
+
+    CUDA uses `torch._int_mm` (cuBLASLt int8 GEMM), padding to its shape rules (m > 16, d and n
+    multiples of 8); elsewhere an exact float64 matmul.
+    """
+    import torch
+
+    if a.device.type != "cuda":
+        return (a.double() @ b.double().T).round_().to(torch.int32)
+    m, d = a.shape
+    n = b.shape[0]
+    pad_d = (-d) % 8 + (8 if d < 8 else 0)
+    pad_n = (-n) % 8
+    a_p = torch.nn.functional.pad(a, (0, pad_d, 0, max(0, 17 - m)))
+    b_p = torch.nn.functional.pad(b, (0, pad_d, 0, pad_n))
+    return torch._int_mm(a_p, b_p.T)[:m, :n]
