@@ -24,8 +24,8 @@ def is_cuda(x: Any) -> bool:
 
 def to_numpy(x: Any, name: str) -> np.ndarray:
     """A numpy view of `x` (numpy array, CPU torch tensor, or nested sequence of numbers)."""
-    if isinstance(x, np.ndarray):
-        return x
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
     if is_torch(x):
         if x.device.type != "cpu":
             raise ValueError(f"{name} is on {x.device}; move it to the CPU or pass every array on one device")

