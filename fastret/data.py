@@ -1,0 +1,145 @@
+"""BEIR-format retrieval data: corpus.jsonl, queries.jsonl and qrels/<split>.tsv (each optionally .gz).
+
+    corpus.jsonl    {"_id": str, "title": str, "text": str} per line
+    queries.jsonl   {"_id": str, "text": str} per line
+    qrels/test.tsv  header "query-id<TAB>corpus-id<TAB>score", then one judgement per line
+
+Malformed input is reported with its file and line number.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_NFCORPUS = PACKAGE_ROOT / "data" / "nfcorpus"
+
+
+@dataclass
+class Corpus:
+    """Documents in file order."""
+
+    ids: list[str] = field(default_factory=list)
+    titles: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def documents(self) -> list[str]:
+        """Title and text joined by a space (the BEIR / sentence-transformers convention)."""
+        return [f"{title} {text}".strip() for title, text in zip(self.titles, self.texts)]
+
+
+@dataclass
+class BeirDataset:
+    corpus: Corpus
+    queries: dict[str, str]  # query id -> text, only queries with judgements in the split
+    qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance}
+    unjudged_queries: int  # queries in queries.jsonl with no judgement in this split
+
+
+def find_file(directory: Path, name: str) -> Path:
+    """`directory/name` or `directory/name.gz`."""
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{directory} has no {name} (or {name}.gz); is it a BEIR dataset directory?")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line; ValueError names file:line on bad JSON."""
+    path = Path(path)
+    with _open_text(path) as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
+
+
+def _record_id(path: Path, number: int, record: dict) -> str:
+    value = record.get("_id")
+    if value is None or value == "":
+        raise ValueError(f"{path}:{number}: missing \"_id\"")
+    return str(value)
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Read a BEIR corpus file (.jsonl or .jsonl.gz)."""
+    path = Path(path)
+    corpus, seen = Corpus(), set()
+    for number, record in read_jsonl(path):
+        doc_id = _record_id(path, number, record)
+        if doc_id in seen:
+            raise ValueError(f"{path}:{number}: duplicate document id {doc_id!r}")
+        seen.add(doc_id)
+        title, text = record.get("title") or "", record.get("text") or ""
+        if not isinstance(title, str) or not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: \"title\" and \"text\" must be strings")
+        corpus.ids.append(doc_id)
+        corpus.titles.append(title)
+        corpus.texts.append(text)
+    return corpus
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    """Read a BEIR queries file into {query id: text}."""
+    path = Path(path)
+    queries = {}
+    for number, record in read_jsonl(path):
+        text = record.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: \"text\" must be a string")
+        queries[_record_id(path, number, record)] = text
+    return queries
+
+
+def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read a qrels TSV (header, then query-id, corpus-id, integer score) into nested dicts."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    with _open_text(path) as lines:
+        for number, line in enumerate(lines, 1):
+            parts = line.rstrip("\n").split("\t")
+            if number == 1 and parts[0] == "query-id":
+                continue
+            if not line.strip():
+                continue
+            if len(parts) != 3:
+                raise ValueError(f"{path}:{number}: expected 3 tab-separated columns "
+                                 f"(query-id, corpus-id, score), got {len(parts)}")
+            try:
+                score = int(parts[2])
+            except ValueError:
+                raise ValueError(f"{path}:{number}: score {parts[2]!r} is not an integer") from None
+            qrels.setdefault(parts[0], {})[parts[1]] = score
+    return qrels
+
+
+def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
+    """Load a BEIR dataset directory; only queries judged in `split` are kept (the rest counted)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    corpus = load_corpus(find_file(directory, "corpus.jsonl"))
+    all_queries = load_queries(find_file(directory, "queries.jsonl"))
+    qrels = load_qrels(find_file(directory / "qrels", f"{split}.tsv"))
+    queries = {qid: text for qid, text in all_queries.items() if qid in qrels}
+    return BeirDataset(corpus, queries, qrels, unjudged_queries=len(all_queries) - len(queries))
