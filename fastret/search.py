@@ -147,17 +147,22 @@ def _key_scores(keys):
 def int8_matmul(a, b):
     """int32 [m, n] = a int8 [m, d] @ b int8 [n, d].T, exact.
 
-    CUDA uses `torch._int_mm` (cuBLASLt int8 GEMM), padding to its shape rules (m > 16, d and n
-    multiples of 8); elsewhere an exact float64 matmul.
+    CUDA uses cuBLASLt's int8 GEMM (`torch._int_mm`); elsewhere an exact float64 matmul.
     """
     import torch
 
-    if a.device.type != "cuda":
-        return (a.double() @ b.double().T).round_().to(torch.int32)
+    if a.device.type == "cuda":
+        return int_mm_padded(a, b)
+    return (a.double() @ b.double().T).round_().to(torch.int32)
+
+
+def int_mm_padded(a, b):
+    """`torch._int_mm(a, b.T)` with zero padding to its shape rules (m > 16; d, n multiples of 8)."""
+    import torch
+
     m, d = a.shape
     n = b.shape[0]
     pad_d = (-d) % 8 + (8 if d < 8 else 0)
-    pad_n = (-n) % 8
-    a_p = torch.nn.functional.pad(a, (0, pad_d, 0, max(0, 17 - m)))
-    b_p = torch.nn.functional.pad(b, (0, pad_d, 0, pad_n))
-    return torch._int_mm(a_p, b_p.T)[:m, :n]
+    a_padded = torch.nn.functional.pad(a, (0, pad_d, 0, max(0, 17 - m)))
+    b_padded = torch.nn.functional.pad(b, (0, pad_d, 0, (-n) % 8))
+    return torch._int_mm(a_padded, b_padded.T)[:m, :n]

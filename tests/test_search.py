@@ -255,3 +255,13 @@ def test_core_refuses_silent_conversions(small):
         _core.topk_int8(q_codes, q_scales, codes, scales, None, 21)
     with pytest.raises(ValueError, match="k must be in"):
         _core.topk_int8(q_codes[:0], q_scales[:0], codes, scales, None, 1)
+
+
+@pytest.mark.parametrize("m, d, n", [(1, 1, 1), (3, 5, 7), (17, 8, 8), (20, 97, 130)])
+def test_padded_int_mm_is_exact(rng, m, d, n):
+    from fastret.search import int_mm_padded
+
+    a = torch.from_numpy(rng.integers(-127, 128, (m, d), dtype=np.int8))
+    b = torch.from_numpy(rng.integers(-128, 128, (n, d), dtype=np.int8))
+    expected = a.numpy().astype(np.int64) @ b.numpy().astype(np.int64).T
+    np.testing.assert_array_equal(int_mm_padded(a, b).numpy(), expected)
