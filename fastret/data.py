@@ -81,18 +81,30 @@ def _record_id(path: Path, number: int, record: dict) -> str:
     return str(value)
 
 
-def load_corpus(path: str | Path) -> Corpus:
-    """Read a BEIR corpus file (.jsonl or .jsonl.gz)."""
+def iter_corpus(path: str | Path) -> Iterator[tuple[str, str, str]]:
+    """(document id, title, text) per record of a BEIR corpus file, in file order."""
     path = Path(path)
-    corpus, seen = Corpus(), set()
     for number, record in read_jsonl(path):
         doc_id = _record_id(path, number, record)
-        if doc_id in seen:
-            raise ValueError(f"{path}:{number}: duplicate document id {doc_id!r}")
-        seen.add(doc_id)
         title, text = record.get("title") or "", record.get("text") or ""
         if not isinstance(title, str) or not isinstance(text, str):
             raise ValueError(f"{path}:{number}: \"title\" and \"text\" must be strings")
+        yield doc_id, title, text
+
+
+def count_records(path: str | Path) -> int:
+    """Non-empty lines of a JSONL file (no parsing: for progress bars)."""
+    with _open_text(Path(path)) as lines:
+        return sum(1 for line in lines if line.strip())
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Read a BEIR corpus file (.jsonl or .jsonl.gz); duplicate ids are an error."""
+    corpus, seen = Corpus(), set()
+    for doc_id, title, text in iter_corpus(path):
+        if doc_id in seen:
+            raise ValueError(f"{path}: duplicate document id {doc_id!r} (record {len(corpus) + 1})")
+        seen.add(doc_id)
         corpus.ids.append(doc_id)
         corpus.titles.append(title)
         corpus.texts.append(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -244,10 +245,11 @@ class Index:
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "Index":
-        """Open an index written by `save`.
+        """Open an index written by `save`, or an embedding store written by `Encoder.encode_corpus`.
 
         Args:
-            path: the index file.
+            path: the index file, or a store directory (its shards are concatenated in memory;
+                row i is document `fastret.store.Store.open(path).doc_ids()[i]`).
             mmap: map the arrays from the file (read-only, paged in on demand) instead of reading
                 them; a later `add` copies them into memory first.
             verify: check the data checksum (reads the whole file once).
@@ -256,13 +258,24 @@ class Index:
             FileNotFoundError: no such file.
             ValueError: not a fastret index, unsupported version, truncated or corrupted file.
         """
+        if Path(path).is_dir():
+            from .store import Store
+
+            return Store.open(path).to_index(verify=verify)
         arrays = index_file.read(path, mmap=mmap, verify=verify)
         index = cls(arrays.codes.shape[1], store_float16=arrays.float16 is not None)
-        index._codes, index._scales, index._ids = arrays.codes, arrays.scales, arrays.ids
-        if arrays.float16 is not None:
-            index._float16 = arrays.float16
-        index._count = len(arrays.codes)
+        index._set_arrays(arrays.codes, arrays.scales, arrays.ids, arrays.float16)
         return index
+
+    def _set_arrays(self, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray,
+                    float16: np.ndarray | None) -> None:
+        """Adopt arrays as the index's contents (may be read-only memory maps: `add` copies them)."""
+        with self._lock:
+            self._codes, self._scales, self._ids = codes, scales, ids
+            if self._store_float16:
+                self._float16 = float16
+            self._count = len(codes)
+            self._device_copies = {}
 
 
 def _rescore(queries: np.ndarray, float16: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int):

@@ -18,20 +18,21 @@ Layout (little-endian):
       ids      int64   [count]
       float16  float16 [count, dim]   (only with flag bit 0)
 
-A file is written to a temporary name in the same directory, synced, and renamed over the target,
-so a crash never leaves a half-written index under the real name.
+A file is written to a temporary name in the same directory, synced, and renamed over the target
+(fastret.atomic), so a crash never leaves a half-written index under the real name.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write
 
 MAGIC = b"FRTINDEX"
 VERSION = 1
@@ -83,41 +84,59 @@ def write(path: str | os.PathLike, arrays: IndexArrays) -> None:
         raise IsADirectoryError(f"{path} is a directory; pass a file path such as {path / 'index.frt'}")
     count, dim = arrays.codes.shape
     placed, _ = _sections(dim, count, arrays.float16 is not None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\0" * HEADER_SIZE)
-            data_crc = 0
-            for name, dtype, shape, offset in placed:
-                array = np.ascontiguousarray(getattr(arrays, name), dtype=dtype).reshape(shape)
-                f.write(b"\0" * (offset - f.tell()))
-                data_crc = _crc(array, data_crc)
-                f.write(memoryview(array.reshape(-1).view(np.uint8)))
-            flags = FLAG_FLOAT16 if arrays.float16 is not None else 0
-            head = _HEAD.pack(MAGIC, VERSION, flags, dim, count, DTYPE_INT8)
-            f.seek(0)
-            f.write(head + _CRCS.pack(zlib.crc32(head), data_crc))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_write(path) as f:
+        f.write(b"\0" * HEADER_SIZE)
+        data_crc = 0
+        for name, dtype, shape, offset in placed:
+            array = np.ascontiguousarray(getattr(arrays, name), dtype=dtype).reshape(shape)
+            f.write(b"\0" * (offset - f.tell()))
+            data_crc = _crc(array, data_crc)
+            f.write(memoryview(array.reshape(-1).view(np.uint8)))
+        flags = FLAG_FLOAT16 if arrays.float16 is not None else 0
+        head = _HEAD.pack(MAGIC, VERSION, flags, dim, count, DTYPE_INT8)
+        f.seek(0)
+        f.write(head + _CRCS.pack(zlib.crc32(head), data_crc))
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return  # not every platform can open a directory
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+@dataclass
+class Header:
+    dim: int
+    count: int
+    has_float16: bool
+    data_crc: int
+    sections: list  # (name, dtype, shape, offset) per section
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Read and check the header and the file size (cheap: no data is read).
+
+    Raises:
+        FileNotFoundError: no such file.
+        IndexFileError (a ValueError): not a fastret index, an unsupported version, a corrupted
+            header, or a size that does not match the header (truncated or extended file).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(HEADER_SIZE)
+    if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
+        raise IndexFileError(f"{path} is not a fastret index file (no {MAGIC.decode()} header)")
+    head = header[: _HEAD.size]
+    _, version, flags, dim, count, dtype = _HEAD.unpack(head)
+    header_crc, data_crc = _CRCS.unpack(header[_HEAD.size : _HEAD.size + _CRCS.size])
+    if zlib.crc32(head) != header_crc:
+        raise IndexFileError(f"{path}: the header is corrupted (checksum mismatch)")
+    if version != VERSION:
+        raise IndexFileError(f"{path}: index format version {version}; this fastret reads version {VERSION}")
+    if dtype != DTYPE_INT8 or flags & ~FLAG_FLOAT16 or dim == 0:
+        raise IndexFileError(f"{path}: unsupported index contents (dtype {dtype}, flags {flags}, dim {dim})")
+    has_float16 = bool(flags & FLAG_FLOAT16)
+    placed, expected = _sections(dim, count, has_float16)
+    if size != expected:
+        raise IndexFileError(
+            f"{path} is {size} bytes but an index of {count} x {dim} needs {expected}: truncated or corrupted"
+        )
+    return Header(dim, count, has_float16, data_crc, placed)
 
 
 def read(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> IndexArrays:
@@ -129,25 +148,8 @@ def read(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Ind
             (with `verify`) a checksum mismatch.
     """
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        header = f.read(HEADER_SIZE)
-    if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
-        raise IndexFileError(f"{path} is not a fastret index file (no {MAGIC.decode()} header)")
-    head = header[: _HEAD.size]
-    magic, version, flags, dim, count, dtype = _HEAD.unpack(head)
-    header_crc, data_crc = _CRCS.unpack(header[_HEAD.size : _HEAD.size + _CRCS.size])
-    if zlib.crc32(head) != header_crc:
-        raise IndexFileError(f"{path}: the header is corrupted (checksum mismatch)")
-    if version != VERSION:
-        raise IndexFileError(f"{path}: index format version {version}; this fastret reads version {VERSION}")
-    if dtype != DTYPE_INT8 or flags & ~FLAG_FLOAT16 or dim == 0:
-        raise IndexFileError(f"{path}: unsupported index contents (dtype {dtype}, flags {flags}, dim {dim})")
-    placed, expected = _sections(dim, count, bool(flags & FLAG_FLOAT16))
-    if size != expected:
-        raise IndexFileError(
-            f"{path} is {size} bytes but an index of {count} x {dim} needs {expected}: truncated or corrupted"
-        )
+    header = read_header(path)
+    placed, count, data_crc = header.sections, header.count, header.data_crc
     arrays = {}
     for name, dtype_, shape, offset in placed:
         if mmap and count > 0:
