@@ -1,16 +1,23 @@
 """fastret: fast embedding and exact int8 search for biomedical text retrieval."""
 
 from .cpu import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
+from .encoder import Encoder
 from .index import Index
+from .kernels.pooling import pool_normalize, pool_normalize_ref
 from .quant import quantize_int8
 from .search import topk_int8, topk_int8_ref
+from .store import Store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Encoder",
     "Index",
+    "Store",
     "available_simd_paths",
     "get_num_threads",
+    "pool_normalize",
+    "pool_normalize_ref",
     "quantize_int8",
     "set_num_threads",
     "set_simd_path",

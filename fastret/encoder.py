@@ -1,0 +1,426 @@
+"""`Encoder`: a drop-in, faster `SentenceTransformer.encode` for retrieval models.
+
+Pipeline for one call:
+  texts -> (prompt) -> tokenize once (Rust tokenizer, truncation) -> sort by token length ->
+  batches under a token budget, padded in a background thread -> model forward (inference mode,
+  SDPA attention, fp16/bf16 where asked) -> fused pool + L2-normalize (+ int8) kernel ->
+  rows written back in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .batching import collate, plan_batches, prefetch
+from .kernels.pooling import pool_normalize
+from .presets import POOLING_MODES, Preset, get_preset
+
+_ST_POOLING = {  # sentence-transformers pooling names -> fastret's
+    "mean": "mean", "cls": "cls", "lasttoken": "last",
+    "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last",
+}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+PRECISIONS = ("float32", "int8")
+
+
+class Encoder:
+    """Text -> embeddings with a Hugging Face encoder, the sentence-transformers way, faster.
+
+    Args:
+        model_name_or_path: a local model directory (a sentence-transformers directory or a plain
+            Hugging Face one), or a hub id where the network allows.
+        device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
+        dtype: weights and activations: float32 (CPU default), float16 (CUDA default) or bfloat16
+            (opt-in on CPU; fastest where the CPU has bf16 instructions).
+        pooling: "mean", "cls" or "last"; overrides the preset and the model's own config.
+        normalize: L2-normalize embeddings; overrides the preset and the model's own config.
+        max_length: tokens per text; longer texts are truncated (with one warning per call).
+        preset: a seed model's conventions, see `fastret.presets.PRESETS`.
+
+    Precedence: explicit arguments, then the preset, then the model's sentence-transformers
+    config, then defaults (mean pooling, no normalization, the model's maximum length).
+
+    Raises:
+        ValueError: not a model directory, unknown preset or pooling, unsupported pooling in the
+            model's config.
+        TypeError: arguments of the wrong type.
+    """
+
+    def __init__(self, model_name_or_path: str | Path, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, pooling: str | None = None,
+                 normalize: bool | None = None, max_length: int | None = None, preset: str | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        model_dir, st_config = _locate_model(model_name_or_path)
+        preset_config = get_preset(preset) if preset is not None else None
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = _resolve_dtype(dtype, self.device)
+
+        chosen = _pick(pooling, preset_config and preset_config.pooling, None)
+        if chosen is None and "pooling_error" in st_config:
+            raise ValueError(st_config["pooling_error"])
+        self.pooling = _pick(chosen, st_config.get("pooling"), "mean")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {', '.join(POOLING_MODES)}")
+        self.normalize = bool(_pick(normalize, preset_config and preset_config.normalize,
+                                    st_config.get("normalize"), False))
+        self.text_pairs = bool(preset_config and preset_config.text_pairs)
+        self.append_eos = bool(preset_config and preset_config.append_eos)
+        self.prompts: dict[str, str] = {**st_config.get("prompts", {}),
+                                        **(preset_config.prompts if preset_config else {})}
+        self.lowercase = bool(st_config.get("do_lower_case", False))
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"{model_dir}: fastret needs a fast (Rust) tokenizer (tokenizer.json)")
+        self.model = _load_model(AutoModel, model_dir).to(device=self.device, dtype=self.dtype).eval()
+
+        limits = [v for v in (getattr(self.model.config, "max_position_embeddings", None),
+                              self.tokenizer.model_max_length) if isinstance(v, int) and 0 < v < 10**6]
+        wanted = _pick(max_length, preset_config and preset_config.max_length, st_config.get("max_length"),
+                       min(limits) if limits else 512)
+        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 2:
+            raise ValueError(f"max_length must be an int >= 2, got {wanted!r}")
+        self.max_length = min([wanted, *limits])
+        self._backend = _private_backend(self.tokenizer, self.max_length - 1 if self.append_eos else self.max_length)
+        self._eos_id = self.tokenizer.eos_token_id
+        if self.append_eos and self._eos_id is None:
+            raise ValueError(f"{model_dir}: the preset appends EOS but the tokenizer has no eos_token")
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = pad if pad is not None else (self._eos_id if self._eos_id is not None else 0)
+        self._uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
+        self.model_dir = model_dir
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.model.config.hidden_size)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """Embedding dimension (sentence-transformers' name)."""
+        return self.dim
+
+    def __repr__(self) -> str:
+        return (f"fastret.Encoder({str(self.model_dir)!r}, device={str(self.device)!r}, dtype={self.dtype}, "
+                f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length})")
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, sentences: str | Sequence[Any], batch_size: int = 32, normalize_embeddings: bool | None = None,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False,
+               show_progress_bar: bool | None = None, prompt: str | None = None, prompt_name: str | None = None,
+               precision: str = "float32", max_tokens_per_batch: int | None = None):
+        """Embed texts, returned in input order (mirrors `SentenceTransformer.encode`).
+
+        Args:
+            sentences: a str, or a list of str (of (title, abstract) pairs with the medcpt-article
+                preset). Texts are stripped of surrounding whitespace, as sentence-transformers does.
+            batch_size: most texts per forward pass.
+            normalize_embeddings: True forces L2 normalization; None or False keep the model's
+                convention (as in sentence-transformers, False does not undo a Normalize module).
+            convert_to_numpy: numpy output (default); False gives a list of 1-D tensors.
+            convert_to_tensor: one torch tensor on the encoder's device.
+            show_progress_bar: tqdm bar with texts/s; default on for more than 256 texts.
+            prompt: a prefix for every text (wins over prompt_name).
+            prompt_name: a named prefix from the model's config or the preset (e.g. "query").
+            precision: "float32", or "int8" for (codes int8 [n, d], scales float32 [n]) equal to
+                `fastret.quantize_int8` of the float32 embeddings (computed in the same kernel pass).
+            max_tokens_per_batch: most padded tokens per batch; default batch_size * max_length.
+                Texts are sorted by length, so short texts share larger batches.
+
+        Returns:
+            float32 [n, d] (numpy, tensor, or list of tensors); [d] for a single str. With
+            precision="int8", a (codes, scales) tuple of the same kinds.
+
+        Raises:
+            TypeError: a text that is not a str (the message gives its position).
+            ValueError: unknown precision or prompt_name, bad batch_size.
+        """
+        single = isinstance(sentences, str) or (self.text_pairs and isinstance(sentences, tuple))
+        texts = [sentences] if single else sentences
+        if not isinstance(texts, (list, tuple)):
+            raise TypeError(f"sentences must be a str or a list of str, got {type(sentences).__name__}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        prefix = self._prefix(prompt, prompt_name)
+        inputs = [self.prepare(text, i, prefix) for i, text in enumerate(texts)]
+        normalize = self.normalize or bool(normalize_embeddings)
+        show = show_progress_bar if show_progress_bar is not None else len(inputs) > 256
+        vectors, codes, scales = self.embed(inputs, batch_size, normalize, precision == "int8",
+                                            max_tokens_per_batch, show)
+        outputs = (vectors,) if codes is None else (codes, scales)
+        if single:
+            outputs = tuple(o[0] for o in outputs)
+        if convert_to_tensor:
+            outputs = tuple(o.to(self.device) for o in outputs)
+        elif convert_to_numpy:
+            outputs = tuple(o.numpy() for o in outputs)
+        else:
+            outputs = tuple(list(o) if o.ndim == 2 else o for o in outputs)
+        return outputs[0] if codes is None else outputs
+
+    def encode_corpus(self, corpus, out_dir, *, batch_size: int = 32, shard_size: int = 65536,
+                      store_float16: bool = False, max_tokens_per_batch: int | None = None,
+                      prompt: str | None = None, prompt_name: str | None = None, show_progress_bar: bool = True):
+        """Stream a corpus into a sharded, resumable embedding store in `out_dir`.
+
+        Args:
+            corpus: a BEIR corpus file (.jsonl or .jsonl.gz: {"_id", "title", "text"} per line), a
+                BEIR directory holding one, or an iterable of such dicts or of str.
+            out_dir: the store directory (created if missing). Rerunning with the same settings
+                after an interruption skips the finished shards and ends with identical files.
+            shard_size: documents per shard; memory holds one shard.
+            store_float16: also store float16 vectors (for `Index.search(..., rescore=True)`).
+            batch_size, max_tokens_per_batch, prompt, prompt_name: as in `encode`.
+            show_progress_bar: tqdm bar with documents/s.
+
+        Returns:
+            the finished `fastret.store.Store` (`Index.load(out_dir)` loads it as an index).
+
+        Raises:
+            ValueError: a malformed corpus line (file and line number; no partial shard is left),
+                or a store in `out_dir` made with other settings.
+
+        Under `torchrun`, each rank encodes every world_size-th shard and rank 0 writes the manifest.
+        """
+        from .streaming import encode_corpus
+
+        return encode_corpus(self, corpus, out_dir, batch_size=batch_size, shard_size=shard_size,
+                             store_float16=store_float16, max_tokens_per_batch=max_tokens_per_batch,
+                             prompt=prompt, prompt_name=prompt_name, show_progress_bar=show_progress_bar)
+
+    def embed(self, inputs: list, batch_size: int, normalize: bool, quantize: bool,
+              max_tokens_per_batch: int | None = None, show_progress_bar: bool = False,
+              input_stats: dict | None = None):
+        """Embed prepared inputs (see `prepare`): float32 [n, d], and int8 [n, d] + float32 [n] scales
+        when `quantize` (else None, None); CPU tensors in input order.
+
+        Truncated and empty inputs are warned about, or, with `input_stats`, counted into it
+        ("texts", "truncated", "empty") for the caller to report once."""
+        vectors = torch.empty((len(inputs), self.dim), dtype=torch.float32)
+        codes = torch.empty((len(inputs), self.dim), dtype=torch.int8) if quantize else None
+        scales = torch.empty(len(inputs), dtype=torch.float32) if quantize else None
+        if not inputs:
+            return vectors, codes, scales
+        token_ids, type_ids, stats = self._tokenize(inputs)
+        if input_stats is None:
+            warn_about_inputs(stats, self.max_length)
+        else:
+            for key, value in stats.items():
+                input_stats[key] = input_stats.get(key, 0) + value
+        budget = max_tokens_per_batch or batch_size * self.max_length
+        batches = plan_batches([len(ids) for ids in token_ids], batch_size, budget)
+        for rows, pooled in self._embed_batches(token_ids, type_ids, batches, normalize, quantize,
+                                                show_progress_bar):
+            index = torch.from_numpy(rows)
+            if quantize:
+                vectors[index], codes[index], scales[index] = (t.cpu() for t in pooled)
+            else:
+                vectors[index] = pooled.cpu()
+        return vectors, codes, scales
+
+    def _prefix(self, prompt: str | None, prompt_name: str | None) -> str:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            return prompt
+        if prompt_name is None:
+            return ""
+        if prompt_name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise ValueError(f"unknown prompt_name {prompt_name!r}; this encoder's prompts: {known}")
+        return self.prompts[prompt_name]
+
+    def prepare(self, text: Any, position: int, prefix: str = ""):
+        """One input as the tokenizer takes it: the prefixed, stripped str, or a (str, str) pair.
+
+        Raises TypeError naming `position` for anything else."""
+        if self.text_pairs and isinstance(text, (tuple, list)):
+            if len(text) != 2 or not all(isinstance(part, str) for part in text):
+                raise TypeError(f"sentences[{position}] must be a (title, abstract) pair of str, got {text!r:.80}")
+            first, second = (prefix + text[0]).strip(), text[1].strip()
+            return (first.lower(), second.lower()) if self.lowercase else (first, second)
+        if not isinstance(text, str):
+            expected = "a str or a (title, abstract) pair" if self.text_pairs else "a str"
+            raise TypeError(f"sentences[{position}] is {type(text).__name__}; expected {expected}")
+        text = (prefix + text).strip()
+        return text.lower() if self.lowercase else text
+
+    def _tokenize(self, inputs: list):
+        """Token ids and type ids (or None) of every input, truncated, and counts of truncated and
+        empty inputs."""
+        encodings = self._backend.encode_batch(inputs, add_special_tokens=True)
+        token_ids = [enc.ids for enc in encodings]
+        if self.append_eos:
+            token_ids = [ids + [self._eos_id] for ids in token_ids]
+        type_ids = [enc.type_ids for enc in encodings] if self._uses_token_types else None
+        if type_ids is not None and self.append_eos:
+            type_ids = [types + [types[-1] if types else 0] for types in type_ids]
+        stats = {"texts": len(inputs), "truncated": sum(1 for enc in encodings if enc.overflowing),
+                 "empty": sum(1 for text in inputs if not (text if isinstance(text, str) else "".join(text)))}
+        return token_ids, type_ids, stats
+
+    def _embed_batches(self, token_ids, type_ids, batches, normalize: bool, quantize: bool, show: bool):
+        """Yield (input rows, pooled output) per batch; padding runs one batch ahead in a thread."""
+        from tqdm.auto import tqdm
+
+        pin = self.device.type == "cuda"
+
+        def padded():
+            for rows in batches:
+                batch = collate([token_ids[r] for r in rows], None if type_ids is None else [type_ids[r] for r in rows],
+                                self._pad_id)
+                yield rows, ({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
+
+        total = sum(len(rows) for rows in batches)
+        with tqdm(total=total, unit="text", desc="encode", disable=not show) as bar, torch.inference_mode():
+            for rows, batch in prefetch(padded()):
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                if self.append_eos:
+                    self._check_last_token_is_eos(batch)
+                hidden = self.model(**batch).last_hidden_state
+                yield rows, pool_normalize(hidden, batch["attention_mask"], mode=self.pooling,
+                                           normalize=normalize, quantize=quantize)
+                bar.update(len(rows))
+
+    def _check_last_token_is_eos(self, batch: dict[str, torch.Tensor]) -> None:
+        last = batch["attention_mask"].sum(dim=1) - 1
+        pooled = batch["input_ids"].gather(1, last[:, None])
+        if not bool((pooled == self._eos_id).all()):
+            raise RuntimeError("last-token pooling expected EOS at every row's last real token")
+
+
+def warn_about_inputs(stats: dict, max_length: int) -> None:
+    """One warning for truncated inputs and one for empty ones, if any."""
+    if stats.get("truncated"):
+        warnings.warn(f"{stats['truncated']} of {stats['texts']} texts were longer than max_length={max_length} "
+                      "tokens and were truncated", stacklevel=4)
+    if stats.get("empty"):
+        warnings.warn(f"{stats['empty']} of {stats['texts']} texts are empty or whitespace; they are encoded "
+                      "as-is (as sentence-transformers does)", stacklevel=4)
+
+
+# ---------------------------------------------------------------------------------- loading helpers
+
+
+def _pick(*choices):
+    """The first choice that is not None (None if all are)."""
+    return next((choice for choice in choices if choice is not None), None)
+
+
+def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        resolved = _DTYPES[dtype.lower()]
+    else:
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    if resolved not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {resolved}")
+    return resolved
+
+
+def _locate_model(name_or_path: str | Path) -> tuple[Path | str, dict]:
+    """The directory holding config.json, and the sentence-transformers conventions found there."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"model_name_or_path must be a str or Path, got {type(name_or_path).__name__}")
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if isinstance(name_or_path, str) and name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+            return _download(name_or_path)
+        raise ValueError(f"model {str(name_or_path)!r} not found: no such directory (and not a hub id 'org/name')")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file; pass the model directory (the one holding config.json)")
+    return _read_model_dir(path)
+
+
+def _download(repo_id: str) -> tuple[Path, dict]:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return _read_model_dir(Path(snapshot_download(repo_id)))
+    except Exception as error:  # offline, unknown repo, ...
+        raise ValueError(f"model {repo_id!r} is not a local directory and could not be fetched from the hub "
+                         f"({type(error).__name__}: {error}); pass a local model directory") from None
+
+
+def _read_model_dir(path: Path) -> tuple[Path, dict]:
+    """Resolve the transformer directory and read pooling/normalize/length/prompts if present."""
+    conventions: dict[str, Any] = {}
+    transformer_dir = path
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        modules = json.loads(modules_file.read_text())
+        for module in modules:
+            kind = module.get("type", "")
+            module_dir = path / module.get("path", "")
+            if kind.endswith(".Transformer"):
+                transformer_dir = module_dir
+            elif kind.endswith(".Pooling"):
+                try:
+                    conventions["pooling"] = _pooling_from_config(module_dir / "config.json")
+                except ValueError as error:  # raised later, unless pooling is overridden
+                    conventions["pooling_error"] = str(error)
+            elif kind.endswith(".Normalize"):
+                conventions["normalize"] = True
+        conventions.setdefault("normalize", False)
+        for config_dir in {path, transformer_dir}:
+            bert_config = config_dir / "sentence_bert_config.json"
+            if bert_config.is_file():
+                config = json.loads(bert_config.read_text())
+                if config.get("max_seq_length"):
+                    conventions["max_length"] = int(config["max_seq_length"])
+                conventions["do_lower_case"] = bool(config.get("do_lower_case", False))
+        st_config = path / "config_sentence_transformers.json"
+        if st_config.is_file():
+            conventions["prompts"] = dict(json.loads(st_config.read_text()).get("prompts") or {})
+    if not (transformer_dir / "config.json").is_file():
+        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json"
+                         f"{' in ' + str(transformer_dir) if transformer_dir != path else ''})")
+    return transformer_dir, conventions
+
+
+def _pooling_from_config(config_file: Path) -> str:
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    modes = config.get("pooling_mode")
+    if modes is None:
+        modes = [key for key in config if key.startswith("pooling_mode_") and config[key]]
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    if len(modes) != 1 or modes[0] not in _ST_POOLING:
+        raise ValueError(f"{config_file}: pooling {modes} is not supported; fastret pools with one of "
+                         f"mean, cls or last token (pass pooling=... to override)")
+    return _ST_POOLING[modes[0]]
+
+
+def _load_model(auto_model, model_dir: Path):
+    """The model with SDPA attention where the architecture supports it."""
+    try:
+        return auto_model.from_pretrained(str(model_dir), attn_implementation="sdpa")
+    except (ValueError, ImportError):
+        return auto_model.from_pretrained(str(model_dir))
+    except OSError as error:
+        raise ValueError(f"{model_dir}: could not load the model weights ({error})") from None
+
+
+def _private_backend(tokenizer, max_length: int):
+    """A copy of the Rust tokenizer with our truncation and no padding (the shared one stays as is)."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.enable_truncation(max_length=max_length)
+    backend.no_padding()
+    return backend
