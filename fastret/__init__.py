@@ -3,7 +3,9 @@
 from .cpu import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
 from .encoder import Encoder
 from .index import Index
+from .kernels.mesh_similarity import mesh_similarity, mesh_similarity_ref
 from .kernels.pooling import pool_normalize, pool_normalize_ref
+from .mesh import MeshTree
 from .quant import quantize_int8
 from .search import topk_int8, topk_int8_ref
 from .store import Store
@@ -13,9 +15,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Encoder",
     "Index",
+    "MeshTree",
     "Store",
     "available_simd_paths",
     "get_num_threads",
+    "mesh_similarity",
+    "mesh_similarity_ref",
     "pool_normalize",
     "pool_normalize_ref",
     "quantize_int8",

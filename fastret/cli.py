@@ -257,6 +257,57 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(commands) -> None:
+    import collections.abc
+    import dataclasses
+    import typing
+
+    from .train import TrainConfig
+
+    parser = commands.add_parser(
+        "train", help="BioHiCL LoRA fine-tuning on MeSH-labelled abstracts",
+        description="Fine-tune an encoder with LoRA so that embedding similarity follows depth-weighted MeSH "
+                    "label similarity; exports a merged model to OUTPUT_DIR/model. Every option is a "
+                    "fastret.train.TrainConfig field.")
+    hints = typing.get_type_hints(TrainConfig)
+    for item in dataclasses.fields(TrainConfig):
+        flag = "--" + item.name.replace("_", "-")
+        required = item.default is dataclasses.MISSING
+        if hints[item.name] is bool:
+            if item.default:
+                parser.add_argument("--no-" + item.name.replace("_", "-"), dest=item.name, action="store_false",
+                                    help=f"turn off {item.name}")
+            else:
+                parser.add_argument(flag, action="store_true", help=item.name)
+            continue
+        hint = hints[item.name]
+        many = typing.get_origin(hint) is collections.abc.Sequence
+        scalar = next((k for k in typing.get_args(hint) if k in (int, float, str)), hint)
+        default = None if required else (list(item.default) if many else item.default)
+        parser.add_argument(flag, dest=item.name, type=scalar, nargs="+" if many else None, required=required,
+                            default=default, help=f"default {default!r}" if not required else "required")
+    parser.add_argument("--json", action="store_true", help="print the run's history as JSON")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .train import TrainConfig, train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    result = train(TrainConfig(**values))
+    if args.json:
+        print(json.dumps({"model_dir": str(result.model_dir), "steps": result.steps, "history": result.history}))
+    else:
+        evals = [h for h in result.history if "heldout_spearman" in h]
+        if evals:
+            print(f"held-out Spearman(SimE, SimL): {evals[0]['heldout_spearman']:.4f} before, "
+                  f"{evals[-1]['heldout_spearman']:.4f} after {result.steps} steps")
+        print(f"merged model: {result.model_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastret", description="Fast embedding and exact int8 search.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -265,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(commands)
     _add_eval(commands)
     _add_bench(commands)
+    _add_train(commands)
     return parser
 
 

@@ -112,3 +112,17 @@ def test_bench_runs_small_and_reports_ratios(minilm_path, capsys):
     assert engines[-1] == "fastret int8" and results["search"][-1]["recall"] >= 0.9
     assert results["search"][0]["qps_vs_first"] == 1.0
     assert [row["engine"] for row in results["encode"]][-2:] == ["fastret (torch.float32)", "fastret (torch.bfloat16)"]
+
+
+def test_train_options_mirror_train_config(tmp_path):
+    import dataclasses
+
+    from fastret.train import TrainConfig
+
+    args = cli.build_parser().parse_args(["train", "--model", "m", "--data", "a.jsonl", "b.jsonl", "--mesh-tree", "t",
+                                          "--output-dir", "o", "--max-steps", "5", "--tau", "0.1", "--no-amp",
+                                          "--target-modules", "query", "value"])
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**values)
+    assert config.data == ["a.jsonl", "b.jsonl"] and config.max_steps == 5 and config.tau == 0.1
+    assert config.amp is False and config.target_modules == ["query", "value"] and config.lora_rank == 8
