@@ -5,7 +5,7 @@ from .encoder import Encoder
 from .index import Index
 from .kernels.mesh_similarity import mesh_similarity, mesh_similarity_ref
 from .kernels.pooling import pool_normalize, pool_normalize_ref
-from .mesh import MeshTree
+from .mesh import EncodedLabels, MeshTree, UnknownMeshLabelWarning
 from .quant import quantize_int8
 from .search import topk_int8, topk_int8_ref
 from .store import Store
@@ -13,10 +13,12 @@ from .store import Store
 __version__ = "0.1.0"
 
 __all__ = [
+    "EncodedLabels",
     "Encoder",
     "Index",
     "MeshTree",
     "Store",
+    "UnknownMeshLabelWarning",
     "available_simd_paths",
     "get_num_threads",
     "mesh_similarity",

@@ -14,12 +14,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from .batching import collate, plan_batches, prefetch
 from .kernels.pooling import pool_normalize
-from .presets import POOLING_MODES, Preset, get_preset
+from .presets import POOLING_MODES, get_preset
 
 _ST_POOLING = {  # sentence-transformers pooling names -> fastret's
     "mean": "mean", "cls": "cls", "lasttoken": "last",

@@ -28,31 +28,13 @@ the kernel on machines without a GPU).
 """
 
 import contextlib
-import os
 from typing import Optional, Tuple, Union
 
 import torch
 
 from ..mesh import EncodedLabels
 
-try:
-    import triton
-    import triton.language as tl
-
-    _TRITON_IMPORT_ERROR = None
-except ImportError as _error:  # the torch reference path still works without triton
-
-    class _MissingTriton:
-        """Stands in for triton and triton.language so the kernel below still defines."""
-
-        constexpr = object
-
-        @staticmethod
-        def jit(fn):
-            return fn
-
-    triton = tl = _MissingTriton()
-    _TRITON_IMPORT_ERROR = _error
+from ._triton import require_triton, tl, triton, use_triton
 
 Labels = Union[EncodedLabels, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -208,33 +190,6 @@ def _mesh_similarity_kernel(
 # ------------------------------------------------------------------------------------- launchers
 
 
-def _interpret_requested() -> bool:
-    """TRITON_INTERPRET as Triton reads it, looked up now (not when this module was imported)."""
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _require_triton(device: torch.device) -> None:
-    """Raise unless the kernel can run on `device` in this process."""
-    if _TRITON_IMPORT_ERROR is not None:
-        where = "a CUDA tensor" if device.type == "cuda" else "TRITON_INTERPRET=1"
-        raise RuntimeError(
-            f"mesh_similarity on {where} needs triton, which failed to import ({_TRITON_IMPORT_ERROR}); "
-            "install it (pip install 'fastret[gpu]'), or pass CPU tensors without TRITON_INTERPRET=1 "
-            "to use the torch reference"
-        )
-    if device.type == "cpu":
-        # triton fixes compiled vs interpreted when it is imported, so the interpreter cannot be
-        # switched on afterwards
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(_mesh_similarity_kernel, InterpretedFunction):
-            raise RuntimeError(
-                "TRITON_INTERPRET=1 was set after triton was imported, so the kernel cannot run in "
-                "Triton's interpreter; set it before importing fastret or triton (e.g. in the shell: "
-                "TRITON_INTERPRET=1 python ...), or unset it to use the torch reference on CPU"
-            )
-
-
 def _row_stats(nodes: torch.Tensor, weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """int32 [R] valid entries per row, float32 [R] ||v|| = sqrt(sum of w^2 over them)."""
     valid = nodes >= 0
@@ -300,15 +255,10 @@ def mesh_similarity(labels_a: Labels, labels_b: Optional[Labels] = None) -> torc
     A, B = na.shape[0], nb.shape[0]
     if A == 0 or B == 0 or na.shape[1] == 0 or nb.shape[1] == 0:
         return torch.zeros((A, B), dtype=torch.float32, device=na.device)  # nothing to compare
-    if _use_triton(na.device):
-        _require_triton(na.device)
+    if use_triton(na.device):
+        require_triton("mesh_similarity", na.device, _mesh_similarity_kernel)
         return _mesh_similarity_triton(na, wa, nb, wb, same)
     return _similarity_ref(na, wa, nb, wb, same)
-
-
-def _use_triton(device: torch.device) -> bool:
-    # a plain `if`, decided per call: CUDA -> Triton; CPU -> torch, or Triton's interpreter on request
-    return device.type == "cuda" or (device.type == "cpu" and _interpret_requested())
 
 
 def _check_inputs(labels_a, labels_b):

@@ -25,7 +25,6 @@ the kernels on machines without a GPU).
 """
 
 import contextlib
-import os
 from typing import Tuple, Union
 
 import torch
@@ -33,24 +32,7 @@ import torch.nn.functional as F
 
 from ..quant import quantize_int8
 
-try:
-    import triton
-    import triton.language as tl
-
-    _TRITON_IMPORT_ERROR = None
-except ImportError as _error:  # the torch reference path still works without triton
-
-    class _MissingTriton:
-        """Stands in for triton and triton.language so the kernels below still define."""
-
-        constexpr = object
-
-        @staticmethod
-        def jit(fn):
-            return fn
-
-    triton = tl = _MissingTriton()
-    _TRITON_IMPORT_ERROR = _error
+from ._triton import require_triton, tl, triton, use_triton
 
 MODES = ("mean", "cls", "last")
 _MODE_IDS = {"mean": 0, "cls": 1, "last": 2}
@@ -320,33 +302,6 @@ def _pool_bwd_kernel(
 # ------------------------------------------------------------------------------------- launchers
 
 
-def _interpret_requested() -> bool:
-    """TRITON_INTERPRET as Triton reads it, looked up now (not when this module was imported)."""
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _require_triton(device: torch.device) -> None:
-    """Raise unless the kernels can run on `device` in this process."""
-    if _TRITON_IMPORT_ERROR is not None:
-        where = "a CUDA tensor" if device.type == "cuda" else "TRITON_INTERPRET=1"
-        raise RuntimeError(
-            f"pool_normalize on {where} needs triton, which failed to import ({_TRITON_IMPORT_ERROR}); "
-            "install it (pip install 'fastret[gpu]'), or pass CPU tensors without TRITON_INTERPRET=1 "
-            "to use the torch reference"
-        )
-    if device.type == "cpu":
-        # triton fixes compiled vs interpreted when it is imported (its own tl.zeros, tl.sum... are
-        # jitted then), so the interpreter cannot be switched on afterwards
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(_pool_fwd_kernel, InterpretedFunction):
-            raise RuntimeError(
-                "TRITON_INTERPRET=1 was set after triton was imported, so the kernels cannot run in "
-                "Triton's interpreter; set it before importing fastret or triton (e.g. in the shell: "
-                "TRITON_INTERPRET=1 python ...), or unset it to use the torch reference on CPU"
-            )
-
-
 def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
@@ -480,8 +435,8 @@ def pool_normalize(
         RuntimeError: a CUDA tensor (or TRITON_INTERPRET=1) without triton installed.
     """
     _check_inputs(hidden, attention_mask, mode, normalize, quantize)
-    if hidden.numel() > 0 and _use_triton(hidden.device):
-        _require_triton(hidden.device)
+    if hidden.numel() > 0 and use_triton(hidden.device):
+        require_triton("pool_normalize", hidden.device, _pool_fwd_kernel)
         mask = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
         return _PoolNormalize.apply(hidden, mask, mode, normalize, quantize)
     y = pool_normalize_ref(hidden, attention_mask, mode, normalize)
@@ -489,11 +444,6 @@ def pool_normalize(
         return y
     codes, scales = quantize_int8(y)
     return y, codes, scales
-
-
-def _use_triton(device: torch.device) -> bool:
-    # a plain `if`, decided per call: CUDA -> Triton; CPU -> torch, or Triton's interpreter on request
-    return device.type == "cuda" or (device.type == "cpu" and _interpret_requested())
 
 
 def _check_inputs(hidden, attention_mask, mode, normalize, quantize) -> None:
