@@ -62,7 +62,7 @@ class UnknownMeshLabelWarning(UserWarning):
 # -------------------------------------------------------------------------------- encoded labels
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class EncodedLabels:
     """A batch of MeSH label sets as padded tree-node lists, ready for `fastret.mesh_similarity`.
 
@@ -111,7 +111,12 @@ class EncodedLabels:
         return self.nodes.shape[0]
 
     def __getitem__(self, index) -> "EncodedLabels":
-        if isinstance(index, int):
+        if isinstance(index, torch.Tensor) and index.ndim == 0:
+            index = int(index)
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            index = int(index)
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"document {index} is out of range for {len(self)} documents")
             index = slice(index, index + 1 if index != -1 else None)  # keep the batch axis
         if isinstance(index, torch.Tensor):
             rows_cpu = index.cpu()

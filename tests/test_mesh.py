@@ -251,6 +251,9 @@ def test_encoded_labels_select_move_and_print(tree):
         enc = tree.encode([["D3"], ["D1"], ["D0999"], ["D5", "D6"]])
     assert enc[1].nodes.tolist() == [tree.encode([["D1"]]).nodes[0].tolist() + [-1] * 6]
     assert enc[-1].nodes.shape == (1, 7) and enc[-1].lengths.tolist() == [7]
+    assert torch.equal(enc[np.int64(2)].nodes, enc[2].nodes) and torch.equal(enc[torch.tensor(0)].nodes, enc[0].nodes)
+    with pytest.raises(IndexError, match=r"document 4 is out of range for 4 documents"):
+        enc[4]
     assert enc[1:3].unknown.tolist() == [0, 1] and len(enc[1:3]) == 2
     picked = enc[torch.tensor([3, 0])]
     assert torch.equal(picked.nodes, enc.nodes[[3, 0]]) and picked.unknown.tolist() == [0, 0]
