@@ -29,7 +29,7 @@ import torch
 
 from .batching import collate
 from .data import read_jsonl
-from .encoder import Encoder
+from .encoder import Encoder, _read_model_dir
 from .kernels.mesh_similarity import mesh_similarity
 from .kernels.pooling import pool_normalize
 from .losses import biohicl_loss
@@ -281,16 +281,19 @@ class BioHiCLTrainer:
         merged = self.model.merge_and_unload()
         merged.save_pretrained(tmp)
         self.encoder.tokenizer.save_pretrained(tmp)
+        # the base model's own length (if it names one), not the often shorter training truncation
+        _, conventions = _read_model_dir(Path(self.config.model))
         write_sentence_transformers_files(tmp, self.encoder.dim, self.encoder.pooling, self.encoder.normalize,
-                                          self.encoder.max_length)
+                                          conventions.get("max_length"))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
         return out
 
 
 def write_sentence_transformers_files(directory: Path, dim: int, pooling: str, normalize: bool,
-                                      max_length: int) -> None:
-    """modules.json, 1_Pooling/config.json and sentence_bert_config.json for a plain model directory."""
+                                      max_length: int | None) -> None:
+    """modules.json, 1_Pooling/config.json and sentence_bert_config.json for a plain model directory
+    (max_length None: no max_seq_length, so loaders use the model's own limit)."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     if normalize:
@@ -302,8 +305,9 @@ def write_sentence_transformers_files(directory: Path, dim: int, pooling: str, n
                       "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
                       "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_lasttoken": pooling == "last"}
     (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))
-    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
-                                                                       "do_lower_case": False}))
+    bert_config = {"do_lower_case": False} if max_length is None else {"max_seq_length": max_length,
+                                                                         "do_lower_case": False}
+    (directory / "sentence_bert_config.json").write_text(json.dumps(bert_config))
 
 
 def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:

@@ -72,6 +72,7 @@ def test_export_reloads_with_fastret_and_sentence_transformers(tiny_bert, mesh_d
     texts = ["cholesterol lipids statins", "asthma wheeze"]
     reloaded = fastret.Encoder(result.model_dir, device="cpu")
     assert reloaded.pooling == "mean"
+    assert reloaded.max_length == 128  # the base model's limit, not the training truncation (32)
     ours = reloaded.encode(texts)
     theirs = SentenceTransformer(str(result.model_dir), device="cpu").encode(texts)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
