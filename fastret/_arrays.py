@@ -127,6 +127,17 @@ def vectors(
     return codes, scales, floats
 
 
+def int64_ids(ids: Any, n: int) -> np.ndarray:
+    """External ids as a C-contiguous int64 [n] array: integers only, and all of them fitting int64."""
+    array = to_numpy(ids, "ids")
+    if array.ndim != 1 or len(array) != n:
+        raise ValueError(f"ids must be 1-D with one id per vector ({n}), got shape {tuple(array.shape)}")
+    too_big = array.dtype.kind == "u" and array.dtype.itemsize == 8 and n and array.max() > np.iinfo(np.int64).max
+    if array.dtype.kind not in "iu" or too_big:
+        raise TypeError(f"ids must be integers that fit int64, got {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
 def check_k(k: Any, n: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an int, got {type(k).__name__}")

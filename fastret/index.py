@@ -111,12 +111,7 @@ class Index:
     def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         if ids is None:
             return np.arange(self._count, self._count + n, dtype=np.int64)
-        array = _arrays.to_numpy(ids, "ids")
-        if array.ndim != 1 or len(array) != n:
-            raise ValueError(f"ids must be 1-D with one id per vector ({n}), got shape {tuple(array.shape)}")
-        if array.dtype.kind not in "iu" or (array.dtype.kind == "u" and array.dtype.itemsize == 8 and n and array.max() > np.iinfo(np.int64).max):
-            raise TypeError(f"ids must be integers that fit int64, got {array.dtype}")
-        return array.astype(np.int64)
+        return _arrays.int64_ids(ids, n)
 
     def _reserve(self, needed: int) -> None:
         """Make room for `needed` vectors (copying out of a read-only mmap if loaded that way)."""

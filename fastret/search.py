@@ -42,7 +42,7 @@ def topk_int8(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: Any = 
     db_codes, db_scale = _arrays.int8_codes(db_int8, db_scales, "db")
     k = _arrays.check_k(k, len(db_codes))
     q_codes, q_scales, _ = _arrays.vectors(queries, "queries", db_codes.shape[1], queries=True)
-    row_ids = _ids_array(ids, len(db_codes))
+    row_ids = None if ids is None else _arrays.int64_ids(ids, len(db_codes))
     scores, rows = _core.topk_int8(q_codes, q_scales, db_codes, db_scale, row_ids, k)
     return scores, rows if row_ids is None else row_ids[rows]
 
@@ -52,24 +52,13 @@ def topk_int8_ref(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: An
     db_codes, db_scale = _arrays.int8_codes(db_int8, db_scales, "db")
     k = _arrays.check_k(k, len(db_codes))
     q_codes, q_scales, _ = _arrays.vectors(queries, "queries", db_codes.shape[1], queries=True)
-    row_ids = _ids_array(ids, len(db_codes))
+    row_ids = None if ids is None else _arrays.int64_ids(ids, len(db_codes))
     if row_ids is None:
         row_ids = np.arange(len(db_codes), dtype=np.int64)
     dots = q_codes.astype(np.int64) @ db_codes.astype(np.int64).T
     scores = (dots.astype(np.float32) * q_scales[:, None]) * db_scale[None, :]
     order = np.lexsort((np.broadcast_to(row_ids, scores.shape), -scores), axis=-1)[:, :k]
     return np.take_along_axis(scores, order, axis=1), row_ids[order]
-
-
-def _ids_array(ids: Any, n: int) -> np.ndarray | None:
-    if ids is None:
-        return None
-    array = _arrays.to_numpy(ids, "ids")
-    if array.ndim != 1 or len(array) != n:
-        raise ValueError(f"ids must be 1-D with one id per vector ({n}), got shape {tuple(array.shape)}")
-    if array.dtype.kind not in "iu":
-        raise TypeError(f"ids must be integers, got {array.dtype}")
-    return np.ascontiguousarray(array, dtype=np.int64)
 
 
 def _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
