@@ -16,6 +16,15 @@ known labels (a document with no known labels has no SimL to learn from, so it i
 
 The published method is known from summaries only, so every constant is a parameter (and a
 `TrainConfig` field).
+
+An optional retrieval anchor (fastret's addition, off unless `lambda_anchor > 0`): each document
+that comes with a query of its own (a PubMedQA question, else its title) should keep scoring the
+batch's documents as the base model did,
+
+    L_anchor = mean over (query i, document j) of (<q_i, d_j> - <q0_i, d0_j>)^2
+
+(q0, d0: the frozen base model's embeddings), so the label alignment reshapes document-document
+similarity without wearing away the query-document similarity that retrieval rests on.
 """
 
 from __future__ import annotations
@@ -70,3 +79,14 @@ def biohicl_loss(sim_e: torch.Tensor, sim_l: torch.Tensor, lambda_con: float = 0
     con = contrastive_loss(sim_e, sim_l, beta, tau, labelled)
     total = mse + lambda_con * con
     return total, {"loss": float(total.detach()), "mse": float(mse.detach()), "contrastive": float(con.detach())}
+
+
+
+def anchor_loss(scores: torch.Tensor, base_scores: torch.Tensor) -> torch.Tensor:
+    """Mean squared drift of query-document scores [Q, B] from the base model's (0, not NaN, when Q == 0)."""
+    if scores.ndim != 2 or scores.shape != base_scores.shape:
+        raise ValueError(f"scores and base scores must both be [Q, B], got {tuple(scores.shape)} "
+                         f"and {tuple(base_scores.shape)}")
+    if scores.numel() == 0:
+        return scores.sum()
+    return (scores - base_scores.to(scores.dtype)).square().mean()

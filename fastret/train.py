@@ -2,11 +2,13 @@
 
 One explicit loop (no Trainer): batches of MeSH-labelled abstracts -> encoder forward -> fused pool +
 normalize (with gradients) -> SimE = cosine matrix; SimL = `mesh_similarity` of their labels ->
-`biohicl_loss` -> AdamW with linear warm-up then cosine decay, gradient accumulation, AMP on CUDA,
-gradient clipping. Checkpoints every N steps (adapter + optimizer + schedule + step) allow
-`resume=True`; the evaluation hook reports the Spearman correlation of SimE and SimL on held-out
-abstracts. The result is exported merged (`merge_and_unload`) as a plain model directory with
-sentence-transformers' files, loadable by `fastret.Encoder` and `SentenceTransformer`.
+`biohicl_loss` (+ `lambda_anchor` x `anchor_loss`, which holds each abstract's own question or
+title to the base model's scores against the batch) -> AdamW with linear warm-up then cosine decay,
+gradient accumulation, AMP on CUDA, gradient clipping. Checkpoints every N steps (adapter +
+optimizer + schedule + step) allow `resume=True`; the evaluation hook reports the Spearman
+correlation of SimE and SimL on held-out abstracts. The result is exported merged
+(`merge_and_unload`) as a plain model directory with sentence-transformers' files, loadable by
+`fastret.Encoder` and `SentenceTransformer`.
 
     from fastret.train import TrainConfig, train
     result = train(TrainConfig(model="path/to/model", data=["abstracts.jsonl"],
@@ -32,7 +34,7 @@ from .data import read_jsonl
 from .encoder import Encoder, _read_model_dir
 from .kernels.mesh_similarity import mesh_similarity
 from .kernels.pooling import pool_normalize
-from .losses import biohicl_loss
+from .losses import anchor_loss, biohicl_loss
 from .mesh import MeshTree
 
 _ST_POOLING_NAMES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
@@ -64,6 +66,8 @@ class TrainConfig:
     lambda_con: float = 0.1
     beta: float = 0.3
     tau: float = 0.05
+    # retrieval anchor (losses.anchor_loss): keep the base model's question/title -> abstract scores
+    lambda_anchor: float = 0.0
     # model and data
     max_length: int = 256
     pooling: str | None = None  # default: the model's own convention
@@ -81,15 +85,16 @@ class TrainConfig:
 @dataclass
 class LabelledAbstract:
     pmid: str
-    text: str
+    text: str  # title and abstract
     mesh_ids: list[str]
+    query: str = ""  # what should retrieve it: the record's question, else its title ("" if neither)
 
 
 @dataclass
 class TrainResult:
     model_dir: Path  # the exported, merged model
     steps: int
-    history: list[dict] = field(default_factory=list)  # {"step", "loss", "mse", "contrastive", "lr"} + evals
+    history: list[dict] = field(default_factory=list)  # {"step", "loss", "mse", "contrastive", ["anchor",] "lr"} + evals
 
 
 def load_labelled_abstracts(paths: Sequence[str | os.PathLike]) -> list[LabelledAbstract]:
@@ -105,9 +110,11 @@ def load_labelled_abstracts(paths: Sequence[str | os.PathLike]) -> list[Labelled
             if not isinstance(labels, list) or not labels:
                 skipped["no labels"] += 1
                 continue
-            title = record.get("title") or ""
+            title = record.get("title") if isinstance(record.get("title"), str) else ""
+            question = record.get("question") if isinstance(record.get("question"), str) else ""
             records.append(LabelledAbstract(str(record.get("pmid", f"{Path(path).name}:{number}")),
-                                            f"{title} {abstract}".strip(), [str(label) for label in labels]))
+                                            f"{title} {abstract}".strip(), [str(label) for label in labels],
+                                            (question or title).strip()))
     if any(skipped.values()):
         warnings.warn("skipped abstracts: " + ", ".join(f"{n} with {why}" for why, n in skipped.items() if n),
                       stacklevel=2)
@@ -164,6 +171,7 @@ class BioHiCLTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(warmup, self.total_steps))
         self.step = 0
         self.history: list[dict] = []
+        self.base_embeddings = self.embed_with_base_model() if config.lambda_anchor else None
 
     # ------------------------------------------------------------------ data
 
@@ -176,8 +184,12 @@ class BioHiCLTrainer:
         return order[within * size : (within + 1) * size]
 
     def embed(self, rows: np.ndarray) -> torch.Tensor:
-        """L2-normalized embeddings [len(rows), d] with gradients (through the fused kernel)."""
-        inputs = [self.encoder.prepare(self.abstracts[r].text, i) for i, r in enumerate(rows)]
+        """L2-normalized abstract embeddings [len(rows), d] with gradients (through the fused kernel)."""
+        return self.embed_texts([self.abstracts[r].text for r in rows])
+
+    def embed_texts(self, texts: list[str], prefix: str = "") -> torch.Tensor:
+        """L2-normalized embeddings [len(texts), d] of `prefix + text`, with gradients."""
+        inputs = [self.encoder.prepare(text, i, prefix) for i, text in enumerate(texts)]
         token_ids, type_ids, _ = self.encoder._tokenize(inputs)
         batch = collate(token_ids, type_ids, self.encoder._pad_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -188,10 +200,42 @@ class BioHiCLTrainer:
 
     def similarities(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(SimE with gradients, SimL) for a batch."""
+        sim_e, sim_l, _ = self._similarities_and_embeddings(rows)
+        return sim_e, sim_l
+
+    def _similarities_and_embeddings(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         embeddings = self.embed(rows)
         sim_e = embeddings @ embeddings.T
         labels = self.labels[torch.from_numpy(rows)].to(self.device)
-        return sim_e, mesh_similarity(labels).to(sim_e.dtype)
+        return sim_e, mesh_similarity(labels).to(sim_e.dtype), embeddings
+
+    def embed_queries(self, rows: np.ndarray) -> torch.Tensor:
+        """Embeddings [len(rows), d] of the abstracts' own queries (with the model's query prompt)."""
+        return self.embed_texts([self.abstracts[r].query for r in rows], self.encoder.prompts.get("query", ""))
+
+    @torch.no_grad()
+    def embed_with_base_model(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base model's (adapters off, dropout off) embeddings of every abstract and of its
+        query, [N, d] each (zeros for an abstract without a query): the anchor's fixed targets."""
+        self.model.eval()
+        n, step = len(self.abstracts), 64
+        queries = torch.zeros(n, self.encoder.dim, device=self.device)
+        with self.model.disable_adapter():
+            documents = torch.cat([self.embed(np.arange(i, min(i + step, n))) for i in range(0, n, step)]).float()
+            with_query = np.array([r for r in range(n) if self.abstracts[r].query], dtype=np.int64)
+            for i in range(0, len(with_query), step):
+                queries[torch.from_numpy(with_query[i : i + step])] = self.embed_queries(with_query[i : i + step]).float()
+        return queries, documents
+
+    def anchor(self, rows: np.ndarray, documents: torch.Tensor) -> torch.Tensor:
+        """The retrieval anchor for a batch whose document embeddings are `documents` [len(rows), d]."""
+        with_query = np.array([r for r in rows if self.abstracts[r].query], dtype=np.int64)
+        if len(with_query) == 0:
+            return documents.sum() * 0.0
+        scores = self.embed_queries(with_query) @ documents.T  # [Q, B]
+        base_queries, base_documents = self.base_embeddings
+        base_scores = base_queries[torch.from_numpy(with_query)] @ base_documents[torch.from_numpy(rows)].T
+        return anchor_loss(scores, base_scores)
 
     # ------------------------------------------------------------------ loop
 
@@ -200,9 +244,16 @@ class BioHiCLTrainer:
         config = self.config
         self.model.train()
         logged = {"loss": 0.0, "mse": 0.0, "contrastive": 0.0}
+        if config.lambda_anchor:
+            logged["anchor"] = 0.0
         for micro in range(config.grad_accumulation):
-            sim_e, sim_l = self.similarities(self.batch_rows(self.step * config.grad_accumulation + micro))
+            rows = self.batch_rows(self.step * config.grad_accumulation + micro)
+            sim_e, sim_l, embeddings = self._similarities_and_embeddings(rows)
             loss, parts = biohicl_loss(sim_e, sim_l, config.lambda_con, config.beta, config.tau)
+            if config.lambda_anchor:
+                anchor = self.anchor(rows, embeddings)
+                loss = loss + config.lambda_anchor * anchor
+                parts = {**parts, "loss": float(loss.detach()), "anchor": float(anchor.detach())}
             (loss / config.grad_accumulation).backward()
             for key in logged:
                 logged[key] += parts[key] / config.grad_accumulation

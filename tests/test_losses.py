@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fastret.losses import biohicl_loss, contrastive_loss, mse_loss
+from fastret.losses import anchor_loss, biohicl_loss, contrastive_loss, mse_loss
 
 SIM_E = torch.tensor([[1.0, 0.8, 0.1], [0.8, 1.0, 0.3], [0.1, 0.3, 1.0]])
 SIM_L = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.0]])
@@ -56,3 +56,21 @@ def test_bad_shapes_and_tau():
         mse_loss(torch.zeros(2, 3), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="tau must be > 0"):
         contrastive_loss(SIM_E, SIM_L, tau=0.0)
+
+
+def test_anchor_by_hand():
+    scores = torch.tensor([[0.9, 0.2, 0.1], [0.3, 0.7, 0.0]], requires_grad=True)
+    base = torch.tensor([[0.8, 0.2, 0.3], [0.3, 0.7, 0.0]])
+    loss = anchor_loss(scores, base)
+    assert loss.item() == pytest.approx((0.1**2 + 0.2**2) / 6)
+    loss.backward()
+    assert scores.grad[1].abs().sum() == 0 and scores.grad[0, 0] > 0 and scores.grad[0, 2] < 0
+
+
+def test_anchor_without_queries_is_zero_and_checks_shapes():
+    scores = torch.zeros(0, 4, requires_grad=True)
+    loss = anchor_loss(scores, torch.zeros(0, 4))
+    loss.backward()
+    assert loss.item() == 0.0
+    with pytest.raises(ValueError, match=r"must both be \[Q, B\]"):
+        anchor_loss(torch.zeros(2, 3), torch.zeros(3, 2))

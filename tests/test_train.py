@@ -24,8 +24,13 @@ def mesh_data(tmp_path):
     for i in range(40):
         text, labels = TOPICS[i % len(TOPICS)]
         words = text.split()
-        lines.append({"pmid": str(i), "title": words[0], "abstract": " ".join(list(rng.permutation(words)) * 3),
-                      "mesh_ids": labels + (["D99999"] if i % 10 == 0 else [])})  # some unknown ids
+        record = {"pmid": str(i), "title": words[0], "abstract": " ".join(list(rng.permutation(words)) * 3),
+                  "mesh_ids": labels + (["D99999"] if i % 10 == 0 else [])}  # some unknown ids
+        if i % 8 == 1:
+            record["question"] = f"does {words[1]} matter?"  # a question is the query, before the title
+        if i % 8 == 2:
+            del record["title"]  # no query at all
+        lines.append(record)
     data = tmp_path / "abstracts.jsonl"
     data.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return tree, data
@@ -59,6 +64,34 @@ def test_loss_is_finite_and_falls(tiny_bert, mesh_data, tmp_path):
     losses = [trainer.train_step()["loss"] for _ in range(16)]
     assert all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+def test_anchor_keeps_the_base_models_query_scores(tiny_bert, mesh_data, tmp_path):
+    cfg = config(tiny_bert, mesh_data, tmp_path / "out", lambda_anchor=1.0, learning_rate=1e-2, lora_dropout=0.0)
+    with pytest.warns(UserWarning):
+        trainer = BioHiCLTrainer(cfg)
+    queries = [a.query for a in trainer.abstracts]
+    assert "does wheeze matter?" in queries and "" in queries and "heart" in queries
+    # the fixed targets are the base model's embeddings, of abstracts and of their own queries
+    base = fastret.Encoder(tiny_bert, device="cpu", max_length=32)
+    base_queries, base_documents = trainer.base_embeddings
+    expected = base.encode([a.text for a in trainer.abstracts[:8]], normalize_embeddings=True)
+    np.testing.assert_allclose(base_documents[:8].numpy(), expected, atol=1e-5)
+    with_query = [i for i, q in enumerate(queries[:8]) if q]
+    np.testing.assert_allclose(base_queries[with_query].numpy(), base.encode([queries[i] for i in with_query], normalize_embeddings=True),
+                               atol=1e-5)
+    assert not base_queries[[i for i, q in enumerate(queries) if not q]].any()
+
+    trainer.model.eval()  # no dropout: before any step the adapted model is the base model
+    rows = trainer.batch_rows(0)
+    with torch.no_grad():
+        assert trainer.anchor(rows, trainer.embed(rows)).item() == pytest.approx(0.0, abs=1e-10)
+    logged = [trainer.train_step() for _ in range(3)]
+    trainer.model.eval()
+    with torch.no_grad():
+        assert trainer.anchor(rows, trainer.embed(rows)).item() > 1e-6  # the adapters moved the scores
+    assert logged[-1]["loss"] == pytest.approx(logged[-1]["mse"] + 0.1 * logged[-1]["contrastive"]
+                                               + logged[-1]["anchor"], rel=1e-5)
 
 
 def test_export_reloads_with_fastret_and_sentence_transformers(tiny_bert, mesh_data, tmp_path):
