@@ -379,10 +379,15 @@ def train(config: TrainConfig, show_progress_bar: bool = True,
 
     `on_step(trainer, logged)` runs after every optimizer step (an evaluation hook of your own,
     early stopping by raising, ...). With `config.resume`, training continues from the newest
-    checkpoint in `output_dir/checkpoints`.
+    checkpoint in `output_dir/checkpoints`; without it, an `output_dir` holding checkpoints is a
+    ValueError (never a silent mix of two runs).
     """
     from tqdm.auto import tqdm
 
+    earlier = sorted((Path(config.output_dir) / "checkpoints").glob("step-*"))
+    if earlier and not config.resume:
+        raise ValueError(f"{config.output_dir} holds checkpoints of an earlier run (newest: {earlier[-1].name}); "
+                         "pass resume=True (--resume) to continue it, or choose another output_dir")
     trainer = BioHiCLTrainer(config)
     if not (config.resume and trainer.load_latest_checkpoint()):
         trainer.history.append({"step": 0, **trainer.evaluate()})

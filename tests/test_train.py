@@ -123,6 +123,8 @@ def test_resume_continues_where_it_stopped(tiny_bert, mesh_data, tmp_path):
 
     with pytest.warns(UserWarning), pytest.raises(KeyboardInterrupt):
         train(config(tiny_bert, mesh_data, tmp_path / "resumed"), show_progress_bar=False, on_step=stop_after_two)
+    with pytest.raises(ValueError, match=r"checkpoints of an earlier run \(newest: step-0000002\).*resume=True"):
+        train(config(tiny_bert, mesh_data, tmp_path / "resumed"), show_progress_bar=False)
     with pytest.warns(UserWarning):
         resumed = train(config(tiny_bert, mesh_data, tmp_path / "resumed", resume=True), show_progress_bar=False)
     assert resumed.steps == 4
