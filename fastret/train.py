@@ -198,12 +198,8 @@ class BioHiCLTrainer:
             hidden = self.model(**batch).last_hidden_state
         return pool_normalize(hidden, batch["attention_mask"], mode=self.encoder.pooling, normalize=True)
 
-    def similarities(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(SimE with gradients, SimL) for a batch."""
-        sim_e, sim_l, _ = self._similarities_and_embeddings(rows)
-        return sim_e, sim_l
-
-    def _similarities_and_embeddings(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def similarities(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(SimE with gradients, SimL, the embeddings SimE came from) for a batch."""
         embeddings = self.embed(rows)
         sim_e = embeddings @ embeddings.T
         labels = self.labels[torch.from_numpy(rows)].to(self.device)
@@ -248,7 +244,7 @@ class BioHiCLTrainer:
             logged["anchor"] = 0.0
         for micro in range(config.grad_accumulation):
             rows = self.batch_rows(self.step * config.grad_accumulation + micro)
-            sim_e, sim_l, embeddings = self._similarities_and_embeddings(rows)
+            sim_e, sim_l, embeddings = self.similarities(rows)
             loss, parts = biohicl_loss(sim_e, sim_l, config.lambda_con, config.beta, config.tau)
             if config.lambda_anchor:
                 anchor = self.anchor(rows, embeddings)
@@ -283,12 +279,9 @@ class BioHiCLTrainer:
 
     # ------------------------------------------------------------------ checkpoints and export
 
-    def checkpoint_dir(self) -> Path:
-        return Path(self.config.output_dir) / "checkpoints"
-
     def save_checkpoint(self) -> Path:
         """Adapter + optimizer + schedule + step, written to a temporary directory and renamed."""
-        root = self.checkpoint_dir()
+        root = checkpoint_root(self.config.output_dir)
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{self.step:07d}"
         tmp = root / f".step-{self.step:07d}.tmp"
@@ -301,7 +294,7 @@ class BioHiCLTrainer:
                     "config": asdict(self.config)}, tmp / "trainer_state.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in sorted(root.glob("step-*"))[: -self.config.keep_checkpoints]:
+        for old in saved_checkpoints(self.config.output_dir)[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
         return final
 
@@ -310,7 +303,7 @@ class BioHiCLTrainer:
         from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
-        checkpoints = sorted(self.checkpoint_dir().glob("step-*")) if self.checkpoint_dir().exists() else []
+        checkpoints = saved_checkpoints(self.config.output_dir)
         if not checkpoints:
             return False
         latest = checkpoints[-1]
@@ -339,6 +332,17 @@ class BioHiCLTrainer:
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
         return out
+
+
+def checkpoint_root(output_dir: str | os.PathLike) -> Path:
+    """Where a run in `output_dir` keeps its checkpoints."""
+    return Path(output_dir) / "checkpoints"
+
+
+def saved_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The finished checkpoints of a run in `output_dir`, oldest first (none if there are none)."""
+    root = checkpoint_root(output_dir)
+    return sorted(root.glob("step-*")) if root.is_dir() else []
 
 
 def write_sentence_transformers_files(directory: Path, dim: int, pooling: str, normalize: bool,
@@ -384,7 +388,7 @@ def train(config: TrainConfig, show_progress_bar: bool = True,
     """
     from tqdm.auto import tqdm
 
-    earlier = sorted((Path(config.output_dir) / "checkpoints").glob("step-*"))
+    earlier = saved_checkpoints(config.output_dir)
     if earlier and not config.resume:
         raise ValueError(f"{config.output_dir} holds checkpoints of an earlier run (newest: {earlier[-1].name}); "
                          "pass resume=True (--resume) to continue it, or choose another output_dir")
