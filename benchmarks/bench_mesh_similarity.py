@@ -32,6 +32,7 @@ import torch
 
 from fastret.kernels.mesh_similarity import mesh_similarity, mesh_similarity_ref
 from fastret.mesh import MeshTree, UnknownMeshLabelWarning
+from harness import timed
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -66,19 +67,6 @@ def data():
 def inputs(data, case: str):
     _, a, b = data
     return (a, None) if case == "self" else (a, b)
-
-
-def timed(fn):
-    """fn, waiting for the GPU to finish so that the benchmark times the work, not the launch."""
-    if not CUDA:
-        return fn
-
-    def run():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    return run
 
 
 def dense_fp32(tree: MeshTree, a, b):

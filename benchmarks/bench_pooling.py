@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import fastret
 from fastret.kernels.pooling import pool_normalize, pool_normalize_ref
+from harness import timed
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -51,19 +52,6 @@ def bytes_moved(hidden, mask, quantize: bool) -> int:
     read = int(mask.sum()) * D * hidden.element_size() + mask.numel() * mask.element_size()
     written = B * D * 4 + (B * D + B * 4 if quantize else 0)
     return read + written
-
-
-def timed(fn):
-    """fn, waiting for the GPU to finish so that the benchmark times the work, not the launch."""
-    if not CUDA:
-        return fn
-
-    def run():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    return run
 
 
 def check(out, hidden, mask, mode: str, quantize: bool) -> None:

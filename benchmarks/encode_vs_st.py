@@ -47,7 +47,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -62,6 +61,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fastret  # noqa: E402
+from harness import cpu_info, finish, verdict  # noqa: E402
 from fastret.data import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 
 ST = "sentence-transformers"
@@ -163,18 +163,7 @@ def build_bert_base(tokenizer_dir: Path, out_dir: Path, seed: int) -> Path:
 
 
 def machine_info(device: torch.device) -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    info = {
-        "cpu": models[0] if models else platform.processor(),
-        "cpu_matmul_flags": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags],
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "python": platform.python_version(),
-    }
+    info = {**cpu_info(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -327,10 +316,6 @@ def print_table(label: str, unit: str, result: dict, cuda: bool) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
-
-
 def acceptance(result: dict, cuda: bool) -> list:
     """(status, text) for the throughput targets and the full-run cosine thresholds."""
     rows = result["rows"]
@@ -386,19 +371,11 @@ def main() -> int:
             results[key] = measure(label, engines, texts, lengths, shape, args)
             print_table(f"{label}: {len(texts):,} texts, best of {args.repeats}", key, results[key], cuda)
 
-    checks = acceptance(results["docs"], cuda)
-    print()
-    for status, text in checks:
-        print(f"{status}  {text}")
-
-    if args.json:
-        report = {"command": command, "args": {k: str(v) for k, v in vars(args).items()}, "machine": info,
-                  "versions": libs, "model": {"dir": str(args.model), "bert_base": args.bert_base, **vars(shape)},
-                  "results": results, "acceptance": [{"status": s, "check": t} for s, t in checks]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    return 1 if any(status == "FAIL" for status, _ in checks) else 0
+    return finish(acceptance(results["docs"], cuda), args.json, {
+        "command": command, "args": {k: str(v) for k, v in vars(args).items()}, "machine": info,
+        "versions": libs, "model": {"dir": str(args.model), "bert_base": args.bert_base, **vars(shape)},
+        "results": results,
+    })
 
 
 if __name__ == "__main__":

@@ -34,8 +34,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
@@ -49,6 +47,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fastret  # noqa: E402
+from harness import cpu_info, finish, verdict  # noqa: E402
 from fastret.data import BUNDLED_NFCORPUS, find_file, load_corpus, load_qrels, load_queries  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -103,20 +102,8 @@ def set_threads(threads: int) -> dict:
 
 
 def machine_info() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
-    return {
-        "cpu": models[0] if models else platform.processor(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "ram_gib": round(mem_kb / 2**20, 1),
-        "fastret_simd_path": fastret.simd_path(),
-        "faiss_compile_options": faiss.get_compile_options(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "python": platform.python_version(),
-    }
+    return {**cpu_info(), "fastret_simd_path": fastret.simd_path(),
+            "faiss_compile_options": faiss.get_compile_options(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def versions() -> dict:
@@ -372,10 +359,6 @@ def print_table(random: dict, real: dict | None) -> None:
     print("build s: " + "; ".join(f"{name}: {entry['build_seconds']:.1f}" for name, entry in random.items()))
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
-
-
 def acceptance(args: argparse.Namespace, random: dict, real: dict | None) -> list:
     """The acceptance targets as (status, description): PASS, FAIL, SKIP, or INFO (no target)."""
     ours, flat = random[INT8], random[FLAT]
@@ -427,22 +410,11 @@ def main() -> int:
     print(f"peak RSS: {peak_rss_mb():,.0f} MB\n")
 
     print_table(random, real)
-    checks = acceptance(args, random, real)
-    print()
-    for status, text in checks:
-        print(f"{status}  {text}")
-
-    if args.json:
-        report = {
-            "command": command, "args": {key: str(value) for key, value in vars(args).items()},
-            "machine": info, "versions": libs, "threads": threads, "peak_rss_mb": peak_rss_mb(),
-            "random": random, "real": real,
-            "acceptance": [{"status": status, "check": text} for status, text in checks],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    return 1 if any(status == "FAIL" for status, _ in checks) else 0
+    return finish(acceptance(args, random, real), args.json, {
+        "command": command, "args": {key: str(value) for key, value in vars(args).items()},
+        "machine": info, "versions": libs, "threads": threads, "peak_rss_mb": peak_rss_mb(),
+        "random": random, "real": real,
+    })
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""What the benchmark scripts share: the machine's description, GPU-synchronized timing, and the
+acceptance verdicts with the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_info() -> dict:
+    """CPU model, its matmul-relevant flags, logical and usable CPUs, RAM and the Python version."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
+    return {
+        "cpu": models[0] if models else platform.processor(),
+        "cpu_matmul_flags": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags],
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "ram_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+    }
+
+
+def timed(fn):
+    """fn, waiting for the GPU to finish so that the benchmark times the work, not the launch."""
+    import torch  # here, so that the CPU-only search benchmark does not load torch
+
+    if not torch.cuda.is_available():
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def finish(checks: list[tuple[str, str]], json_path: Path | None, report: dict) -> int:
+    """Print the (status, description) checks, write `report` + the checks to `json_path` (if
+    given), and return the exit status: 1 if any check FAILed, else 0."""
+    print()
+    for status, text in checks:
+        print(f"{status}  {text}")
+    if json_path:
+        report = {**report, "acceptance": [{"status": status, "check": text} for status, text in checks]}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {json_path}")
+    return 1 if any(status == "FAIL" for status, _ in checks) else 0
