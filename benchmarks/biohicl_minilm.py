@@ -31,7 +31,7 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 def nfcorpus_int8_ndcg(model_dir, splits: tuple[str, ...] = ("dev", "train", "test")) -> dict[str, float]:
     """NFCorpus nDCG@10 with the int8 index on each split, from one corpus encoding. Training never
     sees NFCorpus: its train and dev queries (2,914) choose settings, test is the reported figure."""
-    from fastret.data import load_beir
+    from fastret.corpus import load_beir
     from fastret.evaluate import as_run, trec_metrics
     from fastret.index import Index
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastret.data import BUNDLED_NFCORPUS, find_file, iter_corpus
+from fastret.corpus import BUNDLED_NFCORPUS, find_file, iter_corpus
 
 
 def write_corpus(path: Path, count: int) -> None:

@@ -62,7 +62,7 @@ import torch  # noqa: E402
 
 import fastret  # noqa: E402
 from harness import cpu_info, finish, verdict  # noqa: E402
-from fastret.data import BUNDLED_NFCORPUS, load_beir  # noqa: E402
+from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 
 ST = "sentence-transformers"
 FASTRET = "fastret"

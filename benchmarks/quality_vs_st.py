@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fastret import Encoder, Index  # noqa: E402
-from fastret.data import BUNDLED_NFCORPUS, load_beir  # noqa: E402
+from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.evaluate import as_run, exact_float_search, trec_metrics  # noqa: E402
 from fastret.presets import default_model_path  # noqa: E402
 

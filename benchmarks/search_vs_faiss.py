@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 import fastret  # noqa: E402
 from harness import cpu_info, finish, verdict  # noqa: E402
-from fastret.data import BUNDLED_NFCORPUS, find_file, load_corpus, load_qrels, load_queries  # noqa: E402
+from fastret.corpus import BUNDLED_NFCORPUS, find_file, load_corpus, load_qrels, load_queries  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"

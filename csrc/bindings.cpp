@@ -5,7 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <optional>
+#include <vector>
 #include <stdexcept>
 #include <string>
 
@@ -22,27 +22,59 @@ void require(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
 }
 
+// `object` as an array of exactly T (C-contiguous), without a copy; kept alive in `keep`.
+template <typename T>
+Array<T> exact_array(const py::handle& object, const std::string& what, std::vector<py::object>& keep) {
+  if (!py::isinstance<Array<T>>(object))
+    throw py::type_error(what + " must be a C-contiguous numpy array of " +
+                         py::str(py::dtype::of<T>()).cast<std::string>());
+  auto array = py::reinterpret_borrow<Array<T>>(object);
+  keep.push_back(array);
+  return array;
+}
+
+// One segment from Python: (codes int8 [n, dim], scales float32 [n], ids int64 [n],
+// deleted uint64 [ceil(n / 64)] or None). Its arrays are held in `keep` for the call.
+fastret::Segment segment_from(const py::handle& item, size_t position, size_t dim,
+                              std::vector<py::object>& keep) {
+  const std::string where = "segment " + std::to_string(position);
+  require(py::isinstance<py::tuple>(item), where + ": expected a tuple (codes, scales, ids, deleted or None)");
+  const auto parts = py::reinterpret_borrow<py::tuple>(item);
+  require(parts.size() == 4, where + ": expected (codes, scales, ids, deleted or None)");
+  const auto codes = exact_array<int8_t>(parts[0], where + " codes", keep);
+  const auto scales = exact_array<float>(parts[1], where + " scales", keep);
+  const auto ids = exact_array<int64_t>(parts[2], where + " ids", keep);
+  require(codes.ndim() == 2 && static_cast<size_t>(codes.shape(1)) == dim,
+          where + ": codes must be 2-D [n, " + std::to_string(dim) + "]");
+  const size_t n = codes.shape(0);
+  require(scales.ndim() == 1 && static_cast<size_t>(scales.shape(0)) == n,
+          where + ": scales must be 1-D with one scale per vector (" + std::to_string(n) + ")");
+  require(ids.ndim() == 1 && static_cast<size_t>(ids.shape(0)) == n,
+          where + ": ids must be 1-D with one id per vector (" + std::to_string(n) + ")");
+  const uint64_t* deleted = nullptr;
+  if (!parts[3].is_none()) {
+    const auto bits = exact_array<uint64_t>(parts[3], where + " deleted bitmap", keep);
+    require(bits.ndim() == 1 && static_cast<size_t>(bits.shape(0)) == (n + 63) / 64,
+            where + ": the deleted bitmap must be uint64 [" + std::to_string((n + 63) / 64) + "]");
+    deleted = bits.data();
+  }
+  return fastret::Segment{codes.data(), scales.data(), ids.data(), deleted, n};
+}
+
 py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scales,
-                    const Array<int8_t>& corpus, const Array<float>& corpus_scales,
-                    const std::optional<Array<int64_t>>& ids, size_t k) {
+                    const py::sequence& segments, size_t k) {
   require(queries.ndim() == 2, "queries must be 2-D [n_queries, dim], got ndim=" +
                                    std::to_string(queries.ndim()));
-  require(corpus.ndim() == 2,
-          "corpus must be 2-D [n_corpus, dim], got ndim=" + std::to_string(corpus.ndim()));
-  const size_t n_queries = queries.shape(0), dim = queries.shape(1), n_corpus = corpus.shape(0);
-  require(static_cast<size_t>(corpus.shape(1)) == dim,
-          "queries have dim " + std::to_string(dim) + " but the corpus has dim " +
-              std::to_string(corpus.shape(1)));
+  const size_t n_queries = queries.shape(0), dim = queries.shape(1);
   require(query_scales.ndim() == 1 && static_cast<size_t>(query_scales.shape(0)) == n_queries,
           "query_scales must be 1-D with one scale per query (" + std::to_string(n_queries) + ")");
-  require(corpus_scales.ndim() == 1 && static_cast<size_t>(corpus_scales.shape(0)) == n_corpus,
-          "corpus_scales must be 1-D with one scale per corpus vector (" +
-              std::to_string(n_corpus) + ")");
-  const int64_t* id_data = nullptr;
-  if (ids) {
-    require(ids->ndim() == 1 && static_cast<size_t>(ids->shape(0)) == n_corpus,
-            "ids must be 1-D with one id per corpus vector (" + std::to_string(n_corpus) + ")");
-    id_data = ids->data();
+  // Exact dtypes only (the strict casts below refuse float64 scales, say): the Python layer converts.
+  std::vector<py::object> keep;
+  std::vector<fastret::Segment> parts;
+  size_t n_corpus = 0;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    parts.push_back(segment_from(segments[s], s, dim, keep));
+    n_corpus += parts.back().count;
   }
   // Checked before allocating the outputs, whose size depends on k.
   require(k >= 1 && k <= n_corpus && n_queries > 0,
@@ -55,8 +87,8 @@ py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scal
   int64_t* rows_data = rows.mutable_data();
   {
     py::gil_scoped_release release;
-    fastret::topk_int8(queries.data(), query_scales.data(), n_queries, corpus.data(),
-                       corpus_scales.data(), id_data, n_corpus, dim, k, scores_data, rows_data);
+    fastret::topk_int8(queries.data(), query_scales.data(), n_queries, parts.data(), parts.size(),
+                       dim, k, scores_data, rows_data);
   }
   return py::make_tuple(scores, rows);
 }
@@ -66,10 +98,10 @@ py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scal
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastret's C++ core: exact int8 top-k with runtime SIMD dispatch.";
   m.def("topk_int8", &topk_int8, py::arg("queries").noconvert(), py::arg("query_scales").noconvert(),
-        py::arg("corpus").noconvert(), py::arg("corpus_scales").noconvert(),
-        py::arg("ids").noconvert() = py::none(), py::arg("k"),
-        "Exact top-k of (float(<q8, d8>) * s_q) * s_d, ties to the lower id;\n"
-        "returns (scores float32 [q, k], corpus rows int64 [q, k]).");
+        py::arg("segments"), py::arg("k"),
+        "Exact top-k of (float(<q8, d8>) * s_q) * s_d over segments [(codes, scales, ids, deleted\n"
+        "bitmap or None)], ties to the lower id, deleted rows skipped; returns (scores float32\n"
+        "[q, k], global rows int64 [q, k]); a short result ends in (-inf, -1).");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");
   m.def("set_simd_path", &fastret::set_simd_path, py::arg("name"),
         "Force a SIMD path: 'avx512vnni', 'avx2' or 'scalar'.");

@@ -1,7 +1,8 @@
 // Driver for exact int8 top-k: path dispatch, threading, tiling and bounded heaps.
 //
 // Work layout for one block of queries:
-//   threads split the corpus into contiguous ranges of kTile-vector tiles;
+//   the segments are cut into kTile-vector tiles (a segment's last tile may be short), numbered
+//   across segments; threads take contiguous ranges of tiles;
 //   each thread packs a tile once (L2-resident), then scores every query of the block against it,
 //   query_rows queries per kernel call, and offers scores that reach a query's current k-th best to
 //   that query's private heap; at the end the per-thread heaps of each query are merged.
@@ -135,38 +136,84 @@ void check_arguments(size_t n_queries, size_t n_corpus, size_t dim, size_t k) {
     throw std::invalid_argument("topk_int8: dim " + std::to_string(dim) + " exceeds the supported " +
                                 std::to_string(kMaxDim) + " (int32 accumulators would overflow)");
   if (k == 0) throw std::invalid_argument("topk_int8: k must be at least 1");
-  if (k > n_corpus)
-    throw std::invalid_argument("topk_int8: k = " + std::to_string(k) + " exceeds the " +
-                                std::to_string(n_corpus) + " corpus vectors; pass k <= " +
-                                std::to_string(n_corpus));
 }
 
-// Offers one query's scores against one tile to its heap.
+inline bool is_deleted(const uint64_t* deleted, size_t row) {
+  return deleted != nullptr && ((deleted[row >> 6] >> (row & 63)) & 1) != 0;
+}
+
+// Where one tile of a segment lives, and how its rows are named.
+struct TileSource {
+  const int8_t* rows;      // [n_rows, dim]
+  const float* scales;     // [n_rows]
+  const int64_t* ids;      // [n_rows] or nullptr
+  const uint64_t* deleted; // the segment's bitmap, or nullptr
+  size_t n_rows;
+  size_t segment_row;      // row of rows[0] within its segment
+  size_t global_row;       // row of rows[0] across all segments
+};
+
+// Offers one query's scores against one tile to its heap. NaN ranks as -inf, so every live row
+// has a place in the order and a heap always fills up to k.
 inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_scale,
-                       const float* tile_scales, size_t rows, size_t base, const int64_t* ids) {
+                       const TileSource& tile) {
+  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
   float scores[kTile];
-  for (size_t j = 0; j < rows; ++j)
-    scores[j] = static_cast<float>(dots[j] - bias) * q_scale * tile_scales[j];
+  for (size_t j = 0; j < tile.n_rows; ++j) {
+    const float score = static_cast<float>(dots[j] - bias) * q_scale * tile.scales[j];
+    scores[j] = score == score ? score : kMinusInf;
+  }
   const float threshold = heap.threshold();
   bool any = false;
-  for (size_t j = 0; j < rows; ++j) any |= scores[j] >= threshold;
+  for (size_t j = 0; j < tile.n_rows; ++j) any |= scores[j] >= threshold;
   if (!any) return;
-  for (size_t j = 0; j < rows; ++j) {
-    if (scores[j] >= heap.threshold()) {
-      const int64_t row = static_cast<int64_t>(base + j);
-      heap.offer(scores[j], ids ? ids[row] : row, row);
+  for (size_t j = 0; j < tile.n_rows; ++j) {
+    if (scores[j] >= heap.threshold() && !is_deleted(tile.deleted, tile.segment_row + j)) {
+      const int64_t row = static_cast<int64_t>(tile.global_row + j);
+      heap.offer(scores[j], tile.ids ? tile.ids[j] : row, row);
     }
   }
 }
 
+// The corpus as a sequence of kTile-row tiles: segment s holds tiles [first_tile[s], first_tile[s+1]).
+struct TileMap {
+  const Segment* segments;
+  size_t dim;
+  std::vector<size_t> first_tile;  // [n_segments + 1]
+  std::vector<size_t> first_row;   // [n_segments + 1]
+
+  TileMap(const Segment* segs, size_t n_segments, size_t dim_) : segments(segs), dim(dim_) {
+    first_tile.assign(n_segments + 1, 0);
+    first_row.assign(n_segments + 1, 0);
+    for (size_t s = 0; s < n_segments; ++s) {
+      first_tile[s + 1] = first_tile[s] + (segs[s].count + kTile - 1) / kTile;
+      first_row[s + 1] = first_row[s] + segs[s].count;
+    }
+  }
+  size_t n_tiles() const { return first_tile.back(); }
+  size_t n_rows() const { return first_row.back(); }
+
+  // The segment holding `tile`, searching from `hint` (tiles are visited in ascending order).
+  size_t segment_of(size_t tile, size_t hint) const {
+    while (first_tile[hint + 1] <= tile) ++hint;
+    return hint;
+  }
+
+  TileSource source(size_t tile, size_t segment) const {
+    const Segment& seg = segments[segment];
+    const size_t row = (tile - first_tile[segment]) * kTile;
+    return TileSource{seg.codes + row * dim, seg.scales + row, seg.ids ? seg.ids + row : nullptr, seg.deleted,
+                      std::min(kTile, seg.count - row), row, first_row[segment] + row};
+  }
+};
+
 // Scores one block of queries (zero padded to dim_padded columns and to a multiple of
-// query_rows rows) against the whole corpus.
+// query_rows rows) against every tile of every segment.
 void search_block(const SimdPath& path, const int8_t* padded_queries, const int32_t* biases,
-                  const float* query_scales, size_t n_block, const int8_t* corpus,
-                  const float* corpus_scales, const int64_t* ids, size_t n_corpus, size_t dim,
+                  const float* query_scales, size_t n_block, const TileMap& tiles, size_t dim,
                   size_t dim_padded, std::vector<Scratch>& scratch) {
   const size_t rows_per_call = path.query_rows;
-  const size_t n_tiles = (n_corpus + kTile - 1) / kTile;
+  const size_t n_tiles = tiles.n_tiles();
   const int n_threads = static_cast<int>(scratch.size());
   const bool direct = path.dots_direct != nullptr && n_block <= kDirectMaxQueries;
 
@@ -180,31 +227,31 @@ void search_block(const SimdPath& path, const int8_t* padded_queries, const int3
 #endif
     Scratch& mine = scratch[t];
     int32_t* dots = mine.dots.get();
+    size_t segment = 0;
     for (size_t tile = t * n_tiles / team; tile < (t + 1) * n_tiles / team; ++tile) {
-      const size_t base = tile * kTile;
-      const size_t rows = std::min(kTile, n_corpus - base);
-      const int8_t* tile_rows = corpus + base * dim;
-      const float* tile_scales = corpus_scales + base;
+      segment = tiles.segment_of(tile, segment);
+      const TileSource source = tiles.source(tile, segment);
+      const size_t count = tiles.segments[segment].count;
       // Fetch the next tile while this one is scored: packing reads 16 rows at a stride of dim,
       // a pattern the hardware prefetcher follows poorly.
-      const int8_t* next_end = corpus + std::min(base + 2 * kTile, n_corpus) * dim;
-      for (const int8_t* line = tile_rows + rows * dim; line < next_end; line += 64)
+      const int8_t* next_end =
+          tiles.segments[segment].codes + std::min(source.segment_row + 2 * kTile, count) * dim;
+      for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
         __builtin_prefetch(line, 0, 3);
       if (direct) {
         for (size_t q = 0; q < n_block; ++q) {
-          path.dots_direct(tile_rows, rows, dim, padded_queries + q * dim_padded, dots);
-          offer_tile(mine.heaps[q], dots, biases[q], query_scales[q], tile_scales, rows, base, ids);
+          path.dots_direct(source.rows, source.n_rows, dim, padded_queries + q * dim_padded, dots);
+          offer_tile(mine.heaps[q], dots, biases[q], query_scales[q], source);
         }
         continue;
       }
-      path.pack(tile_rows, rows, dim, dim_padded, mine.packed.get());
+      path.pack(source.rows, source.n_rows, dim, dim_padded, mine.packed.get());
       for (size_t r0 = 0; r0 < n_block; r0 += rows_per_call) {
         const size_t n_rows = std::min(rows_per_call, n_block - r0);
         path.dots(mine.packed.get(), dim_padded, padded_queries + r0 * dim_padded, n_rows, dots);
         for (size_t r = 0; r < n_rows; ++r) {
           const size_t q = r0 + r;
-          offer_tile(mine.heaps[q], dots + r * kTile, biases[q], query_scales[q], tile_scales, rows,
-                     base, ids);
+          offer_tile(mine.heaps[q], dots + r * kTile, biases[q], query_scales[q], source);
         }
       }
     }
@@ -214,14 +261,14 @@ void search_block(const SimdPath& path, const int8_t* padded_queries, const int3
 }  // namespace
 
 void topk_int8(const int8_t* queries, const float* query_scales, size_t n_queries,
-               const int8_t* corpus, const float* corpus_scales, const int64_t* ids,
-               size_t n_corpus, size_t dim, size_t k, float* out_scores, int64_t* out_rows) {
-  check_arguments(n_queries, n_corpus, dim, k);
+               const Segment* segments, size_t n_segments, size_t dim, size_t k,
+               float* out_scores, int64_t* out_rows) {
+  const TileMap tiles(segments, n_segments, dim);
+  check_arguments(n_queries, tiles.n_rows(), dim, k);
   const SimdPath& path = *active_path();
   const size_t dim_padded = round_up(dim, 4);
-  const size_t n_tiles = (n_corpus + kTile - 1) / kTile;
   const size_t n_threads =
-      std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(resolved_threads()), n_tiles));
+      std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(resolved_threads()), tiles.n_tiles()));
   const size_t block = std::min(
       round_up(std::max<size_t>(kHeapBudget / (n_threads * k), 1), path.query_rows),
       round_up(std::min(n_queries, kMaxQueryBlock), path.query_rows));
@@ -247,18 +294,24 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
     }
     for (Scratch& s : scratch) s.heaps.assign(n_block, TopK(k));
 
-    search_block(path, padded.data(), biases.data(), query_scales + q0, n_block, corpus,
-                 corpus_scales, ids, n_corpus, dim, dim_padded, scratch);
+    search_block(path, padded.data(), biases.data(), query_scales + q0, n_block, tiles, dim,
+                 dim_padded, scratch);
 
     for (size_t q = 0; q < n_block; ++q) {
       merged.clear();
       for (const Scratch& s : scratch)
         merged.insert(merged.end(), s.heaps[q].items().begin(), s.heaps[q].items().end());
-      std::partial_sort(merged.begin(), merged.begin() + k, merged.end(), better);
-      for (size_t i = 0; i < k; ++i) {
-        out_scores[(q0 + q) * k + i] = merged[i].score;
-        out_rows[(q0 + q) * k + i] = merged[i].row;
+      // Fewer than k candidates only when fewer than k rows are live.
+      const size_t found = std::min(k, merged.size());
+      std::partial_sort(merged.begin(), merged.begin() + found, merged.end(), better);
+      float* scores = out_scores + (q0 + q) * k;
+      int64_t* rows = out_rows + (q0 + q) * k;
+      for (size_t i = 0; i < found; ++i) {
+        scores[i] = merged[i].score;
+        rows[i] = merged[i].row;
       }
+      std::fill(scores + found, scores + k, -std::numeric_limits<float>::infinity());
+      std::fill(rows + found, rows + k, int64_t(-1));
     }
   }
 }

@@ -16,18 +16,28 @@
 
 namespace fastret {
 
-// Top-k for every query.
+// One block of corpus rows: an index segment (a memory-mapped file, a store shard or an in-memory
+// array). The rows of all segments of a call are numbered one after another ("global rows").
+struct Segment {
+  const int8_t* codes;     // int8  [count, dim]   row-major
+  const float* scales;     // float [count]
+  const int64_t* ids;      // int64 [count] or nullptr (then the id of a row is its global row)
+  const uint64_t* deleted; // bitmap [ceil(count / 64)] (bit r of word r / 64: row r is deleted) or nullptr
+  size_t count;
+};
+
+// Top-k for every query over all segments at once: one thread pool, one bounded heap per query,
+// so the result is the same as for one concatenated corpus.
 //   queries      int8  [n_queries, dim]   row-major
 //   query_scales float [n_queries]
-//   corpus       int8  [n_corpus, dim]    row-major
-//   corpus_scales float [n_corpus]
-//   ids          int64 [n_corpus] or nullptr (then the id of row i is i); used to break ties
+//   segments     [n_segments]
 //   out_scores   float [n_queries, k]
-//   out_rows     int64 [n_queries, k]   corpus row numbers (map them to ids with ids[row])
-// Throws std::invalid_argument for empty inputs, dim == 0, k == 0 or k > n_corpus.
+//   out_rows     int64 [n_queries, k]   global rows (map them to ids and segments in the caller)
+// Deleted rows are never returned. A score that is NaN (an overflowing product times a zero scale)
+// ranks as -inf. When fewer than k rows are live, the tail of a result holds score -inf and row -1.
+// Throws std::invalid_argument for an empty query batch, an empty corpus, dim == 0 or k == 0.
 void topk_int8(const int8_t* queries, const float* query_scales, size_t n_queries,
-               const int8_t* corpus, const float* corpus_scales, const int64_t* ids,
-               size_t n_corpus, size_t dim, size_t k,
+               const Segment* segments, size_t n_segments, size_t dim, size_t k,
                float* out_scores, int64_t* out_rows);
 
 // The SIMD paths this build knows, best first, and which of them this CPU can run.

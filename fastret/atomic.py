@@ -1,24 +1,41 @@
-"""Crash-safe file writes: a temporary file in the same directory, synced, then renamed."""
+"""Crash-safe file writes: a temporary file in the same directory, synced, then renamed.
+
+A temporary is named `.<target name>.<host>.<pid>.<random>.tmp`. A process killed mid-write (kill -9,
+power loss) cannot remove its own; the next write to the same target removes every temporary of
+it whose writer (same host, that pid) is no longer running, and `fastret clean` does the same for
+a whole directory. Temporaries of live writers, or of other hosts sharing the directory, are kept.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+_SUFFIX = ".tmp"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 
 
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file for writing that replaces `path` only if the block succeeds.
 
-    A crash or exception inside the block leaves `path` as it was and no temporary file behind.
+    An exception inside the block leaves `path` as it was and no temporary file behind; a killed
+    process leaves one that the next write to `path` removes.
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; pass a file path inside it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -30,6 +47,60 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
+
+
+def temporaries(directory: str | os.PathLike, target_name: str | None = None) -> list[Path]:
+    """Temporary files of `atomic_write` in `directory` (for `target_name` only, if given)."""
+    directory = Path(directory)
+    pattern = f".{glob.escape(target_name)}.*{_SUFFIX}" if target_name else f".*{_SUFFIX}"
+    return sorted(p for p in directory.glob(pattern) if p.is_file() and _writer(p, target_name) is not None)
+
+
+def _writer(path: Path, target_name: str | None) -> tuple[str, int] | None:
+    """(host, pid) encoded in a temporary's name, or None if it is not one of ours."""
+    match = re.fullmatch(r"\.(.+)\.([A-Za-z0-9_-]+)\.(\d+)\.[^.]+" + re.escape(_SUFFIX), path.name)
+    if match is None or (target_name is not None and match.group(1) != target_name):
+        return None
+    return match.group(2), int(match.group(3))
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def is_stale(path: Path, target_name: str | None = None) -> bool:
+    """True for a temporary whose writer ran on this host and is gone."""
+    writer = _writer(path, target_name)
+    return writer is not None and writer[0] == _host() and not _running(writer[1])
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the leftover temporaries of writes to `target` whose writer is gone; returns them."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for path in temporaries(target.parent, target.name):
+        if is_stale(path, target.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def remove_stale_temporaries_in(directory: str | os.PathLike) -> list[Path]:
+    """Remove every leftover temporary in `directory` whose writer is gone; returns them."""
+    removed = [path for path in temporaries(directory) if is_stale(path)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def _fsync_directory(directory: Path) -> None:

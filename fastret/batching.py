@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -102,3 +103,13 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         worker.join(timeout=5)
+
+
+def warn_about_inputs(stats: dict, max_length: int) -> None:
+    """One warning for truncated inputs and one for empty ones, if any."""
+    if stats.get("truncated"):
+        warnings.warn(f"{stats['truncated']} of {stats['texts']} texts were longer than max_length={max_length} "
+                      "tokens and were truncated", stacklevel=4)
+    if stats.get("empty"):
+        warnings.warn(f"{stats['empty']} of {stats['texts']} texts are empty or whitespace; they are encoded "
+                      "as-is (as sentence-transformers does)", stacklevel=4)

@@ -84,8 +84,8 @@ def _encoder(args: argparse.Namespace):
 def _add_index(commands) -> None:
     parser = commands.add_parser(
         "index", help="build one index file from a store or from float vectors (.npy)",
-        description="Write an index file (int8 codes, scales, ids; optional float16 copies) that "
-                    "Index.load maps from disk. From a store directory, the document ids go to OUT.ids.json.")
+        description="Write one index file (int8 codes, scales, ids; document ids from a store; optional "
+                    "float16 copies) that Index.load maps from disk. Deleted vectors are left out.")
     parser.add_argument("source", type=Path, help="a store directory (fastret encode) or float vectors [n, d] (.npy)")
     parser.add_argument("out", type=Path, help="index file to write")
     parser.add_argument("--float16", action="store_true", help="keep float16 copies (.npy input) for rescoring")
@@ -97,12 +97,9 @@ def _run_index(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .index import Index
-    from .store import Store, write_atomic
 
     if args.source.is_dir():
-        store = Store.open(args.source)
-        index = store.to_index()
-        write_atomic(args.out.parent / f"{args.out.name}.ids.json", json.dumps(store.doc_ids()).encode())
+        index = Index.load(args.source)
     elif args.source.suffix == ".npy" and args.source.is_file():
         vectors = np.load(args.source, mmap_mode="r")
         index = Index(vectors.shape[-1] if vectors.ndim else 0, store_float16=args.float16)
@@ -113,6 +110,41 @@ def _run_index(args: argparse.Namespace) -> int:
     summary = {"out": str(args.out), "vectors": len(index), "dim": index.dim, "bytes": args.out.stat().st_size}
     print(json.dumps(summary) if args.json else f"{len(index)} x {index.dim} -> {args.out} "
           f"({summary['bytes'] / 2**20:.1f} MiB)")
+    return 0
+
+
+def _add_clean(commands) -> None:
+    parser = commands.add_parser(
+        "clean", help="remove temporary files that killed writes left in a store or beside an index file",
+        description="A write killed mid-way (kill -9, power loss) leaves its temporary file (.NAME.HOST.PID.*.tmp). "
+                    "This removes those whose writer ran on this host and is gone; with --all, every one "
+                    "(only when nothing else is writing there).")
+    parser.add_argument("path", type=Path, help="a store directory, or an index file (its directory is cleaned)")
+    parser.add_argument("--all", action="store_true", help="also temporaries of live or other hosts' writers")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.set_defaults(run=_run_clean)
+
+
+def _run_clean(args: argparse.Namespace) -> int:
+    from .atomic import is_stale, temporaries
+
+    directory = args.path if args.path.is_dir() else args.path.parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{args.path}: no such store directory or index file")
+    found = [p for p in temporaries(directory) if args.all or is_stale(p)]
+    size = sum(p.stat().st_size for p in found)
+    if not args.dry_run:
+        for path in found:
+            path.unlink(missing_ok=True)
+    if args.json:
+        print(json.dumps({"removed": [] if args.dry_run else [str(p) for p in found],
+                          "would_remove": [str(p) for p in found] if args.dry_run else [], "bytes": size}))
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        for path in found:
+            print(f"{verb} {path}")
+        print(f"{verb} {len(found)} temporary file(s), {size / 2**20:.1f} MiB")
     return 0
 
 
@@ -133,9 +165,8 @@ def _add_search(commands) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from .data import load_queries
+    from .corpus import load_queries
     from .index import Index
-    from .store import Store
 
     if args.queries_file is not None:
         texts = load_queries(args.queries_file)
@@ -144,19 +175,16 @@ def _run_search(args: argparse.Namespace) -> int:
     else:
         raise ValueError("no queries: pass query texts or --queries-file")
     index = Index.load(args.index)
-    if args.index.is_dir():
-        doc_ids = Store.open(args.index).doc_ids()
-    else:
-        sidecar = args.index.parent / f"{args.index.name}.ids.json"
-        doc_ids = json.loads(sidecar.read_text()) if sidecar.is_file() else None
     encoder = _encoder(args)
     if encoder.dim != index.dim:
         raise ValueError(f"the model makes {encoder.dim}-d vectors but {args.index} holds {index.dim}-d ones; "
                          "search with the model that built the index")
     vectors = encoder.encode(list(texts.values()), batch_size=args.batch_size, prompt_name=args.prompt_name)
-    scores, rows = index.search(vectors, min(args.k, len(index)), rescore=args.rescore)
-    for (qid, text), q_scores, q_rows in zip(texts.items(), scores, rows):
-        hits = [{"id": doc_ids[r] if doc_ids else int(r), "score": float(s)} for s, r in zip(q_scores, q_rows)]
+    scores, ids = index.search(vectors, min(args.k, len(index)), rescore=args.rescore)
+    names = index.documents(ids) if index.has_documents else ids
+    for (qid, text), q_scores, q_names in zip(texts.items(), scores, names):
+        hits = [{"id": name if isinstance(name, str) else int(name), "score": float(s)}
+                for s, name in zip(q_scores, q_names)]
         if args.json:
             print(json.dumps({"query_id": qid, "query": text, "results": hits}))
         else:
@@ -189,7 +217,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from . import evaluate
-    from .data import BUNDLED_NFCORPUS
+    from .corpus import BUNDLED_NFCORPUS
 
     encoder = _encoder(args)
     if args.sts is not None:
@@ -230,7 +258,7 @@ def _add_bench(commands) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     from . import bench
-    from .data import BUNDLED_NFCORPUS, find_file, load_corpus
+    from .corpus import BUNDLED_NFCORPUS, find_file, load_corpus
     from .presets import default_model_path
 
     if args.gpu:
@@ -313,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_encode(commands)
     _add_index(commands)
+    _add_clean(commands)
     _add_search(commands)
     _add_eval(commands)
     _add_bench(commands)

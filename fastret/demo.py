@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import BUNDLED_NFCORPUS, load_beir
+from .corpus import BUNDLED_NFCORPUS, load_beir
 from .encoder import Encoder
 from .evaluate import as_run, bm25_search, exact_float_search, trec_metrics
 from .index import Index

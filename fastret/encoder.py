@@ -16,9 +16,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .batching import collate, plan_batches, prefetch
+from .batching import collate, plan_batches, prefetch, warn_about_inputs
 from .kernels.pooling import pool_normalize
 from .presets import POOLING_MODES, get_preset
+from .streaming import encode_corpus
 
 _ST_POOLING = {  # sentence-transformers pooling names -> fastret's
     "mean": "mean", "cls": "cls", "lasttoken": "last",
@@ -94,7 +95,7 @@ class Encoder:
         if self.append_eos and self._eos_id is None:
             raise ValueError(f"{model_dir}: the preset appends EOS but the tokenizer has no eos_token")
         pad = self.tokenizer.pad_token_id
-        self._pad_id = pad if pad is not None else (self._eos_id if self._eos_id is not None else 0)
+        self.pad_id = pad if pad is not None else (self._eos_id if self._eos_id is not None else 0)
         self._uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
         self.model_dir = model_dir
 
@@ -153,7 +154,7 @@ class Encoder:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        prefix = self._prefix(prompt, prompt_name)
+        prefix = self.resolve_prompt(prompt, prompt_name)
         inputs = [self.prepare(text, i, prefix) for i, text in enumerate(texts)]
         normalize = self.normalize or bool(normalize_embeddings)
         show = show_progress_bar if show_progress_bar is not None else len(inputs) > 256
@@ -194,8 +195,6 @@ class Encoder:
 
         Under `torchrun`, each rank encodes every world_size-th shard and rank 0 writes the manifest.
         """
-        from .streaming import encode_corpus
-
         return encode_corpus(self, corpus, out_dir, batch_size=batch_size, shard_size=shard_size,
                              store_float16=store_float16, max_tokens_per_batch=max_tokens_per_batch,
                              prompt=prompt, prompt_name=prompt_name, show_progress_bar=show_progress_bar)
@@ -213,7 +212,7 @@ class Encoder:
         scales = torch.empty(len(inputs), dtype=torch.float32) if quantize else None
         if not inputs:
             return vectors, codes, scales
-        token_ids, type_ids, stats = self._tokenize(inputs)
+        token_ids, type_ids, stats = self.tokenize(inputs)
         if input_stats is None:
             warn_about_inputs(stats, self.max_length)
         else:
@@ -230,7 +229,8 @@ class Encoder:
                 vectors[index] = pooled.cpu()
         return vectors, codes, scales
 
-    def _prefix(self, prompt: str | None, prompt_name: str | None) -> str:
+    def resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str:
+        """The text to put before each input: `prompt`, else the named prompt, else ""."""
         if prompt is not None:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
@@ -257,7 +257,7 @@ class Encoder:
         text = (prefix + text).strip()
         return text.lower() if self.lowercase else text
 
-    def _tokenize(self, inputs: list):
+    def tokenize(self, inputs: list):
         """Token ids and type ids (or None) of every input, truncated, and counts of truncated and
         empty inputs."""
         encodings = self._backend.encode_batch(inputs, add_special_tokens=True)
@@ -280,7 +280,7 @@ class Encoder:
         def padded():
             for rows in batches:
                 batch = collate([token_ids[r] for r in rows], None if type_ids is None else [type_ids[r] for r in rows],
-                                self._pad_id)
+                                self.pad_id)
                 yield rows, ({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
 
         total = sum(len(rows) for rows in batches)
@@ -299,16 +299,6 @@ class Encoder:
         pooled = batch["input_ids"].gather(1, last[:, None])
         if not bool((pooled == self._eos_id).all()):
             raise RuntimeError("last-token pooling expected EOS at every row's last real token")
-
-
-def warn_about_inputs(stats: dict, max_length: int) -> None:
-    """One warning for truncated inputs and one for empty ones, if any."""
-    if stats.get("truncated"):
-        warnings.warn(f"{stats['truncated']} of {stats['texts']} texts were longer than max_length={max_length} "
-                      "tokens and were truncated", stacklevel=4)
-    if stats.get("empty"):
-        warnings.warn(f"{stats['empty']} of {stats['texts']} texts are empty or whitespace; they are encoded "
-                      "as-is (as sentence-transformers does)", stacklevel=4)
 
 
 # ---------------------------------------------------------------------------------- loading helpers
@@ -344,20 +334,20 @@ def _locate_model(name_or_path: str | Path) -> tuple[Path | str, dict]:
         raise ValueError(f"model {str(name_or_path)!r} not found: no such directory (and not a hub id 'org/name')")
     if not path.is_dir():
         raise ValueError(f"{path} is a file; pass the model directory (the one holding config.json)")
-    return _read_model_dir(path)
+    return read_model_dir(path)
 
 
 def _download(repo_id: str) -> tuple[Path, dict]:
     try:
         from huggingface_hub import snapshot_download
 
-        return _read_model_dir(Path(snapshot_download(repo_id)))
+        return read_model_dir(Path(snapshot_download(repo_id)))
     except Exception as error:  # offline, unknown repo, ...
         raise ValueError(f"model {repo_id!r} is not a local directory and could not be fetched from the hub "
                          f"({type(error).__name__}: {error}); pass a local model directory") from None
 
 
-def _read_model_dir(path: Path) -> tuple[Path, dict]:
+def read_model_dir(path: Path) -> tuple[Path, dict]:
     """Resolve the transformer directory and read pooling/normalize/length/prompts if present."""
     conventions: dict[str, Any] = {}
     transformer_dir = path

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import BeirDataset, load_beir, read_jsonl
+from .corpus import BeirDataset, document_text, load_beir, read_jsonl
 from .index import Index
 
 # Instructions for instruction-following retrievers (BMRetriever uses E5-Mistral's BEIR wording).
@@ -216,7 +216,7 @@ def question_to_abstract(encoder, path: str | Path, batch_size: int = 32) -> dic
         if not isinstance(question, str) or not isinstance(abstract, str) or not abstract.strip():
             raise ValueError(f"{path}:{number}: needs a \"question\" and a non-empty \"abstract\" string")
         questions.append(question)
-        abstracts.append(f"{record.get('title') or ''} {abstract}".strip())
+        abstracts.append(document_text(record.get("title") or "", abstract))
     if not questions:
         raise ValueError(f"{path}: no records")
     docs = encoder.encode(abstracts, batch_size=batch_size)

@@ -1,8 +1,14 @@
-"""`Index`: an exact inner-product index over int8 vectors with per-vector scales.
+"""`Index`: an exact inner-product index over int8 vectors with per-vector scales, in segments.
+
+An index is a list of immutable segments (memory-mapped index files or store shards, or arrays in
+memory) plus one growable in-memory segment that `add` appends to. The C++ core searches every
+segment in one call with one bounded heap per query, so results are those of one concatenated
+index, id for id and score for score. `delete` marks rows as tombstones that the core skips;
+`merge` rewrites segments without them.
 
 Memory: n x dim bytes of codes + 4 bytes of scale + 8 bytes of id per vector (+ 2 x dim bytes of
-float16 per vector when built with `store_float16=True`, for exact rescoring). Incremental adds
-grow the buffers geometrically, like a list; one add, or `load`, holds exactly what is needed.
+float16 per vector with `store_float16=True`). Mapped segments cost resident memory only for the
+pages a search touches.
 """
 
 from __future__ import annotations
@@ -10,14 +16,18 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from . import _arrays, _core, index_file
-from .search import topk_int8_torch
+from . import _core, checks, store
+from .doc_ids import PackedDocIds
+from .index_file import IndexArrays, IndexFileError, write
+from .quant import quantize_int8, quantized_vectors
+from .search import check_score_range, topk_int8_torch
+from .segment import Segment, SegmentBuilder
 
-_GROWTH = 1.5
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class Index:
@@ -41,13 +51,30 @@ class Index:
             raise ValueError(f"dim must be in [1, 65536], got {dim}")
         self._dim = int(dim)
         self._store_float16 = bool(store_float16)
-        self._count = 0
-        self._codes = np.empty((0, self._dim), np.int8)
-        self._scales = np.empty(0, np.float32)
-        self._ids = np.empty(0, np.int64)
-        self._float16 = np.empty((0, self._dim), np.float16) if store_float16 else None
+        self._segments: tuple[Segment, ...] = ()
+        self._builder = SegmentBuilder(self._dim, self._store_float16)
+        self._next_id: int | None = 0
         self._lock = threading.Lock()
         self._device_copies: dict[str, tuple] = {}
+
+    @classmethod
+    def from_segments(cls, segments: Sequence[Segment], dim: int, store_float16: bool) -> "Index":
+        """An index over existing segments (they are used in place, not copied).
+
+        Raises:
+            ValueError: a segment of another dimension, or without float16 copies when
+                `store_float16` is set.
+        """
+        index = cls(dim, store_float16=store_float16)
+        for position, segment in enumerate(segments):
+            if segment.codes.ndim != 2 or segment.codes.shape[1] != dim:
+                where = segment.path or f"segment {position}"
+                raise ValueError(f"{where}: vectors of dimension {segment.codes.shape[-1]}, the index has {dim}")
+            if store_float16 and segment.float16 is None:
+                raise ValueError(f"{segment.path or f'segment {position}'} has no float16 copies for rescoring")
+        index._segments = tuple(segments)
+        index._next_id = None  # computed from the segments' ids when first needed
+        return index
 
     @property
     def dim(self) -> int:
@@ -60,19 +87,43 @@ class Index:
         return self._store_float16
 
     def __len__(self) -> int:
-        return self._count
+        """Live (not deleted) vectors."""
+        return sum(s.live_count for s in self._snapshot())
+
+    @property
+    def segment_count(self) -> int:
+        """Segments searched, the in-memory one included when it holds vectors."""
+        return len(self._snapshot())
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the index's arrays (capacity included)."""
-        arrays = (self._codes, self._scales, self._ids, self._float16)
+        """Bytes of the index's arrays, mapped ones included (capacity of the in-memory one too)."""
+        arrays = [a for s in self._segments for a in (s.codes, s.scales, s.ids, s.float16)]
+        b = self._builder
+        arrays += [b.codes, b.scales, b.ids, b.float16, b.deleted]
+        arrays += [s.deleted for s in self._segments]
         return sum(a.nbytes for a in arrays if a is not None)
+
+    @property
+    def has_documents(self) -> bool:
+        """True when every vector has a document id (an index loaded from a store, say)."""
+        return all(s.doc_ids is not None for s in self._snapshot())
 
     def __repr__(self) -> str:
         extra = ", store_float16=True" if self._store_float16 else ""
-        return f"fastret.Index(dim={self._dim}, count={self._count}{extra})"
+        return f"fastret.Index(dim={self._dim}, count={len(self)}, segments={self.segment_count}{extra})"
 
-    # ------------------------------------------------------------------ adding
+    def _snapshot(self) -> tuple[Segment, ...]:
+        """The segments as they are now; later adds and deletes do not change them."""
+        with self._lock:
+            return self._segments_locked()
+
+    def _segments_locked(self) -> tuple[Segment, ...]:
+        if self._builder.count == 0:
+            return self._segments
+        return self._segments + (self._builder.snapshot(),)
+
+    # ------------------------------------------------------------------ adding and deleting
 
     def add(self, vectors: Any, ids: Any = None) -> None:
         """Add vectors.
@@ -81,56 +132,73 @@ class Index:
             vectors: float32/float16/float64 [n, dim] (numpy or CPU torch; quantized here), or an
                 already-quantized (codes int8 [n, dim] in [-127, 127], scales float32 [n]) tuple.
                 One 1-D vector counts as n = 1.
-            ids: optional int64 [n] external ids; by default ids continue from len(index).
-                Ids are returned by `search` and break score ties (lower first); they need not be
-                unique or sorted.
+            ids: optional int64 [n] external ids; by default ids continue from the largest id in
+                the index + 1 (0 for an empty one). Ids are returned by `search` and break score
+                ties (lower first); they need not be unique or sorted.
 
         Raises:
             TypeError, ValueError: wrong dtype, shape or dimension, NaN/inf, codes of -128, ids of
-                the wrong length, or int8 input to an index that keeps float16 copies.
+                the wrong length, int8 input to an index that keeps float16 copies, or values
+                beyond float16's range (+-65,504) for an index that keeps float16 copies.
         """
-        codes, scales, floats = _arrays.vectors(vectors, "vectors", self._dim)
+        codes, scales, floats = quantized_vectors(vectors, "vectors", self._dim)
         n = len(codes)
-        if floats is None and self._store_float16:
-            raise ValueError(
-                "this index keeps float16 copies for rescoring, so it needs float vectors, "
-                "not (codes, scales); pass the float vectors or use Index(dim, store_float16=False)"
-            )
-        new_ids = self._new_ids(ids, n)
+        if self._store_float16:
+            if floats is None:
+                raise ValueError(
+                    "this index keeps float16 copies for rescoring, so it needs float vectors, "
+                    "not (codes, scales); pass the float vectors or use Index(dim, store_float16=False)"
+                )
+            too_big = np.abs(floats).max(axis=1) > FLOAT16_MAX
+            if too_big.any():
+                raise ValueError(
+                    f"vectors has values beyond float16's range (+-{FLOAT16_MAX:,.0f}) in {int(too_big.sum())} "
+                    f"row(s), first at row {int(np.flatnonzero(too_big)[0])}; this index keeps float16 copies "
+                    "for rescoring: normalize the vectors, or use Index(dim, store_float16=False)"
+                )
+        given_ids = None if ids is None else checks.int64_ids(ids, n)
         with self._lock:
-            start = self._count
-            self._reserve(start + n)
-            self._codes[start : start + n] = codes
-            self._scales[start : start + n] = scales
-            self._ids[start : start + n] = new_ids
-            if self._float16 is not None:
-                self._float16[start : start + n] = floats
-            self._count = start + n
+            if given_ids is None:
+                start = self._next_id_locked()
+                given_ids = np.arange(start, start + n, dtype=np.int64)
+            self._builder.append(codes, scales, given_ids,
+                                 floats.astype(np.float16) if self._store_float16 else None)
+            if self._next_id is not None and n:
+                self._next_id = max(self._next_id, int(given_ids.max()) + 1)
             self._device_copies = {}
 
-    def _new_ids(self, ids: Any, n: int) -> np.ndarray:
-        if ids is None:
-            return np.arange(self._count, self._count + n, dtype=np.int64)
-        return _arrays.int64_ids(ids, n)
+    def _next_id_locked(self) -> int:
+        if self._next_id is None:
+            largest = [int(s.ids.max()) for s in self._segments_locked() if len(s)]
+            self._next_id = max(largest) + 1 if largest else 0
+        return self._next_id
 
-    def _reserve(self, needed: int) -> None:
-        """Make room for `needed` vectors (copying out of a read-only mmap if loaded that way)."""
-        capacity = len(self._codes)
-        writable = self._codes.flags.writeable
-        if needed <= capacity and writable:
-            return
-        new_capacity = needed if self._count == 0 else max(needed, int(capacity * _GROWTH))
+    def delete(self, ids: Any) -> int:
+        """Delete every vector whose id is in `ids`; they never come back from `search`.
 
-        def grown(array, shape_tail, dtype):
-            fresh = np.empty((new_capacity, *shape_tail), dtype)
-            fresh[: self._count] = array[: self._count]
-            return fresh
+        Ids not in the index, or already deleted, are ignored: the return value counts the
+        vectors deleted by this call. Deletions are kept by `save`, and dropped for good by `merge`.
 
-        self._codes = grown(self._codes, (self._dim,), np.int8)
-        self._scales = grown(self._scales, (), np.float32)
-        self._ids = grown(self._ids, (), np.int64)
-        if self._float16 is not None:
-            self._float16 = grown(self._float16, (self._dim,), np.float16)
+        Args:
+            ids: int64 ids, any 1-D integer array or sequence (a scalar counts as one id).
+
+        Raises:
+            TypeError: ids that are not integers.
+        """
+        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+            ids = [ids]
+        array = checks.to_numpy(ids, "ids").reshape(-1)
+        wanted = checks.int64_ids(array, len(array))
+        if len(wanted) == 0:
+            return 0
+        with self._lock:
+            before = sum(s.deleted_count for s in self._segments) + self._builder.deleted_count
+            self._segments = tuple(s.with_deleted(s.rows_of(wanted)) for s in self._segments)
+            if self._builder.count:
+                self._builder.delete_rows(self._builder.snapshot().rows_of(wanted))
+            after = sum(s.deleted_count for s in self._segments) + self._builder.deleted_count
+            self._device_copies = {}
+        return after - before
 
     # ------------------------------------------------------------------ searching
 
@@ -151,33 +219,62 @@ class Index:
             numpy arrays for numpy input, torch tensors (same device) for torch input.
 
         Raises:
-            TypeError, ValueError: bad queries, k, or rescoring arguments; see `add`.
+            TypeError, ValueError: bad queries, k, or rescoring arguments (see `add`), or query
+                values so large that scores would overflow float32.
         """
-        with self._lock:
-            count, codes, scales, ids, float16 = (
-                self._count, self._codes, self._scales, self._ids, self._float16,
-            )
-        k = _arrays.check_k(k, count)
+        segments = self._snapshot()
+        live = sum(s.live_count for s in segments)
+        k = checks.check_k(k, live)
         if rescore:
             self._check_rescore(queries, rescore_factor)
-            candidates = min(count, k * int(rescore_factor))
+            candidates = min(live, k * int(rescore_factor))
         else:
             candidates = k
-        if _arrays.is_cuda(queries):
-            return self._search_torch(queries, k, candidates, rescore, count)
+        if checks.is_cuda(queries):
+            return self._search_torch(queries, k, candidates, rescore)
 
-        q_codes, q_scales, q_floats = _arrays.vectors(queries, "queries", self._dim, queries=True)
-        found_scores, rows = _core.topk_int8(
-            q_codes, q_scales, codes[:count], scales[:count], ids[:count], candidates
-        )
+        q_codes, q_scales, q_floats = quantized_vectors(queries, "queries", self._dim, queries=True)
+        check_score_range(q_scales, max((s.max_scale() for s in segments), default=0.0), self._dim)
+        found_scores, rows = _core.topk_int8(q_codes, q_scales, [s.core_view() for s in segments], candidates)
+        located = _locate(segments, rows)
         if rescore:
-            found_scores, rows = _rescore(q_floats, float16, rows, ids[:count], k)
-        found_ids = ids[rows]
-        if _arrays.is_torch(queries):
+            found_scores, located = _rescore(q_floats, segments, located, k)
+        found_ids = _gather(segments, located, lambda s: s.ids, located[0].shape)
+        if checks.is_torch(queries):
             import torch
 
             return torch.from_numpy(found_scores), torch.from_numpy(found_ids)
         return found_scores, found_ids
+
+    def documents(self, ids: Any) -> np.ndarray:
+        """The document ids (str) of `ids`, e.g. search results: an object array of the same shape.
+
+        Raises:
+            ValueError: an id that is not in the index (or deleted), or vectors without document
+                ids (see `has_documents`).
+        """
+        wanted = np.asarray(checks.to_numpy(ids, "ids"))
+        if wanted.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got {wanted.dtype}")
+        flat = wanted.reshape(-1).astype(np.int64)
+        names = np.empty(len(flat), object)
+        found = np.zeros(len(flat), bool)
+        for segment in self._snapshot():
+            remaining = np.unique(flat[~found])
+            if len(remaining) == 0:
+                break
+            rows = segment.rows_of(remaining)
+            rows = rows[~segment.is_deleted(rows)]
+            if len(rows) == 0:
+                continue
+            by_id = dict(zip(segment.ids[rows].tolist(), segment.documents(rows)))
+            for position in np.flatnonzero(~found):
+                name = by_id.get(int(flat[position]))
+                if name is not None:
+                    names[position], found[position] = name, True
+        if not found.all():
+            raise ValueError(f"id {flat[~found][0]} is not in the index (or was deleted)")
+        return names.reshape(wanted.shape)
 
     def _check_rescore(self, queries: Any, rescore_factor: Any) -> None:
         if not self._store_float16:
@@ -189,19 +286,20 @@ class Index:
         if isinstance(rescore_factor, bool) or not isinstance(rescore_factor, (int, np.integer)) or rescore_factor < 1:
             raise ValueError(f"rescore_factor must be an int >= 1, got {rescore_factor!r}")
 
-    def _search_torch(self, queries, k, candidates, rescore, count):
+    def _search_torch(self, queries, k, candidates, rescore):
         import torch
 
-        from .quant import quantize_int8
-
         device = queries.device
-        codes, scales, ids, float16 = self._on_device(device, count)
+        codes, scales, ids, float16 = self._on_device(device)
         if not queries.dtype.is_floating_point:
             raise TypeError(f"queries must be floating point, got {queries.dtype}")
         q = queries[None] if queries.ndim == 1 else queries
         if q.ndim != 2 or q.shape[1] != self._dim or q.shape[0] == 0:
             raise ValueError(f"queries must be [q, {self._dim}] with q >= 1, got {tuple(queries.shape)}")
+        if not torch.isfinite(q).all():
+            raise ValueError("queries contain NaN or inf; clean the input")
         q_codes, q_scales = quantize_int8(q)
+        check_score_range(np.array([q_scales.max().item()]), scales.max().item() if len(scales) else 0.0, self._dim)
         rows_scores, rows = topk_int8_torch(q_codes, q_scales, codes, scales, candidates, ids)
         if not rescore:
             return rows_scores, ids[rows]
@@ -211,74 +309,147 @@ class Index:
         order = by_id.indices.gather(1, by_score.indices)[:, :k]
         return exact.gather(1, order), ids[rows.gather(1, order)]
 
-    def _on_device(self, device, count):
-        """The index's arrays on `device`, uploaded once per device until the next add."""
+    def _on_device(self, device):
+        """The live vectors on `device`, uploaded once per device until the next add or delete."""
         import torch
 
         key = str(device)
         with self._lock:
             cached = self._device_copies.get(key)
             if cached is None:
-                cached = tuple(
-                    None if a is None else torch.from_numpy(np.ascontiguousarray(a[:count])).to(device)
-                    for a in (self._codes, self._scales, self._ids, self._float16)
-                )
+                segments = self._segments_locked()
+                parts = [(s, s.live_rows()) for s in segments]
+
+                def upload(field):
+                    if any(getattr(s, field) is None for s, _ in parts):
+                        return None
+                    joined = np.concatenate([np.asarray(getattr(s, field))[rows] for s, rows in parts])
+                    return torch.from_numpy(joined).to(device)
+
+                cached = tuple(upload(field) for field in ("codes", "scales", "ids", "float16"))
                 self._device_copies[key] = cached
         return cached
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ compaction and persistence
+
+    def merge(self, max_rows: int | None = None) -> None:
+        """Rewrite segments into one in-memory segment without their deleted rows.
+
+        Args:
+            max_rows: merge only segments of at most this many rows (None: all of them); the
+                in-memory segment is always included. `save(directory)` then writes the merged
+                segment as one shard and removes the shards it replaced.
+        """
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+            raise ValueError(f"max_rows must be an int >= 1 or None, got {max_rows!r}")
+        with self._lock:
+            chosen = [s for s in self._segments if max_rows is None or len(s) <= max_rows]
+            if self._builder.count:
+                chosen.append(self._builder.snapshot())
+            if len(chosen) == 0 or (len(chosen) == 1 and chosen[0].deleted_count == 0):
+                return
+            merged = _concatenate(chosen, self._dim, self._store_float16)
+            kept = tuple(s for s in self._segments if not any(s is c for c in chosen))
+            self._segments = kept + ((merged,) if len(merged) else ())
+            self._builder = SegmentBuilder(self._dim, self._store_float16)
+            self._device_copies = {}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to `path` (atomically: a temporary file renamed into place)."""
+        """Write the index.
+
+        `path` an existing directory: the index becomes a store there (see fastret.store): its
+        segments mapped from that directory stay, with their deletions written beside them, the
+        others become new shards, and the manifest is replaced last. Any other `path`: one index
+        file holding the live vectors (deleted rows left out), written to a temporary name and
+        renamed. Document ids are kept when every vector has one.
+        """
+        path = Path(path)
         with self._lock:
-            n = self._count
-            arrays = index_file.IndexArrays(
-                self._codes[:n], self._scales[:n], self._ids[:n],
-                None if self._float16 is None else self._float16[:n],
-            )
-            index_file.write(path, arrays)
+            segments = self._segments_locked()
+            if path.is_dir():
+                saved = store.save_segments(path, list(segments), self._dim, self._store_float16)
+                self._segments = tuple(saved)
+                self._builder = SegmentBuilder(self._dim, self._store_float16)
+                self._device_copies = {}
+                return
+        merged = _concatenate(list(segments), self._dim, self._store_float16)
+        doc_ids = merged.doc_ids
+        write(path, IndexArrays(merged.codes, merged.scales, merged.ids, merged.float16,
+                                None if doc_ids is None else doc_ids.offsets,
+                                None if doc_ids is None else doc_ids.blob))
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "Index":
-        """Open an index written by `save`, or an embedding store written by `Encoder.encode_corpus`.
+        """Open an index file written by `save`, or a store directory (`Encoder.encode_corpus`).
 
         Args:
-            path: the index file, or a store directory (its shards are concatenated in memory;
-                row i is document `fastret.store.Store.open(path).doc_ids()[i]`).
-            mmap: map the arrays from the file (read-only, paged in on demand) instead of reading
-                them; a later `add` copies them into memory first.
-            verify: check the data checksum (reads the whole file once).
+            path: the index file, or a store directory: each shard becomes a segment, mapped in
+                place (no copy); `index.documents(ids)` names the documents.
+            mmap: map the arrays (read-only, paged in on demand) instead of reading them.
+            verify: check each file's data checksum and values (reads every byte once). Without
+                it only headers and sizes are checked and the data is trusted (see
+                fastret.index_file): for files this program wrote, when load time matters.
 
         Raises:
-            FileNotFoundError: no such file.
-            ValueError: not a fastret index, unsupported version, truncated or corrupted file.
+            FileNotFoundError: no such file or directory.
+            ValueError: not a fastret index or store, unsupported version, truncated or
+                corrupted file, or a deletion file that does not match its segment (the error
+                names the file).
         """
-        if Path(path).is_dir():
-            from .store import Store
-
-            return Store.open(path).to_index(verify=verify)
-        arrays = index_file.read(path, mmap=mmap, verify=verify)
-        index = cls(arrays.codes.shape[1], store_float16=arrays.float16 is not None)
-        index._set_arrays(arrays.codes, arrays.scales, arrays.ids, arrays.float16)
-        return index
-
-    def _set_arrays(self, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray,
-                    float16: np.ndarray | None) -> None:
-        """Adopt arrays as the index's contents (may be read-only memory maps: `add` copies them)."""
-        with self._lock:
-            self._codes, self._scales, self._ids = codes, scales, ids
-            if self._store_float16:
-                self._float16 = float16
-            self._count = len(codes)
-            self._device_copies = {}
+        path = Path(path)
+        if path.is_dir():
+            opened = store.Store.open(path)
+            return cls.from_segments(opened.segments(mmap=mmap, verify=verify), opened.dim,
+                                     bool(opened.manifest.get("float16")))
+        segment = store.open_segment_file(path, mmap=mmap, verify=verify)
+        return cls.from_segments([segment], segment.codes.shape[1], segment.float16 is not None)
 
 
-def _rescore(queries: np.ndarray, float16: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int):
-    """Re-rank candidate rows [q, c] by float32 dot products with the float16 copies.
+def _locate(segments: Sequence[Segment], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global rows [q, c] (the core's numbering) -> (segment numbers, rows within them)."""
+    starts = np.cumsum([0] + [len(s) for s in segments])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    return which, rows - starts[which]
 
-    Returns the k best (scores float32 [q, k], rows int64 [q, k]), ties to the lower id.
+
+def _gather(segments: Sequence[Segment], located, field, shape) -> np.ndarray:
+    """field(segment)[row] for every located row, in the shape of the search results."""
+    which, local = located
+    first = field(segments[0])
+    out = np.empty(shape + first.shape[1:], first.dtype)
+    for number in np.unique(which):
+        mask = which == number
+        out[mask] = np.asarray(field(segments[number])[local[mask]])
+    return out
+
+
+def _rescore(queries: np.ndarray, segments: Sequence[Segment], located, k: int):
+    """Re-rank candidates [q, c] by float32 dot products with the float16 copies.
+
+    Returns the k best (scores float32 [q, k], located rows [q, k]), ties to the lower id.
     """
-    candidates = float16[rows.reshape(-1)].astype(np.float32).reshape(*rows.shape, -1)
+    which, local = located
+    candidates = _gather(segments, located, lambda s: s.float16, which.shape).astype(np.float32)
+    if not np.isfinite(candidates).all():
+        raise IndexFileError("the float16 copies of some candidates hold NaN or inf: the index file is "
+                             "corrupted (load it with verify=True to find out which)")
+    ids = _gather(segments, located, lambda s: s.ids, which.shape)
     exact = np.matmul(candidates, queries[:, :, None])[..., 0]
-    order = np.lexsort((ids[rows], -exact), axis=-1)[:, :k]
-    return np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
+    order = np.lexsort((ids, -exact), axis=-1)[:, :k]
+    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    return pick(exact), (pick(which), pick(local))
+
+
+def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> Segment:
+    """The live rows of `segments` as one in-memory segment (document ids kept if all have them)."""
+    lives = [s.live_rows() for s in segments]
+    codes = np.concatenate([np.empty((0, dim), np.int8)] + [s.codes[r] for s, r in zip(segments, lives)])
+    scales = np.concatenate([np.empty(0, np.float32)] + [s.scales[r] for s, r in zip(segments, lives)])
+    ids = np.concatenate([np.empty(0, np.int64)] + [s.ids[r] for s, r in zip(segments, lives)])
+    float16 = None
+    if store_float16:
+        float16 = np.concatenate([np.empty((0, dim), np.float16)] + [s.float16[r] for s, r in zip(segments, lives)])
+    doc_ids = None
+    if segments and all(s.doc_ids is not None for s in segments):
+        doc_ids = PackedDocIds.from_list([d for s, r in zip(segments, lives) for d in s.documents(r)])
+    return Segment(codes, scales, ids, float16, doc_ids)

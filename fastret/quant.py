@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import check_finite, is_torch, to_numpy
+from .checks import check_finite, float_matrix, int8_codes, is_torch, to_numpy
+from .kernels.pooling import quantize_rows_ref
 
 
 def quantize_int8(x: Any):
@@ -53,10 +54,23 @@ def _quantize_torch(x):
         raise TypeError(f"quantize_int8 expects floating point vectors, got {x.dtype}")
     if x.ndim == 0:
         raise ValueError("quantize_int8 expects vectors [..., d], got a scalar")
-    x = x.detach().float()
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or inf; clean the input")
-    scales = x.abs().amax(dim=-1) / 127.0 if x.shape[-1] else x.new_zeros(x.shape[:-1])
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    codes = torch.round(x / safe[..., None]).clamp_(-127, 127).to(torch.int8)
-    return codes, scales
+    return quantize_rows_ref(x)
+
+
+def quantized_vectors(
+    x: Any, name: str, dim: int | None = None, *, queries: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Float vectors (quantized here) or a (codes, scales) tuple -> (codes, scales, float32 or None).
+
+    `queries` applies the query rule of `int8_codes` (no code of -128).
+    """
+    if isinstance(x, tuple):
+        if len(x) != 2:
+            raise ValueError(f"{name} as a tuple must be (codes int8 [n, d], scales float32 [n]), got {len(x)} items")
+        codes, scales = int8_codes(x[0], x[1], name, dim, queries=queries)
+        return codes, scales, None
+    floats = float_matrix(x, name, dim)
+    codes, scales = quantize_int8(floats)
+    return codes, scales, floats

@@ -4,6 +4,10 @@
 
 Results are ordered by score (higher first), then by id (lower first); every backend returns the
 same ids and scores as `topk_int8_ref`.
+
+Scores must stay finite: a query whose scale could push a score past float32's range is refused
+(`check_score_range`) rather than ranked by inf and NaN. The core itself ranks a NaN score as -inf,
+so no input it is handed can make it return fewer than k rows or a made-up one.
 """
 
 from __future__ import annotations
@@ -12,11 +16,33 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays
-from . import _core
+from . import _core, checks
+from .quant import quantize_int8, quantized_vectors
 
 # Corpus rows scored per torch matmul on the GPU: bounds the [queries, chunk] score buffers.
 _TORCH_CHUNK_ELEMENTS = 1 << 27
+# The largest |<q8, d8>| per dimension: query codes in [-127, 127], corpus codes in [-128, 127].
+_MAX_PRODUCT = 127 * 128
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_score_range(query_scales: np.ndarray, max_corpus_scale: float, dim: int) -> None:
+    """Refuse queries whose scores could overflow float32 (and turn into inf or NaN).
+
+    A score is (float(<q8, d8>) * s_q) * s_d with |<q8, d8>| <= dim * 127 * 128; both products must
+    stay finite. Real embeddings are many orders of magnitude inside this bound.
+
+    Raises:
+        ValueError: naming the largest query value and the bound.
+    """
+    largest_query = float(np.max(query_scales, initial=0.0))
+    bound = dim * _MAX_PRODUCT * largest_query
+    if bound > _FLOAT32_MAX or bound * float(max_corpus_scale) > _FLOAT32_MAX:
+        raise ValueError(
+            f"queries with values up to {largest_query * 127:.3g} against vectors with values up to "
+            f"{float(max_corpus_scale) * 127:.3g} would give scores beyond float32's range "
+            f"({_FLOAT32_MAX:.3g}); normalize the vectors (embeddings are usually unit length)"
+        )
 
 
 def topk_int8(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: Any = None):
@@ -37,40 +63,43 @@ def topk_int8(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: Any = 
     Raises:
         TypeError, ValueError: wrong dtype, shape or dimension, NaN/inf, codes of -128, bad k.
     """
-    if _arrays.is_cuda(db_int8):
+    if checks.is_cuda(db_int8):
         return _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids)
-    db_codes, db_scale = _arrays.int8_codes(db_int8, db_scales, "db")
-    k = _arrays.check_k(k, len(db_codes))
-    q_codes, q_scales, _ = _arrays.vectors(queries, "queries", db_codes.shape[1], queries=True)
-    row_ids = None if ids is None else _arrays.int64_ids(ids, len(db_codes))
-    scores, rows = _core.topk_int8(q_codes, q_scales, db_codes, db_scale, row_ids, k)
-    return scores, rows if row_ids is None else row_ids[rows]
+    q_codes, q_scales, db_codes, db_scale, row_ids, k = _checked(queries, db_int8, db_scales, k, ids)
+    scores, rows = _core.topk_int8(q_codes, q_scales, [(db_codes, db_scale, row_ids, None)], k)
+    return scores, row_ids[rows]
 
 
 def topk_int8_ref(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: Any = None):
     """Plain numpy reference for `topk_int8` (same arguments, same results, slow)."""
-    db_codes, db_scale = _arrays.int8_codes(db_int8, db_scales, "db")
-    k = _arrays.check_k(k, len(db_codes))
-    q_codes, q_scales, _ = _arrays.vectors(queries, "queries", db_codes.shape[1], queries=True)
-    row_ids = None if ids is None else _arrays.int64_ids(ids, len(db_codes))
-    if row_ids is None:
-        row_ids = np.arange(len(db_codes), dtype=np.int64)
+    q_codes, q_scales, db_codes, db_scale, row_ids, k = _checked(queries, db_int8, db_scales, k, ids)
     dots = q_codes.astype(np.int64) @ db_codes.astype(np.int64).T
     scores = (dots.astype(np.float32) * q_scales[:, None]) * db_scale[None, :]
     order = np.lexsort((np.broadcast_to(row_ids, scores.shape), -scores), axis=-1)[:, :k]
     return np.take_along_axis(scores, order, axis=1), row_ids[order]
 
 
+def _checked(queries, db_int8, db_scales, k, ids):
+    """Validated numpy inputs of topk_int8 and its reference; ids default to row numbers."""
+    db_codes, db_scale = checks.int8_codes(db_int8, db_scales, "db")
+    k = checks.check_k(k, len(db_codes))
+    q_codes, q_scales, _ = quantized_vectors(queries, "queries", db_codes.shape[1], queries=True)
+    check_score_range(q_scales, db_scale.max(initial=0.0), db_codes.shape[1])
+    if ids is None:
+        row_ids = np.arange(len(db_codes), dtype=np.int64)
+    else:
+        row_ids = checks.int64_ids(ids, len(db_codes))
+    return q_codes, q_scales, db_codes, db_scale, row_ids, k
+
+
 def _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
     import torch
-
-    from .quant import quantize_int8
 
     device = db_int8.device
     if db_int8.dtype != torch.int8 or db_int8.ndim != 2:
         raise TypeError(f"db_int8 must be an int8 [n, d] tensor, got {db_int8.dtype} {tuple(db_int8.shape)}")
     n, dim = db_int8.shape
-    k = _arrays.check_k(k, n)
+    k = checks.check_k(k, n)
     if isinstance(queries, tuple):
         q_codes, q_scales = (torch.as_tensor(part, device=device) for part in queries)
     else:

@@ -1,36 +1,44 @@
-"""The on-disk embedding store that `Encoder.encode_corpus` writes and `Index.load` reads.
+"""The on-disk store: a directory of index segments that `Encoder.encode_corpus` writes, that
+`Index.load` maps in place and that `Index.save(directory)` updates.
 
     out_dir/
-      manifest.json           settings, and the finished shards in order (no timestamps, so two
-                              runs over the same corpus write identical bytes)
-      shard-00000.frt         a fastret index file: int8 codes, scales, global row numbers as ids,
-                              optional float16 copies (see index_file.py)
-      shard-00000.ids.json    the documents' ids, in row order
+      manifest.json             settings, and the finished shards in order (no timestamps, so two
+                                runs over the same corpus write identical bytes)
+      shard-00000.frt           a fastret index file (index_file.py): int8 codes, scales, global row
+                                numbers as ids, document ids, optional float16 copies
+      shard-00000.frt.deleted   optional: the shard's deleted rows (index_file.write_deleted)
 
-Shard k holds documents [k * shard_size, (k + 1) * shard_size) of the corpus. Each file is
-written to a temporary name and renamed; a shard is finished exactly when its .frt file exists
-(its ids file is written first), so an interrupted run resumes by skipping finished shards.
+Shard k of an encoded corpus holds documents [k * shard_size, (k + 1) * shard_size). Each file is
+written to a temporary name and renamed; a shard is finished exactly when its .frt file exists, so
+an interrupted run resumes by skipping finished shards. The manifest is written last and is the
+commit point of `save_segments`. Version-1 stores (document ids in shard-*.ids.json) are read too.
+
+This module knows the JSON; the index knows only the `Segment`s handed to it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import index_file
-from .atomic import atomic_write
+from . import atomic, index_file
+from .doc_ids import LazyDocIds, PackedDocIds, pack_doc_ids
+from .segment import Segment, bitmap
 
 MANIFEST = "manifest.json"
 FORMAT = "fastret-store"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_SHARD_FILE = re.compile(r"shard-(\d+)\.frt")
 
 
 class StoreError(ValueError):
-    """A store directory that is missing, incomplete, or made with other settings."""
+    """A store directory that is missing, incomplete, inconsistent, or made with other settings."""
 
 
 def shard_name(number: int) -> str:
@@ -38,32 +46,33 @@ def shard_name(number: int) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    with atomic_write(path) as f:
+    with atomic.atomic_write(path) as f:
         f.write(data)
 
 
 def write_shard(directory: Path, number: int, doc_ids: list[str], first_row: int, codes: np.ndarray,
                 scales: np.ndarray, float16: np.ndarray | None) -> None:
-    """Write shard `number` (ids file first, then the index file that marks it finished)."""
-    name = shard_name(number)
-    write_atomic(directory / f"{name}.ids.json", json.dumps(doc_ids, ensure_ascii=False).encode())
+    """Write shard `number` (one index file; its existence marks the shard finished)."""
     rows = np.arange(first_row, first_row + len(codes), dtype=np.int64)
-    index_file.write(directory / f"{name}.frt", index_file.IndexArrays(codes, scales, rows, float16))
+    offsets, blob = pack_doc_ids(doc_ids)
+    index_file.write(directory / f"{shard_name(number)}.frt",
+                     index_file.IndexArrays(codes, scales, rows, float16, offsets, blob))
 
 
 def finished_shards(directory: Path) -> list[int]:
     """Numbers of the shards whose index file exists, ascending."""
-    return sorted(int(p.name[len("shard-"):-len(".frt")]) for p in directory.glob("shard-*.frt"))
+    return sorted(int(match.group(1)) for p in Path(directory).iterdir()
+                  if (match := _SHARD_FILE.fullmatch(p.name)))
 
 
-def write_manifest(directory: Path, settings: dict, complete: bool) -> dict:
-    """Record `settings` and the finished shards (with their sizes); returns the manifest."""
-    shards = []
-    for number in finished_shards(directory):
+def write_manifest(directory: Path, settings: dict, complete: bool, shards: list[int] | None = None) -> dict:
+    """Record `settings` and the shards (default: every finished one, with their sizes)."""
+    entries = []
+    for number in finished_shards(directory) if shards is None else shards:
         header = index_file.read_header(directory / f"{shard_name(number)}.frt")
-        shards.append({"name": shard_name(number), "count": header.count})
-    manifest = {"format": FORMAT, "version": VERSION, **settings, "complete": complete,
-                "count": sum(s["count"] for s in shards), "shards": shards}
+        entries.append({"name": shard_name(number), "count": header.count})
+    manifest = {**settings, "format": FORMAT, "version": VERSION, "complete": complete,
+                "count": sum(s["count"] for s in entries), "shards": entries}
     write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
 
@@ -76,28 +85,35 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise StoreError(f"{path}: not valid JSON ({error.msg})") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise StoreError(f"{path} is not a fastret store manifest")
-    if manifest.get("version") != VERSION:
-        raise StoreError(f"{path}: store version {manifest.get('version')}; this fastret reads {VERSION}")
+    if manifest.get("version") not in READABLE_VERSIONS:
+        raise StoreError(f"{path}: store version {manifest.get('version')}; this fastret reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     return manifest
+
+
+def settings_of(manifest: dict) -> dict:
+    """The manifest's settings (what encoded the store), without the bookkeeping keys."""
+    return {key: value for key, value in manifest.items()
+            if key not in ("format", "version", "complete", "count", "shards")}
 
 
 @dataclass
 class Store:
-    """A finished store: its manifest, document ids, and vectors as one `Index`."""
+    """A finished store: its directory and manifest."""
 
     directory: Path
     manifest: dict
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "Store":
-        """Open a store written by `encode_corpus`; StoreError if it is incomplete."""
+        """Open a finished store; StoreError if it is incomplete or not a store."""
         directory = Path(directory)
         manifest = read_manifest(directory)
         if not manifest.get("complete"):
-            raise StoreError(f"{directory}: the store is incomplete ({manifest['count']} documents in "
-                             f"{len(manifest['shards'])} shards so far); rerun the encode command to finish it")
+            raise StoreError(f"{directory}: the store is incomplete ({manifest.get('count')} documents in "
+                             f"{len(manifest.get('shards', []))} shards so far); rerun the encode command to finish it")
         return cls(directory, manifest)
 
     def __len__(self) -> int:
@@ -107,23 +123,107 @@ class Store:
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
+    def segments(self, mmap: bool = True, verify: bool = True) -> list[Segment]:
+        """Every shard as a `Segment` (memory-mapped with `mmap`), with its deleted rows.
+
+        Raises:
+            StoreError: a shard that is missing, corrupted, of another dimension or size than the
+                manifest says, or a deletion file that does not match its shard (the error names
+                the file).
+        """
+        segments = []
+        for entry in self.manifest["shards"]:
+            path = self.directory / f"{entry['name']}.frt"
+            try:
+                arrays = index_file.read(path, mmap=mmap, verify=verify)
+                header = index_file.read_header(path)
+                deleted_rows = index_file.read_deleted(path, header)
+            except FileNotFoundError:
+                raise StoreError(f"{path}: shard listed in {MANIFEST} is missing; restore it or re-encode") from None
+            except index_file.IndexFileError as error:
+                raise StoreError(str(error)) from None
+            if header.dim != self.dim or header.count != entry["count"]:
+                raise StoreError(f"{path}: {header.count} x {header.dim} vectors, but {MANIFEST} says "
+                                 f"{entry['count']} x {self.dim}")
+            segments.append(_segment(path, arrays, deleted_rows, self._json_doc_ids(entry)))
+        return segments
+
+    def _json_doc_ids(self, entry: dict) -> LazyDocIds | None:
+        """A version-1 shard's document ids (shard-*.ids.json), read on first use."""
+        path = self.directory / f"{entry['name']}.ids.json"
+        if not path.is_file():
+            return None
+        return LazyDocIds(entry["count"], lambda: json.loads(path.read_text()), str(path))
+
     def doc_ids(self) -> list[str]:
-        """Document ids in row order (row i of the index is document doc_ids()[i])."""
+        """Every document id in row order (row i of the loaded index is document doc_ids()[i])."""
         ids: list[str] = []
-        for shard in self.manifest["shards"]:
-            ids.extend(json.loads((self.directory / f"{shard['name']}.ids.json").read_text()))
+        for segment in self.segments(verify=False):
+            ids.extend(segment.documents(np.arange(len(segment))))
         return ids
 
-    def to_index(self, verify: bool = True):
-        """All shards as one in-memory `fastret.Index` (float16 copies included if stored)."""
-        from .index import Index
 
-        parts = [index_file.read(self.directory / f"{s['name']}.frt", mmap=True, verify=verify)
-                 for s in self.manifest["shards"]]
-        index = Index(self.dim, store_float16=bool(self.manifest.get("float16")))
-        if parts:
-            index._set_arrays(
-                np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
-                np.concatenate([p.ids for p in parts]),
-                np.concatenate([p.float16 for p in parts]) if index.store_float16 else None)
-        return index
+def _segment(path: Path, arrays: index_file.IndexArrays, deleted_rows: np.ndarray,
+             fallback_doc_ids: LazyDocIds | None) -> Segment:
+    doc_ids = fallback_doc_ids
+    if arrays.doc_offsets is not None:
+        doc_ids = PackedDocIds(arrays.doc_offsets, arrays.doc_blob, str(path))
+    deleted = None
+    if len(deleted_rows):
+        mask = np.zeros(len(arrays.codes), bool)
+        mask[deleted_rows] = True
+        deleted = bitmap(mask)
+    return Segment(arrays.codes, arrays.scales, arrays.ids, arrays.float16, doc_ids, path, deleted,
+                   len(deleted_rows))
+
+
+def open_segment_file(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Segment:
+    """One index file (and its deletion file, if any) as a `Segment`."""
+    path = Path(path)
+    arrays = index_file.read(path, mmap=mmap, verify=verify)
+    deleted_rows = index_file.read_deleted(path, index_file.read_header(path))
+    return _segment(path, arrays, deleted_rows, None)
+
+
+def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: int, float16: bool) -> list[Segment]:
+    """Make `directory` a store holding `segments`; returns them as they now are on disk.
+
+    Segments already mapped from this directory stay where they are (only their deletion files
+    are written); the others are written as new shards without their deleted rows. The manifest
+    is replaced last (the commit point); shards it no longer lists are removed after that.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = read_manifest(directory) if (directory / MANIFEST).exists() else {}
+    if previous and int(previous.get("dim", dim)) != dim:
+        raise StoreError(f"{directory} holds a store of dimension {previous['dim']}; this index has {dim}")
+    existing = finished_shards(directory)
+    next_number = (max(existing) + 1) if existing else 0
+    numbers, saved = [], []
+    for segment in segments:
+        path = segment.path
+        if path is not None and path.parent.resolve() == directory.resolve() and _SHARD_FILE.fullmatch(path.name):
+            index_file.write_deleted(path, np.flatnonzero(segment.deleted_mask()))
+            numbers.append(int(_SHARD_FILE.fullmatch(path.name).group(1)))
+            saved.append(segment)
+            continue
+        if segment.live_count == 0:
+            continue
+        path = directory / f"{shard_name(next_number)}.frt"
+        live = segment.live_rows()
+        doc_ids = segment.doc_ids.subset(live) if segment.doc_ids is not None else None
+        index_file.write(path, index_file.IndexArrays(
+            segment.codes[live], segment.scales[live], segment.ids[live],
+            None if segment.float16 is None or not float16 else segment.float16[live],
+            None if doc_ids is None else doc_ids.offsets, None if doc_ids is None else doc_ids.blob))
+        numbers.append(next_number)
+        saved.append(open_segment_file(path, verify=False))
+        next_number += 1
+    settings = {**settings_of(previous), "dim": dim, "float16": float16}
+    write_manifest(directory, settings, complete=True, shards=numbers)
+    for number in set(existing) - set(numbers):
+        shard = directory / f"{shard_name(number)}.frt"
+        shard.unlink(missing_ok=True)
+        index_file.deleted_path(shard).unlink(missing_ok=True)
+        (directory / f"{shard_name(number)}.ids.json").unlink(missing_ok=True)
+    return saved

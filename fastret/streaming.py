@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from .data import count_records, find_file, iter_corpus
-from .encoder import warn_about_inputs
+from .atomic import remove_stale_temporaries_in
+from .batching import warn_about_inputs
+from .corpus import count_documents, iter_documents
 from .store import Store, StoreError, finished_shards, read_manifest, write_manifest, write_shard
 
 DEFAULT_SHARD_SIZE = 65536
@@ -33,7 +34,8 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = encoder._prefix(prompt, prompt_name)
+    remove_stale_temporaries_in(out_dir)  # what killed runs left behind
+    prefix = encoder.resolve_prompt(prompt, prompt_name)
     settings = {
         "model": str(encoder.model_dir), "dim": encoder.dim, "pooling": encoder.pooling,
         "normalize": encoder.normalize, "max_length": encoder.max_length, "dtype": str(encoder.dtype),
@@ -48,10 +50,10 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
 
     from tqdm.auto import tqdm
 
-    total = _count_documents(corpus) if show_progress_bar and rank == 0 else None
+    total = count_documents(corpus) if show_progress_bar and rank == 0 else None
     input_stats: dict = {}
     with tqdm(total=total, unit="doc", desc="encode corpus", disable=not show_progress_bar or rank != 0) as bar:
-        for number, documents in enumerate(_chunks(_documents(corpus, encoder.text_pairs), shard_size)):
+        for number, documents in enumerate(_chunks(iter_documents(corpus, encoder.text_pairs), shard_size)):
             mine = number % world == rank and number not in done
             if mine:
                 ids = [doc_id for doc_id, _ in documents]
@@ -96,48 +98,9 @@ def _describe(corpus: Any) -> str:
     return f"<{type(corpus).__name__}>"
 
 
-def _corpus_file(corpus: str | os.PathLike) -> Path:
-    path = Path(corpus)
-    if path.is_dir():
-        return find_file(path, "corpus.jsonl")
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus {path} not found (expected a .jsonl / .jsonl.gz file or a BEIR directory)")
-    return path
-
-
-def _documents(corpus: Any, text_pairs: bool) -> Iterator[tuple[str, Any]]:
-    """(document id, text or (title, text) pair) in corpus order."""
-    if isinstance(corpus, (str, os.PathLike)):
-        for doc_id, title, text in iter_corpus(_corpus_file(corpus)):
-            yield doc_id, _document_input(title, text, text_pairs)
-        return
-    if not isinstance(corpus, Iterable):
-        raise TypeError(f"corpus must be a path or an iterable of documents, got {type(corpus).__name__}")
-    for position, item in enumerate(corpus):
-        if isinstance(item, str):
-            yield str(position), item
-        elif isinstance(item, dict):
-            title, text = item.get("title") or "", item.get("text") or ""
-            yield str(item.get("_id", item.get("id", position))), _document_input(title, text, text_pairs)
-        else:
-            raise TypeError(f"corpus item {position} is {type(item).__name__}; expected a str or a "
-                            "{'_id', 'title', 'text'} dict")
-
-
-def _document_input(title: str, text: str, text_pairs: bool):
-    """A (title, text) pair for pair encoders, else title and text joined by a space (BEIR)."""
-    return (title, text) if text_pairs else f"{title} {text}".strip()
-
-
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
     while chunk := list(islice(items, size)):
         yield chunk
-
-
-def _count_documents(corpus: Any) -> int | None:
-    if isinstance(corpus, (str, os.PathLike)):
-        return count_records(_corpus_file(corpus))
-    return len(corpus) if hasattr(corpus, "__len__") else None
 
 
 def _distributed_rank() -> tuple[int, int]:

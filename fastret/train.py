@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from .batching import collate
-from .data import read_jsonl
-from .encoder import Encoder, _read_model_dir
+from .corpus import document_text, read_jsonl
+from .encoder import Encoder, read_model_dir
 from .kernels.mesh_similarity import mesh_similarity
 from .kernels.pooling import pool_normalize
 from .losses import anchor_loss, biohicl_loss
@@ -113,7 +113,7 @@ def load_labelled_abstracts(paths: Sequence[str | os.PathLike]) -> list[Labelled
             title = record.get("title") if isinstance(record.get("title"), str) else ""
             question = record.get("question") if isinstance(record.get("question"), str) else ""
             records.append(LabelledAbstract(str(record.get("pmid", f"{Path(path).name}:{number}")),
-                                            f"{title} {abstract}".strip(), [str(label) for label in labels],
+                                            document_text(title, abstract), [str(label) for label in labels],
                                             (question or title).strip()))
     if any(skipped.values()):
         warnings.warn("skipped abstracts: " + ", ".join(f"{n} with {why}" for why, n in skipped.items() if n),
@@ -190,8 +190,8 @@ class BioHiCLTrainer:
     def embed_texts(self, texts: list[str], prefix: str = "") -> torch.Tensor:
         """L2-normalized embeddings [len(texts), d] of `prefix + text`, with gradients."""
         inputs = [self.encoder.prepare(text, i, prefix) for i, text in enumerate(texts)]
-        token_ids, type_ids, _ = self.encoder._tokenize(inputs)
-        batch = collate(token_ids, type_ids, self.encoder._pad_id)
+        token_ids, type_ids, _ = self.encoder.tokenize(inputs)
+        batch = collate(token_ids, type_ids, self.encoder.pad_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         autocast = self.config.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -326,7 +326,7 @@ class BioHiCLTrainer:
         merged.save_pretrained(tmp)
         self.encoder.tokenizer.save_pretrained(tmp)
         # the base model's own length (if it names one), not the often shorter training truncation
-        _, conventions = _read_model_dir(Path(self.config.model))
+        _, conventions = read_model_dir(Path(self.config.model))
         write_sentence_transformers_files(tmp, self.encoder.dim, self.encoder.pooling, self.encoder.normalize,
                                           conventions.get("max_length"))
         shutil.rmtree(out, ignore_errors=True)

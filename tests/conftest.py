@@ -96,6 +96,6 @@ def tiny_neox(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def nfcorpus_docs():
-    from fastret.data import BUNDLED_NFCORPUS, load_corpus, find_file
+    from fastret.corpus import BUNDLED_NFCORPUS, load_corpus, find_file
 
     return load_corpus(find_file(BUNDLED_NFCORPUS, "corpus.jsonl")).documents()

@@ -2,7 +2,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+import fastret
 
 from fastret import cli
 
@@ -62,7 +65,9 @@ def test_index_and_search(store, tmp_path, tiny_bert, capsys):
     capsys.readouterr()
     assert cli.main(["index", str(store), str(tmp_path / "docs.frt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["vectors"] == 12
-    assert json.loads((tmp_path / "docs.frt.ids.json").read_text())[3] == "d3"
+    single = fastret.Index.load(tmp_path / "docs.frt")
+    assert single.documents(np.array([3, 11])).tolist() == ["d3", "d11"]
+    assert not list(tmp_path.glob("*.ids.json"))  # document ids live in the index file
     for target in (store, tmp_path / "docs.frt"):
         status = cli.main(["search", str(target), "T text number 7", "-k", "3", "--rescore", "--model", str(tiny_bert),
                            "--device", "cpu", "--json"])

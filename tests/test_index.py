@@ -54,7 +54,7 @@ def test_default_ids_continue_and_external_ids_are_returned(rng):
     index.add(unit_rows(rng, 2, 8), ids=np.array([1000, 7]))
     index.add(unit_rows(rng, 1, 8))
     _, ids = index.search(np.eye(8, dtype=np.float32), 6)
-    assert sorted(ids[0].tolist()) == [0, 1, 2, 5, 7, 1000]
+    assert sorted(ids[0].tolist()) == [0, 1, 2, 7, 1000, 1001]  # default ids go on after the largest
     _, top = index.search(first[1], 1)
     assert top[0, 0] == 1
 
@@ -121,7 +121,7 @@ def test_save_load_round_trip(rng, tmp_path, mmap):
     index.save(path)
     loaded = fastret.Index.load(path, mmap=mmap)
     assert (len(loaded), loaded.dim, loaded.store_float16) == (130, 40, True)
-    assert isinstance(loaded._codes, np.memmap) == mmap
+    assert isinstance(loaded._snapshot()[0].codes, np.memmap) == mmap
     for rescore in (False, True):
         for a, b in zip(index.search(queries, 7, rescore=rescore), loaded.search(queries, 7, rescore=rescore)):
             np.testing.assert_array_equal(a, b)
@@ -252,7 +252,7 @@ def test_bad_search_arguments(rng):
 def test_repr_and_properties(rng):
     index = fastret.Index(8, store_float16=True)
     index.add(unit_rows(rng, 3, 8))
-    assert repr(index) == "fastret.Index(dim=8, count=3, store_float16=True)"
+    assert repr(index) == "fastret.Index(dim=8, count=3, segments=1, store_float16=True)"
     assert (index.dim, len(index), index.store_float16) == (8, 3, True)
 
 
@@ -265,7 +265,7 @@ def test_torch_search_path_matches_the_cpu_core(rng, rescore):
     index = fastret.Index(33, store_float16=True)
     index.add(docs, ids=rng.permutation(400) + 10)
     candidates = 40 if rescore else 10
-    scores, ids = index._search_torch(torch.from_numpy(queries), 10, candidates, rescore, len(index))
+    scores, ids = index._search_torch(torch.from_numpy(queries), 10, candidates, rescore)
     cpu_scores, cpu_ids = index.search(queries, 10, rescore=rescore)
     np.testing.assert_array_equal(ids.numpy(), cpu_ids)
     np.testing.assert_allclose(scores.numpy(), cpu_scores, rtol=1e-6, atol=1e-6)

@@ -73,12 +73,12 @@ def test_foreign_file(tmp_path, content):
 
 def test_newer_version(saved):
     data = bytearray(saved.read_bytes())
-    head = bytearray(data[:36])
+    head = bytearray(data[:44])
     struct.pack_into("<I", head, 8, 99)
-    data[:36] = head
-    struct.pack_into("<I", data, 36, zlib.crc32(bytes(head)))
+    data[:44] = head
+    struct.pack_into("<I", data, 44, zlib.crc32(bytes(head)))
     saved.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="version 99; this fastret reads version 1"):
+    with pytest.raises(ValueError, match="version 99; this fastret reads versions 1, 2"):
         fastret.Index.load(saved)
 
 
@@ -95,7 +95,8 @@ def test_missing_file_and_directory_target(tmp_path):
     with pytest.raises(FileNotFoundError):
         fastret.Index.load(tmp_path / "nope.frt")
     with pytest.raises(IsADirectoryError, match="pass a file path"):
-        fastret.Index(4).save(tmp_path)
+        index_file.write(tmp_path, index_file.IndexArrays(np.zeros((1, 4), np.int8), np.ones(1, np.float32),
+                                                          np.zeros(1, np.int64), None))
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(saved, rng, monkeypatch):

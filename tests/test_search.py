@@ -244,17 +244,61 @@ def test_query_codes_of_minus_128_are_rejected(small):
 
 def test_core_refuses_silent_conversions(small):
     codes, scales, _ = small
+    ids = np.arange(len(codes), dtype=np.int64)
     q_codes, q_scales = fastret.quantize_int8(np.ones((2, 8), np.float32))
     with pytest.raises(TypeError):
-        _core.topk_int8(q_codes.astype(np.float64), q_scales, codes, scales, None, 1)
-    with pytest.raises(TypeError):
-        _core.topk_int8(q_codes, q_scales, codes[:, ::2], scales, None, 1)
-    with pytest.raises(ValueError, match="dim 8 but the corpus has dim 4"):
-        _core.topk_int8(q_codes, q_scales, np.ascontiguousarray(codes[:, :4]), scales, None, 1)
+        _core.topk_int8(q_codes.astype(np.float64), q_scales, [(codes, scales, ids, None)], 1)
+    with pytest.raises(TypeError, match="segment 0 codes must be a C-contiguous"):
+        _core.topk_int8(q_codes, q_scales, [(codes[:, ::2], scales, ids, None)], 1)
+    with pytest.raises(TypeError, match="segment 0 scales"):
+        _core.topk_int8(q_codes, q_scales, [(codes, scales.astype(np.float64), ids, None)], 1)
+    with pytest.raises(ValueError, match=r"segment 1: codes must be 2-D \[n, 8\]"):
+        _core.topk_int8(q_codes, q_scales, [(codes, scales, ids, None),
+                                            (np.ascontiguousarray(codes[:, :4]), scales, ids, None)], 1)
+    with pytest.raises(ValueError, match="deleted bitmap must be uint64"):
+        _core.topk_int8(q_codes, q_scales, [(codes, scales, ids, np.zeros(3, np.uint64))], 1)
     with pytest.raises(ValueError, match=r"k must be in \[1, 20\]"):
-        _core.topk_int8(q_codes, q_scales, codes, scales, None, 21)
+        _core.topk_int8(q_codes, q_scales, [(codes, scales, ids, None)], 21)
     with pytest.raises(ValueError, match="k must be in"):
-        _core.topk_int8(q_codes[:0], q_scales[:0], codes, scales, None, 1)
+        _core.topk_int8(q_codes[:0], q_scales[:0], [(codes, scales, ids, None)], 1)
+
+
+def test_core_ranks_nan_scores_last_and_never_reads_past_its_lists(simd_path):
+    # Regression: zero scales times an overflowing query product gave NaN scores, short per-thread
+    # lists and a merge that read past them (a segfault, or ids such as -453618317875033993).
+    codes = np.full((100, 64), 127, np.int8)
+    segment = (codes, np.zeros(100, np.float32), np.arange(100, dtype=np.int64), None)
+    for n_queries in (1, 7):
+        q = np.full((n_queries, 64), 127, np.int8)
+        scores, rows = _core.topk_int8(q, np.full(n_queries, 3e36, np.float32), [segment], 10)
+        assert np.isneginf(scores).all()
+        np.testing.assert_array_equal(rows, np.tile(np.arange(10), (n_queries, 1)))
+
+
+def test_scores_that_would_overflow_float32_are_refused():
+    codes, scales = np.full((100, 64), 127, np.int8), np.zeros(100, np.float32)
+    query = np.full((1, 64), 3e38, np.float32)
+    for search in (fastret.topk_int8, fastret.topk_int8_ref):
+        with pytest.raises(ValueError, match="beyond float32's range.*normalize"):
+            search(query, codes, scales, 10)
+    index = fastret.Index(64)
+    index.add((codes, scales))
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        index.search(query, k=10)
+    big = fastret.Index(4)
+    big.add(np.full((3, 4), 1e30, np.float32))
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        big.search(np.full((1, 4), 1e30, np.float32), k=1)
+
+
+def test_core_fills_a_short_result_when_rows_are_deleted(rng):
+    codes, scales = quantized(rng, 70, 16)
+    deleted = np.zeros(2, np.uint64)
+    deleted[0] = np.uint64((1 << 64) - 1)  # rows 0..63
+    segment = (codes, scales, np.arange(70, dtype=np.int64), deleted)
+    scores, rows = _core.topk_int8(*quantized(rng, 1, 16), [segment], 10)
+    assert sorted(rows[0, :6]) == list(range(64, 70))
+    assert (rows[0, 6:] == -1).all() and np.isneginf(scores[0, 6:]).all()
 
 
 @pytest.mark.parametrize("m, d, n", [(1, 1, 1), (3, 5, 7), (17, 8, 8), (20, 97, 130)])

@@ -28,15 +28,24 @@ the kernel on machines without a GPU).
 """
 
 import contextlib
-from typing import Optional, Tuple, Union
+from typing import Optional, Protocol, Tuple, Union, runtime_checkable
 
 import torch
 
-from ..mesh import EncodedLabels
-
 from ._triton import require_triton, tl, triton, use_triton
 
-Labels = Union[EncodedLabels, Tuple[torch.Tensor, torch.Tensor]]
+
+@runtime_checkable
+class EncodedLabelBatch(Protocol):
+    """What the kernel needs of `fastret.mesh.EncodedLabels` (kernels import nothing from the package):
+    padded node ids, their weights, and the fingerprint of the tree that numbered the nodes."""
+
+    nodes: torch.Tensor
+    weights: torch.Tensor
+    tree_id: str
+
+
+Labels = Union[EncodedLabelBatch, Tuple[torch.Tensor, torch.Tensor]]
 
 # Output tile [BLOCK, BLOCK] per program. On a GPU the merge is latency-bound (every step waits on
 # a load from L1), so many small tiles in flight beat a few big ones: 16 x 16 pairs over 2 warps
@@ -273,7 +282,7 @@ def _check_inputs(labels_a, labels_b):
             f"labels_a is on {a[0].device} but labels_b on {b[0].device}; move both to one device "
             "(EncodedLabels.to(device))"
         )
-    if isinstance(labels_a, EncodedLabels) and isinstance(labels_b, EncodedLabels):
+    if isinstance(labels_a, EncodedLabelBatch) and isinstance(labels_b, EncodedLabelBatch):
         if labels_a.tree_id != labels_b.tree_id:
             raise ValueError(
                 "labels_a and labels_b were encoded with different MeSH trees (tree_id "
@@ -284,7 +293,7 @@ def _check_inputs(labels_a, labels_b):
 
 
 def _unpack(labels, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(labels, EncodedLabels):
+    if isinstance(labels, EncodedLabelBatch):
         # built by MeshTree.encode (or checked by EncodedLabels itself for dtypes and shapes): the
         # layout holds by construction, so no content check and no device synchronisation here
         nodes, weights = labels.nodes, labels.weights

@@ -30,7 +30,6 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ..quant import quantize_int8
 
 from ._triton import require_triton, tl, triton, use_triton
 
@@ -347,12 +346,17 @@ def _pool_normalize_fwd(hidden, mask, mode: str, normalize: bool, quantize: bool
                 NORMALIZE=normalize, QUANTIZE=quantize, BLOCK_P=_pow2(n_dblk),
                 BLOCK_D=min(_pow2(D), 1024), num_warps=4,
             )  # fmt: skip
-    if quantize and not bool(torch.isfinite(scales).all()):
+    if quantize:
+        _check_quantizable(scales)
+    return y, codes, scales, norm, rows
+
+
+def _check_quantizable(scales: torch.Tensor) -> None:
+    if not bool(torch.isfinite(scales).all()):
         raise ValueError(
             "the pooled vectors contain NaN or inf, so they cannot be quantized; "
             "check hidden for NaN/inf at real-token positions"
         )
-    return y, codes, scales, norm, rows
 
 
 def _pool_normalize_bwd(dy, y, norm, mask, rows, hidden_shape, hidden_dtype, mode: str, normalize: bool):
@@ -442,8 +446,20 @@ def pool_normalize(
     y = pool_normalize_ref(hidden, attention_mask, mode, normalize)
     if not quantize:
         return y
-    codes, scales = quantize_int8(y)
+    codes, scales = quantize_rows_ref(y)
+    _check_quantizable(scales)
     return y, codes, scales
+
+
+def quantize_rows_ref(y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel's int8 step in plain torch: per row s = max|y| / 127 (0 for a zero row),
+    codes = clamp(round(y / s), -127, 127) (0 where s == 0). y float [..., D] (finite) ->
+    (codes int8 [..., D], scales float32 [...])."""
+    y = y.detach().float()
+    scales = y.abs().amax(dim=-1) / 127.0 if y.shape[-1] else y.new_zeros(y.shape[:-1])
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    codes = torch.round(y / safe[..., None]).clamp_(-127, 127).to(torch.int8)
+    return codes, scales
 
 
 def _check_inputs(hidden, attention_mask, mode, normalize, quantize) -> None:

@@ -1,4 +1,5 @@
-"""BEIR-format retrieval data: corpus.jsonl, queries.jsonl and qrels/<split>.tsv (each optionally .gz).
+"""Reading corpora: BEIR-format data (corpus.jsonl, queries.jsonl and qrels/<split>.tsv, each
+optionally .gz), JSONL files, and the one way a document's title and text become one input.
 
     corpus.jsonl    {"_id": str, "title": str, "text": str} per line
     queries.jsonl   {"_id": str, "text": str} per line
@@ -12,9 +13,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_NFCORPUS = PACKAGE_ROOT / "data" / "nfcorpus"
@@ -32,8 +34,18 @@ class Corpus:
         return len(self.ids)
 
     def documents(self) -> list[str]:
-        """Title and text joined by a space (the BEIR / sentence-transformers convention)."""
-        return [f"{title} {text}".strip() for title, text in zip(self.titles, self.texts)]
+        """Each document's title and text as one input (`document_text`)."""
+        return [document_text(title, text) for title, text in zip(self.titles, self.texts)]
+
+
+def document_text(title: str, text: str) -> str:
+    """Title and text joined by a space (the BEIR / sentence-transformers convention)."""
+    return f"{title} {text}".strip()
+
+
+def document_input(title: str, text: str, text_pairs: bool) -> str | tuple[str, str]:
+    """A (title, text) pair for pair encoders (MedCPT articles), else `document_text`."""
+    return (title, text) if text_pairs else document_text(title, text)
 
 
 @dataclass
@@ -155,3 +167,48 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     qrels = load_qrels(find_file(directory / "qrels", f"{split}.tsv"))
     queries = {qid: text for qid, text in all_queries.items() if qid in qrels}
     return BeirDataset(corpus, queries, qrels, unjudged_queries=len(all_queries) - len(queries))
+
+
+def corpus_file(corpus: str | os.PathLike) -> Path:
+    """The corpus file of a path: the file itself, or a BEIR directory's corpus.jsonl(.gz)."""
+    path = Path(corpus)
+    if path.is_dir():
+        return find_file(path, "corpus.jsonl")
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus {path} not found (expected a .jsonl / .jsonl.gz file or a BEIR directory)")
+    return path
+
+
+def iter_documents(corpus: Any, text_pairs: bool = False) -> Iterator[tuple[str, str | tuple[str, str]]]:
+    """(document id, input) in corpus order, the input as `document_input` makes it.
+
+    Args:
+        corpus: a BEIR corpus file or directory, or an iterable of str (ids are their positions)
+            or of {"_id" (or "id"), "title", "text"} dicts.
+
+    Raises:
+        TypeError: an item that is neither.
+        ValueError: a malformed corpus line (file:line).
+    """
+    if isinstance(corpus, (str, os.PathLike)):
+        for doc_id, title, text in iter_corpus(corpus_file(corpus)):
+            yield doc_id, document_input(title, text, text_pairs)
+        return
+    if not isinstance(corpus, Iterable):
+        raise TypeError(f"corpus must be a path or an iterable of documents, got {type(corpus).__name__}")
+    for position, item in enumerate(corpus):
+        if isinstance(item, str):
+            yield str(position), item
+        elif isinstance(item, dict):
+            title, text = item.get("title") or "", item.get("text") or ""
+            yield str(item.get("_id", item.get("id", position))), document_input(title, text, text_pairs)
+        else:
+            raise TypeError(f"corpus item {position} is {type(item).__name__}; expected a str or a "
+                            "{'_id', 'title', 'text'} dict")
+
+
+def count_documents(corpus: Any) -> int | None:
+    """How many documents `iter_documents` will yield, when known without parsing (progress bars)."""
+    if isinstance(corpus, (str, os.PathLike)):
+        return count_records(corpus_file(corpus))
+    return len(corpus) if hasattr(corpus, "__len__") else None

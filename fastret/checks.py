@@ -108,25 +108,6 @@ def int8_codes(
     return np.ascontiguousarray(codes), scales
 
 
-def vectors(
-    x: Any, name: str, dim: int | None = None, *, queries: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Float vectors (quantized here) or a (codes, scales) tuple -> (codes, scales, float32 or None).
-
-    `queries` applies the query rule of `int8_codes` (no code of -128).
-    """
-    from .quant import quantize_int8
-
-    if isinstance(x, tuple):
-        if len(x) != 2:
-            raise ValueError(f"{name} as a tuple must be (codes int8 [n, d], scales float32 [n]), got {len(x)} items")
-        codes, scales = int8_codes(x[0], x[1], name, dim, queries=queries)
-        return codes, scales, None
-    floats = float_matrix(x, name, dim)
-    codes, scales = quantize_int8(floats)
-    return codes, scales, floats
-
-
 def int64_ids(ids: Any, n: int) -> np.ndarray:
     """External ids as a C-contiguous int64 [n] array: integers only, and all of them fitting int64."""
     array = to_numpy(ids, "ids")

@@ -2,7 +2,7 @@ import gzip
 
 import pytest
 
-from fastret import data
+from fastret import corpus
 
 
 def write(path, text, compress=False):
@@ -25,7 +25,7 @@ def beir(tmp_path):
 
 
 def test_load_beir(beir):
-    dataset = data.load_beir(beir)
+    dataset = corpus.load_beir(beir)
     assert dataset.corpus.ids == ["d1", "d2"]
     assert dataset.corpus.documents() == ["Statins lower cholesterol", "no title"]
     assert dataset.queries == {"q1": "statin"}
@@ -34,7 +34,7 @@ def test_load_beir(beir):
 
 
 def test_bundled_nfcorpus_matches_its_published_size():
-    dataset = data.load_beir(data.BUNDLED_NFCORPUS)
+    dataset = corpus.load_beir(corpus.BUNDLED_NFCORPUS)
     assert len(dataset.corpus) == 3633
     assert len(dataset.queries) == 323
     assert sum(len(judged) for judged in dataset.qrels.values()) == 12334
@@ -42,15 +42,15 @@ def test_bundled_nfcorpus_matches_its_published_size():
 
 def test_missing_files(tmp_path, beir):
     with pytest.raises(FileNotFoundError, match="is not a directory"):
-        data.load_beir(tmp_path / "absent")
+        corpus.load_beir(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match=r"has no dev.tsv \(or dev.tsv.gz\)"):
-        data.load_beir(beir, split="dev")
+        corpus.load_beir(beir, split="dev")
 
 
 def test_bad_json_line_names_file_and_line(tmp_path):
     write(tmp_path / "corpus.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "b", "text": \n')
     with pytest.raises(ValueError, match=r"corpus.jsonl:2: not valid JSON"):
-        data.load_corpus(tmp_path / "corpus.jsonl")
+        corpus.load_corpus(tmp_path / "corpus.jsonl")
 
 
 @pytest.mark.parametrize("line, message", [
@@ -61,13 +61,13 @@ def test_bad_json_line_names_file_and_line(tmp_path):
 def test_bad_corpus_records(tmp_path, line, message):
     write(tmp_path / "corpus.jsonl", '{"_id": "ok", "text": "x"}\n' + line + "\n")
     with pytest.raises(ValueError, match=f"corpus.jsonl:2: {message}"):
-        data.load_corpus(tmp_path / "corpus.jsonl")
+        corpus.load_corpus(tmp_path / "corpus.jsonl")
 
 
 def test_duplicate_document_ids(tmp_path):
     write(tmp_path / "corpus.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
     with pytest.raises(ValueError, match="corpus.jsonl: duplicate document id .a. \\(record 2\\)"):
-        data.load_corpus(tmp_path / "corpus.jsonl")
+        corpus.load_corpus(tmp_path / "corpus.jsonl")
 
 
 @pytest.mark.parametrize("line, message", [
@@ -77,4 +77,4 @@ def test_duplicate_document_ids(tmp_path):
 def test_malformed_qrels(tmp_path, line, message):
     write(tmp_path / "test.tsv", f"query-id\tcorpus-id\tscore\nq1\td0\t1\n{line}\n")
     with pytest.raises(ValueError, match=f"test.tsv:3: {message}"):
-        data.load_qrels(tmp_path / "test.tsv")
+        corpus.load_qrels(tmp_path / "test.tsv")

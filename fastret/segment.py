@@ -1,0 +1,190 @@
+"""`Segment`: one immutable block of an index's vectors, and the tombstones of its deleted rows.
+
+A segment is a memory-mapped index file, a store shard, or arrays in memory. Its vectors never
+change; deleting rows makes a new `Segment` that shares the arrays and carries a new bitmap, so a
+search that took the old one finishes on a consistent state.
+
+    codes    int8    [n, dim]
+    scales   float32 [n]
+    ids      int64   [n]       external ids (need not be unique or sorted)
+    float16  float16 [n, dim]  optional, for rescoring
+    doc_ids  n document-id strings, optional (fastret.doc_ids)
+    deleted  uint64  [ceil(n / 64)] bitmap, bit r of word r // 64 set when row r is deleted; or None
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Segment:
+    codes: np.ndarray
+    scales: np.ndarray
+    ids: np.ndarray
+    float16: np.ndarray | None = None
+    doc_ids: Any = None  # PackedDocIds | LazyDocIds | None
+    path: Path | None = None  # the index file this segment maps, if any
+    deleted: np.ndarray | None = None
+    deleted_count: int = 0
+    # Caches shared by every version of this segment (the arrays never change).
+    cache: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def live_count(self) -> int:
+        return len(self.codes) - self.deleted_count
+
+    def core_view(self) -> tuple:
+        """(codes, scales, ids, deleted bitmap or None): what `fastret._core.topk_int8` takes."""
+        return (self.codes, self.scales, self.ids, self.deleted)
+
+    def max_scale(self) -> float:
+        """The largest scale (computed once; a search reads every scale anyway)."""
+        if "max_scale" not in self.cache:
+            self.cache["max_scale"] = float(np.max(self.scales, initial=0.0))
+        return self.cache["max_scale"]
+
+    def deleted_mask(self) -> np.ndarray:
+        """bool [n]: True for deleted rows."""
+        if self.deleted is None:
+            return np.zeros(len(self), bool)
+        bits = np.unpackbits(self.deleted.view(np.uint8), bitorder="little")
+        return bits[: len(self)].astype(bool)
+
+    def is_deleted(self, rows: np.ndarray) -> np.ndarray:
+        """bool, same shape as `rows`: True for deleted rows."""
+        if self.deleted is None:
+            return np.zeros(np.shape(rows), bool)
+        rows = np.asarray(rows, np.int64)
+        return ((self.deleted[rows >> 6] >> (rows & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
+
+    def live_rows(self) -> np.ndarray:
+        """int64 rows that are not deleted, ascending."""
+        return np.flatnonzero(~self.deleted_mask()).astype(np.int64)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """int64 rows (ascending) whose id is in `ids`, deleted or not."""
+        if len(self) == 0 or len(ids) == 0:
+            return np.empty(0, np.int64)
+        order = self._id_order()
+        sorted_ids = self.ids[order] if order is not None else self.ids
+        wanted = np.unique(ids)
+        starts = np.searchsorted(sorted_ids, wanted, side="left")
+        stops = np.searchsorted(sorted_ids, wanted, side="right")
+        counts = stops - starts
+        firsts = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        positions = firsts + np.arange(counts.sum())
+        rows = positions if order is None else order[positions]
+        return np.sort(rows.astype(np.int64))
+
+    def _id_order(self) -> np.ndarray | None:
+        """None when ids are already ascending, else the permutation that sorts them (cached)."""
+        if "id_order" not in self.cache:
+            ascending = bool(np.all(self.ids[1:] >= self.ids[:-1]))
+            self.cache["id_order"] = None if ascending else np.argsort(self.ids, kind="stable")
+        return self.cache["id_order"]
+
+    def with_deleted(self, rows: np.ndarray) -> "Segment":
+        """A segment with `rows` (int64) deleted too; itself if they all were already."""
+        fresh = rows[~self.is_deleted(rows)]
+        if len(fresh) == 0:
+            return self
+        mask = self.deleted_mask()
+        mask[fresh] = True
+        return dataclasses.replace(self, deleted=bitmap(mask), deleted_count=int(mask.sum()))
+
+    def documents(self, rows: np.ndarray) -> list[str]:
+        """Document ids of `rows`; ValueError if this segment has none."""
+        if self.doc_ids is None:
+            raise ValueError("these vectors have no document ids (they were added with Index.add); "
+                             "only indexes loaded from a store or a file with document ids have them")
+        return self.doc_ids.lookup(rows)
+
+
+def bitmap(mask: np.ndarray) -> np.ndarray:
+    """bool [n] -> uint64 [ceil(n / 64)] with bit r of word r // 64 = mask[r]."""
+    padded = np.zeros(-(-len(mask) // 64) * 64, np.uint8)
+    padded[: len(mask)] = mask
+    return np.packbits(padded, bitorder="little").view(np.uint64)
+
+
+class SegmentBuilder:
+    """The growable, in-memory segment that `Index.add` appends to.
+
+    Appends write past the rows a `snapshot` shows, and a larger capacity gets new arrays, so
+    snapshots taken earlier stay valid while later appends go on (under the index's lock).
+    """
+
+    _GROWTH = 1.5
+
+    def __init__(self, dim: int, store_float16: bool):
+        self.dim = dim
+        self.count = 0
+        self.codes = np.empty((0, dim), np.int8)
+        self.scales = np.empty(0, np.float32)
+        self.ids = np.empty(0, np.int64)
+        self.float16 = np.empty((0, dim), np.float16) if store_float16 else None
+        self.deleted: np.ndarray | None = None  # uint64 bitmap of `capacity` bits, from the first delete
+        self.deleted_count = 0
+        self.max_scale = 0.0
+
+    def append(self, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray, floats: np.ndarray | None) -> None:
+        start, n = self.count, len(codes)
+        self._reserve(start + n)
+        self.codes[start : start + n] = codes
+        self.scales[start : start + n] = scales
+        self.ids[start : start + n] = ids
+        if self.float16 is not None:
+            self.float16[start : start + n] = floats
+        self.max_scale = max(self.max_scale, float(scales.max(initial=0.0)))
+        self.count = start + n
+
+    def _reserve(self, needed: int) -> None:
+        capacity = len(self.codes)
+        if needed <= capacity:
+            return
+        new_capacity = needed if self.count == 0 else max(needed, int(capacity * self._GROWTH))
+
+        def grown(array):
+            fresh = np.empty((new_capacity, *array.shape[1:]), array.dtype)
+            fresh[: self.count] = array[: self.count]
+            return fresh
+
+        self.codes, self.scales, self.ids = grown(self.codes), grown(self.scales), grown(self.ids)
+        if self.float16 is not None:
+            self.float16 = grown(self.float16)
+        if self.deleted is not None:
+            self.deleted = _grown_bitmap(self.deleted, new_capacity)
+
+    def snapshot(self) -> Segment:
+        """The rows appended so far as a `Segment` (views, no copy)."""
+        n = self.count
+        deleted = self.deleted[: -(-n // 64)] if self.deleted_count else None
+        return Segment(self.codes[:n], self.scales[:n], self.ids[:n],
+                       None if self.float16 is None else self.float16[:n], None, None, deleted,
+                       self.deleted_count, {"max_scale": self.max_scale})
+
+    def delete_rows(self, rows: np.ndarray) -> None:
+        """Mark `rows` deleted (copy on write: snapshots keep the bitmap they were taken with)."""
+        fresh = rows[~self.snapshot().is_deleted(rows)]
+        if len(fresh) == 0:
+            return
+        words = _grown_bitmap(self.deleted, len(self.codes))
+        np.bitwise_or.at(words, fresh >> 6, np.left_shift(np.uint64(1), (fresh & 63).astype(np.uint64)))
+        self.deleted = words
+        self.deleted_count += len(fresh)
+
+
+def _grown_bitmap(words: np.ndarray | None, capacity: int) -> np.ndarray:
+    """A fresh bitmap of `capacity` bits holding `words` (copy on write)."""
+    grown = np.zeros(-(-capacity // 64), np.uint64)
+    if words is not None:
+        grown[: len(words)] = words
+    return grown
