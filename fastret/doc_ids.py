@@ -71,6 +71,23 @@ class PackedDocIds:
         return PackedDocIds.from_list(self.lookup(rows))
 
 
+class ListDocIds:
+    """The first `count` ids of a Python list that may grow meanwhile (vectors added in memory)."""
+
+    def __init__(self, names: list[str], count: int):
+        self._names = names
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def lookup(self, rows: np.ndarray) -> list[str]:
+        return [self._names[r] for r in rows.tolist()]
+
+    def subset(self, rows: np.ndarray) -> PackedDocIds:
+        return PackedDocIds.from_list(self.lookup(rows))
+
+
 class LazyDocIds:
     """Document ids read from elsewhere on first use (the per-shard JSON lists of version-1 stores)."""
 

@@ -125,7 +125,7 @@ class Index:
 
     # ------------------------------------------------------------------ adding and deleting
 
-    def add(self, vectors: Any, ids: Any = None) -> None:
+    def add(self, vectors: Any, ids: Any = None, *, documents: Sequence[str] | None = None) -> None:
         """Add vectors.
 
         Args:
@@ -135,10 +135,13 @@ class Index:
             ids: optional int64 [n] external ids; by default ids continue from the largest id in
                 the index + 1 (0 for an empty one). Ids are returned by `search` and break score
                 ties (lower first); they need not be unique or sorted.
+            documents: optional document id (str) of each vector, for `documents()`; an index
+                has them only while every vector has one.
 
         Raises:
             TypeError, ValueError: wrong dtype, shape or dimension, NaN/inf, codes of -128, ids of
-                the wrong length, int8 input to an index that keeps float16 copies, or values
+                the wrong length, documents that are not n str, int8 input to an index that keeps
+                float16 copies, or values
                 beyond float16's range (+-65,504) for an index that keeps float16 copies.
         """
         codes, scales, floats = quantized_vectors(vectors, "vectors", self._dim)
@@ -157,12 +160,17 @@ class Index:
                     "for rescoring: normalize the vectors, or use Index(dim, store_float16=False)"
                 )
         given_ids = None if ids is None else checks.int64_ids(ids, n)
+        names = None
+        if documents is not None:
+            names = list(documents) if not isinstance(documents, str) else None
+            if names is None or len(names) != n or not all(isinstance(name, str) for name in names):
+                raise TypeError(f"documents must be a sequence of {n} str (one per vector), got {documents!r:.80}")
         with self._lock:
             if given_ids is None:
                 start = self._next_id_locked()
                 given_ids = np.arange(start, start + n, dtype=np.int64)
             self._builder.append(codes, scales, given_ids,
-                                 floats.astype(np.float16) if self._store_float16 else None)
+                                 floats.astype(np.float16) if self._store_float16 else None, names)
             if self._next_id is not None and n:
                 self._next_id = max(self._next_id, int(given_ids.max()) + 1)
             self._device_copies = {}

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .doc_ids import ListDocIds
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Segment:
@@ -134,9 +136,15 @@ class SegmentBuilder:
         self.deleted: np.ndarray | None = None  # uint64 bitmap of `capacity` bits, from the first delete
         self.deleted_count = 0
         self.max_scale = 0.0
+        self.doc_ids: list[str] | None = []  # None once vectors without document ids were added
 
-    def append(self, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray, floats: np.ndarray | None) -> None:
+    def append(self, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray, floats: np.ndarray | None,
+               doc_ids: list[str] | None = None) -> None:
         start, n = self.count, len(codes)
+        if doc_ids is None:
+            self.doc_ids = None
+        elif self.doc_ids is not None:
+            self.doc_ids.extend(doc_ids)
         self._reserve(start + n)
         self.codes[start : start + n] = codes
         self.scales[start : start + n] = scales
@@ -168,7 +176,8 @@ class SegmentBuilder:
         n = self.count
         deleted = self.deleted[: -(-n // 64)] if self.deleted_count else None
         return Segment(self.codes[:n], self.scales[:n], self.ids[:n],
-                       None if self.float16 is None else self.float16[:n], None, None, deleted,
+                       None if self.float16 is None else self.float16[:n],
+                       None if self.doc_ids is None else ListDocIds(self.doc_ids, n), None, deleted,
                        self.deleted_count, {"max_scale": self.max_scale})
 
     def delete_rows(self, rows: np.ndarray) -> None:

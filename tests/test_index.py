@@ -269,3 +269,210 @@ def test_torch_search_path_matches_the_cpu_core(rng, rescore):
     cpu_scores, cpu_ids = index.search(queries, 10, rescore=rescore)
     np.testing.assert_array_equal(ids.numpy(), cpu_ids)
     np.testing.assert_allclose(scores.numpy(), cpu_scores, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- segments and deletes
+
+
+class Reference:
+    """What the index should hold: live id -> float vector, searched with topk_int8_ref."""
+
+    def __init__(self, dim):
+        self.dim, self.vectors = dim, {}
+
+    def search(self, queries, k):
+        ids = np.array(sorted(self.vectors), np.int64)
+        codes, scales = fastret.quantize_int8(np.stack([self.vectors[i] for i in ids]))
+        return fastret.topk_int8_ref(queries, codes, scales, k, ids=ids)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_adds_deletes_saves_loads_and_merges_match_the_reference(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    dim, next_id = 24, 0
+    index, ref = fastret.Index(dim, store_float16=True), Reference(dim)
+    for step in range(40):
+        op = rng.choice(["add", "add", "delete", "search", "save_file", "save_dir", "merge"])
+        if op == "add" or not ref.vectors:
+            n = int(rng.integers(1, 80))
+            vectors = unit_rows(rng, n, dim)
+            ids = np.arange(next_id, next_id + n) * 3 + 1
+            next_id += n
+            index.add(vectors, ids=ids)
+            ref.vectors.update(zip(ids.tolist(), vectors))
+        elif op == "delete":
+            live = np.array(sorted(ref.vectors))
+            chosen = rng.choice(live, size=int(rng.integers(0, len(live) + 1)), replace=False)
+            unknown = np.array([-5, 10**12, 2])  # ids are 1 mod 3: never present
+            assert index.delete(np.concatenate([chosen, chosen[:2], unknown])) == len(chosen)
+            for i in chosen.tolist():
+                del ref.vectors[i]
+        elif op == "save_file":
+            index.save(tmp_path / f"step{step}.frt")
+            index = fastret.Index.load(tmp_path / f"step{step}.frt", mmap=bool(rng.integers(2)))
+        elif op == "save_dir":
+            directory = tmp_path / "store"
+            directory.mkdir(exist_ok=True)
+            index.save(directory)
+            index = fastret.Index.load(directory)
+        elif op == "merge":
+            index.merge(max_rows=None if rng.integers(2) else 50)
+        assert len(index) == len(ref.vectors)
+        if ref.vectors:
+            queries = unit_rows(rng, 3, dim)
+            k = int(rng.integers(1, len(ref.vectors) + 1))
+            for got, want in zip(index.search(queries, k), ref.search(queries, k)):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_a_deleted_id_never_comes_back_while_threads_search_and_delete(rng):
+    docs = unit_rows(rng, 3000, 32)
+    index = fastret.Index(32)
+    index.add(docs[:2000])
+    index.add(docs[2000:])  # two segments' worth: one mapped-like, one growing
+    deleted_so_far = set()
+    lock = threading.Lock()
+    errors = []
+
+    def delete_in_rounds(ids_to_delete):
+        for ids in np.array_split(ids_to_delete, 30):
+            index.delete(ids)
+            with lock:
+                deleted_so_far.update(ids.tolist())
+
+    def search_repeatedly():
+        try:
+            for _ in range(30):
+                with lock:
+                    gone_before = set(deleted_so_far)
+                _, found = index.search(docs[::97], 20)
+                if gone_before & set(found.reshape(-1).tolist()):
+                    errors.append(gone_before & set(found.reshape(-1).tolist()))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    # one thread deletes the even ids, one those that are 1 mod 4; ids 3 mod 4 stay
+    threads = [threading.Thread(target=delete_in_rounds, args=(ids,))
+               for ids in (np.arange(0, 3000, 2), np.arange(1, 3000, 4))]
+    threads += [threading.Thread(target=search_repeatedly) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(index) == 750 and deleted_so_far.isdisjoint(index.search(docs, 750)[1].reshape(-1).tolist())
+
+
+def test_default_ids_are_unique_when_threads_add_at_once(rng):
+    # Regression: ids were read outside the lock, so two threads got the same ones.
+    index = fastret.Index(4)
+    vectors = unit_rows(rng, 1, 4)
+
+    def add_many(_):
+        for _ in range(2500):
+            index.add(vectors)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(add_many, range(2)))
+    _, ids = index.search(vectors, 5000)
+    assert len(np.unique(ids)) == 5000 == len(index)
+
+
+def test_add_add_search_save_at_once_every_result_is_a_real_state(rng, tmp_path):
+    docs = unit_rows(rng, 400, 16)
+    index = fastret.Index(16)
+    index.add(docs[:100])
+    stop = threading.Event()
+
+    def adder(part):
+        for chunk in np.array_split(part, 20):
+            index.add(chunk)
+
+    def saver():
+        number = 0
+        while not stop.is_set():
+            index.save(tmp_path / f"s{number % 3}.frt")
+            number += 1
+
+    workers = [threading.Thread(target=adder, args=(docs[100:250],)), threading.Thread(target=adder, args=(docs[250:],)),
+               threading.Thread(target=saver)]
+    for worker in workers:
+        worker.start()
+    for _ in range(30):
+        _, ids = index.search(docs[:100], 1)
+        np.testing.assert_array_equal(ids[:, 0], np.arange(100))  # the first 100 are always there
+    for worker in workers[:2]:
+        worker.join()
+    stop.set()
+    workers[2].join()
+    for saved in tmp_path.glob("*.frt"):
+        loaded = fastret.Index.load(saved)
+        assert 100 <= len(loaded) <= 400 and len(loaded) % 1 == 0
+    assert len(index) == 400 and len(np.unique(index.search(docs[0], 400)[1])) == 400
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_float16_copies_refuse_values_beyond_their_range(rng):
+    # Regression: values past 65,504 became inf in the float16 copy and rescoring returned inf/nan.
+    index = fastret.Index(4, store_float16=True)
+    with pytest.raises(ValueError, match=r"beyond float16's range .* in 1 row\(s\), first at row 1"):
+        index.add(np.array([[1, 0, 0, 0], [7e4, 0, 0, 0]], np.float32))
+    assert len(index) == 0
+    plain = fastret.Index(4)
+    plain.add(np.array([[7e4, 0, 0, 0]], np.float32))  # no float16 copy, no limit
+    assert len(plain) == 1
+
+
+def test_segments_search_like_one_concatenated_index(rng, tmp_path):
+    docs, queries = unit_rows(rng, 1000, 40), unit_rows(rng, 7, 40)
+    docs[500:540] = docs[0]  # ties across segments
+    ids = rng.permutation(1000).astype(np.int64)
+    for start, stop in ((0, 130), (130, 131), (131, 700)):
+        part = fastret.Index(40)
+        part.add(docs[start:stop], ids=ids[start:stop])
+        part.save(tmp_path / f"p{start}.frt")
+    segments = [fastret.store.open_segment_file(tmp_path / f"p{s}.frt") for s in (0, 130, 131)]
+    index = fastret.Index.from_segments(segments, 40, store_float16=False)
+    index.add(docs[700:], ids=ids[700:])  # plus the growing in-memory segment
+    assert index.segment_count == 4
+    whole = fastret.Index(40)
+    whole.add(docs, ids=ids)
+    for k in (1, 10, 1000):
+        for got, want in zip(index.search(queries, k), whole.search(queries, k)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_delete_ignores_unknown_ids_and_counts_what_it_deleted(rng):
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 10, 8), ids=np.array([5, 5, 6, 7, 8, 9, 10, 11, 12, 13]))
+    assert index.delete(5) == 2  # every vector with that id
+    assert index.delete([5, 99, -1]) == 0
+    assert index.delete(np.array([], np.int64)) == 0
+    assert len(index) == 8
+    with pytest.raises(ValueError, match="k = 9 exceeds the 8 vectors"):
+        index.search(unit_rows(rng, 1, 8), 9)
+    with pytest.raises(TypeError, match="ids must be integers"):
+        index.delete(np.array([1.5]))
+    index.merge()
+    assert index.segment_count == 1 and len(index) == 8
+
+
+def test_documents_name_search_results_and_refuse_unknown_ids(rng, tmp_path):
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 3, 8))
+    assert not index.has_documents
+    with pytest.raises(ValueError, match="no document ids"):
+        index.documents(np.array([0]))
+    from fastret.doc_ids import PackedDocIds
+    from fastret.segment import Segment
+
+    codes, scales = fastret.quantize_int8(unit_rows(rng, 3, 8))
+    named = Segment(codes, scales, np.array([10, 11, 12]), doc_ids=PackedDocIds.from_list(["a", "b", "c"]))
+    index = fastret.Index.from_segments([named], 8, store_float16=False)
+    assert index.has_documents
+    assert index.documents(np.array([[12, 10], [11, 11]])).tolist() == [["c", "a"], ["b", "b"]]
+    index.delete(11)
+    with pytest.raises(ValueError, match="id 11 is not in the index"):
+        index.documents([11])
+    index.save(tmp_path / "named.frt")  # document ids travel in the file
+    assert fastret.Index.load(tmp_path / "named.frt").documents([10, 12]).tolist() == ["a", "c"]

@@ -112,3 +112,50 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(saved, rng, mon
         bigger.save(saved)
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+def test_header_sizes_that_would_wrap_int64_are_refused(saved):
+    # Regression: dim x count wrapped int64, passed the size check and failed later in numpy.
+    data = bytearray(saved.read_bytes())
+    for dim, count in ((2**16, 2**48 + 1), (1, 2**63 + 1), (2**16, 2**62)):
+        head = bytearray(data[:44])
+        struct.pack_into("<QQ", head, 16, dim, count)
+        data[:44] = head
+        struct.pack_into("<I", data, 44, zlib.crc32(bytes(head)))
+        saved.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match="unsupported index contents|truncated or corrupted"):
+            fastret.Index.load(saved)
+
+
+def test_nan_float16_copies_with_a_matching_checksum_are_refused(rng, tmp_path):
+    # Regression: the loader accepted NaN/inf float16 sections whose checksum was valid.
+    codes, scales = fastret.quantize_int8(unit_rows(rng, 4, 8))
+    float16 = unit_rows(rng, 4, 8).astype(np.float16)
+    float16[1, 2] = np.inf
+    index_file.write(tmp_path / "bad.frt", index_file.IndexArrays(codes, scales, np.arange(4, dtype=np.int64), float16))
+    with pytest.raises(ValueError, match="float16 copies hold NaN or inf"):
+        fastret.Index.load(tmp_path / "bad.frt")
+    unverified = fastret.Index.load(tmp_path / "bad.frt", verify=False)  # trusted: caught when rescoring reads it
+    with pytest.raises(ValueError, match="float16 copies of some candidates hold NaN or inf"):
+        unverified.search(unit_rows(rng, 1, 8), 2, rescore=True, rescore_factor=2)
+
+
+def test_reserved_header_bytes_must_be_zero(saved):
+    data = bytearray(saved.read_bytes())
+    data[60] = 1
+    saved.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="reserved bytes are not zero"):
+        fastret.Index.load(saved)
+
+
+def test_loader_survives_mutations(tmp_path):
+    """A short run of benchmarks/fuzz_index_file.py (the long one runs 100,000 cases)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from fuzz_index_file import fuzz
+
+    counts = fuzz(2000, seed=11, workdir=tmp_path)
+    assert sum(counts.values()) == 4000
+    assert counts["plain verify=True IndexFileError"] > 1000  # the checksums catch what matters

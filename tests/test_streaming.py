@@ -49,11 +49,15 @@ def test_store_holds_what_encode_returns(encoder, tmp_path):
     floats = np.concatenate([encoder.encode(shard) for shard in shards])
     codes, scales = fastret.quantize_int8(floats)
     index = fastret.Index.load(tmp_path / "out")
-    assert len(index) == 37 and index.store_float16
-    np.testing.assert_array_equal(index._codes, codes)
-    np.testing.assert_array_equal(index._scales, scales)
-    np.testing.assert_array_equal(index._ids, np.arange(37))
-    np.testing.assert_array_equal(index._float16, floats.astype(np.float16))
+    assert len(index) == 37 and index.store_float16 and index.segment_count == 4
+    segments = store.segments()
+    assert all(isinstance(s.codes, np.memmap) for s in segments)  # mapped in place, not copied
+    joined = lambda field: np.concatenate([getattr(s, field) for s in segments])  # noqa: E731
+    np.testing.assert_array_equal(joined("codes"), codes)
+    np.testing.assert_array_equal(joined("scales"), scales)
+    np.testing.assert_array_equal(joined("ids"), np.arange(37))
+    np.testing.assert_array_equal(joined("float16"), floats.astype(np.float16))
+    assert index.documents(np.array([[36, 0]])).tolist() == [["doc-36", "doc-0"]]
     _, ids = index.search(floats[5], 1, rescore=True, rescore_factor=37)
     assert ids[0, 0] == np.argmax(floats.astype(np.float16).astype(np.float32) @ floats[5])
 
@@ -99,8 +103,13 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import fastret
     from fastret import streaming, store
+    from fastret.atomic import atomic_write
     real = store.write_shard
     def write_then_die(directory, number, *args):
+        if number == int(sys.argv[4]) and sys.argv[5] == "during":  # killed inside the write
+            with atomic_write(directory / store.shard_name(number)) as f:
+                f.write(b"half a shard")
+                os.kill(os.getpid(), signal.SIGKILL)
         real(directory, number, *args)
         if number == int(sys.argv[4]):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -110,16 +119,18 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_killed_process_resumes_to_identical_bytes(encoder, tiny_bert, tmp_path):
+@pytest.mark.parametrize("when", ["after", "during"])
+def test_killed_process_resumes_to_identical_bytes_and_no_debris(encoder, tiny_bert, tmp_path, when):
     corpus = write_corpus(tmp_path / "corpus.jsonl", 40)
     encoder.encode_corpus(corpus, tmp_path / "whole", shard_size=8, show_progress_bar=False)
     killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tiny_bert), str(corpus),
-                             str(tmp_path / "killed"), "2"], capture_output=True, timeout=300)
+                             str(tmp_path / "killed"), "2", when], capture_output=True, timeout=300)
     assert killed.returncode == -9
-    assert sorted(p.name for p in (tmp_path / "killed").glob("*.frt")) == [
-        "shard-00000.frt", "shard-00001.frt", "shard-00002.frt"]
+    finished = ["shard-00000.frt", "shard-00001.frt"] + (["shard-00002.frt"] if when == "after" else [])
+    assert sorted(p.name for p in (tmp_path / "killed").glob("*.frt")) == finished
+    assert bool(list((tmp_path / "killed").glob(".*.tmp"))) == (when == "during")
     encoder.encode_corpus(corpus, tmp_path / "killed", shard_size=8, show_progress_bar=False)
-    assert directory_bytes(tmp_path / "killed") == directory_bytes(tmp_path / "whole")
+    assert directory_bytes(tmp_path / "killed") == directory_bytes(tmp_path / "whole")  # dotfiles too
 
 
 def test_corrupt_line_names_file_and_line_and_leaves_no_partial_shard(encoder, tmp_path):
@@ -128,7 +139,7 @@ def test_corrupt_line_names_file_and_line_and_leaves_no_partial_shard(encoder, t
         encoder.encode_corpus(corpus, tmp_path / "out", shard_size=8, show_progress_bar=False)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "shard-00000.frt", "shard-00000.ids.json", "shard-00001.frt", "shard-00001.ids.json"]
+        "manifest.json", "shard-00000.frt", "shard-00001.frt"]
 
 
 def test_resuming_with_other_settings_is_refused(encoder, tmp_path):
