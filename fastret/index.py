@@ -382,6 +382,8 @@ class Index:
                 return
         merged = _concatenate(list(segments), self._dim, self._store_float16)
         doc_ids = merged.doc_ids
+        if doc_ids is not None and not isinstance(doc_ids, PackedDocIds):
+            doc_ids = doc_ids.subset(np.arange(len(merged)))
         write(path, IndexArrays(merged.codes, merged.scales, merged.ids, merged.float16,
                                 None if doc_ids is None else doc_ids.offsets,
                                 None if doc_ids is None else doc_ids.blob))
@@ -449,7 +451,11 @@ def _rescore(queries: np.ndarray, segments: Sequence[Segment], located, k: int):
 
 
 def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> Segment:
-    """The live rows of `segments` as one in-memory segment (document ids kept if all have them)."""
+    """The live rows of `segments` as one segment (document ids kept if all have them); a single
+    segment without deleted rows is returned as it is (a mapped one is then written straight from
+    its file, not copied into memory)."""
+    if len(segments) == 1 and segments[0].deleted_count == 0:
+        return segments[0]
     lives = [s.live_rows() for s in segments]
     codes = np.concatenate([np.empty((0, dim), np.int8)] + [s.codes[r] for s, r in zip(segments, lives)])
     scales = np.concatenate([np.empty(0, np.float32)] + [s.scales[r] for s, r in zip(segments, lives)])

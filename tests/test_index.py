@@ -476,3 +476,15 @@ def test_documents_name_search_results_and_refuse_unknown_ids(rng, tmp_path):
         index.documents([11])
     index.save(tmp_path / "named.frt")  # document ids travel in the file
     assert fastret.Index.load(tmp_path / "named.frt").documents([10, 12]).tolist() == ["a", "c"]
+
+
+def test_added_documents_must_be_one_str_per_vector(rng):
+    index = fastret.Index(4)
+    for bad in (["a"], "ab", ["a", 2]):
+        with pytest.raises(TypeError, match="documents must be a sequence of 2 str"):
+            index.add(unit_rows(rng, 2, 4), documents=bad)
+    assert len(index) == 0
+    index.add(unit_rows(rng, 2, 4), documents=["a", "b"])
+    assert index.has_documents and index.documents([1, 0]).tolist() == ["b", "a"]
+    index.add(unit_rows(rng, 1, 4))  # one vector without: the index no longer names documents
+    assert not index.has_documents
