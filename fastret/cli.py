@@ -33,6 +33,7 @@ def _add_encode(commands) -> None:
                         help="most padded tokens per batch (default batch size x max length)")
     parser.add_argument("--shard-size", type=_positive_int, default=65536, help="documents per shard")
     parser.add_argument("--float16", action="store_true", help="also store float16 vectors (for rescoring)")
+    parser.add_argument("--bm25", action="store_true", help="also build a BM25 index in the store (hybrid search)")
     parser.add_argument("--prompt-name", default=None, help="named prompt of the model or preset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -50,7 +51,8 @@ def _run_encode(args: argparse.Namespace) -> int:
     store = encoder.encode_corpus(args.corpus, args.out_dir, batch_size=args.batch_size,
                                   shard_size=args.shard_size, store_float16=args.float16,
                                   max_tokens_per_batch=args.max_tokens_per_batch,
-                                  prompt_name=args.prompt_name, show_progress_bar=not args.no_progress)
+                                  prompt_name=args.prompt_name, show_progress_bar=not args.no_progress,
+                                  bm25=args.bm25)
     seconds = time.perf_counter() - start
     if int(os.environ.get("RANK", "0")) == 0:
         summary = {"out_dir": str(args.out_dir), "documents": len(store), "dim": store.dim,
@@ -83,11 +85,15 @@ def _encoder(args: argparse.Namespace):
 
 def _add_index(commands) -> None:
     parser = commands.add_parser(
-        "index", help="build one index file from a store or from float vectors (.npy)",
+        "index", help="build one index file from a store or from float vectors (.npy); or a store's BM25 index",
         description="Write one index file (int8 codes, scales, ids; document ids from a store; optional "
-                    "float16 copies) that Index.load maps from disk. Deleted vectors are left out.")
+                    "float16 copies) that Index.load maps from disk. Deleted vectors are left out. "
+                    "With --bm25 --corpus, build the BM25 index of a store (for `fastret search --hybrid`) "
+                    "from the corpus it was encoded from.")
     parser.add_argument("source", type=Path, help="a store directory (fastret encode) or float vectors [n, d] (.npy)")
-    parser.add_argument("out", type=Path, help="index file to write")
+    parser.add_argument("out", type=Path, nargs="?", default=None, help="index file to write")
+    parser.add_argument("--bm25", action="store_true", help="build the store's BM25 index (needs --corpus)")
+    parser.add_argument("--corpus", type=Path, default=None, help="the corpus the store was encoded from")
     parser.add_argument("--float16", action="store_true", help="keep float16 copies (.npy input) for rescoring")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.set_defaults(run=_run_index)
@@ -98,6 +104,12 @@ def _run_index(args: argparse.Namespace) -> int:
 
     from .index import Index
 
+    if args.out is None and not args.bm25:
+        raise ValueError("nothing to do: pass an output index file, or --bm25 --corpus CORPUS for a store")
+    if args.bm25:
+        _build_store_bm25(args)
+        if args.out is None:
+            return 0
     if args.source.is_dir():
         index = Index.load(args.source)
     elif args.source.suffix == ".npy" and args.source.is_file():
@@ -111,6 +123,28 @@ def _run_index(args: argparse.Namespace) -> int:
     print(json.dumps(summary) if args.json else f"{len(index)} x {index.dim} -> {args.out} "
           f"({summary['bytes'] / 2**20:.1f} MiB)")
     return 0
+
+
+def _build_store_bm25(args: argparse.Namespace) -> None:
+    """The BM25 index of a store, from its corpus, checked to hold the same documents in order."""
+    from .corpus import document_text, iter_documents
+    from .lexical import LexicalIndex
+    from .store import Store
+
+    if not args.source.is_dir() or args.corpus is None:
+        raise ValueError("--bm25 builds a store's BM25 index: pass the store directory and --corpus CORPUS")
+    documents = list(iter_documents(args.corpus))
+    expected = Store.open(args.source).doc_ids()
+    if [doc_id for doc_id, _ in documents] != expected:
+        raise ValueError(f"{args.corpus} does not hold the documents of {args.source} in the same order "
+                         f"({len(documents)} documents there, {len(expected)} in the store); pass the corpus "
+                         "the store was encoded from")
+    texts = [document_text(*text) if isinstance(text, tuple) else text for _, text in documents]
+    folder = LexicalIndex.build(texts, show_progress_bar=not args.json).save(args.source)
+    if args.json:
+        print(json.dumps({"store": str(args.source), "bm25": folder.name, "documents": len(texts)}))
+    else:
+        print(f"BM25 index of {len(texts)} documents -> {folder}")
 
 
 def _add_clean(commands) -> None:
@@ -158,6 +192,12 @@ def _add_search(commands) -> None:
                         help="JSONL with {\"_id\", \"text\"} per line (BEIR queries.jsonl)")
     parser.add_argument("-k", type=_positive_int, default=10, help="results per query")
     parser.add_argument("--rescore", action="store_true", help="re-rank with float16 copies (if stored)")
+    parser.add_argument("--hybrid", action="store_true",
+                        help="fuse with the store's BM25 index (fastret encode --bm25 / fastret index --bm25)")
+    parser.add_argument("--fusion", choices=("rrf", "weighted"), default=None,
+                        help="hybrid fusion (default: fastret.hybrid's, chosen on NFCorpus dev)")
+    parser.add_argument("--alpha", type=float, default=None, help="dense weight for --fusion weighted")
+    parser.add_argument("--candidates", type=_positive_int, default=None, help="results per side before fusion")
     parser.add_argument("--prompt-name", default=None, help="named query prompt of the model or preset")
     _add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout, one per query")
@@ -180,11 +220,24 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"the model makes {encoder.dim}-d vectors but {args.index} holds {index.dim}-d ones; "
                          "search with the model that built the index")
     vectors = encoder.encode(list(texts.values()), batch_size=args.batch_size, prompt_name=args.prompt_name)
-    scores, ids = index.search(vectors, min(args.k, len(index)), rescore=args.rescore)
-    names = index.documents(ids) if index.has_documents else ids
-    for (qid, text), q_scores, q_names in zip(texts.items(), scores, names):
-        hits = [{"id": name if isinstance(name, str) else int(name), "score": float(s)}
-                for s, name in zip(q_scores, q_names)]
+    k = min(args.k, len(index))
+    if args.hybrid:
+        from . import hybrid
+        from .lexical import LexicalIndex
+
+        if not args.index.is_dir():
+            raise ValueError("--hybrid needs a store directory (its BM25 index lives there)")
+        searcher = hybrid.HybridSearcher(index, LexicalIndex.load(args.index))
+        scores, ids = searcher.search(
+            list(texts.values()), vectors, k, method=args.fusion or hybrid.DEFAULT_METHOD,
+            alpha=hybrid.DEFAULT_ALPHA if args.alpha is None else args.alpha,
+            candidates=max(k, args.candidates or hybrid.DEFAULT_CANDIDATES), rescore=args.rescore or None)
+    else:
+        scores, ids = index.search(vectors, k, rescore=args.rescore)
+    for (qid, text), q_scores, q_ids in zip(texts.items(), scores, ids):
+        found = q_ids >= 0  # a hybrid search may find fewer than k documents
+        names = index.documents(q_ids[found]).tolist() if index.has_documents else q_ids[found].tolist()
+        hits = [{"id": name, "score": float(score)} for score, name in zip(q_scores[found], names)]
         if args.json:
             print(json.dumps({"query_id": qid, "query": text, "results": hits}))
         else:
@@ -203,7 +256,7 @@ def _add_eval(commands) -> None:
                         help="BEIR directory (default: the bundled NFCorpus)")
     parser.add_argument("--split", default="test", help="qrels split (default test)")
     parser.add_argument("--methods", default=",".join(("float32", "int8", "int8+rescore", "bm25")),
-                        help="comma-separated: float32, int8, int8+rescore, bm25")
+                        help="comma-separated: float32, int8, int8+rescore, bm25, hybrid")
     parser.add_argument("--name", default=None, help="dataset name for instructions (default: directory name)")
     parser.add_argument("--sts", type=Path, default=None, help="TSV of sentence pairs + gold score instead")
     parser.add_argument("--qa", type=Path, default=None, help="PubMedQA-style JSONL: question -> own abstract")

@@ -173,7 +173,8 @@ class Encoder:
 
     def encode_corpus(self, corpus, out_dir, *, batch_size: int = 32, shard_size: int = 65536,
                       store_float16: bool = False, max_tokens_per_batch: int | None = None,
-                      prompt: str | None = None, prompt_name: str | None = None, show_progress_bar: bool = True):
+                      prompt: str | None = None, prompt_name: str | None = None, show_progress_bar: bool = True,
+                      bm25: bool = False):
         """Stream a corpus into a sharded, resumable embedding store in `out_dir`.
 
         Args:
@@ -185,6 +186,8 @@ class Encoder:
             store_float16: also store float16 vectors (for `Index.search(..., rescore=True)`).
             batch_size, max_tokens_per_batch, prompt, prompt_name: as in `encode`.
             show_progress_bar: tqdm bar with documents/s.
+            bm25: also build a BM25 index of the documents in the store (for hybrid search,
+                `fastret.hybrid`); reads the corpus a second time, so not for one-shot iterators.
 
         Returns:
             the finished `fastret.store.Store` (`Index.load(out_dir)` loads it as an index).
@@ -197,7 +200,8 @@ class Encoder:
         """
         return encode_corpus(self, corpus, out_dir, batch_size=batch_size, shard_size=shard_size,
                              store_float16=store_float16, max_tokens_per_batch=max_tokens_per_batch,
-                             prompt=prompt, prompt_name=prompt_name, show_progress_bar=show_progress_bar)
+                             prompt=prompt, prompt_name=prompt_name, show_progress_bar=show_progress_bar,
+                             bm25=bm25)
 
     def embed(self, inputs: list, batch_size: int, normalize: bool, quantize: bool,
               max_tokens_per_batch: int | None = None, show_progress_bar: bool = False,

@@ -2,8 +2,9 @@
 
 Metrics are trec_eval's own (through pytrec-eval-terrier): nDCG@10, Recall@100 and MRR@10 (the
 reciprocal rank of the first relevant document within the top 10, 0 past it). Every dense run
-searches the same embeddings four ways: exact float32, fastret int8, int8 + float16 rescoring, and
-a BM25 reference (bm25s) beside them.
+searches the same embeddings three ways: exact float32, fastret int8, int8 + float16 rescoring;
+beside them BM25 (fastret.lexical, bm25s) and the hybrid of int8 + rescore and BM25
+(fastret.hybrid, with its dev-chosen defaults).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from .corpus import BeirDataset, document_text, load_beir, read_jsonl
+from .hybrid import DEFAULT_CANDIDATES, HybridSearcher
 from .index import Index
+from .lexical import LexicalIndex
 
 # Instructions for instruction-following retrievers (BMRetriever uses E5-Mistral's BEIR wording).
 INSTRUCTIONS = {
@@ -27,7 +30,7 @@ INSTRUCTIONS = {
     "trec-covid": "Given a query on COVID-19, retrieve documents that answer the query",
     "scidocs": "Given a scientific paper title, retrieve paper abstracts that are cited by the given paper",
 }
-METHODS = ("float32", "int8", "int8+rescore", "bm25")
+METHODS = ("float32", "int8", "int8+rescore", "bm25", "hybrid")
 MEASURES = {"nDCG@10": "ndcg_cut_10", "Recall@100": "recall_100", "MRR@10": "recip_rank"}
 
 
@@ -70,8 +73,8 @@ def trec_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, floa
 
 
 def as_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, rows: np.ndarray) -> dict:
-    """{query id: {doc id: score}} from top-k rows [q, k]."""
-    return {qid: {doc_ids[r]: float(s) for s, r in zip(q_scores, q_rows)}
+    """{query id: {doc id: score}} from top-k rows [q, k] (rows < 0 mark empty slots)."""
+    return {qid: {doc_ids[r]: float(s) for s, r in zip(q_scores, q_rows) if r >= 0}
             for qid, q_scores, q_rows in zip(query_ids, scores, rows)}
 
 
@@ -84,17 +87,6 @@ def exact_float_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[n
         scores_out.append(np.take_along_axis(scores, rows, axis=1))
         rows_out.append(rows)
     return np.concatenate(scores_out), np.concatenate(rows_out)
-
-
-def bm25_search(documents: list[str], queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """BM25 (bm25s defaults: Lucene-style scoring, English stopwords) top-k rows [q, k]."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(documents, show_progress=False), show_progress=False)
-    rows, scores = retriever.retrieve(bm25s.tokenize(queries, show_progress=False), k=min(k, len(documents)),
-                                      show_progress=False)
-    return scores.astype(np.float32), rows.astype(np.int64)
 
 
 def query_prompt(encoder, dataset_name: str) -> str | None:
@@ -118,7 +110,7 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
     Args:
         encoder: a `fastret.Encoder`.
         dataset: a BEIR directory (corpus, queries, qrels/<split>.tsv) or a loaded `BeirDataset`.
-        methods: any of "float32", "int8", "int8+rescore", "bm25".
+        methods: any of "float32", "int8", "int8+rescore", "bm25", "hybrid".
         k: results per query (Recall@100 needs k >= 100).
         name: the dataset's name, for per-dataset instructions (default: the directory name).
 
@@ -141,27 +133,30 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
     report = RetrievalReport(name, split, len(query_ids), dataset.unjudged_queries)
     runs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    dense = [m for m in methods if m != "bm25"]
-    if dense:
+    dense = [m for m in methods if m not in ("bm25", "hybrid")]
+    lexical = LexicalIndex.build(documents) if {"bm25", "hybrid"} & set(methods) else None
+    if dense or "hybrid" in methods:
         start = time.perf_counter()
         docs = encoder.encode(documents, batch_size=batch_size, show_progress_bar=show_progress_bar,
                               prompt_name="passage" if "passage" in encoder.prompts else None)
         queries = encoder.encode(query_texts, batch_size=batch_size, prompt=query_prompt(encoder, name))
         report.seconds["encode"] = time.perf_counter() - start
-        index = Index(docs.shape[1], store_float16="int8+rescore" in methods)
+        index = Index(docs.shape[1], store_float16=bool({"int8+rescore", "hybrid"} & set(methods)))
         index.add(docs)
         searches = {
             "float32": lambda: exact_float_search(queries, docs, k),
             "int8": lambda: index.search(queries, k),
             "int8+rescore": lambda: index.search(queries, k, rescore=True, rescore_factor=rescore_factor),
+            "hybrid": lambda: HybridSearcher(index, lexical).search(
+                query_texts, queries, k, candidates=max(k, DEFAULT_CANDIDATES)),
         }
-        for method in dense:
+        for method in dense + (["hybrid"] if "hybrid" in methods else []):
             start = time.perf_counter()
             runs[method] = searches[method]()
             report.seconds[method] = time.perf_counter() - start
     if "bm25" in methods:
         start = time.perf_counter()
-        runs["bm25"] = bm25_search(documents, query_texts, k)
+        runs["bm25"] = lexical.search(query_texts, k)
         report.seconds["bm25"] = time.perf_counter() - start
 
     for method in methods:

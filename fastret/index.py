@@ -254,6 +254,15 @@ class Index:
             return torch.from_numpy(found_scores), torch.from_numpy(found_ids)
         return found_scores, found_ids
 
+    def contains(self, ids: Any) -> np.ndarray:
+        """bool, the shape of `ids`: True where the id belongs to a live (not deleted) vector."""
+        wanted = np.asarray(checks.to_numpy(ids, "ids"))
+        if wanted.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got {wanted.dtype}")
+        unique = np.unique(wanted.astype(np.int64))
+        live = [s.ids[rows[~s.is_deleted(rows)]] for s in self._snapshot() if len(rows := s.rows_of(unique))]
+        return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
+
     def documents(self, ids: Any) -> np.ndarray:
         """The document ids (str) of `ids`, e.g. search results: an object array of the same shape.
 

@@ -73,6 +73,10 @@ def write_manifest(directory: Path, settings: dict, complete: bool, shards: list
         entries.append({"name": shard_name(number), "count": header.count})
     manifest = {**settings, "format": FORMAT, "version": VERSION, "complete": complete,
                 "count": sum(s["count"] for s in entries), "shards": entries}
+    if (directory / MANIFEST).exists() and "lexical" not in manifest:  # keep the current lexical index
+        lexical = read_manifest(directory).get("lexical")
+        if lexical and (directory / lexical).is_dir():
+            manifest["lexical"] = lexical
     write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
 
@@ -91,6 +95,14 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         raise StoreError(f"{path}: store version {manifest.get('version')}; this fastret reads "
                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     return manifest
+
+
+def set_lexical(directory: str | os.PathLike, name: str) -> None:
+    """Name the store's current lexical index folder in its manifest (atomically)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    manifest["lexical"] = name
+    write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def settings_of(manifest: dict) -> dict:

@@ -9,6 +9,7 @@ with the same bytes as an uninterrupted run.
 
 from __future__ import annotations
 
+import collections.abc
 import os
 from itertools import islice
 from pathlib import Path
@@ -19,7 +20,8 @@ import torch
 
 from .atomic import remove_stale_temporaries_in
 from .batching import warn_about_inputs
-from .corpus import count_documents, iter_documents
+from .corpus import count_documents, document_text, iter_documents
+from .lexical import LexicalIndex
 from .store import Store, StoreError, finished_shards, read_manifest, write_manifest, write_shard
 
 DEFAULT_SHARD_SIZE = 65536
@@ -28,8 +30,10 @@ DEFAULT_SHARD_SIZE = 65536
 def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_size: int = 32,
                   shard_size: int = DEFAULT_SHARD_SIZE, store_float16: bool = False,
                   max_tokens_per_batch: int | None = None, prompt: str | None = None,
-                  prompt_name: str | None = None, show_progress_bar: bool = True) -> Store:
+                  prompt_name: str | None = None, show_progress_bar: bool = True, bm25: bool = False) -> Store:
     """Embed a corpus into `out_dir` (see `Encoder.encode_corpus`, which calls this)."""
+    if bm25 and isinstance(corpus, collections.abc.Iterator):
+        raise ValueError("bm25=True reads the corpus a second time: pass a path or a list, not an iterator")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
     out_dir = Path(out_dir)
@@ -73,6 +77,10 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
         if shards != list(range(len(shards))):
             raise StoreError(f"{out_dir}: shards {sorted(set(range(max(shards) + 1)) - set(shards))} are missing")
         write_manifest(out_dir, settings, complete=True)
+        if bm25 and not read_manifest(out_dir).get("lexical"):
+            documents = (document_text(*text) if isinstance(text, tuple) else text
+                         for _, text in iter_documents(corpus, encoder.text_pairs))
+            LexicalIndex.build(list(documents), show_progress_bar=show_progress_bar).save(out_dir)
     _barrier(world)
     return Store.open(out_dir)
 

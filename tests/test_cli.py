@@ -131,3 +131,27 @@ def test_train_options_mirror_train_config(tmp_path):
     config = TrainConfig(**values)
     assert config.data == ["a.jsonl", "b.jsonl"] and config.max_steps == 5 and config.tau == 0.1
     assert config.amp is False and config.target_modules == ["query", "value"] and config.lora_rank == 8
+
+
+def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 12)
+    common = ["--model", str(tiny_bert), "--device", "cpu"]
+    assert cli.main(["encode", str(corpus), str(tmp_path / "store"), *common, "--shard-size", "5", "--float16",
+                     "--bm25", "--no-progress"]) == 0
+    capsys.readouterr()
+    for fusion in ("rrf", "weighted"):
+        assert cli.main(["search", str(tmp_path / "store"), "T text number 7", "-k", "4", "--hybrid",
+                         "--fusion", fusion, "--json", *common]) == 0
+        hits = json.loads(capsys.readouterr().out)["results"]
+        assert len(hits) == 4 and all(hit["id"].startswith("d") for hit in hits)
+    # a store without BM25, then built from its corpus; a corpus that does not match is refused
+    assert cli.main(["encode", str(corpus), str(tmp_path / "plain"), *common, "--no-progress"]) == 0
+    assert cli.main(["search", str(tmp_path / "plain"), "x", "--hybrid", *common]) == 2
+    assert "has no lexical index; build one with `fastret index" in capsys.readouterr().err
+    other = write_corpus(tmp_path / "other.jsonl", 11)
+    assert cli.main(["index", str(tmp_path / "plain"), "--bm25", "--corpus", str(other)]) == 2
+    assert "does not hold the documents of" in capsys.readouterr().err
+    assert cli.main(["index", str(tmp_path / "plain"), "--bm25", "--corpus", str(corpus), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == 12
+    assert cli.main(["search", str(tmp_path / "plain"), "T text number 3", "--hybrid", "--json", *common]) == 0
+    assert cli.main(["index", str(tmp_path / "plain")]) == 2

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+import fastret
+from fastret.hybrid import HybridSearcher, reciprocal_rank_fusion, weighted_fusion
+from fastret.lexical import LexicalIndex
+
+from conftest import unit_rows
+
+
+def test_rrf_on_hand_made_rankings():
+    dense = np.array([[10, 20, 30]])
+    lexical = np.array([[30, 40, -1]])
+    scores, ids = reciprocal_rank_fusion([dense, lexical], k=4)
+    # 30: 1/63 + 1/61; 10: 1/61; 40: 1/62; 20: 1/62 (tie with 40: lower id first)
+    assert ids.tolist() == [[30, 10, 20, 40]]
+    np.testing.assert_allclose(scores[0], [1 / 63 + 1 / 61, 1 / 61, 1 / 62, 1 / 62], rtol=1e-6)
+
+
+def test_rrf_pads_short_results_and_breaks_ties_by_id():
+    scores, ids = reciprocal_rank_fusion([np.array([[7, -1]]), np.array([[5, -1]])], k=3)
+    assert ids.tolist() == [[5, 7, -1]] and scores[0, 0] == scores[0, 1] and np.isneginf(scores[0, 2])
+
+
+def test_weighted_fusion_normalises_each_side():
+    dense = (np.array([[0.9, 0.5, 0.1]], np.float32), np.array([[1, 2, 3]]))
+    lexical = (np.array([[12.0, 2.0, -np.inf]], np.float32), np.array([[3, 4, -1]]))
+    scores, ids = weighted_fusion(dense, lexical, k=4, alpha=0.5)
+    # dense: 1 -> 1, 2 -> 0.5, 3 -> 0; lexical: 3 -> 1, 4 -> 0
+    assert ids.tolist() == [[1, 3, 2, 4]]
+    np.testing.assert_allclose(scores[0], [0.5, 0.5, 0.25, 0.0], atol=1e-7)
+    only_dense = weighted_fusion(dense, lexical, k=2, alpha=1.0)
+    assert only_dense[1].tolist() == [[1, 2]]
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        weighted_fusion(dense, lexical, k=2, alpha=1.5)
+
+
+def test_a_side_whose_scores_are_all_equal_counts_fully():
+    dense = (np.array([[0.3, 0.3]], np.float32), np.array([[8, 9]]))
+    lexical = (np.full((1, 2), -np.inf, np.float32), np.full((1, 2), -1))
+    assert weighted_fusion(dense, lexical, k=2, alpha=0.4)[0].tolist() == [[np.float32(0.4)] * 2]
+
+
+@pytest.fixture
+def searcher(rng):
+    texts = ["statins lower cholesterol", "vitamin d and asthma in children", "breast cancer and statins",
+             "green tea", "exercise and heart disease", "salt and blood pressure"]
+    vectors = unit_rows(rng, len(texts), 16)
+    index = fastret.Index(16, store_float16=True)
+    index.add(vectors, ids=np.arange(len(texts)) * 10, documents=[f"d{i}" for i in range(len(texts))])
+    lexical = LexicalIndex.build(texts, ids=np.arange(len(texts)) * 10)
+    return HybridSearcher(index, lexical), vectors
+
+
+def test_a_document_found_by_one_side_only_is_fused_in(searcher):
+    hybrid, vectors = searcher
+    scores, ids = hybrid.search(["statins"], vectors[4:5], k=6, method="rrf", candidates=6)
+    # the dense side ranks document 40 first; only the lexical side finds the statins documents
+    assert ids[0, 0] in (0, 20, 40) and {0, 20, 40} <= set(ids[0].tolist())
+    assert hybrid.index.documents(ids).shape == (1, 6)
+
+
+def test_deleted_documents_never_come_back_from_either_side(searcher):
+    hybrid, vectors = searcher
+    hybrid.index.delete([0, 20])
+    for method in ("rrf", "weighted"):
+        _, ids = hybrid.search(["statins cholesterol cancer"], vectors[:1], k=4, method=method, candidates=4)
+        assert not {0, 20} & set(ids.reshape(-1).tolist())
+
+
+def test_bad_hybrid_arguments(searcher):
+    hybrid, vectors = searcher
+    with pytest.raises(ValueError, match="unknown fusion method 'max'"):
+        hybrid.search(["a"], vectors[:1], 2, method="max")
+    with pytest.raises(ValueError, match=r"candidates must be an int >= k \(5\)"):
+        hybrid.search(["a"], vectors[:1], 5, candidates=3)
+    with pytest.raises(ValueError, match="2 query texts but 1 query vectors"):
+        hybrid.search(["a", "b"], vectors[:1], 2)
+    with pytest.raises(TypeError, match="needs a fastret.Index"):
+        HybridSearcher(hybrid.lexical, hybrid.index)
