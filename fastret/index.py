@@ -247,7 +247,7 @@ class Index:
         located = _locate(segments, rows)
         if rescore:
             found_scores, located = _rescore(q_floats, segments, located, k)
-        found_ids = _gather(segments, located, lambda s: s.ids, located[0].shape)
+        found_ids = _gather(segments, located, "ids")
         if checks.is_torch(queries):
             import torch
 
@@ -431,14 +431,14 @@ def _locate(segments: Sequence[Segment], rows: np.ndarray) -> tuple[np.ndarray, 
     return which, rows - starts[which]
 
 
-def _gather(segments: Sequence[Segment], located, field, shape) -> np.ndarray:
-    """field(segment)[row] for every located row, in the shape of the search results."""
+def _gather(segments: Sequence[Segment], located, field: str) -> np.ndarray:
+    """segment.<field>[row] for every located row [q, c] -> [q, c, ...]."""
     which, local = located
-    first = field(segments[0])
-    out = np.empty(shape + first.shape[1:], first.dtype)
+    first = getattr(segments[0], field)
+    out = np.empty(which.shape + first.shape[1:], first.dtype)
     for number in np.unique(which):
         mask = which == number
-        out[mask] = np.asarray(field(segments[number])[local[mask]])
+        out[mask] = np.asarray(getattr(segments[number], field)[local[mask]])
     return out
 
 
@@ -448,15 +448,15 @@ def _rescore(queries: np.ndarray, segments: Sequence[Segment], located, k: int):
     Returns the k best (scores float32 [q, k], located rows [q, k]), ties to the lower id.
     """
     which, local = located
-    candidates = _gather(segments, located, lambda s: s.float16, which.shape).astype(np.float32)
+    candidates = _gather(segments, located, "float16").astype(np.float32)
     if not np.isfinite(candidates).all():
         raise IndexFileError("the float16 copies of some candidates hold NaN or inf: the index file is "
                              "corrupted (load it with verify=True to find out which)")
-    ids = _gather(segments, located, lambda s: s.ids, which.shape)
+    ids = _gather(segments, located, "ids")
     exact = np.matmul(candidates, queries[:, :, None])[..., 0]
     order = np.lexsort((ids, -exact), axis=-1)[:, :k]
-    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    return pick(exact), (pick(which), pick(local))
+    best = [np.take_along_axis(a, order, axis=1) for a in (exact, which, local)]
+    return best[0], (best[1], best[2])
 
 
 def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> Segment:
