@@ -6,7 +6,7 @@ vectors as one in-memory index, in one run on this machine.
 
 1. Writes the store with the library's own shard writer (fastret.store.write_shard + manifest):
    random int8 codes in [-127, 127], scales, document ids "pmid-<row>". Reused when a store of the
-   same size is already there (--dir), written again with --rewrite.
+   same size is already there (--dir), written again with --rewrite; an interrupted write resumes.
 2. In a fresh process (so resident memory is this load's alone): `Index.load(store, verify=False)`
    time and resident-memory growth, then growth after the first and after the tenth single query,
    single-query latency (median) and the QPS of a --batch query batch, all on the mapped store once
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import fastret
-from fastret import store
+from fastret import index_file, store
 
 from harness import cpu_info, finish, verdict
 
@@ -47,19 +46,27 @@ def rss_mib() -> float:
 
 
 def write_store(directory: Path, n: int, dim: int, shard_size: int) -> float:
-    """A store of n random int8 vectors in shards of shard_size; returns the seconds it took."""
+    """A store of n random int8 vectors in shards of shard_size; returns the seconds it took.
+
+    Shard k's vectors come from its own seed, so an interrupted run resumes: finished shards of
+    the same size and dimension are kept."""
     start = time.perf_counter()
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(SEED)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / store.MANIFEST).unlink(missing_ok=True)
     for number, first in enumerate(range(0, n, shard_size)):
         rows = min(shard_size, n - first)
+        shard = directory / f"{store.shard_name(number)}.frt"
+        if shard.exists():
+            header = index_file.read_header(shard)
+            if (header.count, header.dim) == (rows, dim):
+                continue
+        rng = np.random.default_rng([SEED, number])
         codes = rng.integers(-127, 128, (rows, dim), dtype=np.int8)
         scales = rng.uniform(0.5, 1.5, rows).astype(np.float32) / 127
         store.write_shard(directory, number, [f"pmid-{first + i}" for i in range(rows)], first, codes, scales, None)
         print(f"  shard {number}: rows {first:,} .. {first + rows:,}", flush=True)
-    store.write_manifest(directory, {"dim": dim, "float16": False, "synthetic_seed": SEED}, complete=True)
+    store.write_manifest(directory, {"dim": dim, "float16": False, "synthetic_seed": SEED}, complete=True,
+                         shards=list(range(-(-n // shard_size))))
     return time.perf_counter() - start
 
 
@@ -131,6 +138,7 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=20, help="single queries timed (median)")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--no-compare", action="store_true", help="skip the in-memory index")
+    parser.add_argument("--write-only", action="store_true", help="write the store and stop")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -148,6 +156,8 @@ def main() -> int:
     if not reuse:
         print(f"writing {args.n:,} x {args.dim} to {args.dir}")
         write_seconds = write_store(args.dir, args.n, args.dim, args.shard_size)
+    if args.write_only:
+        return 0
     store_bytes = sum(p.stat().st_size for p in args.dir.iterdir())
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if compare and 2.2 * store_bytes > 0.85 * ram:

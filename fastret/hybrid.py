@@ -27,7 +27,7 @@ from .lexical import LexicalIndex
 METHODS = ("rrf", "weighted")
 RRF_K = 60
 DEFAULT_METHOD = "weighted"
-DEFAULT_ALPHA = 0.5
+DEFAULT_ALPHA = 0.6
 DEFAULT_CANDIDATES = 100
 
 
