@@ -13,8 +13,8 @@
 //   dots_direct: rows int8 [n_rows <= kTile, dim], query int8 [dim_padded] -> int32 [n_rows]
 //
 // dim_padded is dim rounded up to a multiple of 4. Rows past n_rows pack as zero vectors.
-// A path whose corpus_bias is true stores corpus bytes as unsigned (d + 128); its dots then hold
-// <q, d> + 128 * sum(q), and the caller subtracts the query's bias.
+// A path whose corpus_bias is true computes with corpus bytes as unsigned (d + 128); its dots and
+// dots_direct then hold <q, d> + 128 * sum(q), and the caller subtracts the query's bias.
 #pragma once
 
 #include <cstddef>
@@ -37,6 +37,9 @@ struct SimdPath {
   void (*dots_direct)(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
                       int32_t* out);  // nullptr: use pack + dots
 };
+
+// The path topk_int8 uses now (chosen on first use; see set_simd_path in topk_int8.h).
+const SimdPath& active_simd_path();
 
 extern const SimdPath kScalarPath;
 #if defined(__x86_64__) || defined(_M_X64)

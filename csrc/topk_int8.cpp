@@ -276,6 +276,8 @@ std::vector<std::string> simd_paths_supported() {
   return names;
 }
 
+const SimdPath& active_simd_path() { return *active_path(); }
+
 std::string simd_path() { return active_path()->name; }
 
 void set_simd_path(const std::string& name) {
