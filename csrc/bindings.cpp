@@ -73,7 +73,7 @@ PYBIND11_MODULE(_core, m) {
         "returns (scores float32 [q, k], corpus rows int64 [q, k]).");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");
   m.def("set_simd_path", &fastret::set_simd_path, py::arg("name"),
-        "Force a SIMD path: 'avx512vnni', 'avx2' or 'scalar'.");
+        "Force a SIMD path: 'avx512vnni', 'avx2', 'neon' or 'scalar'.");
   m.def("simd_paths_compiled", &fastret::simd_paths_compiled, "SIMD paths in this build, best first.");
   m.def("simd_paths_supported", &fastret::simd_paths_supported,
         "SIMD paths this CPU can run, best first.");

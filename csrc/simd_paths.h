@@ -46,5 +46,8 @@ extern const SimdPath kScalarPath;
 extern const SimdPath kAvx2Path;
 extern const SimdPath kAvx512VnniPath;
 #endif
+#if defined(__aarch64__)
+extern const SimdPath kNeonPath;
+#endif
 
 }  // namespace fastret

@@ -38,6 +38,9 @@ const SimdPath* const kPaths[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     &kAvx512VnniPath, &kAvx2Path,
 #endif
+#if defined(__aarch64__)
+    &kNeonPath,
+#endif
     &kScalarPath};
 
 std::atomic<const SimdPath*> g_path{nullptr};
