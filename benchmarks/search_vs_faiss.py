@@ -140,7 +140,7 @@ def versions() -> dict:
 def measure_limits(args: argparse.Namespace) -> dict:
     """Read bandwidth (bytes/s) and fastret's int8 peak (multiply-adds/s), with --threads threads."""
     return {"read_bytes_per_s": read_bandwidth(args.bandwidth_mib << 20, threads=args.threads, repeats=3),
-            "int8_macs_per_s": int8_peak(threads=args.threads, seconds=2.0, repeats=10)}
+            "int8_macs_per_s": int8_peak(threads=args.threads, seconds=2.0, repeats=100)}
 
 
 def peak_rss_mb() -> float:

@@ -68,7 +68,7 @@ def read_bandwidth(nbytes: int = 512 << 20, threads: int = 0, repeats: int = 3) 
     return _core.read_bandwidth(nbytes, threads, repeats)
 
 
-def int8_peak(threads: int = 0, seconds: float = 1.0, repeats: int = 5) -> float:
+def int8_peak(threads: int = 0, seconds: float = 1.0, repeats: int = 50) -> float:
     """Multiply-adds per second of the active SIMD path's kernel on data held in L1.
 
     The kernel's own instruction sequence with no memory stalls, run by every thread at once: the
@@ -77,7 +77,8 @@ def int8_peak(threads: int = 0, seconds: float = 1.0, repeats: int = 5) -> float
     Args:
         threads: threads running the kernel at once; 0 = the search default.
         seconds: total measuring time, in (0, 60].
-        repeats: timed runs per thread (seconds / repeats each); each thread keeps its best.
+        repeats: timed runs per thread (seconds / repeats each); each thread keeps its best, so
+            short runs find the moments when other processes leave the core alone.
 
     Returns:
         Multiply-adds per second over all threads (float).
