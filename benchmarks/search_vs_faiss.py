@@ -206,10 +206,15 @@ def usearch_engine(x: np.ndarray, k: int, threads: int) -> Engine:
     scale = global_scale(x)
     codes = global_int8(x, scale)
 
+    # usearch's exact search holds about 12 bytes per (query, vector) pair at once (15 GB for
+    # 1,000 queries over 1M vectors): queries go in chunks that keep that near 256 MB.
+    chunk = max(1, (256 << 20) // (12 * len(codes)))
+
     def search(queries: np.ndarray, threads: int = threads) -> np.ndarray:
         q_codes = global_int8(queries, global_scale(queries))
-        found = usearch_search(codes, q_codes, k, MetricKind.IP, exact=True, threads=threads)
-        return np.asarray(found.keys, dtype=np.int64).reshape(len(queries), k)
+        found = [usearch_search(codes, q_codes[start : start + chunk], k, MetricKind.IP, exact=True,
+                                threads=threads).keys for start in range(0, len(q_codes), chunk)]
+        return np.concatenate([np.asarray(keys, dtype=np.int64).reshape(-1, k) for keys in found])
 
     return Engine(USEARCH, search, codes.nbytes, "int8 codes array (n*d)", time.perf_counter() - start,
                   lambda queries: search(queries, threads=1))
