@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILT := $(VENV)/.fastret-built
 
-.PHONY: all test demo bench bench-search clean
+.PHONY: all test demo bench bench-search cross-tools clean
 
 all: $(BUILT)
 
@@ -33,8 +33,13 @@ test: $(BUILT)
 	$(PY) -m pytest -q
 
 $(VENV)/.bench-deps: $(VENV)/.deps
-	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4"
+	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4" "usearch>=2.16"
 	touch $@
+
+# Optional (root, Debian/Ubuntu): the aarch64 cross compiler and qemu-user with which
+# tests/test_simd_cross.py checks the NEON path on an x86 machine; without them it skips.
+cross-tools:
+	apt-get update && apt-get install -y g++-aarch64-linux-gnu qemu-user
 
 demo: $(BUILT)
 	HF_HUB_OFFLINE=1 $(PY) -m fastret.demo

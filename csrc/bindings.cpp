@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "machine_limits.h"
 #include "topk_int8.h"
 
 namespace py = pybind11;
@@ -104,11 +105,20 @@ PYBIND11_MODULE(_core, m) {
         "[q, k], global rows int64 [q, k]); a short result ends in (-inf, -1).");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");
   m.def("set_simd_path", &fastret::set_simd_path, py::arg("name"),
-        "Force a SIMD path: 'avx512vnni', 'avx2' or 'scalar'.");
+        "Force a SIMD path: 'avx512vnni', 'avx2', 'neon' or 'scalar'.");
   m.def("simd_paths_compiled", &fastret::simd_paths_compiled, "SIMD paths in this build, best first.");
   m.def("simd_paths_supported", &fastret::simd_paths_supported,
         "SIMD paths this CPU can run, best first.");
   m.def("set_num_threads", &fastret::set_num_threads, py::arg("n"),
         "Threads per search; 0 restores OpenMP's default (OMP_NUM_THREADS or all cores).");
   m.def("num_threads", &fastret::num_threads, "Threads a search will use.");
+
+  // ------------------------------------------------------------------ machine limits
+  // Measurements of this machine, for benchmarks; both run with the GIL released.
+  m.def("read_bandwidth", &fastret::read_bandwidth, py::arg("bytes"), py::arg("threads"),
+        py::arg("repeats"), py::call_guard<py::gil_scoped_release>(),
+        "Bytes/s that `threads` threads (0 = search default) read from a `bytes`-byte buffer, best pass.");
+  m.def("int8_peak", &fastret::int8_peak, py::arg("threads"), py::arg("seconds"), py::arg("repeats"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Multiply-adds/s of the active SIMD path's dots kernel on L1-resident data, all threads.");
 }

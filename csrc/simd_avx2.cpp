@@ -1,11 +1,22 @@
-// AVX2 path (no VNNI): signed x signed int8 products through the sign trick,
-//   maddubs(|d|, sign(q, d)) = pairs of q*d summed to int16,
-// then madd with ones widens to int32. |d| <= 128 and |q| <= 127 keep each pair within int16
-// (2 * 128 * 127 = 32512), so corpus codes may be -128; query codes must not be.
+// AVX2 path (no VNNI). AVX2's only byte multiply, maddubs, multiplies unsigned by signed bytes and
+// sums each pair into a saturating int16, so an exact int8 dot product needs care.
 //
-// Packed tile layout: 8 groups of 8 vectors; for each 4-byte slice s of the dimension,
-//   packed[(s * 8 + g) * 32 + v * 4 + b] = rows[g * 8 + v][s * 4 + b]
+// Batched (pack + dots): the corpus is biased to unsigned u = d + 128 and split into nibbles,
+// u = 16 * hi + lo with hi, lo in [0, 15]. A pair maddubs(lo, q) is at most 2 * 15 * 128 = 3840,
+// so eight steps of pairs add up in int16 (30,720 < 32,767) before one madd per nibble widens them
+// to int32 (the hi sums with weight 16). That is 2.25 multiply-pipe instructions per 32 products,
+// where the sign trick below needs 3 (sign, maddubs, madd), and the multiply pipes are what bind.
+// The dots hold <q, u> = <q, d> + 128 * sum(q); the caller subtracts the query's bias.
+//
+// Packed tile layout: 8 groups of 8 vectors, each group contiguous (12 KB at dim 768, so it stays
+// in L1 while a dots call walks it); for 4-byte slice s and nibble h (0 = lo, 1 = hi),
+//   packed[((g * slices + s) * 2 + h) * 32 + v * 4 + b] = nibble h of (rows[g * 8 + v][s * 4 + b] + 128)
 // so one 32-byte load holds slice s of 8 vectors, matching a broadcast of the query's slice s.
+//
+// Direct (one or two queries, rows read in place): the sign trick,
+//   maddubs(|d|, sign(q, d)) = pairs of q * d summed to int16 (|pair| <= 2 * 128 * 127 = 32,512),
+// then madd with ones widens to int32. It is exact for any corpus code and query codes in
+// [-127, 127]; memory bandwidth, not the multiply pipes, binds a single query.
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
@@ -19,13 +30,15 @@
 namespace fastret {
 namespace {
 
-constexpr size_t kRows = 2;      // queries per dots call
+constexpr size_t kRows = 4;      // queries per dots call: 8 int16 + 2 corpus + 1 query registers
 constexpr size_t kGroup = 8;     // vectors per 32-byte register
 constexpr size_t kGroups = kTile / kGroup;
+constexpr size_t kStepsPerWiden = 8;  // slices summed in int16 before widening (8 * 3840 < 32,767)
+constexpr size_t kDirectRows = 8;     // rows a direct call scores at once
 
 bool supported() { return __builtin_cpu_supports("avx2"); }
 
-size_t packed_bytes(size_t dim_padded) { return kTile * dim_padded; }
+size_t packed_bytes(size_t dim_padded) { return 2 * kTile * dim_padded; }
 
 // Transposes 8 rows of 8 dwords: out[c] holds dword c of rows 0..7.
 FASTRET_AVX2 void transpose8x8(__m256i r[8]) {
@@ -46,81 +59,185 @@ FASTRET_AVX2 void transpose8x8(__m256i r[8]) {
   }
 }
 
+// Up to 32 bytes of a row starting at `begin`, zero filled past dim.
+FASTRET_AVX2 __m256i load_row_chunk(const int8_t* row, size_t dim, size_t begin) {
+  if (begin + 32 <= dim) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + begin));
+  alignas(32) int8_t tail[32] = {0};
+  if (begin < dim) std::memcpy(tail, row + begin, dim - begin);
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+}
+
 FASTRET_AVX2 void pack(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded,
                        uint8_t* packed) {
   const size_t slices = dim_padded / 4;
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i low_nibble = _mm256_set1_epi8(0x0F);
   for (size_t g = 0; g < kGroups; ++g) {
+    uint8_t* group = packed + g * slices * 64;
     for (size_t chunk = 0; chunk * 32 < dim_padded; ++chunk) {
-      const size_t begin = chunk * 32;
-      const size_t bytes = dim > begin ? (dim - begin < 32 ? dim - begin : 32) : 0;
       __m256i r[8];
       for (size_t v = 0; v < kGroup; ++v) {
         const size_t row = g * kGroup + v;
-        if (row >= n_rows || bytes == 0) {
-          r[v] = _mm256_setzero_si256();
-        } else if (bytes == 32) {
-          r[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + row * dim + begin));
-        } else {
-          alignas(32) int8_t tail[32] = {0};
-          std::memcpy(tail, rows + row * dim + begin, bytes);
-          r[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
-        }
+        r[v] = row < n_rows ? load_row_chunk(rows + row * dim, dim, chunk * 32)
+                            : _mm256_setzero_si256();
       }
       transpose8x8(r);
       const size_t first = chunk * 8;
       for (size_t c = 0; c < 8 && first + c < slices; ++c) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + ((first + c) * kGroups + g) * 32),
-                            r[c]);
+        const __m256i u = _mm256_xor_si256(r[c], bias);
+        uint8_t* at = group + (first + c) * 64;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), _mm256_and_si256(u, low_nibble));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + 32),
+                            _mm256_and_si256(_mm256_srli_epi16(u, 4), low_nibble));
       }
     }
   }
 }
 
-// Half a tile: 4 groups (32 vectors) starting at group g0, against kRows queries.
+// One slice s of R queries against one group: lo[r] and hi[r] gather int16 pairs.
 template <size_t R>
-FASTRET_AVX2 void dots_half(const uint8_t* packed, size_t dim_padded, const int8_t* queries,
-                            size_t g0, int32_t* out) {
+FASTRET_AVX2 inline void group_step(const uint8_t* group, size_t s, size_t dim_padded,
+                                    const int8_t* queries, __m256i lo[R], __m256i hi[R]) {
+  const __m256i d_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(group + s * 64));
+  const __m256i d_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(group + s * 64 + 32));
+  for (size_t r = 0; r < R; ++r) {
+    int32_t slice;
+    std::memcpy(&slice, queries + r * dim_padded + s * 4, 4);
+    const __m256i q = _mm256_set1_epi32(slice);
+    lo[r] = _mm256_add_epi16(lo[r], _mm256_maddubs_epi16(d_lo, q));
+    hi[r] = _mm256_add_epi16(hi[r], _mm256_maddubs_epi16(d_hi, q));
+    asm("" : "+x"(lo[r]), "+x"(hi[r]));
+  }
+}
+
+// R queries against one group of 8 vectors, kStepsPerWiden slices between widenings. Full runs of
+// slices are unrolled: GCC then keeps every accumulator in place (a rolled loop costs a register
+// copy per accumulator and step, and the front end becomes the bottleneck).
+template <size_t R>
+FASTRET_AVX2 void dots_group(const uint8_t* group, size_t slices, size_t dim_padded,
+                             const int8_t* queries, int32_t* out) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[R][4];
-  for (size_t r = 0; r < R; ++r)
-    for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_setzero_si256();
-  const size_t slices = dim_padded / 4;
-  for (size_t s = 0; s < slices; ++s) {
-    const uint8_t* p = packed + (s * kGroups + g0) * 32;
-    __m256i d[4], d_abs[4];
-    for (int j = 0; j < 4; ++j) {
-      d[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + j * 32));
-      d_abs[j] = _mm256_abs_epi8(d[j]);
+  const __m256i sixteens = _mm256_set1_epi16(16);
+  __m256i acc[R];
+  for (size_t r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+  for (size_t s0 = 0; s0 < slices; s0 += kStepsPerWiden) {
+    __m256i lo[R], hi[R];
+    for (size_t r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+    if (s0 + kStepsPerWiden <= slices) {
+#pragma GCC unroll 8
+      for (size_t s = s0; s < s0 + kStepsPerWiden; ++s)
+        group_step<R>(group, s, dim_padded, queries, lo, hi);
+    } else {
+      for (size_t s = s0; s < slices; ++s) group_step<R>(group, s, dim_padded, queries, lo, hi);
     }
-    for (size_t r = 0; r < R; ++r) {
-      int32_t slice;
-      std::memcpy(&slice, queries + r * dim_padded + s * 4, 4);
-      const __m256i q = _mm256_set1_epi32(slice);
-      for (int j = 0; j < 4; ++j) {
-        const __m256i pairs = _mm256_maddubs_epi16(d_abs[j], _mm256_sign_epi8(q, d[j]));
-        acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(pairs, ones));
-      }
-    }
+    for (size_t r = 0; r < R; ++r)
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_add_epi32(_mm256_madd_epi16(lo[r], ones),
+                                                         _mm256_madd_epi16(hi[r], sixteens)));
   }
   for (size_t r = 0; r < R; ++r)
-    for (int j = 0; j < 4; ++j)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * kTile + (g0 + j) * kGroup), acc[r][j]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * kTile), acc[r]);
+}
+
+template <size_t R>
+FASTRET_AVX2 void dots_rows(const uint8_t* packed, size_t dim_padded, const int8_t* queries,
+                            int32_t* out) {
+  const size_t slices = dim_padded / 4;
+  for (size_t g = 0; g < kGroups; ++g)
+    dots_group<R>(packed + g * slices * 64, slices, dim_padded, queries, out + g * kGroup);
 }
 
 void dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows,
           int32_t* out) {
-  if (n_rows == 1) {
-    dots_half<1>(packed, dim_padded, queries, 0, out);
-    dots_half<1>(packed, dim_padded, queries, 4, out);
-  } else {
-    dots_half<2>(packed, dim_padded, queries, 0, out);
-    dots_half<2>(packed, dim_padded, queries, 4, out);
+  switch (n_rows) {
+    case 1: return dots_rows<1>(packed, dim_padded, queries, out);
+    case 2: return dots_rows<2>(packed, dim_padded, queries, out);
+    case 3: return dots_rows<3>(packed, dim_padded, queries, out);
+    default: return dots_rows<4>(packed, dim_padded, queries, out);
+  }
+}
+
+// The int32 sums of 8 accumulators, one per lane: lane i = sum of a[i]'s 8 lanes.
+FASTRET_AVX2 __m256i sum_lanes8(const __m256i a[8]) {
+  const __m256i h01 = _mm256_hadd_epi32(a[0], a[1]), h23 = _mm256_hadd_epi32(a[2], a[3]);
+  const __m256i h45 = _mm256_hadd_epi32(a[4], a[5]), h67 = _mm256_hadd_epi32(a[6], a[7]);
+  const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
+  // h0123: [a0..a3 over lanes 0-3 | a0..a3 over lanes 4-7]; likewise h4567 for a4..a7.
+  return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
+                          _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
+
+FASTRET_AVX2 int32_t sum_lanes(__m256i a) {
+  const __m128i x = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  const __m128i y = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+  return _mm_cvtsi128_si32(_mm_add_epi32(y, _mm_shuffle_epi32(y, 0xB1)));
+}
+
+// q * d for 32 byte pairs, as 8 int32 partial sums.
+FASTRET_AVX2 inline __m256i dot32(__m256i q, __m256i d, __m256i ones) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(d), _mm256_sign_epi8(q, d)), ones);
+}
+
+// 128 * sum(q) over dim bytes: the bias the batched dots carry, which direct dots carry too so
+// that the caller treats both alike.
+FASTRET_AVX2 int32_t query_bias(const int8_t* query, size_t dim) {
+  const __m256i ones8 = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
+  __m256i acc = _mm256_setzero_si256();
+  for (size_t c = 0; c * 32 < dim; ++c)
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, load_row_chunk(query, dim, c * 32)), ones));
+  return 128 * sum_lanes(acc);
+}
+
+// The row's last partial chunk (dim % 32 != 0): read on into the following rows where they exist,
+// harmless against the zero query bytes past dim; copied otherwise.
+FASTRET_AVX2 __m256i tail_chunk(const int8_t* row, size_t dim, const int8_t* end) {
+  const size_t begin = dim / 32 * 32;
+  return row + begin + 32 <= end ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + begin))
+                                 : load_row_chunk(row, dim, begin);
+}
+
+// One query against rows read where they are, kDirectRows rows at a time (independent
+// accumulator chains, one horizontal reduction per 8 rows).
+FASTRET_AVX2 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
+                              int32_t* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const size_t full = dim / 32;
+  const bool has_tail = dim % 32 != 0;
+  const __m256i q_tail = load_row_chunk(query, dim, full * 32);
+  const int8_t* const end = rows + n_rows * dim;
+  const __m256i bias = _mm256_set1_epi32(query_bias(query, dim));
+  size_t v = 0;
+  for (; v + kDirectRows <= n_rows; v += kDirectRows) {
+    const int8_t* r = rows + v * dim;
+    __m256i acc[kDirectRows];
+    for (size_t i = 0; i < kDirectRows; ++i) acc[i] = _mm256_setzero_si256();
+    for (size_t c = 0; c < full; ++c) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + c * 32));
+      for (size_t i = 0; i < kDirectRows; ++i) {
+        const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + i * dim + c * 32));
+        acc[i] = _mm256_add_epi32(acc[i], dot32(q, d, ones));
+      }
+    }
+    if (has_tail)
+      for (size_t i = 0; i < kDirectRows; ++i)
+        acc[i] = _mm256_add_epi32(acc[i], dot32(q_tail, tail_chunk(r + i * dim, dim, end), ones));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + v), _mm256_add_epi32(sum_lanes8(acc), bias));
+  }
+  for (; v < n_rows; ++v) {
+    const int8_t* row = rows + v * dim;
+    __m256i acc = _mm256_setzero_si256();
+    for (size_t c = 0; c < full; ++c) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + c * 32));
+      acc = _mm256_add_epi32(
+          acc, dot32(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 32)), ones));
+    }
+    if (has_tail) acc = _mm256_add_epi32(acc, dot32(q_tail, tail_chunk(row, dim, end), ones));
+    out[v] = sum_lanes(acc) + _mm256_cvtsi256_si32(bias);
   }
 }
 
 }  // namespace
 
-const SimdPath kAvx2Path = {"avx2", kRows, false, supported, packed_bytes, pack, dots, nullptr};
+const SimdPath kAvx2Path = {"avx2", kRows, true, supported, packed_bytes, pack, dots, dots_direct};
 
 }  // namespace fastret
 

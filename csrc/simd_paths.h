@@ -13,8 +13,8 @@
 //   dots_direct: rows int8 [n_rows <= kTile, dim], query int8 [dim_padded] -> int32 [n_rows]
 //
 // dim_padded is dim rounded up to a multiple of 4. Rows past n_rows pack as zero vectors.
-// A path whose corpus_bias is true stores corpus bytes as unsigned (d + 128); its dots then hold
-// <q, d> + 128 * sum(q), and the caller subtracts the query's bias.
+// A path whose corpus_bias is true computes with corpus bytes as unsigned (d + 128); its dots and
+// dots_direct then hold <q, d> + 128 * sum(q), and the caller subtracts the query's bias.
 #pragma once
 
 #include <cstddef>
@@ -38,10 +38,16 @@ struct SimdPath {
                       int32_t* out);  // nullptr: use pack + dots
 };
 
+// The path topk_int8 uses now (chosen on first use; see set_simd_path in topk_int8.h).
+const SimdPath& active_simd_path();
+
 extern const SimdPath kScalarPath;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const SimdPath kAvx2Path;
 extern const SimdPath kAvx512VnniPath;
+#endif
+#if defined(__aarch64__)
+extern const SimdPath kNeonPath;
 #endif
 
 }  // namespace fastret

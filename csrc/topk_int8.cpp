@@ -39,6 +39,9 @@ const SimdPath* const kPaths[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     &kAvx512VnniPath, &kAvx2Path,
 #endif
+#if defined(__aarch64__)
+    &kNeonPath,
+#endif
     &kScalarPath};
 
 std::atomic<const SimdPath*> g_path{nullptr};
@@ -328,6 +331,8 @@ std::vector<std::string> simd_paths_supported() {
     if (path->supported()) names.emplace_back(path->name);
   return names;
 }
+
+const SimdPath& active_simd_path() { return *active_path(); }
 
 std::string simd_path() { return active_path()->name; }
 

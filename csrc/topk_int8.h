@@ -44,7 +44,7 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
 std::vector<std::string> simd_paths_compiled();
 std::vector<std::string> simd_paths_supported();
 
-// The path used by topk_int8 ("avx512vnni", "avx2" or "scalar"). The best supported path is
+// The path used by topk_int8 ("avx512vnni", "avx2", "neon" or "scalar"). The best supported path is
 // chosen on first use; set_simd_path forces one (std::invalid_argument if unknown or unsupported).
 std::string simd_path();
 void set_simd_path(const std::string& name);

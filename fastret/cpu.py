@@ -1,7 +1,8 @@
-"""CPU search settings: which SIMD path the C++ core uses, and how many threads.
+"""CPU search settings: which SIMD path the C++ core uses, and how many threads; and the machine's
+limits that bound a search (read bandwidth, int8 multiply-add peak), measured.
 
 The best path the CPU supports is chosen at import. Set the environment variable
-``FASTRET_SIMD=avx512vnni|avx2|scalar`` before importing fastret, or call `set_simd_path`, to force
+``FASTRET_SIMD=avx512vnni|avx2|neon|scalar`` before importing fastret, or call `set_simd_path`, to force
 one (tests do this to cover every path).
 """
 
@@ -13,7 +14,7 @@ from . import _core
 
 
 def simd_path() -> str:
-    """The SIMD path the CPU search runs: 'avx512vnni', 'avx2' or 'scalar'."""
+    """The SIMD path the CPU search runs: 'avx512vnni' or 'avx2' (x86), 'neon' (ARM) or 'scalar'."""
     return _core.simd_path()
 
 
@@ -43,6 +44,59 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads a CPU search will use."""
     return _core.num_threads()
+
+
+def read_bandwidth(nbytes: int = 512 << 20, threads: int = 0, repeats: int = 3) -> float:
+    """Bytes per second the machine reads: a multi-threaded sequential read of a buffer.
+
+    One query over n vectors of d int8 codes reads n * d bytes, so it cannot take less than
+    n * d / read_bandwidth() seconds.
+
+    Args:
+        nbytes: buffer size; keep it much larger than the last-level cache (>= 1 MiB).
+        threads: reading threads; 0 = the search default (`get_num_threads`).
+        repeats: timed passes; the best is returned.
+
+    Returns:
+        Bytes per second (float).
+
+    Raises:
+        TypeError: a non-int argument.
+        ValueError: nbytes < 1 MiB, threads < 0 or repeats < 1.
+    """
+    _require_ints(nbytes=nbytes, threads=threads, repeats=repeats)
+    return _core.read_bandwidth(nbytes, threads, repeats)
+
+
+def int8_peak(threads: int = 0, seconds: float = 1.0, repeats: int = 50) -> float:
+    """Multiply-adds per second of the active SIMD path's kernel on data held in L1.
+
+    The kernel's own instruction sequence with no memory stalls, run by every thread at once: the
+    ceiling of a large batch (queries x vectors x dim multiply-adds).
+
+    Args:
+        threads: threads running the kernel at once; 0 = the search default.
+        seconds: total measuring time, in (0, 60].
+        repeats: timed runs per thread (seconds / repeats each); each thread keeps its best, so
+            short runs find the moments when other processes leave the core alone.
+
+    Returns:
+        Multiply-adds per second over all threads (float).
+
+    Raises:
+        TypeError: a non-int threads/repeats or a non-number seconds.
+        ValueError: threads < 0, repeats < 1 or seconds outside (0, 60].
+    """
+    _require_ints(threads=threads, repeats=repeats)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
+    return _core.int8_peak(threads, float(seconds), repeats)
+
+
+def _require_ints(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
 
 
 def _apply_environment() -> None:

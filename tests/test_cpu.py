@@ -34,9 +34,9 @@ def test_environment_variable_forces_a_path(path):
 
 
 def test_bad_environment_variable_fails_the_import_clearly():
-    result = run_python("import fastret", FASTRET_SIMD="neon")
+    result = run_python("import fastret", FASTRET_SIMD="sve2")
     assert result.returncode != 0
-    assert "FASTRET_SIMD='neon': unknown SIMD path 'neon'; expected one of" in result.stderr
+    assert "FASTRET_SIMD='sve2': unknown SIMD path 'sve2'; expected one of" in result.stderr
 
 
 def test_set_simd_path_validates():
@@ -59,3 +59,41 @@ def test_thread_count_follows_omp_num_threads_and_the_setter():
         fastret.set_num_threads(-1)
     with pytest.raises(TypeError, match="must be an int"):
         fastret.set_num_threads("2")
+
+
+# ---------------------------------------------------------------------------------- machine limits
+
+
+def test_read_bandwidth_is_plausible():
+    one = fastret.cpu.read_bandwidth(64 << 20, threads=1, repeats=2)
+    assert 0.5e9 < one < 1e12  # bytes/s: any machine since DDR2, below any HBM part
+
+
+def test_int8_peak_follows_the_active_path():
+    before = fastret.simd_path()
+    peaks = {}
+    try:
+        for path in fastret.available_simd_paths():
+            fastret.set_simd_path(path)
+            peaks[path] = fastret.cpu.int8_peak(threads=1, seconds=0.3, repeats=3)
+    finally:
+        fastret.set_simd_path(before)
+    for path, peak in peaks.items():
+        assert 1e8 < peak < 1e13, (path, peak)  # multiply-adds/s of one thread
+        if path != "scalar":
+            assert peak > 2 * peaks["scalar"], peaks  # SIMD kernels do many products per instruction
+
+
+def test_machine_limits_validate_arguments():
+    with pytest.raises(ValueError, match="at least 1 MiB"):
+        fastret.cpu.read_bandwidth(1000)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        fastret.cpu.read_bandwidth(1 << 20, threads=-1)
+    with pytest.raises(TypeError, match="nbytes must be an int"):
+        fastret.cpu.read_bandwidth(2.5e6)
+    with pytest.raises(ValueError, match=r"seconds must be in \(0, 60\]"):
+        fastret.cpu.int8_peak(seconds=0)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        fastret.cpu.int8_peak(repeats=0)
+    with pytest.raises(TypeError, match="seconds must be a number"):
+        fastret.cpu.int8_peak(seconds="1")

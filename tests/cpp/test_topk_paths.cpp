@@ -1,0 +1,155 @@
+// Exactness of every SIMD path of topk_int8, without Python: each path this CPU supports must
+// return the same scores (bit for bit) and rows as a brute-force reference on random inputs,
+// dims 1..1024 (odd ones and every remainder of the kernels' widths), ties, extreme codes,
+// k = 1 / 10 / n, one query (the direct kernels) and batches (the packed kernels).
+//
+// Built and run by tests/test_simd_cross.py, natively and, for the NEON path, cross-compiled for
+// aarch64 and run under qemu-user. Prints the paths it ran; exits 1 on the first difference.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "topk_int8.h"
+
+namespace {
+
+struct Case {
+  size_t n_queries, n_corpus, dim, k;
+  std::vector<int8_t> queries, corpus;
+  std::vector<float> query_scales, corpus_scales;
+  std::vector<int64_t> ids;  // empty: the id of row i is i
+};
+
+struct Result {
+  std::vector<float> scores;
+  std::vector<int64_t> rows;
+};
+
+// The documented semantics, computed the slow way: score = (float(<q, d>) * s_q) * s_d, higher
+// first, ties to the lower id.
+Result reference(const Case& c) {
+  Result out{std::vector<float>(c.n_queries * c.k), std::vector<int64_t>(c.n_queries * c.k)};
+  std::vector<float> scores(c.n_corpus);
+  std::vector<int64_t> order(c.n_corpus);
+  for (size_t q = 0; q < c.n_queries; ++q) {
+    for (size_t v = 0; v < c.n_corpus; ++v) {
+      int64_t dot = 0;
+      for (size_t i = 0; i < c.dim; ++i)
+        dot += int64_t(c.queries[q * c.dim + i]) * int64_t(c.corpus[v * c.dim + i]);
+      scores[v] = (static_cast<float>(dot) * c.query_scales[q]) * c.corpus_scales[v];
+    }
+    std::iota(order.begin(), order.end(), 0);
+    const auto id = [&](int64_t row) { return c.ids.empty() ? row : c.ids[row]; };
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return scores[a] > scores[b] || (scores[a] == scores[b] && id(a) < id(b));
+    });
+    for (size_t i = 0; i < c.k; ++i) {
+      out.scores[q * c.k + i] = scores[order[i]];
+      out.rows[q * c.k + i] = order[i];
+    }
+  }
+  return out;
+}
+
+// The corpus as two segments (cut at a third, so tiles of both end short), searched in one call:
+// the result must be the concatenated corpus's.
+Result search(const Case& c) {
+  Result out{std::vector<float>(c.n_queries * c.k), std::vector<int64_t>(c.n_queries * c.k)};
+  const size_t cut = c.n_corpus / 3;
+  const int64_t* ids = c.ids.empty() ? nullptr : c.ids.data();
+  const fastret::Segment segments[2] = {
+      {c.corpus.data(), c.corpus_scales.data(), ids, nullptr, cut},
+      {c.corpus.data() + cut * c.dim, c.corpus_scales.data() + cut, ids ? ids + cut : nullptr, nullptr,
+       c.n_corpus - cut}};
+  fastret::topk_int8(c.queries.data(), c.query_scales.data(), c.n_queries, segments, 2, c.dim, c.k,
+                     out.scores.data(), out.rows.data());
+  return out;
+}
+
+// Random codes (queries in [-127, 127], corpus in [-128, 127]); with `ties`, the corpus repeats a
+// few distinct rows and scales, and ids are a shuffled range, so ties must go to the lower id.
+Case make_case(std::mt19937& rng, size_t n_queries, size_t n_corpus, size_t dim, size_t k,
+               bool ties, bool extreme) {
+  Case c{n_queries, n_corpus, dim, k, {}, {}, {}, {}, {}};
+  std::uniform_int_distribution<int> query_code(-127, 127), corpus_code(-128, 127);
+  std::uniform_real_distribution<float> scale(0.001f, 0.02f);
+  c.queries.resize(n_queries * dim);
+  for (int8_t& x : c.queries) x = static_cast<int8_t>(extreme ? (rng() % 2 ? 127 : -127) : query_code(rng));
+  c.query_scales.resize(n_queries);
+  for (float& s : c.query_scales) s = scale(rng);
+  const size_t distinct = ties ? std::min<size_t>(n_corpus, 3) : n_corpus;
+  std::vector<int8_t> rows(distinct * dim);
+  for (int8_t& x : rows) x = static_cast<int8_t>(extreme ? (rng() % 2 ? 127 : -128) : corpus_code(rng));
+  std::vector<float> row_scales(distinct);
+  for (float& s : row_scales) s = scale(rng);
+  c.corpus.resize(n_corpus * dim);
+  c.corpus_scales.resize(n_corpus);
+  for (size_t v = 0; v < n_corpus; ++v) {
+    std::memcpy(&c.corpus[v * dim], &rows[(v % distinct) * dim], dim);
+    c.corpus_scales[v] = row_scales[v % distinct];
+  }
+  if (ties) {
+    c.ids.resize(n_corpus);
+    std::iota(c.ids.begin(), c.ids.end(), 1000);
+    std::shuffle(c.ids.begin(), c.ids.end(), rng);
+  }
+  return c;
+}
+
+bool same(const Result& a, const Result& b) {
+  return a.rows == b.rows &&
+         std::memcmp(a.scores.data(), b.scores.data(), a.scores.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+int main() {
+  const std::vector<std::string> paths = fastret::simd_paths_supported();
+  std::printf("paths compiled:");
+  for (const std::string& p : fastret::simd_paths_compiled()) std::printf(" %s", p.c_str());
+  std::printf("\npaths tested:");
+  for (const std::string& p : paths) std::printf(" %s", p.c_str());
+  std::printf("\n");
+
+  // Every remainder of the kernels' widths (4-byte slices, 16/32/64-byte chunks), odd dims, and
+  // the sizes of real models, up to 1024.
+  std::vector<size_t> dims;
+  for (size_t d = 1; d <= 70; ++d) dims.push_back(d);
+  for (size_t d : {95, 96, 97, 127, 128, 129, 255, 256, 257, 383, 384, 385, 511, 512, 513, 767,
+                   768, 769, 1000, 1023, 1024})
+    dims.push_back(d);
+  std::mt19937 rng(20261130);
+  size_t cases = 0;
+  for (size_t dim : dims) {
+    // Corpus sizes around the 64-vector tile and the 8-row direct blocks; 1, 2 (direct kernels)
+    // and larger batches (packed kernels, with partial query groups).
+    for (size_t n_corpus : {size_t(1), size_t(9), size_t(64), size_t(133)}) {
+      for (size_t n_queries : {size_t(1), size_t(2), size_t(7)}) {
+        for (int variant = 0; variant < 3; ++variant) {
+          const bool ties = variant == 1, extreme = variant == 2;
+          const size_t ks[] = {1, std::min<size_t>(10, n_corpus), n_corpus};
+          const size_t k = ks[(dim + n_corpus + n_queries + variant) % 3];
+          const Case c = make_case(rng, n_queries, n_corpus, dim, k, ties, extreme);
+          const Result expected = reference(c);
+          for (const std::string& path : paths) {
+            fastret::set_simd_path(path);
+            if (!same(search(c), expected)) {
+              std::printf("FAIL: path %s, dim %zu, n_corpus %zu, n_queries %zu, k %zu, %s\n",
+                          path.c_str(), dim, n_corpus, n_queries, k,
+                          ties ? "ties" : extreme ? "extreme codes" : "random codes");
+              return 1;
+            }
+          }
+          ++cases;
+        }
+      }
+    }
+  }
+  std::printf("OK: %zu cases, each path equal to the reference\n", cases);
+  return 0;
+}
