@@ -199,7 +199,7 @@ def test_bad_options(tiny_bert):
         fastret.Encoder(tiny_bert, preset="e5")
     with pytest.raises(ValueError, match="unknown pooling 'max'; expected one of mean, cls, last"):
         fastret.Encoder(tiny_bert, pooling="max")
-    with pytest.raises(ValueError, match="dtype must be float32, float16 or bfloat16"):
+    with pytest.raises(ValueError, match="dtype must be float32, float16, bfloat16 or 'auto'"):
         fastret.Encoder(tiny_bert, dtype="int8")
     encoder = fastret.Encoder(tiny_bert, device="cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
