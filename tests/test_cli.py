@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+import fastret
 from fastret import cli
 
 
@@ -24,6 +25,18 @@ def test_encode_writes_a_store_and_prints_json(tmp_path, tiny_bert, capsys):
     assert summary["documents"] == 9 and summary["shards"] == 3 and summary["dim"] == 32
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["float16"] and manifest["shard_size"] == 4
+
+
+def test_encode_with_int8_linear_layers(tmp_path, tiny_bert, capsys):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 5)
+    args = [str(corpus), "--model", str(tiny_bert), "--device", "cpu", "--no-progress", "--json"]
+    assert cli.main(["encode", args[0], str(tmp_path / "f32"), *args[1:]]) == 0
+    assert cli.main(["encode", args[0], str(tmp_path / "i8"), *args[1:], "--quantize", "int8"]) == 0
+    stores = [fastret.Index.load(tmp_path / name) for name in ("f32", "i8")]
+    assert len(stores[1]) == 5
+    with pytest.raises(SystemExit):
+        cli.main(["encode", args[0], str(tmp_path / "x"), "--quantize", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
 
 
 def test_errors_name_the_bad_file_and_line(tmp_path, tiny_bert, capsys):
