@@ -3,9 +3,9 @@
 // Work layout for one product a int8 [m, k] x w^T:
 //   tasks = blocks of kRowBlock activation rows x blocks of weight panels (about kWeightBlockBytes
 //   of packed weights, L2-resident); OpenMP threads take tasks dynamically. Inside a task, each
-//   group of the path's panels is swept over the block's rows, path.rows rows per micro-kernel call,
-//   so the panel group stays in L1 while the rows stream from L2. Each int32 tile goes straight to
-//   the caller's store (a copy for gemm_int8, dequantization for linear_int8).
+//   group of the path's panels is swept over the block's rows in one tile call, so the panel group
+//   stays in L1 while the rows stream from L2. Each int32 block goes straight to the caller's store
+//   (a copy for gemm_int8, dequantization for linear_int8).
 #include "gemm_int8.h"
 
 #include <algorithm>
@@ -74,7 +74,7 @@ void multiply(const GemmPath& path, const int8_t* a, size_t m, const uint8_t* pa
 
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (size_t task = 0; task < tasks; ++task) {
-    alignas(64) int32_t tile[kMaxGemmRows * kMaxGemmPanels * kPanel];
+    alignas(64) int32_t tile[kRowBlock * kMaxGemmPanels * kPanel];
     const size_t row_begin = task / panel_blocks * kRowBlock;
     const size_t row_end = std::min(m, row_begin + kRowBlock);
     const size_t panel_begin = task % panel_blocks * block_panels;
@@ -84,12 +84,9 @@ void multiply(const GemmPath& path, const int8_t* a, size_t m, const uint8_t* pa
       const size_t ldo = n_tile_panels * kPanel;
       const size_t col0 = p0 * kPanel;
       const size_t n_cols = std::min(ldo, n - col0);
-      for (size_t r0 = row_begin; r0 < row_end; r0 += path.rows) {
-        const size_t n_rows = std::min(path.rows, row_end - r0);
-        path.tile(a + r0 * k_padded, n_rows, panels + p0 * panel_bytes, n_tile_panels,
-                  colsums + p0 * kPanel, k_padded, tile, ldo);
-        store(r0, n_rows, col0, n_cols, tile, ldo);
-      }
+      path.tile(a + row_begin * k_padded, row_end - row_begin, panels + p0 * panel_bytes,
+                n_tile_panels, colsums + p0 * kPanel, k_padded, tile, ldo);
+      store(row_begin, row_end - row_begin, col0, n_cols, tile, ldo);
     }
   }
 }

@@ -147,17 +147,21 @@ FASTRET_AVX2 void tile_rows(const int8_t* a, const int8_t* panel, size_t k_padde
 
 void tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t /*n_panels: always 1*/,
           const int32_t* /*colsums*/, size_t k_padded, int32_t* out, size_t ldo) {
-  switch (n_rows) {
+  size_t r = 0;
+  for (; r + kRows <= n_rows; r += kRows) tile_rows<kRows>(a + r * k_padded, panels, k_padded, out + r * ldo, ldo);
+  a += r * k_padded;
+  out += r * ldo;
+  switch (n_rows - r) {
     case 1: return tile_rows<1>(a, panels, k_padded, out, ldo);
     case 2: return tile_rows<2>(a, panels, k_padded, out, ldo);
     case 3: return tile_rows<3>(a, panels, k_padded, out, ldo);
-    default: return tile_rows<4>(a, panels, k_padded, out, ldo);
+    default: return;
   }
 }
 
 }  // namespace
 
-const GemmPath kAvx2Gemm = {"avx2", kRows, 1, tile, quantize_row_avx2, dequantize_avx2};
+const GemmPath kAvx2Gemm = {"avx2", 1, tile, quantize_row_avx2, dequantize_avx2};
 
 }  // namespace fastret
 

@@ -20,7 +20,7 @@ namespace {
 
 constexpr size_t kRows = 6;
 constexpr size_t kPanels = 4;
-static_assert(kPanels <= kMaxGemmPanels && kRows <= kMaxGemmRows, "tile exceeds the driver's buffer");
+static_assert(kPanels <= kMaxGemmPanels, "tile exceeds the driver's buffer");
 
 template <size_t R, size_t P>
 FASTRET_AVX512 void tile_rows(const int8_t* a, const int8_t* panels, const int32_t* colsums,
@@ -61,20 +61,25 @@ void tile_panels(const int8_t* a, const int8_t* panels, size_t n_panels, const i
 
 void tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t n_panels,
           const int32_t* colsums, size_t k_padded, int32_t* out, size_t ldo) {
-  switch (n_rows) {
+  size_t r = 0;
+  for (; r + kRows <= n_rows; r += kRows)
+    tile_panels<kRows>(a + r * k_padded, panels, n_panels, colsums, k_padded, out + r * ldo, ldo);
+  a += r * k_padded;
+  out += r * ldo;
+  switch (n_rows - r) {
     case 1: return tile_panels<1>(a, panels, n_panels, colsums, k_padded, out, ldo);
     case 2: return tile_panels<2>(a, panels, n_panels, colsums, k_padded, out, ldo);
     case 3: return tile_panels<3>(a, panels, n_panels, colsums, k_padded, out, ldo);
     case 4: return tile_panels<4>(a, panels, n_panels, colsums, k_padded, out, ldo);
     case 5: return tile_panels<5>(a, panels, n_panels, colsums, k_padded, out, ldo);
-    default: return tile_panels<6>(a, panels, n_panels, colsums, k_padded, out, ldo);
+    default: return;
   }
 }
 
 }  // namespace
 
 // Activation quantization and dequantization are a small share of the work: AVX2's serve.
-const GemmPath kAvx512VnniGemm = {"avx512vnni", kRows, kPanels, tile, quantize_row_avx2,
+const GemmPath kAvx512VnniGemm = {"avx512vnni", kPanels, tile, quantize_row_avx2,
                                   dequantize_avx2};
 
 }  // namespace fastret

@@ -10,8 +10,9 @@
 // After the n_panels panels come int32 column sums [n_panels * 16] (sum_i w[j][i]; 0 past n),
 // which a path that biases activations to unsigned bytes subtracts.
 //
-// A micro-kernel computes one exact int32 tile:
-//   a      int8 [n_rows <= rows, k_padded]  (row stride k_padded; codes in [-127, 127])
+// A path's tile function computes one exact int32 block, a few rows at a time (its micro-kernel's
+// register tile) over the same weight panels, which stay in L1:
+//   a      int8 [n_rows, k_padded]          (row stride k_padded; codes in [-127, 127])
 //   panels n_panels <= path panels consecutive panels, colsums their column sums
 //   out    int32 [n_rows, n_panels * 16]    (row stride ldo)
 #pragma once
@@ -23,7 +24,6 @@ namespace fastret {
 
 constexpr size_t kPanel = 16;           // output channels per packed panel
 constexpr size_t kPackedHeader = 64;    // keeps the panels 64-byte aligned to the buffer
-constexpr size_t kMaxGemmRows = 8;      // the largest rows of any path
 constexpr size_t kMaxGemmPanels = 4;    // the largest panels of any path
 
 // Quantizes one activation row x float32 [k] to codes int8 [k_padded] (zero padded) and its scale:
@@ -39,7 +39,6 @@ using DequantizeTile = void (*)(const int32_t* tile, size_t ldt, size_t n_rows, 
 
 struct GemmPath {
   const char* name;  // the search's path of the same name selects it
-  size_t rows;
   size_t panels;
   void (*tile)(const int8_t* a, size_t n_rows, const int8_t* panels, size_t n_panels,
                const int32_t* colsums, size_t k_padded, int32_t* out, size_t ldo);

@@ -59,6 +59,6 @@ void tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t n_panels,
 
 }  // namespace
 
-const GemmPath kScalarGemm = {"scalar", 4, 1, tile, quantize_row_scalar, dequantize_scalar};
+const GemmPath kScalarGemm = {"scalar", 1, tile, quantize_row_scalar, dequantize_scalar};
 
 }  // namespace fastret
