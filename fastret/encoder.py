@@ -38,7 +38,7 @@ class Encoder:
     Args:
         model_name_or_path: a local model directory (a sentence-transformers directory or a plain
             Hugging Face one), or a hub id where the network allows.
-        device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
+        device: "cpu", "cuda", "cuda:1", ...; default CUDA when available (the CPU with `quantize`).
         dtype: weights and activations: float32 (CPU default), float16 (CUDA default), bfloat16, or
             "auto": on the CPU, bfloat16 where the CPU has AVX512-BF16 or AMX-BF16 instructions and
             float32 elsewhere (without them bf16 is emulated, several times slower: an explicit
@@ -47,7 +47,7 @@ class Encoder:
         normalize: L2-normalize embeddings; overrides the preset and the model's own config.
         max_length: tokens per text; longer texts are truncated (with one warning per call).
         preset: a seed model's conventions, see `fastret.presets.PRESETS`.
-        quantize: "int8" runs the model's linear layers on the C++ core's int8 GEMM (CPU, float32
+        quantize: "int8" runs the model's linear layers on the C++ core's int8 GEMM (CPU and float32
             only; see `fastret.int8_linear`): weights per output channel, activations per token.
 
     Precedence: explicit arguments, then the preset, then the model's sentence-transformers
@@ -68,8 +68,10 @@ class Encoder:
         model_dir, st_config = _locate_model(model_name_or_path)
         preset_config = get_preset(preset) if preset is not None else None
         self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = _resolve_dtype(dtype, self.device)
+            "cuda" if torch.cuda.is_available() and quantize is None else "cpu")
+        # int8 layers read float32 activations: that is what "auto" means for them.
+        self.dtype = _resolve_dtype("float32" if quantize is not None and dtype in (None, "auto") else dtype,
+                                    self.device)
         self.quantize = _check_quantize(quantize, self.device, self.dtype)
 
         chosen = _pick(pooling, preset_config and preset_config.pooling, None)

@@ -67,6 +67,8 @@ def test_quantize_options_are_checked(tiny_bert):
         fastret.Encoder(tiny_bert, device="cuda", quantize="int8")
     with pytest.raises(ValueError, match="takes a float32 model .* got dtype torch.bfloat16"):
         fastret.Encoder(tiny_bert, device="cpu", dtype="bfloat16", quantize="int8")
+    encoder = fastret.Encoder(tiny_bert, dtype="auto", quantize="int8")
+    assert (encoder.device.type, encoder.dtype) == ("cpu", torch.float32)
 
 
 @pytest.mark.parametrize("sets", [[], ["avx512_bf16"], ["amx_bf16"]])
