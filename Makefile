@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILT := $(VENV)/.fastret-built
 
-.PHONY: all test demo bench bench-search cross-tools clean
+.PHONY: all test demo bench bench-search bench-encode cross-tools clean
 
 all: $(BUILT)
 
@@ -32,8 +32,10 @@ $(BUILT): $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc
 test: $(BUILT)
 	$(PY) -m pytest -q
 
+# Benchmark-only baselines: FAISS (search), ONNX Runtime + onnx (sentence-transformers' ONNX
+# backend, exported without optimum, whose release would downgrade transformers).
 $(VENV)/.bench-deps: $(VENV)/.deps
-	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4" "usearch>=2.16"
+	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4" "usearch>=2.16" "onnxruntime>=1.17" "onnx>=1.15"
 	touch $@
 
 # Optional (root, Debian/Ubuntu): the aarch64 cross compiler and qemu-user with which
@@ -46,6 +48,9 @@ demo: $(BUILT)
 
 bench-search: $(BUILT) $(VENV)/.bench-deps
 	$(PY) benchmarks/search_vs_faiss.py
+
+bench-encode: $(BUILT) $(VENV)/.bench-deps
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/encode_vs_st.py --docs 384
 
 bench: $(BUILT) $(VENV)/.bench-deps
 	$(PY) -m pytest benchmarks/bench_search.py --benchmark-only

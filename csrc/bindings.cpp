@@ -8,8 +8,10 @@
 #include <vector>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "machine_limits.h"
+#include "gemm_int8.h"
 #include "topk_int8.h"
 
 namespace py = pybind11;
@@ -94,10 +96,70 @@ py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scal
   return py::make_tuple(scores, rows);
 }
 
+// The n and k of packed weights (std::invalid_argument unless pack_int8_weights made them).
+std::pair<size_t, size_t> packed_shape(const Array<uint8_t>& packed) {
+  require(packed.ndim() == 1, "packed weights must be 1-D uint8 (from pack_int8_weights)");
+  size_t n = 0, k = 0;
+  fastret::packed_weights_shape(packed.data(), packed.shape(0), &n, &k);
+  return {n, k};
+}
+
+Array<uint8_t> pack_int8_weights(const Array<int8_t>& weights) {
+  require(weights.ndim() == 2, "weights must be 2-D [n, k] (one row per output channel), got ndim=" +
+                                   std::to_string(weights.ndim()));
+  const size_t n = weights.shape(0), k = weights.shape(1);
+  require(n >= 1 && k >= 1, "weights must be non-empty, got shape [" + std::to_string(n) + ", " +
+                                std::to_string(k) + "]");
+  Array<uint8_t> packed(static_cast<py::ssize_t>(fastret::packed_weights_bytes(n, k)));
+  uint8_t* packed_data = packed.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fastret::pack_int8_weights(weights.data(), n, k, packed_data);
+  }
+  return packed;
+}
+
+Array<int32_t> gemm_int8(const Array<int8_t>& a, const Array<uint8_t>& packed) {
+  const auto [n, k] = packed_shape(packed);
+  require(a.ndim() == 2 && static_cast<size_t>(a.shape(1)) == k && a.shape(0) >= 1,
+          "activations must be 2-D [m >= 1, " + std::to_string(k) + "] for these weights");
+  const size_t m = a.shape(0);
+  Array<int32_t> out({m, n});
+  int32_t* out_data = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fastret::gemm_int8(a.data(), m, packed.data(), out_data);
+  }
+  return out;
+}
+
+Array<float> linear_int8(const Array<float>& x, const Array<uint8_t>& packed,
+                         const Array<float>& weight_scales, const std::optional<Array<float>>& bias) {
+  const auto [n, k] = packed_shape(packed);
+  require(x.ndim() == 2 && static_cast<size_t>(x.shape(1)) == k && x.shape(0) >= 1,
+          "x must be 2-D [m >= 1, " + std::to_string(k) + "] for these weights");
+  const size_t m = x.shape(0);
+  require(weight_scales.ndim() == 1 && static_cast<size_t>(weight_scales.shape(0)) == n,
+          "weight_scales must be 1-D with one scale per output channel (" + std::to_string(n) + ")");
+  const float* bias_data = nullptr;
+  if (bias) {
+    require(bias->ndim() == 1 && static_cast<size_t>(bias->shape(0)) == n,
+            "bias must be 1-D with one value per output channel (" + std::to_string(n) + ")");
+    bias_data = bias->data();
+  }
+  Array<float> out({m, n});
+  float* out_data = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fastret::linear_int8(x.data(), m, packed.data(), weight_scales.data(), bias_data, out_data);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "fastret's C++ core: exact int8 top-k with runtime SIMD dispatch.";
+  m.doc() = "fastret's C++ core: exact int8 top-k and int8 GEMM with runtime SIMD dispatch.";
   m.def("topk_int8", &topk_int8, py::arg("queries").noconvert(), py::arg("query_scales").noconvert(),
         py::arg("segments"), py::arg("k"),
         "Exact top-k of (float(<q8, d8>) * s_q) * s_d over segments [(codes, scales, ids, deleted\n"
@@ -121,4 +183,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("int8_peak", &fastret::int8_peak, py::arg("threads"), py::arg("seconds"), py::arg("repeats"),
         py::call_guard<py::gil_scoped_release>(),
         "Multiply-adds/s of the active SIMD path's dots kernel on L1-resident data, all threads.");
+
+  // int8 GEMM for CPU int8 linear layers (same SIMD path and threads as the search).
+  m.def("pack_int8_weights", &pack_int8_weights, py::arg("weights").noconvert(),
+        "Pack int8 weights [n, k] (codes in [-127, 127]) once for gemm_int8 / linear_int8;\n"
+        "returns uint8 [bytes], recording n and k.");
+  m.def("gemm_int8", &gemm_int8, py::arg("a").noconvert(), py::arg("packed").noconvert(),
+        "Exact int32 [m, n] = a int8 [m, k] (codes in [-127, 127]) times the packed weights' transpose.");
+  m.def("linear_int8", &linear_int8, py::arg("x").noconvert(), py::arg("packed").noconvert(),
+        py::arg("weight_scales").noconvert(), py::arg("bias").noconvert() = py::none(),
+        "float32 [m, n]: x float32 [m, k] quantized per row, int8 GEMM, times both scales, plus bias.");
 }

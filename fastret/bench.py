@@ -3,7 +3,8 @@
 Search: exact int8 `Index` against faiss IndexFlatIP and 8-bit SQ (when faiss is installed) on random
 unit vectors: batch QPS and one-query latency. With --gpu: the CUDA path against a chunked torch
 float16 matmul + top-k (what a flat GPU index does). Encode: `Encoder` against sentence-transformers
-(when installed) on NFCorpus documents: documents/s in the same dtype.
+(when installed) on NFCorpus documents: documents/s in the same dtype, and on the CPU also fastret
+with int8 linear layers, and bf16 where the CPU has bf16 instructions.
 
 The detailed, acceptance-checking versions are the scripts in benchmarks/.
 """
@@ -15,6 +16,8 @@ import time
 from typing import Callable
 
 import numpy as np
+
+from .cpu import bf16_instruction_sets
 
 
 def _best_seconds(run: Callable[[], object], repeats: int) -> float:
@@ -125,6 +128,9 @@ def bench_encode(model_path, docs: list[str], batch_size: int, gpu: bool, repeat
     encoder = Encoder(model_path, device=device, dtype=dtype)
     engines[f"fastret ({dtype})"] = lambda: encoder.encode(docs, batch_size=batch_size)
     if not gpu:
+        int8 = Encoder(model_path, device=device, quantize="int8")
+        engines["fastret (int8 linear layers)"] = lambda: int8.encode(docs, batch_size=batch_size)
+    if not gpu and bf16_instruction_sets():  # emulated, and slower than float32, elsewhere
         fast = Encoder(model_path, device=device, dtype=torch.bfloat16)
         engines["fastret (torch.bfloat16)"] = lambda: fast.encode(docs, batch_size=batch_size)
     for run in engines.values():  # warm-up

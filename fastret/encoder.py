@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import torch
 
 from .batching import collate, plan_batches, prefetch, warn_about_inputs
+from .cpu import bf16_instruction_sets
+from .int8_linear import quantize_linear_layers
 from .kernels.pooling import pool_normalize
 from .presets import POOLING_MODES, get_preset
 from .streaming import encode_corpus
@@ -28,6 +30,7 @@ _ST_POOLING = {  # sentence-transformers pooling names -> fastret's
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 PRECISIONS = ("float32", "int8")
+QUANTIZE_MODES = ("int8",)
 
 
 class Encoder:
@@ -36,33 +39,41 @@ class Encoder:
     Args:
         model_name_or_path: a local model directory (a sentence-transformers directory or a plain
             Hugging Face one), or a hub id where the network allows.
-        device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
-        dtype: weights and activations: float32 (CPU default), float16 (CUDA default) or bfloat16
-            (opt-in on CPU; fastest where the CPU has bf16 instructions).
+        device: "cpu", "cuda", "cuda:1", ...; default CUDA when available (the CPU with `quantize`).
+        dtype: weights and activations: float32 (CPU default), float16 (CUDA default), bfloat16, or
+            "auto": on the CPU, bfloat16 where the CPU has AVX512-BF16 or AMX-BF16 instructions and
+            float32 elsewhere (without them bf16 is emulated, several times slower: an explicit
+            bfloat16 there warns); on CUDA, float16.
         pooling: "mean", "cls" or "last"; overrides the preset and the model's own config.
         normalize: L2-normalize embeddings; overrides the preset and the model's own config.
         max_length: tokens per text; longer texts are truncated (with one warning per call).
         preset: a seed model's conventions, see `fastret.presets.PRESETS`.
+        quantize: "int8" runs the model's linear layers on the C++ core's int8 GEMM (CPU and float32
+            only; see `fastret.int8_linear`): weights per output channel, activations per token.
 
     Precedence: explicit arguments, then the preset, then the model's sentence-transformers
     config, then defaults (mean pooling, no normalization, the model's maximum length).
 
     Raises:
         ValueError: not a model directory, unknown preset or pooling, unsupported pooling in the
-            model's config.
+            model's config; quantize on a GPU or with a dtype other than float32.
         TypeError: arguments of the wrong type.
     """
 
     def __init__(self, model_name_or_path: str | Path, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, pooling: str | None = None,
-                 normalize: bool | None = None, max_length: int | None = None, preset: str | None = None):
+                 normalize: bool | None = None, max_length: int | None = None, preset: str | None = None,
+                 quantize: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         model_dir, st_config = _locate_model(model_name_or_path)
         preset_config = get_preset(preset) if preset is not None else None
         self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = _resolve_dtype(dtype, self.device)
+            "cuda" if torch.cuda.is_available() and quantize is None else "cpu")
+        # int8 layers read float32 activations: that is what "auto" means for them.
+        self.dtype = _resolve_dtype("float32" if quantize is not None and dtype in (None, "auto") else dtype,
+                                    self.device)
+        self.quantize = _check_quantize(quantize, self.device, self.dtype)
 
         chosen = _pick(pooling, preset_config and preset_config.pooling, None)
         if chosen is None and "pooling_error" in st_config:
@@ -82,6 +93,8 @@ class Encoder:
         if not self.tokenizer.is_fast:
             raise ValueError(f"{model_dir}: fastret needs a fast (Rust) tokenizer (tokenizer.json)")
         self.model = _load_model(AutoModel, model_dir).to(device=self.device, dtype=self.dtype).eval()
+        if self.quantize == "int8":
+            quantize_linear_layers(self.model)
 
         limits = [v for v in (getattr(self.model.config, "max_position_embeddings", None),
                               self.tokenizer.model_max_length) if isinstance(v, int) and 0 < v < 10**6]
@@ -112,7 +125,8 @@ class Encoder:
 
     def __repr__(self) -> str:
         return (f"fastret.Encoder({str(self.model_dir)!r}, device={str(self.device)!r}, dtype={self.dtype}, "
-                f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length})")
+                f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}"
+                + (f", quantize={self.quantize!r})" if self.quantize else ")"))
 
     # ------------------------------------------------------------------ encoding
 
@@ -314,17 +328,37 @@ def _pick(*choices):
 
 
 def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if dtype == "auto" and bf16_instruction_sets() else torch.float32
     if isinstance(dtype, torch.dtype):
         resolved = dtype
     elif isinstance(dtype, str) and dtype.lower() in _DTYPES:
         resolved = _DTYPES[dtype.lower()]
     else:
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        raise ValueError(f"dtype must be float32, float16, bfloat16 or 'auto', got {dtype!r}")
     if resolved not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {resolved}")
+    if resolved == torch.bfloat16 and device.type == "cpu" and not bf16_instruction_sets():
+        warnings.warn("bfloat16 on this CPU is emulated (it has no AVX512-BF16 or AMX-BF16 instructions) and "
+                      "several times slower than float32; use dtype='auto' or float32, or quantize='int8'",
+                      RuntimeWarning, stacklevel=3)
     return resolved
+
+
+def _check_quantize(quantize, device: torch.device, dtype: torch.dtype) -> str | None:
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES} or None, got {quantize!r}")
+    if device.type != "cpu":
+        raise ValueError(f"quantize={quantize!r} runs on the CPU's int8 kernels; got device {device}. "
+                         "Pass device='cpu', or leave quantize unset on a GPU")
+    if dtype != torch.float32:
+        raise ValueError(f"quantize={quantize!r} takes a float32 model (the int8 layers read float32 "
+                         f"activations); got dtype {dtype}. Leave dtype unset or pass float32")
+    return quantize
 
 
 def _locate_model(name_or_path: str | Path) -> tuple[Path | str, dict]:

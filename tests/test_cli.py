@@ -29,6 +29,18 @@ def test_encode_writes_a_store_and_prints_json(tmp_path, tiny_bert, capsys):
     assert manifest["complete"] and manifest["float16"] and manifest["shard_size"] == 4
 
 
+def test_encode_with_int8_linear_layers(tmp_path, tiny_bert, capsys):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 5)
+    args = [str(corpus), "--model", str(tiny_bert), "--device", "cpu", "--no-progress", "--json"]
+    assert cli.main(["encode", args[0], str(tmp_path / "f32"), *args[1:]]) == 0
+    assert cli.main(["encode", args[0], str(tmp_path / "i8"), *args[1:], "--quantize", "int8"]) == 0
+    stores = [fastret.Index.load(tmp_path / name) for name in ("f32", "i8")]
+    assert len(stores[1]) == 5
+    with pytest.raises(SystemExit):
+        cli.main(["encode", args[0], str(tmp_path / "x"), "--quantize", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
 def test_errors_name_the_bad_file_and_line(tmp_path, tiny_bert, capsys):
     corpus = write_corpus(tmp_path / "corpus.jsonl", 5, bad_line=3)
     status = cli.main(["encode", str(corpus), str(tmp_path / "out"), "--model", str(tiny_bert), "--no-progress"])
@@ -116,7 +128,10 @@ def test_bench_runs_small_and_reports_ratios(minilm_path, capsys):
     engines = [row["engine"] for row in results["search"]]
     assert engines[-1] == "fastret int8" and results["search"][-1]["recall"] >= 0.9
     assert results["search"][0]["qps_vs_first"] == 1.0
-    assert [row["engine"] for row in results["encode"]][-2:] == ["fastret (torch.float32)", "fastret (torch.bfloat16)"]
+    expected = ["fastret (torch.float32)", "fastret (int8 linear layers)"]
+    if fastret.cpu.bf16_instruction_sets():
+        expected.append("fastret (torch.bfloat16)")
+    assert [row["engine"] for row in results["encode"]][-len(expected):] == expected
 
 
 def test_train_options_mirror_train_config(tmp_path):

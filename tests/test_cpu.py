@@ -97,3 +97,12 @@ def test_machine_limits_validate_arguments():
         fastret.cpu.int8_peak(repeats=0)
     with pytest.raises(TypeError, match="seconds must be a number"):
         fastret.cpu.int8_peak(seconds="1")
+
+
+def test_bf16_instruction_sets_read_the_cpu_flags():
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n"
+    sapphire_rapids = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_vnni amx_bf16 avx512_bf16 amx_tile\n"
+    assert fastret.cpu.bf16_instruction_sets(zen3) == []
+    assert fastret.cpu.bf16_instruction_sets(sapphire_rapids) == ["avx512_bf16", "amx_bf16"]
+    assert fastret.cpu.bf16_instruction_sets("Features\t: fp asimd\n") == []
+    assert set(fastret.cpu.bf16_instruction_sets()) <= set(fastret.cpu.BF16_FLAGS)

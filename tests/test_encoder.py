@@ -35,10 +35,55 @@ def test_minilm_matches_sentence_transformers_in_fp32(minilm_path, st_reference)
     assert cosines(got, expected).min() >= 0.99999
 
 
+@pytest.mark.filterwarnings("ignore:bfloat16 on this CPU is emulated")
 def test_minilm_bf16_is_close(minilm_path, st_reference):
     texts, expected = st_reference
     got = fastret.Encoder(minilm_path, device="cpu", dtype="bfloat16").encode(texts)
     assert cosines(got, expected).min() >= 0.999
+
+
+def test_minilm_with_int8_linear_layers_stays_close(minilm_path, st_reference):
+    texts, expected = st_reference
+    encoder = fastret.Encoder(minilm_path, device="cpu", quantize="int8")
+    assert not any(isinstance(m, torch.nn.Linear) for m in encoder.model.modules())
+    assert "quantize='int8'" in repr(encoder)
+    cos = cosines(encoder.encode(texts, batch_size=16), expected)
+    assert cos.mean() >= 0.995 and cos.min() >= 0.99, (cos.mean(), cos.min())
+
+
+@pytest.mark.parametrize("family,preset", [("tiny_bert", None), ("tiny_neox", "bmretriever")])
+def test_int8_linear_layers_serve_both_model_families(request, family, preset):
+    directory = request.getfixturevalue(family)
+    texts = ["statins and breast cancer mortality", "vitamin D", "fish oil and the heart " * 5]
+    floats = fastret.Encoder(directory, device="cpu", preset=preset).encode(texts)
+    int8 = fastret.Encoder(directory, device="cpu", preset=preset, quantize="int8").encode(texts)
+    assert cosines(floats, int8).min() >= 0.99
+
+
+def test_quantize_options_are_checked(tiny_bert):
+    with pytest.raises(ValueError, match="quantize must be one of \\('int8',\\) or None, got 'int4'"):
+        fastret.Encoder(tiny_bert, device="cpu", quantize="int4")
+    with pytest.raises(ValueError, match="runs on the CPU's int8 kernels; got device cuda"):
+        fastret.Encoder(tiny_bert, device="cuda", quantize="int8")
+    with pytest.raises(ValueError, match="takes a float32 model .* got dtype torch.bfloat16"):
+        fastret.Encoder(tiny_bert, device="cpu", dtype="bfloat16", quantize="int8")
+    encoder = fastret.Encoder(tiny_bert, dtype="auto", quantize="int8")
+    assert (encoder.device.type, encoder.dtype) == ("cpu", torch.float32)
+
+
+@pytest.mark.parametrize("sets", [[], ["avx512_bf16"], ["amx_bf16"]])
+def test_auto_dtype_picks_bf16_only_with_bf16_instructions(tiny_bert, monkeypatch, sets):
+    monkeypatch.setattr(fastret.encoder, "bf16_instruction_sets", lambda: sets)
+    auto = fastret.Encoder(tiny_bert, device="cpu", dtype="auto")
+    assert auto.dtype == (torch.bfloat16 if sets else torch.float32)
+    assert fastret.Encoder(tiny_bert, device="cpu").dtype == torch.float32
+    if sets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fastret.Encoder(tiny_bert, device="cpu", dtype="bfloat16")
+    else:
+        with pytest.warns(RuntimeWarning, match="bfloat16 on this CPU is emulated .*no AVX512-BF16 or AMX-BF16"):
+            fastret.Encoder(tiny_bert, device="cpu", dtype="bfloat16")
 
 
 def test_int8_output_equals_quantizing_the_float_output(minilm_path, st_reference):
@@ -199,7 +244,7 @@ def test_bad_options(tiny_bert):
         fastret.Encoder(tiny_bert, preset="e5")
     with pytest.raises(ValueError, match="unknown pooling 'max'; expected one of mean, cls, last"):
         fastret.Encoder(tiny_bert, pooling="max")
-    with pytest.raises(ValueError, match="dtype must be float32, float16 or bfloat16"):
+    with pytest.raises(ValueError, match="dtype must be float32, float16, bfloat16 or 'auto'"):
         fastret.Encoder(tiny_bert, dtype="int8")
     encoder = fastret.Encoder(tiny_bert, device="cpu")
     with pytest.raises(ValueError, match="precision must be one of"):

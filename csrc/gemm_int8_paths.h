@@ -1,0 +1,66 @@
+// The per-instruction-set micro-kernels behind gemm_int8 and linear_int8, and the packed weight
+// layout they share.
+//
+// Packed weights: a header of kPackedHeader bytes (magic, n, k as uint64), then output channels in
+// panels of kPanel = 16; within panel p, for each 4-byte slice
+// s of the input dimension (zero padded to k_padded, a multiple of 4),
+//   panel_p[s * 64 + c * 4 + b] = w[p * 16 + c][s * 4 + b]          (int8; zero past n and k)
+// so one 64-byte row of a panel holds slice s of 16 channels: a 32-byte load is 8 int32 lanes
+// (AVX2), a 64-byte load is 16 (AVX-512), each lane matching a broadcast of an activation's slice s.
+// After the n_panels panels come int32 column sums [n_panels * 16] (sum_i w[j][i]; 0 past n),
+// which a path that biases activations to unsigned bytes subtracts.
+//
+// A path's tile function computes one exact int32 block, a few rows at a time (its micro-kernel's
+// register tile) over the same weight panels, which stay in L1:
+//   a      int8 [n_rows, k_padded]          (row stride k_padded; codes in [-127, 127])
+//   panels n_panels <= path panels consecutive panels, colsums their column sums
+//   out    int32 [n_rows, n_panels * 16]    (row stride ldo)
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fastret {
+
+constexpr size_t kPanel = 16;           // output channels per packed panel
+constexpr size_t kPackedHeader = 64;    // keeps the panels 64-byte aligned to the buffer
+constexpr size_t kMaxGemmPanels = 4;    // the largest panels of any path
+
+// Quantizes one activation row x float32 [k] to codes int8 [k_padded] (zero padded) and its scale:
+//   scale = max_i |x_i| / 127,  codes_i = clip(rint(x_i / scale), -127, 127)   (0 if scale == 0)
+// Returns false if x holds NaN or inf (codes and scale are then unspecified).
+using QuantizeRow = bool (*)(const float* x, size_t k, size_t k_padded, int8_t* codes, float* scale);
+
+// Dequantizes an int32 tile [n_rows, n_cols] (row stride ldt) into out float32 (row stride ld_out):
+//   out[r][c] = (float(tile[r][c]) * row_scales[r]) * col_scales[c] + bias[c]   (bias may be nullptr)
+using DequantizeTile = void (*)(const int32_t* tile, size_t ldt, size_t n_rows, size_t n_cols,
+                                const float* row_scales, const float* col_scales, const float* bias,
+                                float* out, size_t ld_out);
+
+struct GemmPath {
+  const char* name;  // the search's path of the same name selects it
+  size_t panels;
+  void (*tile)(const int8_t* a, size_t n_rows, const int8_t* panels, size_t n_panels,
+               const int32_t* colsums, size_t k_padded, int32_t* out, size_t ldo);
+  QuantizeRow quantize_row;
+  DequantizeTile dequantize;
+};
+
+bool quantize_row_scalar(const float* x, size_t k, size_t k_padded, int8_t* codes, float* scale);
+void dequantize_scalar(const int32_t* tile, size_t ldt, size_t n_rows, size_t n_cols,
+                       const float* row_scales, const float* col_scales, const float* bias,
+                       float* out, size_t ld_out);
+#if defined(__x86_64__) || defined(_M_X64)
+bool quantize_row_avx2(const float* x, size_t k, size_t k_padded, int8_t* codes, float* scale);
+void dequantize_avx2(const int32_t* tile, size_t ldt, size_t n_rows, size_t n_cols,
+                     const float* row_scales, const float* col_scales, const float* bias,
+                     float* out, size_t ld_out);
+#endif
+
+extern const GemmPath kScalarGemm;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const GemmPath kAvx2Gemm;
+extern const GemmPath kAvx512VnniGemm;
+#endif
+
+}  // namespace fastret
