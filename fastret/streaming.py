@@ -33,7 +33,7 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = encoder._prefix(prompt, prompt_name)
+    prefix = encoder.prompt_prefix(prompt, prompt_name)
     settings = {
         "model": str(encoder.model_dir), "dim": encoder.dim, "pooling": encoder.pooling,
         "normalize": encoder.normalize, "max_length": encoder.max_length, "dtype": str(encoder.dtype),

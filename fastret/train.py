@@ -190,7 +190,7 @@ class BioHiCLTrainer:
     def embed_texts(self, texts: list[str], prefix: str = "") -> torch.Tensor:
         """L2-normalized embeddings [len(texts), d] of `prefix + text`, with gradients."""
         inputs = [self.encoder.prepare(text, i, prefix) for i, text in enumerate(texts)]
-        token_ids, type_ids, _ = self.encoder._tokenize(inputs)
+        token_ids, type_ids, _ = self.encoder.tokenize(inputs)
         batch = collate(token_ids, type_ids, self.encoder._pad_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         autocast = self.config.amp and self.device.type == "cuda"
