@@ -121,6 +121,8 @@ class Histogram(_Instrument):
     def _samples(self) -> Iterable[str]:
         with self._lock:
             items = sorted((key, (list(counts), total)) for key, (counts, total) in self._series.items())
+        if not items and not self.label_names:
+            items = [((), ([0] * (len(self.buckets) + 1), 0.0))]
         lines = []
         for key, (counts, total) in items:
             running = 0

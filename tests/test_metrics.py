@@ -19,8 +19,10 @@ def test_counter_renders_per_label_and_escapes():
     ]
 
 
-def test_an_unlabelled_counter_shows_zero_before_its_first_increment():
+def test_unlabelled_instruments_show_zeros_before_their_first_observation():
     assert metrics.Counter("c_total", "c").render()[-1] == "c_total 0"
+    assert metrics.Histogram("h", "h", (1, 2)).render()[2:] == [
+        'h_bucket{le="1"} 0', 'h_bucket{le="2"} 0', 'h_bucket{le="+Inf"} 0', "h_sum 0", "h_count 0"]
 
 
 def test_gauge_is_set():
