@@ -39,6 +39,11 @@ from .index import Index
 from .store import Store
 
 
+# Up to this many characters, a request's texts are tokenized on the event loop: that takes tens
+# of microseconds, less than handing them to a thread; longer requests go to the thread pool.
+_INLINE_TOKENIZE_CHARS = 4096
+
+
 @dataclass
 class ServeConfig:
     """The server's limits and defaults (the `fastret serve` options of the same names).
@@ -241,7 +246,10 @@ def create_app(encoder: Encoder, index: Index | None = None, index_path: str | P
         except ValueError as error:
             raise ServeError(422, str(error)) from None
         inputs = [encoder.prepare(text, position, prefix) for position, text in enumerate(texts)]
-        token_ids, type_ids, truncated = await run_in_threadpool(encoder.tokenize, inputs)
+        if sum(len(text) for text in texts) <= _INLINE_TOKENIZE_CHARS:
+            token_ids, type_ids, truncated = encoder.tokenize(inputs)
+        else:
+            token_ids, type_ids, truncated = await run_in_threadpool(encoder.tokenize, inputs)
         allow = config.auto_truncate if truncate is None else truncate
         if not allow and any(truncated):
             first = truncated.index(True)

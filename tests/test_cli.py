@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -126,3 +127,24 @@ def test_train_options_mirror_train_config(tmp_path):
     config = TrainConfig(**values)
     assert config.data == ["a.jsonl", "b.jsonl"] and config.max_steps == 5 and config.tau == 0.1
     assert config.amp is False and config.target_modules == ["query", "value"] and config.lora_rank == 8
+
+
+def test_serve_options_mirror_serve_config():
+    pytest.importorskip("fastapi", reason="fastret serve needs FastAPI")
+    from fastret.serve import ServeConfig
+
+    args = cli.build_parser().parse_args(["serve"])
+    defaults = ServeConfig()
+    names = ("max_batch_tokens", "max_batch_texts", "max_wait_ms", "max_queue_tokens", "max_client_batch_size",
+             "max_body_bytes", "auto_truncate")
+    assert {n: getattr(args, n) for n in names} == {n: getattr(defaults, n) for n in names}
+    assert (args.host, args.port, args.index) == ("127.0.0.1", 8080, None)
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--port", "70000"], r"--port must be in \[0, 65535\], got 70000"),
+    (["--max-wait-ms", "-1"], r"--max-wait-ms must be in \[0, 60000\), got -1.0"),
+])
+def test_serve_bad_options_are_usage_errors(capsys, option, message):
+    assert cli.main(["serve", *option]) == 2
+    assert re.search(message, capsys.readouterr().err)
