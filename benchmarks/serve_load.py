@@ -17,7 +17,9 @@ Procedure: both servers first embed the same 64 queries and 32 documents; each s
 compared with fastret.Encoder.encode of the same texts (cosine >= 0.99999) and the run stops if one
 fails. Then each (workload, concurrency) runs on both servers in turn, after a warm-up of one
 request per client; requests/s = answered requests / wall seconds, latency percentiles over the
-answered requests. Every request loop is bounded in count. Prints a markdown table and PASS/FAIL
+answered requests; server CPU ms / request is the server process's user + system time (all
+threads, from /proc) over the run and its warm-up, per request: less sensitive than wall time to
+other work on the machine. Every request loop is bounded in count. Prints a markdown table and PASS/FAIL
 lines for the acceptance (concurrency 64, queries: >= 3x the plain server's requests/s and a lower
 p99); --json PATH writes everything with the machine and the load average.
 
@@ -149,12 +151,20 @@ def stop_servers(servers: dict) -> None:
 
 # ---------------------------------------------------------------------------------- load
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid`, all its threads, so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def load(url: str, payloads: list, concurrency: int, requests: int) -> dict:
     """`requests` POST /embed from `concurrency` clients in a closed loop (after one warm-up request
     per client); requests/s and latency percentiles."""
     import httpx
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # idle connections are dropped here before uvicorn's 5 s keep-alive closes them there, so that no
+    # request is sent on a connection the server is closing
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
         async def one(i: int) -> float:
             start = time.perf_counter()
@@ -206,7 +216,7 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated client counts")
     parser.add_argument("--workloads", default="query,docs32", help="comma-separated: query, docs32")
     parser.add_argument("--query-requests", type=int, default=30,
-                        help="single-query requests per client at each concurrency (at least 200 in all)")
+                        help="single-query requests per client at each concurrency (at least 50 in all)")
     parser.add_argument("--doc-requests", type=int, default=2,
                         help="32-document requests per client at each concurrency (at least 4, at most 64 in all)")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="fastret serve --max-wait-ms")
@@ -247,12 +257,16 @@ def main() -> int:
                 payloads = [docs[i : i + 32] for i in range(0, len(docs) - 31, 32)]
             for concurrency in levels:
                 if workload == "query":
-                    requests = max(200, args.query_requests * concurrency)
+                    requests = max(50, args.query_requests * concurrency)
                 else:
                     requests = min(64, max(4, args.doc_requests * concurrency))
-                for server, (url, _) in servers.items():
+                for server, (url, process) in servers.items():
+                    cpu_before = cpu_seconds(process.pid)
                     result = asyncio.run(load(url, payloads, concurrency, requests))
+                    # the warm-up's `concurrency` requests are in the CPU time too
+                    cpu_ms = (cpu_seconds(process.pid) - cpu_before) * 1000 / (result["requests"] + concurrency)
                     row = {"workload": workload, "concurrency": concurrency, "server": server, **result,
+                           "server_cpu_ms_per_request": round(cpu_ms, 2),
                            "load_average_1m": round(os.getloadavg()[0], 2)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
@@ -263,15 +277,17 @@ def main() -> int:
     def find(workload, concurrency, server):
         return next(r for r in rows if (r["workload"], r["concurrency"], r["server"]) == (workload, concurrency, server))
 
-    lines = ["| workload | clients | plain req/s | fastret req/s | ratio | plain p50 / p99 ms | fastret p50 / p99 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| workload | clients | plain req/s | fastret req/s | ratio | plain p50 / p99 ms | fastret p50 / p99 ms "
+             "| server CPU ms / request, plain / fastret |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for workload in workloads:
         for concurrency in levels:
             plain, fast = find(workload, concurrency, "plain"), find(workload, concurrency, "fastret")
             fast["rps_vs_plain"] = round(fast["rps"] / plain["rps"], 2)
             lines.append(f"| {workload} | {concurrency} | {plain['rps']:,.1f} | {fast['rps']:,.1f} | "
                          f"{fast['rps_vs_plain']:.2f}x | {plain['p50_ms']:,.1f} / {plain['p99_ms']:,.1f} | "
-                         f"{fast['p50_ms']:,.1f} / {fast['p99_ms']:,.1f} |")
+                         f"{fast['p50_ms']:,.1f} / {fast['p99_ms']:,.1f} | "
+                         f"{plain['server_cpu_ms_per_request']:,.1f} / {fast['server_cpu_ms_per_request']:,.1f} |")
     print("\n" + "\n".join(lines))
     checks = []
     if 64 in levels and "query" in workloads:
