@@ -3,11 +3,13 @@
 Endpoints:
   POST /embed            TEI-compatible: {"inputs", "normalize", "truncate", "prompt_name"} -> [[float]]
   POST /v1/embeddings    OpenAI-compatible: {"input", "model", "encoding_format"} -> {"object": "list", ...}
+                         (unit-length rows, as OpenAI's)
   POST /search           {"query" | "queries", "k", "rescore"} -> {"results": [[{"id", "score"}]]}
   GET  /health, /info, /metrics (Prometheus text)
 
-Every text of every request is tokenized in a worker thread, then queued to one `Batcher`, which
-runs the texts of concurrent requests in shared, token-budgeted forward passes. Errors are JSON in
+Each request's texts are tokenized (on the event loop when short, else in a thread), then queued
+to one `Batcher`, which runs the texts of concurrent requests in shared, token-budgeted forward
+passes in its worker thread. Errors are JSON in
 TEI's shape, {"error": message, "error_type": kind}: 400 malformed JSON, 413 too many inputs, a
 too-long text (truncate=false) or a too-large body, 422 any other invalid request, 429 (with
 Retry-After) a full queue, 503 while shutting down.
@@ -268,9 +270,7 @@ def create_app(encoder: Encoder, index: Index | None = None, index_path: str | P
     async def embed(body: EmbedRequest) -> Response:
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         rows, _ = await embed_texts(texts, body.truncate, body.prompt_name, "inputs")
-        if body.normalize and not encoder.normalize:
-            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-        return json_response(rows.tolist())
+        return json_response((_unit_rows(rows) if body.normalize and not encoder.normalize else rows).tolist())
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
@@ -279,6 +279,8 @@ def create_app(encoder: Encoder, index: Index | None = None, index_path: str | P
                                   "embeddings; leave dimensions out")
         texts = [body.input] if isinstance(body.input, str) else body.input
         rows, tokens = await embed_texts(texts, body.truncate, body.prompt_name, "input")
+        if not encoder.normalize:  # OpenAI's embeddings have length 1; clients compare them by dot product
+            rows = _unit_rows(rows)
         if body.encoding_format == "base64":
             embeddings = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in rows]
         else:
@@ -378,6 +380,11 @@ def create_app(encoder: Encoder, index: Index | None = None, index_path: str | P
         return error_response(request, ServeError(500, f"{type(error).__name__}: {error}", "Backend"))
 
     return _Guard(app, stats, config.max_body_bytes)
+
+
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows [n, d] scaled to length 1 (as torch's F.normalize: a zero row stays zero)."""
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def _describe(problems: list[dict]) -> str:

@@ -388,7 +388,26 @@ def test_overload_shutdown_and_restart(minilm_path, queries):
         server.stop()
 
 
-# ---------------------------------------------------------------------------------- the app factory
+# ---------------------------------------------------------------------------------- the app factory, in process
+
+
+def test_normalize_follows_the_request_on_a_model_that_does_not_normalize(tiny_bert):
+    from fastapi.testclient import TestClient
+
+    from fastret.serve import create_app
+
+    encoder = fastret.Encoder(tiny_bert, device="cpu")
+    assert not encoder.normalize
+    texts = ["vitamin D", "statins and breast cancer"]
+    with TestClient(create_app(encoder)) as http:
+        raw = np.array(http.post("/embed", json={"inputs": texts, "normalize": False}).json())
+        unit = np.array(http.post("/embed", json={"inputs": texts}).json())  # TEI's default: normalize
+        openai = np.array([d["embedding"] for d in http.post("/v1/embeddings", json={"input": texts}).json()["data"]])
+    np.testing.assert_allclose(raw, encoder.encode(texts), atol=1e-5)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1)
+    np.testing.assert_allclose(unit, encoder.encode(texts, normalize_embeddings=True), atol=1e-5)
+    np.testing.assert_allclose(openai, unit, atol=1e-6)
+
 
 
 def test_an_index_of_another_dimension_is_refused(tiny_bert):
