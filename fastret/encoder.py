@@ -168,7 +168,7 @@ class Encoder:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        prefix = self.resolve_prompt(prompt, prompt_name)
+        prefix = self.prompt_prefix(prompt, prompt_name)
         inputs = [self.prepare(text, i, prefix) for i, text in enumerate(texts)]
         normalize = self.normalize or bool(normalize_embeddings)
         show = show_progress_bar if show_progress_bar is not None else len(inputs) > 256
@@ -225,30 +225,27 @@ class Encoder:
 
         Truncated and empty inputs are warned about, or, with `input_stats`, counted into it
         ("texts", "truncated", "empty") for the caller to report once."""
-        vectors = torch.empty((len(inputs), self.dim), dtype=torch.float32)
-        codes = torch.empty((len(inputs), self.dim), dtype=torch.int8) if quantize else None
-        scales = torch.empty(len(inputs), dtype=torch.float32) if quantize else None
-        if not inputs:
-            return vectors, codes, scales
-        token_ids, type_ids, stats = self.tokenize(inputs)
+        token_ids, type_ids, truncated = self.tokenize(inputs)
+        stats = {"texts": len(inputs), "truncated": sum(truncated),
+                 "empty": sum(1 for text in inputs if not (text if isinstance(text, str) else "".join(text)))}
         if input_stats is None:
             warn_about_inputs(stats, self.max_length)
         else:
             for key, value in stats.items():
                 input_stats[key] = input_stats.get(key, 0) + value
-        budget = max_tokens_per_batch or batch_size * self.max_length
-        batches = plan_batches([len(ids) for ids in token_ids], batch_size, budget)
-        for rows, pooled in self._embed_batches(token_ids, type_ids, batches, normalize, quantize,
-                                                show_progress_bar):
-            index = torch.from_numpy(rows)
-            if quantize:
-                vectors[index], codes[index], scales[index] = (t.cpu() for t in pooled)
-            else:
-                vectors[index] = pooled.cpu()
-        return vectors, codes, scales
+        return self.embed_tokens(token_ids, type_ids, batch_size, max_tokens_per_batch or batch_size * self.max_length,
+                                 normalize, quantize, show_progress_bar)
 
-    def resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str:
-        """The text to put before each input: `prompt`, else the named prompt, else ""."""
+    # ------------------------------------------------------------------ the steps of `embed`, for callers
+    # that tokenize first and run the model later (the HTTP server batches many requests' tokens)
+
+    def prompt_prefix(self, prompt: str | None = None, prompt_name: str | None = None) -> str:
+        """The text put before every input: `prompt`, else the named prompt, else "".
+
+        Raises:
+            TypeError: prompt is not a str.
+            ValueError: prompt_name is not one of this encoder's prompts (the message lists them).
+        """
         if prompt is not None:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
@@ -259,6 +256,56 @@ class Encoder:
             known = ", ".join(sorted(self.prompts)) or "none"
             raise ValueError(f"unknown prompt_name {prompt_name!r}; this encoder's prompts: {known}")
         return self.prompts[prompt_name]
+
+    def tokenize(self, inputs: list) -> tuple[list[list[int]], list[list[int]] | None, list[bool]]:
+        """Token ids of prepared inputs (see `prepare`), as the model takes them.
+
+        Args:
+            inputs: n prepared inputs (str, or (str, str) pairs with the medcpt-article preset).
+
+        Returns:
+            (token_ids, type_ids, truncated): per input its token ids (special tokens included,
+            cut to max_length, EOS appended where the preset asks), its token type ids (None for
+            models without them), and whether it was longer than max_length.
+        """
+        encodings = self._backend.encode_batch(inputs, add_special_tokens=True)
+        token_ids = [enc.ids for enc in encodings]
+        if self.append_eos:
+            token_ids = [ids + [self._eos_id] for ids in token_ids]
+        type_ids = [enc.type_ids for enc in encodings] if self._uses_token_types else None
+        if type_ids is not None and self.append_eos:
+            type_ids = [types + [types[-1] if types else 0] for types in type_ids]
+        return token_ids, type_ids, [bool(enc.overflowing) for enc in encodings]
+
+    def embed_tokens(self, token_ids: list[list[int]], type_ids: list[list[int]] | None, max_texts: int,
+                     max_tokens: int, normalize: bool, quantize: bool = False, show_progress_bar: bool = False):
+        """Run the model on tokenized inputs (see `tokenize`), in length-sorted batches.
+
+        Args:
+            token_ids: n lists of token ids; type_ids: n lists of type ids, or None.
+            max_texts: most texts per forward pass.
+            max_tokens: most padded tokens (texts x longest) per forward pass.
+            normalize: L2-normalize the embeddings; quantize: also return int8 codes and scales.
+            show_progress_bar: tqdm bar with texts/s.
+
+        Returns:
+            (vectors float32 [n, d], codes int8 [n, d] or None, scales float32 [n] or None), CPU
+            tensors in input order.
+        """
+        vectors = torch.empty((len(token_ids), self.dim), dtype=torch.float32)
+        codes = torch.empty((len(token_ids), self.dim), dtype=torch.int8) if quantize else None
+        scales = torch.empty(len(token_ids), dtype=torch.float32) if quantize else None
+        if not token_ids:
+            return vectors, codes, scales
+        batches = plan_batches([len(ids) for ids in token_ids], max_texts, max_tokens)
+        for rows, pooled in self._embed_batches(token_ids, type_ids, batches, normalize, quantize,
+                                                show_progress_bar):
+            index = torch.from_numpy(rows)
+            if quantize:
+                vectors[index], codes[index], scales[index] = (t.cpu() for t in pooled)
+            else:
+                vectors[index] = pooled.cpu()
+        return vectors, codes, scales
 
     def prepare(self, text: Any, position: int, prefix: str = ""):
         """One input as the tokenizer takes it: the prefixed, stripped str, or a (str, str) pair.
@@ -274,20 +321,6 @@ class Encoder:
             raise TypeError(f"sentences[{position}] is {type(text).__name__}; expected {expected}")
         text = (prefix + text).strip()
         return text.lower() if self.lowercase else text
-
-    def tokenize(self, inputs: list):
-        """Token ids and type ids (or None) of every input, truncated, and counts of truncated and
-        empty inputs."""
-        encodings = self._backend.encode_batch(inputs, add_special_tokens=True)
-        token_ids = [enc.ids for enc in encodings]
-        if self.append_eos:
-            token_ids = [ids + [self._eos_id] for ids in token_ids]
-        type_ids = [enc.type_ids for enc in encodings] if self._uses_token_types else None
-        if type_ids is not None and self.append_eos:
-            type_ids = [types + [types[-1] if types else 0] for types in type_ids]
-        stats = {"texts": len(inputs), "truncated": sum(1 for enc in encodings if enc.overflowing),
-                 "empty": sum(1 for text in inputs if not (text if isinstance(text, str) else "".join(text)))}
-        return token_ids, type_ids, stats
 
     def _embed_batches(self, token_ids, type_ids, batches, normalize: bool, quantize: bool, show: bool):
         """Yield (input rows, pooled output) per batch; padding runs one batch ahead in a thread."""

@@ -39,7 +39,7 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries_in(out_dir)  # what killed runs left behind
-    prefix = encoder.resolve_prompt(prompt, prompt_name)
+    prefix = encoder.prompt_prefix(prompt, prompt_name)
     settings = {
         "model": str(encoder.model_dir), "dim": encoder.dim, "pooling": encoder.pooling,
         "normalize": encoder.normalize, "max_length": encoder.max_length, "dtype": str(encoder.dtype),

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -170,3 +171,24 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
     assert json.loads(capsys.readouterr().out)["documents"] == 12
     assert cli.main(["search", str(tmp_path / "plain"), "T text number 3", "--hybrid", "--json", *common]) == 0
     assert cli.main(["index", str(tmp_path / "plain")]) == 2
+
+
+def test_serve_options_mirror_serve_config():
+    pytest.importorskip("fastapi", reason="fastret serve needs FastAPI")
+    from fastret.serve import ServeConfig
+
+    args = cli.build_parser().parse_args(["serve"])
+    defaults = ServeConfig()
+    names = ("max_batch_tokens", "max_batch_texts", "max_wait_ms", "max_queue_tokens", "max_client_batch_size",
+             "max_body_bytes", "auto_truncate")
+    assert {n: getattr(args, n) for n in names} == {n: getattr(defaults, n) for n in names}
+    assert (args.host, args.port, args.index) == ("127.0.0.1", 8080, None)
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--port", "70000"], r"--port must be in \[0, 65535\], got 70000"),
+    (["--max-wait-ms", "-1"], r"--max-wait-ms must be in \[0, 60000\), got -1.0"),
+])
+def test_serve_bad_options_are_usage_errors(capsys, option, message):
+    assert cli.main(["serve", *option]) == 2
+    assert re.search(message, capsys.readouterr().err)

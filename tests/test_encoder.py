@@ -268,3 +268,29 @@ def test_bad_texts(tiny_bert):
     assert np.isfinite(blank).all()
     with pytest.warns(UserWarning, match="1 of 2 texts were longer than max_length=16 tokens and were truncated"):
         encoder.encode(["word " * 100, "short"])
+
+
+def test_tokenize_then_embed_tokens_equals_encode(tiny_bert, nfcorpus_docs):
+    encoder = fastret.Encoder(tiny_bert, device="cpu", max_length=32)
+    texts = ["vitamin D", nfcorpus_docs[0], "fish oil and omega-3"]
+    inputs = [encoder.prepare(text, i, encoder.prompt_prefix()) for i, text in enumerate(texts)]
+    token_ids, type_ids, truncated = encoder.tokenize(inputs)
+    assert truncated == [False, True, False]
+    assert len(token_ids[1]) == 32 and [len(ids) for ids in token_ids] == [len(types) for types in type_ids]
+    vectors, codes, scales = encoder.embed_tokens(token_ids, type_ids, max_texts=2, max_tokens=40, normalize=True)
+    assert codes is None and scales is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = encoder.encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(vectors.numpy(), expected, atol=1e-5)
+
+
+def test_prompt_prefix(tiny_bert):
+    encoder = fastret.Encoder(tiny_bert, device="cpu", preset="bge")
+    assert encoder.prompt_prefix() == ""
+    assert encoder.prompt_prefix("Q: ", "query") == "Q: "
+    assert encoder.prompt_prefix(prompt_name="query") == encoder.prompts["query"]
+    with pytest.raises(ValueError, match="unknown prompt_name 'nope'; this encoder's prompts: query"):
+        encoder.prompt_prefix(prompt_name="nope")
+    with pytest.raises(TypeError, match="prompt must be a str"):
+        encoder.prompt_prefix(prompt=3)
