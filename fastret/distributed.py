@@ -24,8 +24,10 @@ This module imports ray (`pip install "fastret[distributed]"`); nothing else in 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,8 +59,7 @@ class ShardServer:
     """
 
     def __init__(self, paths: Sequence[str], dim: int, store_float16: bool, verify: bool, threads: int):
-        if threads:
-            set_num_threads(threads)
+        set_num_threads(threads)
         segments = [store.open_segment_file(path, verify=verify) for path in paths]
         self.index = Index.from_segments(segments, dim, store_float16)
         # The largest id in the files, deleted rows included (as Index numbers new vectors).
@@ -119,17 +120,31 @@ class ShardServer:
         return self.applied, None
 
 
+def _serialized(method):
+    """Run the method under the index's lock (calls carry the log's length, so one at a time),
+    after recounting the shards whose last delete went unconfirmed."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            self._recount()
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class ShardedIndex:
     """An index whose shards are Ray actors, searched as one `Index`.
 
     Needs `ray.init(...)` first (a local Ray, or `ray.init(address=...)` to join a cluster).
+    Safe to share between threads; their calls run one at a time.
 
     Args:
         shards: the index files of each shard, e.g. [[a.frt, b.frt], [c.frt]]; every node must
             read these paths (a shared filesystem). Deletion files beside them are read too.
         replicas: actors per shard: one int for every shard, or one per shard.
-        timeout_s: how long a call may wait for a shard (crashed replicas, restarts) before
-            `ShardUnavailableError`. A shard of one replica waits out a restart (a new process
+        timeout_s: how long a call may take, its searches included, waiting out crashed
+            replicas and restarts, before `ShardUnavailableError`. A shard of one replica waits out a restart (a new process
             that imports fastret and maps its files: seconds), so leave room for one.
         startup_timeout_s: how long the actors may take to start and map their files.
         num_cpus: Ray CPUs each actor reserves (fractions allowed); its search uses
@@ -168,6 +183,7 @@ class ShardedIndex:
                                  f"{headers[0][0]} has {self._dim}-d, float16 copies {self._store_float16}: "
                                  "every file of a sharded index must match")
         self._timeout_s = float(timeout_s)
+        self._lock = threading.RLock()
         server = ray.remote(ShardServer).options(num_cpus=num_cpus, max_restarts=max_restarts,
                                                   max_task_retries=-1)
         threads = max(1, round(num_cpus))
@@ -180,6 +196,7 @@ class ShardedIndex:
         largest = [s["max_id"] for s in states if s["max_id"] is not None]
         self._next_id = max(largest) + 1 if largest else 0
         self._has_documents = all(s["has_documents"] for s in states)
+        self._uncounted: set[int] = set()  # shards whose live count is unknown (a delete timed out)
 
     @classmethod
     def load(cls, source: str | os.PathLike | Sequence[str | os.PathLike], shards: int | None = None,
@@ -242,7 +259,9 @@ class ShardedIndex:
 
     def __len__(self) -> int:
         """Live (not deleted) vectors."""
-        return sum(self._live)
+        with self._lock:
+            self._recount()
+            return sum(self._live)
 
     def __repr__(self) -> str:
         return (f"fastret.ShardedIndex(dim={self._dim}, count={len(self)}, shards={len(self._paths)}, "
@@ -250,6 +269,7 @@ class ShardedIndex:
 
     # ------------------------------------------------------------------ searching
 
+    @_serialized
     def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4):
         """Exact top-k over every shard, identical to `Index.search` over the same vectors.
 
@@ -288,6 +308,7 @@ class ShardedIndex:
             return torch.from_numpy(final), torch.from_numpy(ids)
         return final, ids
 
+    @_serialized
     def documents(self, ids: Any) -> np.ndarray:
         """The document ids (str) of `ids`, e.g. search results: an object array of the same shape.
 
@@ -311,6 +332,7 @@ class ShardedIndex:
 
     # ------------------------------------------------------------------ adding and deleting
 
+    @_serialized
     def add(self, vectors: Any, ids: Any = None, *, documents: Sequence[str] | None = None) -> None:
         """Add vectors to the shard holding the fewest; arguments and errors as `Index.add`.
 
@@ -332,12 +354,14 @@ class ShardedIndex:
         else:
             ids = checks.int64_ids(ids, n)
         shard = self._live.index(min(self._live))
-        self._log_and_apply(shard, ("add", (vectors, ids, None if documents is None else list(documents))))
+        # Counted before it is sent: a shard that does not confirm in time still gets it from the log.
         self._live[shard] += n
         if n:
             self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._has_documents = self._has_documents and documents is not None
+        self._log_and_apply(shard, ("add", (vectors, ids, None if documents is None else list(documents))))
 
+    @_serialized
     def delete(self, ids: Any) -> int:
         """Delete every vector whose id is in `ids`, in every shard; returns how many were deleted.
 
@@ -353,11 +377,16 @@ class ShardedIndex:
             return 0
         deleted = 0
         for shard in range(len(self._paths)):
-            count = self._log_and_apply(shard, ("delete", wanted))
+            try:
+                count = self._log_and_apply(shard, ("delete", wanted))
+            except ShardUnavailableError:
+                self._uncounted.add(shard)
+                raise
             self._live[shard] -= count
             deleted += count
         return deleted
 
+    @_serialized
     def save(self, path: str | os.PathLike) -> None:
         """Write every live vector to `path` as `Index.save` would (one file, or a store in an
         existing directory): each shard writes its part beside `path`, which is then merged.
@@ -378,6 +407,13 @@ class ShardedIndex:
                 part.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ calls to the shards
+
+    def _recount(self) -> None:
+        """Ask the shards whose live count is unknown for it (they catch up with the log first)."""
+        for shard in sorted(self._uncounted):
+            state = _ShardCall(self, shard, "state", (), time.monotonic() + self._timeout_s, self._timeout_s).result()
+            self._live[shard] = state["live"]
+            self._uncounted.discard(shard)
 
     def _checked_queries(self, queries: Any):
         """The same checks and quantization as Index.search: the shards get clean arrays."""
