@@ -3,6 +3,8 @@ the same vectors, routes adds and deletes, and survives killed actors without a 
 
 import os
 import re
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -219,3 +221,10 @@ def test_a_shard_that_stays_down_gets_a_clear_error(ray_session, corpus):
     ray.kill(index.shard_actors(1)[0], no_restart=True)
     with pytest.raises(distributed.ShardUnavailableError, match=r"shard 1 \(.*part-1\.frt; 1 replica"):
         index.search(query, 3)
+
+
+def test_import_fastret_does_not_import_ray():
+    """ray is an optional extra: only `import fastret.distributed` loads it."""
+    code = "import sys, fastret; print('ray' in sys.modules, 'fastret.distributed' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
