@@ -205,6 +205,13 @@ def _add_search(commands) -> None:
     parser.add_argument("--prompt-name", default=None, help="named query prompt of the model or preset")
     _add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout, one per query")
+    parser.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="search on the Ray cluster at ADDRESS (e.g. 10.0.0.1:6379, or auto): the index's "
+                             "files are spread over its nodes as shards (needs fastret[distributed])")
+    parser.add_argument("--shards", type=_positive_int, default=None,
+                        help="shards (Ray actors) to spread the index's files over; without --ray, on a "
+                             "local Ray started for this command (default with --ray: one per node)")
+    parser.add_argument("--replicas", type=_positive_int, default=1, help="actors per shard (with --ray/--shards)")
     parser.set_defaults(run=_run_search)
 
 
@@ -218,7 +225,7 @@ def _run_search(args: argparse.Namespace) -> int:
         texts = {str(i): q for i, q in enumerate(args.queries)}
     else:
         raise ValueError("no queries: pass query texts or --queries-file")
-    index = Index.load(args.index)
+    index = _sharded_index(args) if args.ray or args.shards else Index.load(args.index)
     encoder = _encoder(args)
     if encoder.dim != index.dim:
         raise ValueError(f"the model makes {encoder.dim}-d vectors but {args.index} holds {index.dim}-d ones; "
@@ -249,6 +256,22 @@ def _run_search(args: argparse.Namespace) -> int:
             for rank, hit in enumerate(hits, 1):
                 print(f"  {rank:>3}  {hit['score']:.4f}  {hit['id']}")
     return 0
+
+
+def _sharded_index(args: argparse.Namespace):
+    """The index of `fastret search --ray/--shards`, its shards on a Ray cluster (or a local Ray)."""
+    try:
+        import ray
+
+        from .distributed import ShardedIndex
+    except ImportError:
+        raise ValueError("--ray and --shards need Ray: pip install \"fastret[distributed]\"") from None
+    if not ray.is_initialized():  # (a program calling main() may have joined a cluster already)
+        ray.init(address=args.ray, include_dashboard=False, log_to_driver=False)
+    # The CPUs free now, shared by the actors (each searches with that many threads, at least one).
+    actors = (args.shards or sum(1 for node in ray.nodes() if node.get("Alive"))) * args.replicas
+    return ShardedIndex.load(args.index, args.shards, replicas=args.replicas,
+                             num_cpus=ray.available_resources().get("CPU", 0.0) / actors)
 
 
 def _add_eval(commands) -> None:

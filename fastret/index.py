@@ -263,6 +263,39 @@ class Index:
         live = [s.ids[rows[~s.is_deleted(rows)]] for s in self._snapshot() if len(rows := s.rows_of(unique))]
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
 
+    def candidates(self, queries: Any, c: int, *, exact: bool = False):
+        """The c best vectors of each query by int8 score, optionally with their float dot products.
+
+        What `search(..., rescore=True)` re-ranks, exposed so that a sharded index
+        (fastret.distributed) can pick the global candidates from every shard's and re-rank
+        those exactly as one index would.
+
+        Args:
+            queries: float [q, dim] (numpy or CPU torch), or a (codes int8, scales) tuple
+                without `exact`. One 1-D vector counts as q = 1.
+            c: candidates per query, 1 <= c <= len(index).
+            exact: also return the dot products of the float queries with the stored float16
+                copies (needs store_float16=True and float queries).
+
+        Returns:
+            (int8 scores float32 [q, c], ids int64 [q, c], float32 [q, c] dot products or None),
+            numpy arrays, best int8 score first; ties go to the lower id.
+
+        Raises:
+            TypeError, ValueError: as `search`.
+        """
+        segments = self._snapshot()
+        c = checks.check_k(c, sum(s.live_count for s in segments))
+        if exact:
+            self._check_rescore(queries, 1)
+        q_codes, q_scales, q_floats = quantized_vectors(queries, "queries", self._dim, queries=True)
+        check_score_range(q_scales, max((s.max_scale() for s in segments), default=0.0), self._dim)
+        found_scores, rows = _core.topk_int8(q_codes, q_scales, [s.core_view() for s in segments], c)
+        located = _locate(segments, rows)
+        found_ids = _gather(segments, located, "ids")
+        products = _exact_scores(q_floats, segments, located) if exact else None
+        return found_scores, found_ids, products
+
     def documents(self, ids: Any) -> np.ndarray:
         """The document ids (str) of `ids`, e.g. search results: an object array of the same shape.
 
@@ -448,15 +481,21 @@ def _rescore(queries: np.ndarray, segments: Sequence[Segment], located, k: int):
     Returns the k best (scores float32 [q, k], located rows [q, k]), ties to the lower id.
     """
     which, local = located
+    exact = _exact_scores(queries, segments, located)
+    ids = _gather(segments, located, "ids")
+    order = np.lexsort((ids, -exact), axis=-1)[:, :k]
+    best = [np.take_along_axis(a, order, axis=1) for a in (exact, which, local)]
+    return best[0], (best[1], best[2])
+
+
+def _exact_scores(queries: np.ndarray, segments: Sequence[Segment], located) -> np.ndarray:
+    """float32 [q, c]: dot products of the float queries [q, dim] with the float16 copies of the
+    located rows [q, c]."""
     candidates = _gather(segments, located, "float16").astype(np.float32)
     if not np.isfinite(candidates).all():
         raise IndexFileError("the float16 copies of some candidates hold NaN or inf: the index file is "
                              "corrupted (load it with verify=True to find out which)")
-    ids = _gather(segments, located, "ids")
-    exact = np.matmul(candidates, queries[:, :, None])[..., 0]
-    order = np.lexsort((ids, -exact), axis=-1)[:, :k]
-    best = [np.take_along_axis(a, order, axis=1) for a in (exact, which, local)]
-    return best[0], (best[1], best[2])
+    return np.matmul(candidates, queries[:, :, None])[..., 0]
 
 
 def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> Segment:

@@ -99,3 +99,12 @@ def nfcorpus_docs():
     from fastret.corpus import BUNDLED_NFCORPUS, load_corpus, find_file
 
     return load_corpus(find_file(BUNDLED_NFCORPUS, "corpus.jsonl")).documents()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (2 CPUs), shut down at the end."""
+    ray = pytest.importorskip("ray", reason="needs ray (pip install 'fastret[distributed]'; make test installs it)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -90,6 +90,22 @@ def test_index_and_search(store, tmp_path, tiny_bert, capsys):
         assert result["results"][0]["id"].startswith("d")
 
 
+def test_search_on_ray_shards_prints_what_one_index_prints(store, tiny_bert, ray_session, capsys):
+    """`--shards 2` spreads the store's 3 files over 2 Ray actors; the output is the same, line for line."""
+    capsys.readouterr()
+    common = ["search", str(store), "T text number 7", "text number 2", "-k", "4", "--model", str(tiny_bert),
+              "--device", "cpu", "--json"]
+    for extra in ([], ["--rescore"]):
+        assert cli.main(common + extra) == 0
+        plain = capsys.readouterr().out.splitlines()
+        assert cli.main(common + extra + ["--shards", "2", "--replicas", "2"]) == 0
+        sharded = capsys.readouterr().out.splitlines()
+        assert len(plain) == 2 and sharded == plain
+        assert json.loads(sharded[0])["results"][0]["id"].startswith("d")
+    assert cli.main(common + ["--shards", "4"]) == 2  # more shards than files
+    assert "shards must be an int in [1, 3]" in capsys.readouterr().err
+
+
 def test_search_refuses_a_model_of_another_dimension(store, minilm_path, capsys):
     assert cli.main(["search", str(store), "query", "--model", str(minilm_path), "--device", "cpu"]) == 2
     assert "the model makes 384-d vectors but" in capsys.readouterr().err

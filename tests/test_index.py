@@ -488,3 +488,31 @@ def test_added_documents_must_be_one_str_per_vector(rng):
     assert index.has_documents and index.documents([1, 0]).tolist() == ["b", "a"]
     index.add(unit_rows(rng, 1, 4))  # one vector without: the index no longer names documents
     assert not index.has_documents
+
+
+def test_candidates_are_what_search_ranks(rng):
+    """Index.candidates: the int8 top c of search, and the float dot products that rescoring sorts."""
+    index = fastret.Index(24, store_float16=True)
+    vectors = unit_rows(rng, 300, 24)
+    vectors[200:210] = vectors[:10]  # ties
+    index.add(vectors[:150])
+    index.add(vectors[150:])
+    index.delete([3, 7, 151])
+    queries = unit_rows(rng, 12, 24)
+    scores, ids, exact = index.candidates(queries, 20, exact=True)
+    expected = index.search(queries, 20)
+    np.testing.assert_array_equal(scores, expected[0])
+    np.testing.assert_array_equal(ids, expected[1])
+    floats = vectors.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(exact, np.einsum("qcd,qd->qc", floats[ids], queries), rtol=1e-5, atol=1e-6)
+    order = np.lexsort((ids, -exact), axis=-1)[:, :5]
+    rescored = index.search(queries, 5, rescore=True, rescore_factor=4)
+    np.testing.assert_array_equal(np.take_along_axis(ids, order, 1), rescored[1])
+    np.testing.assert_array_equal(np.take_along_axis(exact, order, 1), rescored[0])
+    assert index.candidates(queries, 3)[2] is None
+    plain = fastret.Index(24)
+    plain.add(vectors)
+    with pytest.raises(ValueError, match="float16 copies"):
+        plain.candidates(queries, 1, exact=True)
+    with pytest.raises(ValueError, match="exceeds"):
+        index.candidates(queries, 298)
