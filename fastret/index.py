@@ -260,7 +260,7 @@ class Index:
         if wanted.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got {wanted.dtype}")
         unique = np.unique(wanted.astype(np.int64))
-        live = [s.ids[rows[~s.is_deleted(rows)]] for s in self._snapshot() if len(rows := s.rows_of(unique))]
+        live = [s.ids[s.live_rows_of(unique)] for s in self._snapshot()]
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
 
     def candidates(self, queries: Any, c: int, *, exact: bool = False):
@@ -313,8 +313,7 @@ class Index:
             remaining = np.unique(flat[~found])
             if len(remaining) == 0:
                 break
-            rows = segment.rows_of(remaining)
-            rows = rows[~segment.is_deleted(rows)]
+            rows = segment.live_rows_of(remaining)
             if len(rows) == 0:
                 continue
             by_id = dict(zip(segment.ids[rows].tolist(), segment.documents(rows)))

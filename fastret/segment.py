@@ -86,6 +86,11 @@ class Segment:
         rows = positions if order is None else order[positions]
         return np.sort(rows.astype(np.int64))
 
+    def live_rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """int64 rows (ascending) whose id is in `ids` and that are not deleted."""
+        rows = self.rows_of(ids)
+        return rows[~self.is_deleted(rows)]
+
     def _id_order(self) -> np.ndarray | None:
         """None when ids are already ascending, else the permutation that sorts them (cached)."""
         if "id_order" not in self.cache:
