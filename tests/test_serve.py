@@ -415,3 +415,52 @@ def test_an_index_of_another_dimension_is_refused(tiny_bert):
 
     with pytest.raises(ValueError, match="the model makes 32-d vectors but the index holds 384-d ones"):
         create_app(fastret.Encoder(tiny_bert, device="cpu"), fastret.Index(384))
+
+
+def test_connections_to_the_server_send_without_delay():
+    """The server's connections have Nagle's algorithm off: otherwise each keep-alive response after
+    the first holds its body back ~40 ms, until the client's delayed ACK of the headers."""
+    import socket
+
+    from fastret.serve import listening_socket
+
+    async def main() -> int:
+        options = asyncio.get_running_loop().create_future()
+
+        async def accept(reader, writer):
+            options.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listener = listening_socket("127.0.0.1", 0)
+        server = await asyncio.start_server(accept, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname())
+            nodelay = await asyncio.wait_for(options, 10)
+            writer.close()
+        return nodelay
+
+    assert asyncio.run(main()) != 0
+
+
+def test_keep_alive_requests_are_not_held_back(server):
+    """Five /health requests on one keep-alive connection: with Nagle's algorithm on, each after the
+    first took >= 40 ms (a delayed ACK); /health takes well under a millisecond to answer."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = sock.makefile("rb")
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            sock.sendall(f"GET /health HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+            assert stream.readline().split()[1] == b"200"
+            length = 0
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            assert json.loads(stream.read(length)) == {"status": "ok"}
+            seconds.append(time.perf_counter() - start)
+    assert sorted(seconds[1:])[1] < 0.035, f"keep-alive /health took {[round(s * 1000, 1) for s in seconds]} ms"
