@@ -134,7 +134,8 @@ Array<int32_t> gemm_int8(const Array<int8_t>& a, const Array<uint8_t>& packed) {
 }
 
 Array<float> linear_int8(const Array<float>& x, const Array<uint8_t>& packed,
-                         const Array<float>& weight_scales, const std::optional<Array<float>>& bias) {
+                         const Array<float>& weight_scales, const std::optional<Array<float>>& bias,
+                         bool gelu) {
   const auto [n, k] = packed_shape(packed);
   require(x.ndim() == 2 && static_cast<size_t>(x.shape(1)) == k && x.shape(0) >= 1,
           "x must be 2-D [m >= 1, " + std::to_string(k) + "] for these weights");
@@ -151,7 +152,7 @@ Array<float> linear_int8(const Array<float>& x, const Array<uint8_t>& packed,
   float* out_data = out.mutable_data();
   {
     py::gil_scoped_release release;
-    fastret::linear_int8(x.data(), m, packed.data(), weight_scales.data(), bias_data, out_data);
+    fastret::linear_int8(x.data(), m, packed.data(), weight_scales.data(), bias_data, gelu, out_data);
   }
   return out;
 }
@@ -192,5 +193,7 @@ PYBIND11_MODULE(_core, m) {
         "Exact int32 [m, n] = a int8 [m, k] (codes in [-127, 127]) times the packed weights' transpose.");
   m.def("linear_int8", &linear_int8, py::arg("x").noconvert(), py::arg("packed").noconvert(),
         py::arg("weight_scales").noconvert(), py::arg("bias").noconvert() = py::none(),
-        "float32 [m, n]: x float32 [m, k] quantized per row, int8 GEMM, times both scales, plus bias.");
+        py::arg("gelu") = false,
+        "float32 [m, n]: x float32 [m, k] quantized per row, int8 GEMM, times both scales, plus bias;\n"
+        "then GELU (the erf form) if gelu.");
 }

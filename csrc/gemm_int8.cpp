@@ -25,10 +25,10 @@ namespace {
 constexpr size_t kMaxK = 65536;
 constexpr size_t kRowBlock = 64;
 constexpr size_t kWeightBlockBytes = 128 * 1024;
-constexpr uint64_t kPackedMagic = 0x31574938544652ULL;  // "FRT8IW1"
+constexpr uint64_t kPackedMagic = 0x32574938544652ULL;  // "FRT8IW2"
 
 struct PackedHeader {
-  uint64_t magic, n, k;
+  uint64_t magic, n, k, max_abs;  // max_abs: the largest |w|, which picks the tile kernel
 };
 
 const GemmPath* const kGemmPaths[] = {
@@ -55,11 +55,20 @@ void check_weights(const char* what, size_t n, size_t k) {
                                 std::to_string(kMaxK) + " (int32 accumulators would overflow)");
 }
 
-// Multiplies a int8 [m, k_padded] (zero padded, codes in [-127, 127]) by the packed weights'
-// transpose and hands every int32 tile to store(row0, n_rows, col0, n_cols, tile, ldo).
+// Multiplies a int8 [m, k_padded] (zero padded, codes in [-127, 127]; the caller's scratch, which
+// the narrow kernel's bias to unsigned overwrites) by the packed weights' transpose and hands every
+// int32 tile to store(row0, n_rows, col0, n_cols, tile, ldo).
 template <typename Store>
-void multiply(const GemmPath& path, const int8_t* a, size_t m, const uint8_t* packed, size_t n,
+void multiply(const GemmPath& path, int8_t* a, size_t m, const uint8_t* packed, size_t n,
               size_t k_padded, const Store& store) {
+  PackedHeader header;
+  std::memcpy(&header, packed, sizeof(header));
+  const bool narrow = path.tile_narrow != nullptr && header.max_abs <= static_cast<uint64_t>(kNarrowWeight);
+  const GemmTile kernel = narrow ? path.tile_narrow : path.tile;
+  if (narrow) {
+    uint8_t* bytes = reinterpret_cast<uint8_t*>(a);
+    for (size_t i = 0; i < m * k_padded; ++i) bytes[i] ^= 0x80;  // a + 128 as unsigned
+  }
   const size_t n_panels = (n + kPanel - 1) / kPanel;
   const size_t panel_bytes = k_padded * kPanel;
   packed += kPackedHeader;
@@ -84,8 +93,8 @@ void multiply(const GemmPath& path, const int8_t* a, size_t m, const uint8_t* pa
       const size_t ldo = n_tile_panels * kPanel;
       const size_t col0 = p0 * kPanel;
       const size_t n_cols = std::min(ldo, n - col0);
-      path.tile(a + row_begin * k_padded, row_end - row_begin, panels + p0 * panel_bytes,
-                n_tile_panels, colsums + p0 * kPanel, k_padded, tile, ldo);
+      kernel(a + row_begin * k_padded, row_end - row_begin, panels + p0 * panel_bytes,
+             n_tile_panels, colsums + p0 * kPanel, k_padded, tile, ldo);
       store(row_begin, row_end - row_begin, col0, n_cols, tile, ldo);
     }
   }
@@ -110,7 +119,8 @@ void packed_weights_shape(const uint8_t* packed, size_t bytes, size_t* n, size_t
   PackedHeader header{};
   if (bytes >= sizeof(header)) std::memcpy(&header, packed, sizeof(header));
   if (bytes < kPackedHeader || header.magic != kPackedMagic || header.n == 0 || header.k == 0 ||
-      header.k > kMaxK || header.n > bytes || packed_weights_bytes(header.n, header.k) != bytes)
+      header.k > kMaxK || header.n > bytes || header.max_abs > 127 ||
+      packed_weights_bytes(header.n, header.k) != bytes)
     throw std::invalid_argument("not packed int8 weights (make them with pack_int8_weights)");
   *n = static_cast<size_t>(header.n);
   *k = static_cast<size_t>(header.k);
@@ -121,11 +131,11 @@ void pack_int8_weights(const int8_t* weights, size_t n, size_t k, uint8_t* packe
   const size_t k_padded = round_up(k, 4);
   const size_t n_panels = (n + kPanel - 1) / kPanel;
   std::memset(packed, 0, packed_weights_bytes(n, k));
-  const PackedHeader header{kPackedMagic, n, k};
-  std::memcpy(packed, &header, sizeof(header));
+  uint8_t* const start = packed;
   packed += kPackedHeader;
   int8_t* panels = reinterpret_cast<int8_t*>(packed);
   std::vector<int32_t> colsums(n_panels * kPanel, 0);
+  uint64_t max_abs = 0;
   for (size_t j = 0; j < n; ++j) {
     int8_t* panel = panels + (j / kPanel) * k_padded * kPanel;
     const size_t c = j % kPanel;
@@ -137,8 +147,11 @@ void pack_int8_weights(const int8_t* weights, size_t n, size_t k, uint8_t* packe
                                     " holds -128 (quantize symmetrically)");
       panel[(i / 4) * 4 * kPanel + c * 4 + i % 4] = w;
       colsums[j] += w;
+      max_abs = std::max<uint64_t>(max_abs, static_cast<uint64_t>(w < 0 ? -w : w));
     }
   }
+  const PackedHeader header{kPackedMagic, n, k, max_abs};
+  std::memcpy(start, &header, sizeof(header));
   std::memcpy(packed + n_panels * k_padded * kPanel, colsums.data(), colsums.size() * sizeof(int32_t));
 }
 
@@ -164,7 +177,7 @@ void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out) {
 }
 
 void linear_int8(const float* x, size_t m, const uint8_t* packed, const float* weight_scales,
-                 const float* bias, float* out) {
+                 const float* bias, bool gelu, float* out) {
   size_t n, k;
   read_header(packed, &n, &k);
   if (m == 0) throw std::invalid_argument("linear_int8: the input has no rows");
@@ -186,6 +199,7 @@ void linear_int8(const float* x, size_t m, const uint8_t* packed, const float* w
            [&](size_t r0, size_t n_rows, size_t col0, size_t n_cols, const int32_t* tile, size_t ldo) {
              path.dequantize(tile, ldo, n_rows, n_cols, scales.data() + r0, weight_scales + col0,
                              bias != nullptr ? bias + col0 : nullptr, out + r0 * n + col0, n);
+             if (gelu) path.gelu(out + r0 * n + col0, n_rows, n_cols, n);  // while the block is in L1
            });
 }
 

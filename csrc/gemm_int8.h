@@ -4,6 +4,7 @@
 //   linear_int8: a = per-row (per-token) symmetric int8 quantization of x,
 //                  s_m = max_i |x[m][i]| / 127,  a[m][i] = clip(rint(x[m][i] / s_m), -127, 127)
 //                out[m][j] = (float(sum_i a[m][i] * w[j][i]) * s_m) * w_scale[j] + bias[j]   (float32)
+//                then, if asked, GELU (the erf form) of each output, fused into the same pass
 //
 // The weights w int8 [n, k] are packed once (pack_int8_weights) into a layout that every SIMD path
 // reads, so a packed buffer stays valid when the path changes. The path and the thread count are
@@ -33,9 +34,10 @@ void packed_weights_shape(const uint8_t* packed, size_t bytes, size_t* n, size_t
 // Activation codes must lie in [-127, 127]; throws std::invalid_argument otherwise, and for m == 0.
 void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out);
 
-// out float32 [m, n] from x float32 [m, k] (see the formula above); bias may be nullptr.
+// out float32 [m, n] from x float32 [m, k] (see the formula above); bias may be nullptr; gelu
+// applies GELU to the outputs.
 // Throws std::invalid_argument for m == 0 or a row of x holding NaN or inf.
 void linear_int8(const float* x, size_t m, const uint8_t* packed, const float* weight_scales,
-                 const float* bias, float* out);
+                 const float* bias, bool gelu, float* out);
 
 }  // namespace fastret

@@ -8,6 +8,12 @@
 // with the portable versions' arithmetic (IEEE division, round half to even, the same order of
 // multiplications, no fused multiply-add), so the results are identical.
 //
+// Narrow weights (|w| <= 63, what Int8Linear makes) take a faster kernel without the sign trick:
+// activations biased to unsigned (a + 128 <= 255, an xor of the sign bit, done by the driver) times
+// the signed weights,
+//   maddubs(a + 128, w): each int16 pair <= 2 * 255 * 63 = 32130 < 32767, exact,
+// three fewer instructions per row and step; the weights' column sums remove the bias (as VNNI's).
+//
 // Tile: up to 4 activation rows x 1 panel (16 channels = 2 vectors of 8 int32).
 #if defined(__x86_64__) || defined(_M_X64)
 
@@ -101,7 +107,52 @@ FASTRET_AVX2 void dequantize_avx2(const int32_t* tile, size_t ldt, size_t n_rows
 
 namespace {
 
+// gelu_scalar's steps on 8 lanes (the same operations in the same order; see GeluBlock).
+FASTRET_AVX2 inline __m256 exp_nonpositive8(__m256 x) {
+  static constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                     4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
+                                 _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+  __m256 y = _mm256_set1_ps(kExpP[0]);
+  for (int i = 1; i < 6; ++i) y = _mm256_add_ps(_mm256_mul_ps(y, r), _mm256_set1_ps(kExpP[i]));
+  y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(y, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23));
+  return _mm256_castsi256_ps(bits);
+}
+
+FASTRET_AVX2 inline __m256 gelu8(__m256 x) {
+  static constexpr float kErfA[5] = {0.254829592f, -0.284496736f, 1.421413741f, -1.453152027f, 1.061405429f};
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 z = _mm256_mul_ps(_mm256_and_ps(x, abs_mask), _mm256_set1_ps(0.70710678118654752f));
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                                 _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(_mm256_set1_ps(0.3275911f), z)));
+  __m256 poly = _mm256_set1_ps(kErfA[4]);
+  for (int i = 3; i >= 0; --i) poly = _mm256_add_ps(_mm256_mul_ps(poly, t), _mm256_set1_ps(kErfA[i]));
+  const __m256 minus_z2 = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z));
+  const __m256 erfc = _mm256_mul_ps(_mm256_mul_ps(poly, t), exp_nonpositive8(minus_z2));
+  const __m256 half_x_erfc = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), erfc);
+  const __m256 nonnegative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ);
+  return _mm256_blendv_ps(half_x_erfc, _mm256_sub_ps(x, half_x_erfc), nonnegative);
+}
+
+}  // namespace
+
+FASTRET_AVX2 void gelu_avx2(float* data, size_t n_rows, size_t n_cols, size_t ld) {
+  for (size_t r = 0; r < n_rows; ++r) {
+    float* row = data + r * ld;
+    size_t c = 0;
+    for (; c + 8 <= n_cols; c += 8) _mm256_storeu_ps(row + c, gelu8(_mm256_loadu_ps(row + c)));
+    if (c < n_cols) gelu_scalar(row + c, 1, n_cols - c, 0);
+  }
+}
+
+namespace {
+
 constexpr size_t kRows = 4;
+constexpr size_t kNarrowRows = 3;
 
 // Row r's step (only if the instantiation has that row): broadcast the row's 4-byte slice s and
 // accumulate it against the panel's two weight vectors.
@@ -116,10 +167,24 @@ constexpr size_t kRows = 4;
     acc##r##1 = _mm256_add_epi32(                                                             \
         acc##r##1, _mm256_madd_epi16(_mm256_maddubs_epi16(x_abs, _mm256_sign_epi8(w1, x)), ones)); \
   }
+// The same step for narrow weights, whose activations come biased to unsigned: one maddubs per vector.
+#define FASTRET_NARROW_ROW_STEP(r)                                                                \
+  if constexpr (R > r) {                                                                          \
+    int32_t slice;                                                                                \
+    std::memcpy(&slice, a + (r) * k_padded + s * 4, 4);                                           \
+    const __m256i x = _mm256_set1_epi32(slice);                                                   \
+    acc##r##0 = _mm256_add_epi32(acc##r##0, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones)); \
+    acc##r##1 = _mm256_add_epi32(acc##r##1, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones)); \
+  }
 #define FASTRET_ROW_STORE(r)                                                          \
   if constexpr (R > r) {                                                              \
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (r) * ldo), acc##r##0);      \
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (r) * ldo + 8), acc##r##1);  \
+  }
+#define FASTRET_NARROW_ROW_STORE(r)                                                                          \
+  if constexpr (R > r) {                                                                                     \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (r) * ldo), _mm256_sub_epi32(acc##r##0, bias0));     \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (r) * ldo + 8), _mm256_sub_epi32(acc##r##1, bias1)); \
   }
 
 // R <= 4 rows x 16 channels: 8 accumulators held in registers (named, not an array: GCC keeps an
@@ -142,8 +207,32 @@ FASTRET_AVX2 void tile_rows(const int8_t* a, const int8_t* panel, size_t k_padde
   FASTRET_ROW_STORE(0) FASTRET_ROW_STORE(1) FASTRET_ROW_STORE(2) FASTRET_ROW_STORE(3)
 }
 
+// R <= 4 rows x 16 channels for weights within [-63, 63] and activations biased to unsigned bytes
+// (a + 128, which the driver makes once for the whole block: an xor per step here made GCC spill
+// accumulators to the stack); the accumulators hold <a + 128, w>, and 128 * the column sums come
+// off at the store. 8 accumulators, 2 weight vectors, the ones and a broadcast: no spills.
+template <size_t R>
+FASTRET_AVX2 void narrow_tile_rows(const int8_t* a, const int8_t* panel, const int32_t* colsums,
+                                   size_t k_padded, int32_t* out, size_t ldo) {
+  static_assert(R >= 1 && R <= kNarrowRows, "the micro-kernel is written out for 3 rows");
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc00 = _mm256_setzero_si256(), acc01 = acc00, acc10 = acc00, acc11 = acc00;
+  __m256i acc20 = acc00, acc21 = acc00;
+  const size_t slices = k_padded / 4;
+  for (size_t s = 0; s < slices; ++s) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + s * 64));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + s * 64 + 32));
+    FASTRET_NARROW_ROW_STEP(0) FASTRET_NARROW_ROW_STEP(1) FASTRET_NARROW_ROW_STEP(2)
+  }
+  const __m256i bias0 = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(colsums)), 7);
+  const __m256i bias1 = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(colsums + 8)), 7);
+  FASTRET_NARROW_ROW_STORE(0) FASTRET_NARROW_ROW_STORE(1) FASTRET_NARROW_ROW_STORE(2)
+}
+
 #undef FASTRET_ROW_STEP
+#undef FASTRET_NARROW_ROW_STEP
 #undef FASTRET_ROW_STORE
+#undef FASTRET_NARROW_ROW_STORE
 
 void tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t /*n_panels: always 1*/,
           const int32_t* /*colsums*/, size_t k_padded, int32_t* out, size_t ldo) {
@@ -159,9 +248,23 @@ void tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t /*n_panel
   }
 }
 
+void narrow_tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t /*n_panels: always 1*/,
+                 const int32_t* colsums, size_t k_padded, int32_t* out, size_t ldo) {
+  size_t r = 0;
+  for (; r + kNarrowRows <= n_rows; r += kNarrowRows)
+    narrow_tile_rows<kNarrowRows>(a + r * k_padded, panels, colsums, k_padded, out + r * ldo, ldo);
+  a += r * k_padded;
+  out += r * ldo;
+  switch (n_rows - r) {
+    case 1: return narrow_tile_rows<1>(a, panels, colsums, k_padded, out, ldo);
+    case 2: return narrow_tile_rows<2>(a, panels, colsums, k_padded, out, ldo);
+    default: return;
+  }
+}
+
 }  // namespace
 
-const GemmPath kAvx2Gemm = {"avx2", 1, tile, quantize_row_avx2, dequantize_avx2};
+const GemmPath kAvx2Gemm = {"avx2", 1, tile, narrow_tile, quantize_row_avx2, dequantize_avx2, gelu_avx2};
 
 }  // namespace fastret
 

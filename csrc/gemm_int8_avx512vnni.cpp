@@ -78,9 +78,9 @@ void tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t n_panels,
 
 }  // namespace
 
-// Activation quantization and dequantization are a small share of the work: AVX2's serve.
-const GemmPath kAvx512VnniGemm = {"avx512vnni", kPanels, tile, quantize_row_avx2,
-                                  dequantize_avx2};
+// Activation quantization, dequantization and GELU are a small share of the work: AVX2's serve.
+const GemmPath kAvx512VnniGemm = {"avx512vnni", kPanels, tile, nullptr, quantize_row_avx2,
+                                  dequantize_avx2, gelu_avx2};
 
 }  // namespace fastret
 

@@ -2,6 +2,7 @@
 // portable activation quantizer and tile dequantizer.
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "gemm_int8_paths.h"
@@ -40,6 +41,40 @@ void dequantize_scalar(const int32_t* tile, size_t ldt, size_t n_rows, size_t n_
 
 namespace {
 
+// The constants of gelu_scalar and gelu_avx2 (see GeluBlock).
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+constexpr float kErfP = 0.3275911f;
+constexpr float kErfA[5] = {0.254829592f, -0.284496736f, 1.421413741f, -1.453152027f, 1.061405429f};
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+
+// exp(x) for x in [-87, 0]: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' polynomial.
+float exp_nonpositive(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = std::nearbyint(x * kLog2e);
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float y = kExpP[0];
+  for (int i = 1; i < 6; ++i) y = y * r + kExpP[i];
+  y = (y * (r * r) + r) + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &y, 4);
+  bits += static_cast<int32_t>(n) << 23;
+  std::memcpy(&y, &bits, 4);
+  return y;
+}
+
+float gelu(float x) {
+  const float z = std::fabs(x) * kInvSqrt2;
+  const float t = 1.0f / (1.0f + kErfP * z);
+  float poly = kErfA[4];
+  for (int i = 3; i >= 0; --i) poly = poly * t + kErfA[i];
+  const float erfc = (poly * t) * exp_nonpositive(-(z * z));  // erfc(|x| / sqrt 2)
+  const float half_x = 0.5f * x;
+  return x >= 0.0f ? x - half_x * erfc : half_x * erfc;  // 0.5 x (1 + erf): erf = 1 - erfc for x >= 0
+}
+
 void tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t n_panels,
           const int32_t* /*colsums*/, size_t k_padded, int32_t* out, size_t ldo) {
   const size_t slices = k_padded / 4;
@@ -59,6 +94,11 @@ void tile(const int8_t* a, size_t n_rows, const int8_t* panels, size_t n_panels,
 
 }  // namespace
 
-const GemmPath kScalarGemm = {"scalar", 1, tile, quantize_row_scalar, dequantize_scalar};
+void gelu_scalar(float* data, size_t n_rows, size_t n_cols, size_t ld) {
+  for (size_t r = 0; r < n_rows; ++r)
+    for (size_t c = 0; c < n_cols; ++c) data[r * ld + c] = gelu(data[r * ld + c]);
+}
+
+const GemmPath kScalarGemm = {"scalar", 1, tile, nullptr, quantize_row_scalar, dequantize_scalar, gelu_scalar};
 
 }  // namespace fastret

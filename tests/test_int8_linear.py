@@ -5,7 +5,7 @@ from torch import nn
 
 import fastret
 from fastret.int8_linear import (Int8Linear, gemm_int8, gemm_int8_ref, linear_int8_ref, pack_weights,
-                                 quantize_linear_layers)
+                                 quantize_linear_layers, quantize_weights)
 from fastret.quant import quantize_int8
 
 # m x n x k: single elements, k not a multiple of 4 (the packing width), n not a multiple of 16 (the
@@ -21,6 +21,37 @@ def codes(rng, *shape):
 def test_gemm_equals_the_integer_reference_exactly(simd_path, rng, m, n, k):
     a, w = codes(rng, m, k), codes(rng, n, k)
     np.testing.assert_array_equal(gemm_int8(a, pack_weights(w)), gemm_int8_ref(a, w))
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_of_narrow_weights_equals_the_integer_reference_exactly(simd_path, rng, m, n, k):
+    # weights within [-63, 63] take AVX2's unsigned x signed kernel
+    a, w = codes(rng, m, k), rng.integers(-63, 64, (n, k), dtype=np.int8)
+    np.testing.assert_array_equal(gemm_int8(a, pack_weights(w)), gemm_int8_ref(a, w))
+
+
+@pytest.mark.parametrize("largest", [63, 64])
+def test_gemm_at_the_narrow_kernels_bound_does_not_saturate(simd_path, largest):
+    # -127 + 128 = 1 and 127 + 128 = 255: every int16 pair at 2 * 255 * 63 (the narrow kernel's bound),
+    # and one past the bound (64: the sign-trick kernel), over the longest k
+    k = 65536
+    a = np.full((3, k), 127, dtype=np.int8)
+    a[1] = -127
+    a[2, ::2] = -127
+    w = np.full((17, k), largest, dtype=np.int8)
+    w[3] = -largest
+    w[5, 1::2] = -largest
+    np.testing.assert_array_equal(gemm_int8(a, pack_weights(w)), gemm_int8_ref(a, w))
+
+
+def test_quantize_weights_uses_63_levels_a_side():
+    weight = torch.tensor([[0.4, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.0, -2.0]])
+    codes, scales = quantize_weights(weight)
+    assert codes.dtype == torch.int8 and scales.dtype == torch.float32
+    assert codes.tolist() == [[25, -63, 16], [0, 0, 0], [63, 21, -42]]
+    torch.testing.assert_close(scales, torch.tensor([1.0 / 63, 0.0, 3.0 / 63]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        quantize_weights(torch.tensor([[1.0, float("nan")]]))
 
 
 def test_gemm_extreme_codes_do_not_overflow(simd_path):
@@ -97,7 +128,7 @@ def test_linear_matches_its_fake_quantized_reference(simd_path, rng, shape, n, b
     int8 = Int8Linear.from_linear(layer)
     x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * 3)
     x[..., 0] = 0.0  # rows are not all zero
-    w_codes, w_scales = quantize_int8(layer.weight.detach())
+    w_codes, w_scales = quantize_weights(layer.weight)
     with torch.inference_mode():
         y = int8(x)
     expected = linear_int8_ref(x, w_codes, w_scales, layer.bias)
@@ -148,7 +179,7 @@ class FakeQuantLinear(nn.Module):
 
     def __init__(self, linear):
         super().__init__()
-        self.codes, self.scales = quantize_int8(linear.weight.detach())
+        self.codes, self.scales = quantize_weights(linear.weight)
         self.bias = linear.bias
 
     def forward(self, x):
@@ -173,6 +204,11 @@ def test_quantized_models_match_the_fake_quantized_model(request, family):
     replaced = quantize_linear_layers(model)
     assert replaced == linears and len(replaced) >= 8
     assert not any(isinstance(module, nn.Linear) for module in model.modules())
+    # each layer's first MLP projection carries its GELU, and the activation module is gone
+    fused = [name for name, module in model.named_modules() if isinstance(module, Int8Linear) and module.gelu]
+    assert len(fused) == model.config.num_hidden_layers
+    assert all(name.endswith(("intermediate.dense", "mlp.dense_h_to_4h")) for name in fused)
+    assert not any(type(module).__name__ == "GELUActivation" for module in model.modules())
     replace_linears(reference, FakeQuantLinear)
     ids = torch.randint(3, 300, (2, 11))
     mask = torch.ones_like(ids)
@@ -187,3 +223,44 @@ def test_quantize_linear_layers_refuses_other_dtypes():
     model = nn.Sequential(nn.Linear(4, 4).to(torch.bfloat16))
     with pytest.raises(ValueError, match="0 is torch.bfloat16 on cpu"):
         quantize_linear_layers(model)
+
+
+def test_fused_gelu_is_accurate_and_the_same_on_every_path(rng):
+    # x spans GELU's whole shape: the negative tail (erfc small), around 0, the linear part
+    x = torch.from_numpy(np.concatenate([np.linspace(-12, 12, 4001), rng.standard_normal(999) * 4])
+                         .astype(np.float32)).reshape(-1, 1)
+    identity = Int8Linear(torch.ones(1, 1, dtype=torch.int8), torch.ones(1), None)
+    fused = Int8Linear(torch.ones(1, 1, dtype=torch.int8), torch.ones(1), None, gelu=True)
+    before = fastret.simd_path()
+    outputs = []
+    try:
+        for path in fastret.available_simd_paths():
+            fastret.set_simd_path(path)
+            with torch.inference_mode():
+                pre, post = identity(x), fused(x)
+            exact = torch.nn.functional.gelu(pre.double())
+            error = (post.double() - exact).abs()
+            assert float((error / exact.abs().clamp_min(1)).max()) < 4e-7, path
+            outputs.append(post)
+    finally:
+        fastret.set_simd_path(before)
+    for output in outputs[1:]:
+        assert torch.equal(output, outputs[0])
+
+
+def test_only_an_exact_gelu_after_a_linear_layer_is_fused():
+    class Intermediate(nn.Module):  # named like BERT's, with a tanh GELU: not fused
+        def __init__(self):
+            super().__init__()
+            self.dense, self.intermediate_act_fn = nn.Linear(4, 8), nn.GELU(approximate="tanh")
+
+    class GPTNeoXMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense_h_to_4h, self.act, self.dense_4h_to_h = nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4)
+
+    model = nn.Sequential(Intermediate(), GPTNeoXMLP(), nn.Sequential(nn.Linear(4, 4), nn.GELU()))
+    quantize_linear_layers(model)
+    assert [name for name, m in model.named_modules() if isinstance(m, Int8Linear) and m.gelu] == ["1.dense_h_to_4h"]
+    assert isinstance(model[1].act, nn.Identity) and isinstance(model[0].intermediate_act_fn, nn.GELU)
+    assert isinstance(model[2][1], nn.GELU)
