@@ -239,8 +239,9 @@ void search_block(const SimdPath& path, const int8_t* padded_queries, const int3
       // a pattern the hardware prefetcher follows poorly.
       const int8_t* next_end =
           tiles.segments[segment].codes + std::min(source.segment_row + 2 * kTile, count) * dim;
-      for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
-        __builtin_prefetch(line, 0, 3);
+      if (!direct)
+        for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
+          __builtin_prefetch(line, 0, 3);
       if (direct) {
         for (size_t q = 0; q < n_block; ++q) {
           path.dots_direct(source.rows, source.n_rows, dim, padded_queries + q * dim_padded, dots);
