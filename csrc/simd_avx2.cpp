@@ -197,58 +197,49 @@ FASTRET_AVX2 __m256i tail_chunk(const int8_t* row, size_t dim, const int8_t* end
                                  : load_row_chunk(row, dim, begin);
 }
 
-// One query against rows read where they are, kDirectRows rows at a time (independent
-// accumulator chains, one horizontal reduction per 8 rows).
+// <query, row> over the 32 bytes of chunk c, as 8 int32 partial sums.
+FASTRET_AVX2 inline __m256i chunk_dot(const int8_t* row, const int8_t* query, size_t c, __m256i ones) {
+  return dot32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + c * 32)),
+               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 32)), ones);
+}
+
+// <query, row> as 8 int32 partial sums, the row read front to back (one sequential stream) in two
+// accumulator chains for the adds' latency; the last partial chunk as tail_chunk reads it.
+FASTRET_AVX2 inline __m256i row_dots(const int8_t* row, const int8_t* query, size_t dim, __m256i q_tail,
+                                     const int8_t* end, __m256i ones) {
+  const size_t full = dim / 32;
+  __m256i even = _mm256_setzero_si256(), odd = even;
+  size_t c = 0;
+  for (; c + 2 <= full; c += 2) {
+    even = _mm256_add_epi32(even, chunk_dot(row, query, c, ones));
+    odd = _mm256_add_epi32(odd, chunk_dot(row, query, c + 1, ones));
+  }
+  if (c < full) even = _mm256_add_epi32(even, chunk_dot(row, query, c, ones));
+  if (dim % 32 != 0) odd = _mm256_add_epi32(odd, dot32(q_tail, tail_chunk(row, dim, end), ones));
+  return _mm256_add_epi32(even, odd);
+}
+
+// One query against rows read where they are, kDirectRows rows at a time (one horizontal
+// reduction per 8 rows), prefetching kPrefetchBlocks blocks ahead: a block is only
+// kDirectRows * dim bytes, too short a stream for the hardware prefetchers to ramp up on.
 FASTRET_AVX2 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
                               int32_t* out) {
   const __m256i ones = _mm256_set1_epi16(1);
-  const size_t full = dim / 32;
-  const bool has_tail = dim % 32 != 0;
-  const __m256i q_tail = load_row_chunk(query, dim, full * 32);
+  const __m256i q_tail = load_row_chunk(query, dim, dim / 32 * 32);
   const int8_t* const end = rows + n_rows * dim;
   const __m256i bias = _mm256_set1_epi32(query_bias(query, dim));
   size_t v = 0;
   for (; v + kDirectRows <= n_rows; v += kDirectRows) {
     const int8_t* r = rows + v * dim;
-    // The block two ahead, a line at a time: a block reads 8 short strided streams (dim bytes
-    // each), too short for the hardware prefetchers to ramp up on.
     const int8_t* ahead = r + kPrefetchBlocks * kDirectRows * dim;
     const int8_t* ahead_end = std::min(ahead + kDirectRows * dim, end);
     for (; ahead < ahead_end; ahead += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
     __m256i acc[kDirectRows];
-    for (size_t i = 0; i < kDirectRows; ++i) acc[i] = _mm256_setzero_si256();
-    // Row by row, so that the reads are one sequential stream.
-    for (size_t i = 0; i < kDirectRows; ++i) {
-      const int8_t* row = r + i * dim;
-      __m256i even = _mm256_setzero_si256(), odd = even;  // two chains for the adds' latency
-      size_t c = 0;
-      for (; c + 2 <= full; c += 2) {
-        even = _mm256_add_epi32(even, dot32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + c * 32)),
-                                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 32)), ones));
-        odd = _mm256_add_epi32(odd, dot32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + c * 32 + 32)),
-                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 32 + 32)), ones));
-      }
-      if (c < full)
-        even = _mm256_add_epi32(even, dot32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + c * 32)),
-                                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 32)), ones));
-      acc[i] = _mm256_add_epi32(acc[i], _mm256_add_epi32(even, odd));
-    }
-    if (has_tail)
-      for (size_t i = 0; i < kDirectRows; ++i)
-        acc[i] = _mm256_add_epi32(acc[i], dot32(q_tail, tail_chunk(r + i * dim, dim, end), ones));
+    for (size_t i = 0; i < kDirectRows; ++i) acc[i] = row_dots(r + i * dim, query, dim, q_tail, end, ones);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + v), _mm256_add_epi32(sum_lanes8(acc), bias));
   }
-  for (; v < n_rows; ++v) {
-    const int8_t* row = rows + v * dim;
-    __m256i acc = _mm256_setzero_si256();
-    for (size_t c = 0; c < full; ++c) {
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + c * 32));
-      acc = _mm256_add_epi32(
-          acc, dot32(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 32)), ones));
-    }
-    if (has_tail) acc = _mm256_add_epi32(acc, dot32(q_tail, tail_chunk(row, dim, end), ones));
-    out[v] = sum_lanes(acc) + _mm256_cvtsi256_si32(bias);
-  }
+  for (; v < n_rows; ++v)
+    out[v] = sum_lanes(row_dots(rows + v * dim, query, dim, q_tail, end, ones)) + _mm256_cvtsi256_si32(bias);
 }
 
 }  // namespace

@@ -234,21 +234,20 @@ void search_block(const SimdPath& path, const int8_t* padded_queries, const int3
     for (size_t tile = t * n_tiles / team; tile < (t + 1) * n_tiles / team; ++tile) {
       segment = tiles.segment_of(tile, segment);
       const TileSource source = tiles.source(tile, segment);
-      const size_t count = tiles.segments[segment].count;
-      // Fetch the next tile while this one is scored: packing reads 16 rows at a stride of dim,
-      // a pattern the hardware prefetcher follows poorly.
-      const int8_t* next_end =
-          tiles.segments[segment].codes + std::min(source.segment_row + 2 * kTile, count) * dim;
-      if (!direct)
-        for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
-          __builtin_prefetch(line, 0, 3);
-      if (direct) {
+      if (direct) {  // dots_direct prefetches as it reads
         for (size_t q = 0; q < n_block; ++q) {
           path.dots_direct(source.rows, source.n_rows, dim, padded_queries + q * dim_padded, dots);
           offer_tile(mine.heaps[q], dots, biases[q], query_scales[q], source);
         }
         continue;
       }
+      // Fetch the next tile while this one is scored: packing reads 16 rows at a stride of dim,
+      // a pattern the hardware prefetcher follows poorly.
+      const size_t count = tiles.segments[segment].count;
+      const int8_t* next_end =
+          tiles.segments[segment].codes + std::min(source.segment_row + 2 * kTile, count) * dim;
+      for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
+        __builtin_prefetch(line, 0, 3);
       path.pack(source.rows, source.n_rows, dim, dim_padded, mine.packed.get());
       for (size_t r0 = 0; r0 < n_block; r0 += rows_per_call) {
         const size_t n_rows = std::min(rows_per_call, n_block - r0);
