@@ -59,10 +59,9 @@ void check_weights(const char* what, size_t n, size_t k) {
 // the narrow kernel's bias to unsigned overwrites) by the packed weights' transpose and hands every
 // int32 tile to store(row0, n_rows, col0, n_cols, tile, ldo).
 template <typename Store>
-void multiply(const GemmPath& path, int8_t* a, size_t m, const uint8_t* packed, size_t n,
+void multiply(const GemmPath& path, int8_t* a, size_t m, const uint8_t* packed, const PackedHeader& header,
               size_t k_padded, const Store& store) {
-  PackedHeader header;
-  std::memcpy(&header, packed, sizeof(header));
+  const size_t n = static_cast<size_t>(header.n);
   const bool narrow = path.tile_narrow != nullptr && header.max_abs <= static_cast<uint64_t>(kNarrowWeight);
   const GemmTile kernel = narrow ? path.tile_narrow : path.tile;
   if (narrow) {
@@ -100,12 +99,11 @@ void multiply(const GemmPath& path, int8_t* a, size_t m, const uint8_t* packed, 
   }
 }
 
-// The header's n and k (of a buffer packed_weights_shape accepted).
-void read_header(const uint8_t* packed, size_t* n, size_t* k) {
+// The header of a buffer packed_weights_shape accepted.
+PackedHeader read_header(const uint8_t* packed) {
   PackedHeader header;
   std::memcpy(&header, packed, sizeof(header));
-  *n = static_cast<size_t>(header.n);
-  *k = static_cast<size_t>(header.k);
+  return header;
 }
 
 }  // namespace
@@ -156,8 +154,8 @@ void pack_int8_weights(const int8_t* weights, size_t n, size_t k, uint8_t* packe
 }
 
 void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out) {
-  size_t n, k;
-  read_header(packed, &n, &k);
+  const PackedHeader header = read_header(packed);
+  const size_t n = static_cast<size_t>(header.n), k = static_cast<size_t>(header.k);
   if (m == 0) throw std::invalid_argument("gemm_int8: the activation matrix has no rows");
   const size_t k_padded = round_up(k, 4);
   std::vector<int8_t> padded(m * k_padded, 0);
@@ -169,7 +167,7 @@ void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out) {
     }
     std::memcpy(padded.data() + r * k_padded, a + r * k, k);
   }
-  multiply(active_gemm_path(), padded.data(), m, packed, n, k_padded,
+  multiply(active_gemm_path(), padded.data(), m, packed, header, k_padded,
            [&](size_t r0, size_t n_rows, size_t col0, size_t n_cols, const int32_t* tile, size_t ldo) {
              for (size_t r = 0; r < n_rows; ++r)
                std::memcpy(out + (r0 + r) * n + col0, tile + r * ldo, n_cols * sizeof(int32_t));
@@ -178,8 +176,8 @@ void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out) {
 
 void linear_int8(const float* x, size_t m, const uint8_t* packed, const float* weight_scales,
                  const float* bias, bool gelu, float* out) {
-  size_t n, k;
-  read_header(packed, &n, &k);
+  const PackedHeader header = read_header(packed);
+  const size_t n = static_cast<size_t>(header.n), k = static_cast<size_t>(header.k);
   if (m == 0) throw std::invalid_argument("linear_int8: the input has no rows");
   const GemmPath& path = active_gemm_path();
   const size_t k_padded = round_up(k, 4);
@@ -195,7 +193,7 @@ void linear_int8(const float* x, size_t m, const uint8_t* packed, const float* w
   if (!finite.load())
     throw std::invalid_argument("linear_int8: the input holds NaN or inf; int8 quantization needs finite values");
 
-  multiply(path, codes.data(), m, packed, n, k_padded,
+  multiply(path, codes.data(), m, packed, header, k_padded,
            [&](size_t r0, size_t n_rows, size_t col0, size_t n_cols, const int32_t* tile, size_t ldo) {
              path.dequantize(tile, ldo, n_rows, n_cols, scales.data() + r0, weight_scales + col0,
                              bias != nullptr ? bias + col0 : nullptr, out + r0 * n + col0, n);

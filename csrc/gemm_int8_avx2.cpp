@@ -109,13 +109,12 @@ namespace {
 
 // gelu_scalar's steps on 8 lanes (the same operations in the same order; see GeluBlock).
 FASTRET_AVX2 inline __m256 exp_nonpositive8(__m256 x) {
-  static constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
-                                     4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+  using namespace gelu_constants;
+  x = _mm256_max_ps(x, _mm256_set1_ps(kExpMin));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
-                                 _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+  const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(kLn2Hi))),
+                                 _mm256_mul_ps(n, _mm256_set1_ps(kLn2Lo)));
   __m256 y = _mm256_set1_ps(kExpP[0]);
   for (int i = 1; i < 6; ++i) y = _mm256_add_ps(_mm256_mul_ps(y, r), _mm256_set1_ps(kExpP[i]));
   y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(y, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
@@ -124,11 +123,11 @@ FASTRET_AVX2 inline __m256 exp_nonpositive8(__m256 x) {
 }
 
 FASTRET_AVX2 inline __m256 gelu8(__m256 x) {
-  static constexpr float kErfA[5] = {0.254829592f, -0.284496736f, 1.421413741f, -1.453152027f, 1.061405429f};
+  using namespace gelu_constants;
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256 z = _mm256_mul_ps(_mm256_and_ps(x, abs_mask), _mm256_set1_ps(0.70710678118654752f));
+  const __m256 z = _mm256_mul_ps(_mm256_and_ps(x, abs_mask), _mm256_set1_ps(kInvSqrt2));
   const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
-                                 _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(_mm256_set1_ps(0.3275911f), z)));
+                                 _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(_mm256_set1_ps(kErfP), z)));
   __m256 poly = _mm256_set1_ps(kErfA[4]);
   for (int i = 3; i >= 0; --i) poly = _mm256_add_ps(_mm256_mul_ps(poly, t), _mm256_set1_ps(kErfA[i]));
   const __m256 minus_z2 = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z));

@@ -53,6 +53,20 @@ using GemmTile = void (*)(const int8_t* a, size_t n_rows, const int8_t* panels, 
 // multiply-add), so the results are identical across paths.
 using GeluBlock = void (*)(float* data, size_t n_rows, size_t n_cols, size_t ld);
 
+// GeluBlock's constants, one copy for every path: exp(x), x in [kExpMin, 0], as 2^n * p(r) with
+// x = n ln2 + r (ln2 split in two for the reduction) and Cephes' polynomial kExpP; erfc(z) =
+// t * poly(t) * exp(-z^2), t = 1 / (1 + kErfP z), poly's coefficients kErfA (A&S 7.1.26).
+namespace gelu_constants {
+inline constexpr float kExpMin = -87.0f;
+inline constexpr float kLog2e = 1.44269504088896341f;
+inline constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+inline constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                   4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+inline constexpr float kErfP = 0.3275911f;
+inline constexpr float kErfA[5] = {0.254829592f, -0.284496736f, 1.421413741f, -1.453152027f, 1.061405429f};
+inline constexpr float kInvSqrt2 = 0.70710678118654752f;
+}  // namespace gelu_constants
+
 struct GemmPath {
   const char* name;  // the search's path of the same name selects it
   size_t panels;

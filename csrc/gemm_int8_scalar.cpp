@@ -41,18 +41,11 @@ void dequantize_scalar(const int32_t* tile, size_t ldt, size_t n_rows, size_t n_
 
 namespace {
 
-// The constants of gelu_scalar and gelu_avx2 (see GeluBlock).
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
-                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
-constexpr float kErfP = 0.3275911f;
-constexpr float kErfA[5] = {0.254829592f, -0.284496736f, 1.421413741f, -1.453152027f, 1.061405429f};
-constexpr float kInvSqrt2 = 0.70710678118654752f;
+using namespace gelu_constants;
 
 // exp(x) for x in [-87, 0]: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' polynomial.
 float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
+  x = x < kExpMin ? kExpMin : x;
   const float n = std::nearbyint(x * kLog2e);
   const float r = (x - n * kLn2Hi) - n * kLn2Lo;
   float y = kExpP[0];
