@@ -28,6 +28,7 @@ from torch import nn
 
 from . import _core
 from .checks import to_numpy
+from .kernels.pooling import quantize_rows_ref
 from .quant import quantize_int8
 
 
@@ -46,9 +47,7 @@ def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.detach().cpu().float()
     if not torch.isfinite(w).all():
         raise ValueError("the weight holds NaN or inf; int8 quantization needs finite values")
-    scales = w.abs().amax(dim=1) / WEIGHT_MAX_CODE
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    codes = torch.clamp(torch.round(w / safe[:, None]), -WEIGHT_MAX_CODE, WEIGHT_MAX_CODE).to(torch.int8)
+    codes, scales = quantize_rows_ref(w, WEIGHT_MAX_CODE)
     return codes, scales.contiguous()
 
 

@@ -451,14 +451,15 @@ def pool_normalize(
     return y, codes, scales
 
 
-def quantize_rows_ref(y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The fused kernel's int8 step in plain torch: per row s = max|y| / 127 (0 for a zero row),
-    codes = clamp(round(y / s), -127, 127) (0 where s == 0). y float [..., D] (finite) ->
-    (codes int8 [..., D], scales float32 [...])."""
+def quantize_rows_ref(y: torch.Tensor, max_code: int = 127) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel's int8 step in plain torch: per row s = max|y| / max_code (0 for a zero
+    row), codes = clamp(round(y / s), -max_code, max_code) (0 where s == 0). y float [..., D]
+    (finite) -> (codes int8 [..., D], scales float32 [...]). The kernel uses max_code 127; the
+    int8 encoder's 7-bit weights use 63."""
     y = y.detach().float()
-    scales = y.abs().amax(dim=-1) / 127.0 if y.shape[-1] else y.new_zeros(y.shape[:-1])
+    scales = y.abs().amax(dim=-1) / float(max_code) if y.shape[-1] else y.new_zeros(y.shape[:-1])
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    codes = torch.round(y / safe[..., None]).clamp_(-127, 127).to(torch.int8)
+    codes = torch.round(y / safe[..., None]).clamp_(-max_code, max_code).to(torch.int8)
     return codes, scales
 
 
