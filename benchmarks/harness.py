@@ -1,12 +1,16 @@
-"""What the benchmark scripts share: the machine's description, GPU-synchronized timing, and the
-acceptance verdicts with the JSON report."""
+"""What the benchmark scripts share: the machine's description, GPU-synchronized timing, cached
+embeddings, and the acceptance verdicts with the JSON report."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import warnings
 from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent / ".cache"
 
 
 def cpu_info() -> dict:
@@ -39,6 +43,25 @@ def timed(fn):
         return out
 
     return run
+
+
+def cached_embeddings(encoder, texts: list[str], name: str):
+    """`encoder.encode(texts)` as float32 numpy, cached under benchmarks/.cache/ by model and content
+    (written to a temporary name and renamed, so an interrupted run leaves no half file)."""
+    import numpy as np
+
+    key = hashlib.sha256(("\n".join(texts) + str(encoder.model_dir)).encode()).hexdigest()[:16]
+    path = CACHE / f"{name}-{key}.npy"
+    if path.exists():
+        return np.load(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*were truncated")
+        vectors = encoder.encode(texts, batch_size=32, show_progress_bar=True)
+    CACHE.mkdir(exist_ok=True)
+    partial = path.with_suffix(".partial.npy")
+    np.save(partial, vectors)
+    os.replace(partial, path)
+    return vectors
 
 
 def verdict(passed: bool) -> str:

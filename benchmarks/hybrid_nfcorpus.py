@@ -13,13 +13,11 @@ latency of dense-only and hybrid search (median; query encoding excluded, BM25 i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,25 +31,10 @@ from fastret.hybrid import HybridSearcher  # noqa: E402
 from fastret.lexical import LexicalIndex  # noqa: E402
 from fastret.presets import default_model_path  # noqa: E402
 
-from harness import cpu_info, finish, verdict  # noqa: E402
+from harness import cached_embeddings, cpu_info, finish, verdict  # noqa: E402
 
-CACHE = Path(__file__).resolve().parent / ".cache"
 ALPHAS = [round(0.1 * i, 1) for i in range(1, 10)]
 CANDIDATES = [50, 100, 200]
-
-
-def embed(encoder, texts: list[str], name: str) -> np.ndarray:
-    """Embeddings of `texts`, cached by model and content."""
-    key = hashlib.sha256(("\n".join(texts) + str(encoder.model_dir)).encode()).hexdigest()[:16]
-    path = CACHE / f"{name}-{key}.npy"
-    if path.exists():
-        return np.load(path)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*were truncated")
-        vectors = encoder.encode(texts, batch_size=32, show_progress_bar=True)
-    CACHE.mkdir(exist_ok=True)
-    np.save(path, vectors)
-    return vectors
 
 
 def ndcg(dataset, query_ids, scores, ids) -> float:
@@ -76,7 +59,7 @@ def main() -> int:
     corpus = splits["test"].corpus
     encoder = fastret.Encoder(default_model_path())
     documents = corpus.documents()
-    doc_vectors = embed(encoder, documents, "nfcorpus-docs")
+    doc_vectors = cached_embeddings(encoder, documents, "nfcorpus-docs")
     index = fastret.Index(doc_vectors.shape[1], store_float16=True)
     index.add(doc_vectors, documents=corpus.ids)
     lexical = LexicalIndex.build(documents)
@@ -87,7 +70,7 @@ def main() -> int:
     for split, dataset in splits.items():
         query_ids = list(dataset.queries)
         texts = [dataset.queries[q] for q in query_ids]
-        vectors = embed(encoder, texts, f"nfcorpus-{split}-queries")
+        vectors = cached_embeddings(encoder, texts, f"nfcorpus-{split}-queries")
         queries[split] = (query_ids, texts, vectors)
         results[split]["dense int8+rescore"] = ndcg(dataset, query_ids, *index.search(vectors, 10, rescore=True))
         results[split]["bm25"] = ndcg(dataset, query_ids, *lexical.search(texts, 10))

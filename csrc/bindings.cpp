@@ -182,8 +182,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("repeats"), py::call_guard<py::gil_scoped_release>(),
         "Bytes/s that `threads` threads (0 = search default) read from a `bytes`-byte buffer, best pass.");
   m.def("int8_peak", &fastret::int8_peak, py::arg("threads"), py::arg("seconds"), py::arg("repeats"),
-        py::call_guard<py::gil_scoped_release>(),
-        "Multiply-adds/s of the active SIMD path's dots kernel on L1-resident data, all threads.");
+        py::arg("narrow"), py::call_guard<py::gil_scoped_release>(),
+        "Multiply-adds/s of the active SIMD path's batch kernel (narrow: for query codes in\n"
+        "[-63, 63], where the path has one) on L1-resident data, all threads.");
 
   // int8 GEMM for CPU int8 linear layers (same SIMD path and threads as the search).
   m.def("pack_int8_weights", &pack_int8_weights, py::arg("weights").noconvert(),

@@ -64,9 +64,9 @@ uint64_t fold(const uint64_t* words, size_t count) {
 }
 
 // The largest dim_padded (a multiple of 32) whose packed tile, queries and output fit kL1Budget.
-size_t l1_dim(const SimdPath& path) {
+size_t l1_dim(const BatchKernel& kernel) {
   size_t dim = 32;
-  while (path.packed_bytes(dim + 32) + path.query_rows * (dim + 32) +
+  while (kernel.packed_bytes(dim + 32) + kernel.query_rows * (dim + 32) +
              kMaxQueryRows * kTile * sizeof(int32_t) <=
          kL1Budget)
     dim += 32;
@@ -111,14 +111,17 @@ double read_bandwidth(size_t bytes, int threads, int repeats) {
   return best;
 }
 
-double int8_peak(int threads, double seconds, int repeats) {
+double int8_peak(int threads, double seconds, int repeats, bool narrow) {
   if (threads < 0) throw std::invalid_argument("int8_peak: threads must be >= 0 (0 = default)");
   if (repeats < 1) throw std::invalid_argument("int8_peak: repeats must be >= 1");
   if (!(seconds > 0 && seconds <= 60))
     throw std::invalid_argument("int8_peak: seconds must be in (0, 60]");
   const SimdPath& path = active_simd_path();
-  const size_t dim = l1_dim(path);
-  const size_t rows = path.query_rows;
+  const bool use_narrow = narrow && path.narrow_batch.dots != nullptr;
+  const BatchKernel& kernel = use_narrow ? path.narrow_batch : path.batch;
+  const int max_code = use_narrow ? kNarrowQueryCode : 127;
+  const size_t dim = l1_dim(kernel);
+  const size_t rows = kernel.query_rows;
   const int team = team_size(threads);
   const double window = seconds / repeats;
 
@@ -136,10 +139,11 @@ double int8_peak(int threads, double seconds, int repeats) {
     w.queries.resize(rows * dim);
     uint32_t x = 12345u + static_cast<uint32_t>(t);  // any codes: the timing does not depend on them
     for (int8_t& c : w.corpus) c = static_cast<int8_t>((x = x * 1664525u + 1013904223u) >> 24);
-    for (int8_t& c : w.queries) c = static_cast<int8_t>(((x = x * 1664525u + 1013904223u) >> 24) % 255 - 127);
-    w.packed = aligned_array<uint8_t>(path.packed_bytes(dim));
+    for (int8_t& c : w.queries)
+      c = static_cast<int8_t>(int(((x = x * 1664525u + 1013904223u) >> 24) % (2 * max_code + 1)) - max_code);
+    w.packed = aligned_array<uint8_t>(kernel.packed_bytes(dim));
     w.out = aligned_array<int32_t>(kMaxQueryRows * kTile);
-    path.pack(w.corpus.data(), kTile, dim, dim, w.packed.get());
+    kernel.pack(w.corpus.data(), kTile, dim, dim, w.packed.get());
   }
   const double macs_per_call = static_cast<double>(rows * kTile * dim);
 
@@ -151,14 +155,14 @@ double int8_peak(int threads, double seconds, int repeats) {
     Work& w = work[0];
 #endif
     for (int r = 0; r < 100; ++r)  // warm-up: caches, clocks
-      path.dots(w.packed.get(), dim, w.queries.data(), rows, w.out.get());
+      kernel.dots(w.packed.get(), dim, w.queries.data(), rows, w.out.get());
     for (int pass = 0; pass < repeats; ++pass) {
       const Clock::time_point start = Clock::now();
       size_t calls = 0;
       double elapsed = 0;
       do {
         for (int r = 0; r < 64; ++r)
-          path.dots(w.packed.get(), dim, w.queries.data(), rows, w.out.get());
+          kernel.dots(w.packed.get(), dim, w.queries.data(), rows, w.out.get());
         calls += 64;
         elapsed = seconds_since(start);
       } while (elapsed < window);

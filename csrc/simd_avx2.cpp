@@ -1,17 +1,28 @@
 // AVX2 path (no VNNI). AVX2's only byte multiply, maddubs, multiplies unsigned by signed bytes and
-// sums each pair into a saturating int16, so an exact int8 dot product needs care.
+// sums each pair into a saturating int16, so an exact int8 dot product needs care. Both batch
+// kernels bias the corpus to unsigned u = d + 128; their dots hold <q, u> = <q, d> + 128 * sum(q),
+// and the caller subtracts the query's bias.
 //
-// Batched (pack + dots): the corpus is biased to unsigned u = d + 128 and split into nibbles,
-// u = 16 * hi + lo with hi, lo in [0, 15]. A pair maddubs(lo, q) is at most 2 * 15 * 128 = 3840,
-// so eight steps of pairs add up in int16 (30,720 < 32,767) before one madd per nibble widens them
-// to int32 (the hi sums with weight 16). That is 2.25 multiply-pipe instructions per 32 products,
-// where the sign trick below needs 3 (sign, maddubs, madd), and the multiply pipes are what bind.
-// The dots hold <q, u> = <q, d> + 128 * sum(q); the caller subtracts the query's bias.
+// Narrow batch (query codes in [-63, 63], what fastret's query quantization produces): a pair
+// maddubs(u, q) is at most 2 * 255 * 63 = 32,130 < 32,767, exact, and one madd with ones widens
+// it to int32. Two multiply-pipe instructions per 32 products; a call keeps 4 queries x 16 vectors
+// of int32 accumulators in registers, so each broadcast query slice feeds two maddubs.
+//   Packed tile: 4 blocks of 16 vectors, each block contiguous (12 KB at dim 768); for 4-byte
+//   slice s and half h (vectors 0-7 or 8-15 of the block),
+//   packed[((b * slices + s) * 2 + h) * 32 + v * 4 + i] = rows[b * 16 + h * 8 + v][s * 4 + i] + 128
 //
-// Packed tile layout: 8 groups of 8 vectors, each group contiguous (12 KB at dim 768, so it stays
-// in L1 while a dots call walks it); for 4-byte slice s and nibble h (0 = lo, 1 = hi),
-//   packed[((g * slices + s) * 2 + h) * 32 + v * 4 + b] = nibble h of (rows[g * 8 + v][s * 4 + b] + 128)
-// so one 32-byte load holds slice s of 8 vectors, matching a broadcast of the query's slice s.
+// Full batch (any query codes): u is split into nibbles, u = 16 * hi + lo with hi, lo in [0, 15].
+// A pair maddubs(lo, q) is at most 2 * 15 * 128 = 3840, so eight steps of pairs add up in int16
+// (30,720 < 32,767) before one madd per nibble widens them to int32 (the hi sums with weight 16).
+// That is 2.25 multiply-pipe instructions per 32 products, where the sign trick below needs 3
+// (sign, maddubs, madd).
+//   Packed tile: 8 groups of 8 vectors, each group contiguous; for slice s and nibble h (0 = lo,
+//   1 = hi), packed[((g * slices + s) * 2 + h) * 32 + v * 4 + i] = nibble h of
+//   (rows[g * 8 + v][s * 4 + i] + 128), so one 32-byte load holds slice s of 8 vectors, matching a
+//   broadcast of the query's slice s.
+//
+// On Zen 3 the multiply pipes (two, shared by maddubs, madd and sign) bind both batch kernels: the
+// narrow one runs about 1.5x the full one's products per second.
 //
 // Direct (one or two queries, rows read in place): the sign trick,
 //   maddubs(|d|, sign(q, d)) = pairs of q * d summed to int16 (|pair| <= 2 * 128 * 127 = 32,512),
@@ -32,8 +43,11 @@ namespace fastret {
 namespace {
 
 constexpr size_t kRows = 4;      // queries per dots call: 8 int16 + 2 corpus + 1 query registers
+constexpr size_t kNarrowRows = 4;  // queries per narrow dots call: 8 int32 + 2 corpus + 1 query
 constexpr size_t kGroup = 8;     // vectors per 32-byte register
 constexpr size_t kGroups = kTile / kGroup;
+constexpr size_t kBlock = 2 * kGroup;  // vectors per narrow block (two registers)
+constexpr size_t kBlocks = kTile / kBlock;
 constexpr size_t kStepsPerWiden = 8;  // slices summed in int16 before widening (8 * 3840 < 32,767)
 constexpr size_t kDirectRows = 8;     // rows a direct call scores at once
 constexpr size_t kPrefetchBlocks = 2; // how many blocks of kDirectRows ahead dots_direct prefetches
@@ -41,6 +55,8 @@ constexpr size_t kPrefetchBlocks = 2; // how many blocks of kDirectRows ahead do
 bool supported() { return __builtin_cpu_supports("avx2"); }
 
 size_t packed_bytes(size_t dim_padded) { return 2 * kTile * dim_padded; }
+
+size_t narrow_packed_bytes(size_t dim_padded) { return kTile * dim_padded; }
 
 // Transposes 8 rows of 8 dwords: out[c] holds dword c of rows 0..7.
 FASTRET_AVX2 void transpose8x8(__m256i r[8]) {
@@ -69,13 +85,16 @@ FASTRET_AVX2 __m256i load_row_chunk(const int8_t* row, size_t dim, size_t begin)
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
 }
 
-FASTRET_AVX2 void pack(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded,
-                       uint8_t* packed) {
+// Transposes the tile into slices and stores each: slice s of group g (8 vectors, biased to
+// u = d + 128) goes to its place in the full (nibbles) or narrow layout.
+template <bool kNarrow>
+FASTRET_AVX2 void pack_tile(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded,
+                            uint8_t* packed) {
   const size_t slices = dim_padded / 4;
   const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i low_nibble = _mm256_set1_epi8(0x0F);
   for (size_t g = 0; g < kGroups; ++g) {
-    uint8_t* group = packed + g * slices * 64;
+    uint8_t* group = kNarrow ? packed + (g / 2) * slices * 64 + (g % 2) * 32 : packed + g * slices * 64;
     for (size_t chunk = 0; chunk * 32 < dim_padded; ++chunk) {
       __m256i r[8];
       for (size_t v = 0; v < kGroup; ++v) {
@@ -88,12 +107,24 @@ FASTRET_AVX2 void pack(const int8_t* rows, size_t n_rows, size_t dim, size_t dim
       for (size_t c = 0; c < 8 && first + c < slices; ++c) {
         const __m256i u = _mm256_xor_si256(r[c], bias);
         uint8_t* at = group + (first + c) * 64;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), _mm256_and_si256(u, low_nibble));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + 32),
-                            _mm256_and_si256(_mm256_srli_epi16(u, 4), low_nibble));
+        if (kNarrow) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), u);
+        } else {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), _mm256_and_si256(u, low_nibble));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + 32),
+                              _mm256_and_si256(_mm256_srli_epi16(u, 4), low_nibble));
+        }
       }
     }
   }
+}
+
+void pack(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded, uint8_t* packed) {
+  pack_tile<false>(rows, n_rows, dim, dim_padded, packed);
+}
+
+void narrow_pack(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded, uint8_t* packed) {
+  pack_tile<true>(rows, n_rows, dim, dim_padded, packed);
 }
 
 // One slice s of R queries against one group: lo[r] and hi[r] gather int16 pairs.
@@ -155,6 +186,50 @@ void dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_
     case 2: return dots_rows<2>(packed, dim_padded, queries, out);
     case 3: return dots_rows<3>(packed, dim_padded, queries, out);
     default: return dots_rows<4>(packed, dim_padded, queries, out);
+  }
+}
+
+// R queries (|q| <= 63) against one narrow block of 16 vectors: each broadcast query slice meets
+// both halves of the block. Unrolled by four slices, which keeps the accumulators in registers.
+template <size_t R>
+FASTRET_AVX2 void narrow_dots_block(const uint8_t* block, size_t slices, size_t dim_padded,
+                                    const int8_t* queries, int32_t* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i first[R], second[R];  // int32 sums for vectors 0-7 and 8-15
+  for (size_t r = 0; r < R; ++r) first[r] = second[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+  for (size_t s = 0; s < slices; ++s) {
+    const __m256i u0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + s * 64));
+    const __m256i u1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + s * 64 + 32));
+    for (size_t r = 0; r < R; ++r) {
+      int32_t slice;
+      std::memcpy(&slice, queries + r * dim_padded + s * 4, 4);
+      const __m256i q = _mm256_set1_epi32(slice);
+      first[r] = _mm256_add_epi32(first[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u0, q), ones));
+      second[r] = _mm256_add_epi32(second[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u1, q), ones));
+    }
+  }
+  for (size_t r = 0; r < R; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * kTile), first[r]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * kTile + kGroup), second[r]);
+  }
+}
+
+template <size_t R>
+FASTRET_AVX2 void narrow_dots_rows(const uint8_t* packed, size_t dim_padded, const int8_t* queries,
+                                   int32_t* out) {
+  const size_t slices = dim_padded / 4;
+  for (size_t b = 0; b < kBlocks; ++b)
+    narrow_dots_block<R>(packed + b * slices * 64, slices, dim_padded, queries, out + b * kBlock);
+}
+
+void narrow_dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows,
+                 int32_t* out) {
+  switch (n_rows) {
+    case 1: return narrow_dots_rows<1>(packed, dim_padded, queries, out);
+    case 2: return narrow_dots_rows<2>(packed, dim_padded, queries, out);
+    case 3: return narrow_dots_rows<3>(packed, dim_padded, queries, out);
+    default: return narrow_dots_rows<4>(packed, dim_padded, queries, out);
   }
 }
 
@@ -244,7 +319,10 @@ FASTRET_AVX2 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, con
 
 }  // namespace
 
-const SimdPath kAvx2Path = {"avx2", kRows, true, supported, packed_bytes, pack, dots, dots_direct};
+const SimdPath kAvx2Path = {"avx2", true, supported,
+                            {kRows, packed_bytes, pack, dots},
+                            {kNarrowRows, narrow_packed_bytes, narrow_pack, narrow_dots},
+                            dots_direct};
 
 }  // namespace fastret
 

@@ -177,8 +177,8 @@ FASTRET_AVX512 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, c
 
 }  // namespace
 
-const SimdPath kAvx512VnniPath = {"avx512vnni", kRows,       true, supported, packed_bytes,
-                                  pack,         dots,        dots_direct};
+const SimdPath kAvx512VnniPath = {"avx512vnni", true, supported, {kRows, packed_bytes, pack, dots}, {},
+                                  dots_direct};
 
 }  // namespace fastret
 

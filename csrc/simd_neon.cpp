@@ -148,7 +148,7 @@ FASTRET_DOTPROD void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, 
 
 }  // namespace
 
-const SimdPath kNeonPath = {"neon", kRows, false, supported, packed_bytes, pack, dots, dots_direct};
+const SimdPath kNeonPath = {"neon", false, supported, {kRows, packed_bytes, pack, dots}, {}, dots_direct};
 
 }  // namespace fastret
 

@@ -1,11 +1,15 @@
 // The per-instruction-set kernels behind topk_int8, and the tile they work on.
 //
-// A path packs a tile of up to kTile corpus rows into its own layout (once per tile), then computes
-// int32 dot products of query_rows queries at a time against the packed tile:
+// A batch kernel packs a tile of up to kTile corpus rows into its own layout (once per tile), then
+// computes int32 dot products of query_rows queries at a time against the packed tile:
 //
 //   pack:  rows int8 [n_rows <= kTile, dim]          -> packed uint8 [packed_bytes(dim_padded)]
 //   dots:  packed, queries int8 [n_rows <= query_rows, dim_padded] (zero padded)
 //          -> int32 [n_rows, kTile] (rows of a [query_rows, kTile] buffer)
+//
+// Every path has a batch kernel for any query codes in [-127, 127]. A path may add a narrow one,
+// exact only for query codes in [-kNarrowQueryCode, kNarrowQueryCode] (what fastret's own query
+// quantization produces); the driver uses it for a block of queries that all lie in that range.
 //
 // A path may also offer dots_direct, for a query or two, which reads the rows where they are
 // (sequential memory access, no packing):
@@ -13,8 +17,9 @@
 //   dots_direct: rows int8 [n_rows <= kTile, dim], query int8 [dim_padded] -> int32 [n_rows]
 //
 // dim_padded is dim rounded up to a multiple of 4. Rows past n_rows pack as zero vectors.
-// A path whose corpus_bias is true computes with corpus bytes as unsigned (d + 128); its dots and
-// dots_direct then hold <q, d> + 128 * sum(q), and the caller subtracts the query's bias.
+// A path whose corpus_bias is true computes with corpus bytes as unsigned (d + 128) in every
+// kernel; its dots and dots_direct then hold <q, d> + 128 * sum(q), and the caller subtracts the
+// query's bias.
 #pragma once
 
 #include <cstddef>
@@ -25,15 +30,23 @@ namespace fastret {
 constexpr size_t kTile = 64;          // corpus vectors per packed tile
 constexpr size_t kMaxQueryRows = 8;   // the largest query_rows of any path
 
-struct SimdPath {
-  const char* name;
+// The largest query code magnitude a narrow batch kernel accepts.
+constexpr int kNarrowQueryCode = 63;
+
+struct BatchKernel {
   size_t query_rows;
-  bool corpus_bias;
-  bool (*supported)();
   size_t (*packed_bytes)(size_t dim_padded);
   void (*pack)(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded, uint8_t* packed);
   void (*dots)(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows,
                int32_t* out);
+};
+
+struct SimdPath {
+  const char* name;
+  bool corpus_bias;
+  bool (*supported)();
+  BatchKernel batch;         // query codes in [-127, 127]
+  BatchKernel narrow_batch;  // query codes in [-kNarrowQueryCode, kNarrowQueryCode]; dots nullptr: none
   void (*dots_direct)(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
                       int32_t* out);  // nullptr: use pack + dots
 };

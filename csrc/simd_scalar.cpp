@@ -33,6 +33,6 @@ void dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_
 
 }  // namespace
 
-const SimdPath kScalarPath = {"scalar", kRows, false, always, packed_bytes, pack, dots, nullptr};
+const SimdPath kScalarPath = {"scalar", false, always, {kRows, packed_bytes, pack, dots}, {}, nullptr};
 
 }  // namespace fastret

@@ -1,6 +1,8 @@
 // Driver for exact int8 top-k: path dispatch, threading, tiling and bounded heaps.
 //
 // Work layout for one block of queries:
+//   the block uses the path's narrow batch kernel when it has one and every query code of the
+//   block lies in [-kNarrowQueryCode, kNarrowQueryCode], else its full batch kernel;
 //   the segments are cut into kTile-vector tiles (a segment's last tile may be short), numbered
 //   across segments; threads take contiguous ranges of tiles;
 //   each thread packs a tile once (L2-resident), then scores every query of the block against it,
@@ -156,17 +158,47 @@ struct TileSource {
   size_t global_row;       // row of rows[0] across all segments
 };
 
+// The smallest and largest scale of a tile's rows, for offer_tile's cheap rejection; `bounded`
+// is false when a scale is negative or NaN, where that bound does not hold.
+struct ScaleRange {
+  float min, max;
+  bool bounded;
+};
+
+ScaleRange scale_range(const TileSource& tile) {
+  ScaleRange range{tile.scales[0], tile.scales[0], true};
+  for (size_t j = 0; j < tile.n_rows; ++j) {
+    const float s = tile.scales[j];
+    range.bounded &= s >= 0;  // false for NaN too
+    range.min = std::min(range.min, s);
+    range.max = std::max(range.max, s);
+  }
+  return range;
+}
+
 // Offers one query's scores against one tile to its heap. NaN ranks as -inf, so every live row
 // has a place in the order and a heap always fills up to k.
+//
+// Most tiles hold no row that can enter a full heap, so the tile's largest dot product is checked
+// first: with t = float(max dot - bias) * q_scale, every score (float(dot - bias) * q_scale) * s
+// is at most t * max scale when t >= 0 and t * min scale when t < 0 (float rounding is monotone
+// and the scales are >= 0), so a bound below the threshold rejects the whole tile. A NaN bound
+// (an infinite scale) rejects nothing.
 inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_scale,
-                       const TileSource& tile) {
+                       const TileSource& tile, const ScaleRange& range) {
   constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+  const float threshold = heap.threshold();
+  if (range.bounded) {
+    int32_t best = dots[0];
+    for (size_t j = 1; j < tile.n_rows; ++j) best = std::max(best, dots[j]);
+    const float top = static_cast<float>(best - bias) * q_scale;
+    if (top * (top >= 0 ? range.max : range.min) < threshold) return;
+  }
   float scores[kTile];
   for (size_t j = 0; j < tile.n_rows; ++j) {
     const float score = static_cast<float>(dots[j] - bias) * q_scale * tile.scales[j];
     scores[j] = score == score ? score : kMinusInf;
   }
-  const float threshold = heap.threshold();
   bool any = false;
   for (size_t j = 0; j < tile.n_rows; ++j) any |= scores[j] >= threshold;
   if (!any) return;
@@ -212,10 +244,10 @@ struct TileMap {
 
 // Scores one block of queries (zero padded to dim_padded columns and to a multiple of
 // query_rows rows) against every tile of every segment.
-void search_block(const SimdPath& path, const int8_t* padded_queries, const int32_t* biases,
-                  const float* query_scales, size_t n_block, const TileMap& tiles, size_t dim,
-                  size_t dim_padded, std::vector<Scratch>& scratch) {
-  const size_t rows_per_call = path.query_rows;
+void search_block(const SimdPath& path, const BatchKernel& kernel, const int8_t* padded_queries,
+                  const int32_t* biases, const float* query_scales, size_t n_block, const TileMap& tiles,
+                  size_t dim, size_t dim_padded, std::vector<Scratch>& scratch) {
+  const size_t rows_per_call = kernel.query_rows;
   const size_t n_tiles = tiles.n_tiles();
   const int n_threads = static_cast<int>(scratch.size());
   const bool direct = path.dots_direct != nullptr && n_block <= kDirectMaxQueries;
@@ -234,10 +266,11 @@ void search_block(const SimdPath& path, const int8_t* padded_queries, const int3
     for (size_t tile = t * n_tiles / team; tile < (t + 1) * n_tiles / team; ++tile) {
       segment = tiles.segment_of(tile, segment);
       const TileSource source = tiles.source(tile, segment);
+      const ScaleRange range = scale_range(source);
       if (direct) {  // dots_direct prefetches as it reads
         for (size_t q = 0; q < n_block; ++q) {
           path.dots_direct(source.rows, source.n_rows, dim, padded_queries + q * dim_padded, dots);
-          offer_tile(mine.heaps[q], dots, biases[q], query_scales[q], source);
+          offer_tile(mine.heaps[q], dots, biases[q], query_scales[q], source, range);
         }
         continue;
       }
@@ -248,13 +281,13 @@ void search_block(const SimdPath& path, const int8_t* padded_queries, const int3
           tiles.segments[segment].codes + std::min(source.segment_row + 2 * kTile, count) * dim;
       for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
         __builtin_prefetch(line, 0, 3);
-      path.pack(source.rows, source.n_rows, dim, dim_padded, mine.packed.get());
+      kernel.pack(source.rows, source.n_rows, dim, dim_padded, mine.packed.get());
       for (size_t r0 = 0; r0 < n_block; r0 += rows_per_call) {
         const size_t n_rows = std::min(rows_per_call, n_block - r0);
-        path.dots(mine.packed.get(), dim_padded, padded_queries + r0 * dim_padded, n_rows, dots);
+        kernel.dots(mine.packed.get(), dim_padded, padded_queries + r0 * dim_padded, n_rows, dots);
         for (size_t r = 0; r < n_rows; ++r) {
           const size_t q = r0 + r;
-          offer_tile(mine.heaps[q], dots + r * kTile, biases[q], query_scales[q], source);
+          offer_tile(mine.heaps[q], dots + r * kTile, biases[q], query_scales[q], source, range);
         }
       }
     }
@@ -273,12 +306,15 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
   const size_t n_threads =
       std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(resolved_threads()), tiles.n_tiles()));
   const size_t block = std::min(
-      round_up(std::max<size_t>(kHeapBudget / (n_threads * k), 1), path.query_rows),
-      round_up(std::min(n_queries, kMaxQueryBlock), path.query_rows));
+      round_up(std::max<size_t>(kHeapBudget / (n_threads * k), 1), path.batch.query_rows),
+      round_up(std::min(n_queries, kMaxQueryBlock), path.batch.query_rows));
+  const bool has_narrow = path.narrow_batch.dots != nullptr;
+  const size_t packed_bytes = std::max(path.batch.packed_bytes(dim_padded),
+                                       has_narrow ? path.narrow_batch.packed_bytes(dim_padded) : 0);
 
   std::vector<Scratch> scratch(n_threads);
   for (Scratch& s : scratch) {
-    s.packed = aligned_buffer<uint8_t>(path.packed_bytes(dim_padded));
+    s.packed = aligned_buffer<uint8_t>(packed_bytes);
     s.dots = aligned_buffer<int32_t>(kMaxQueryRows * kTile);
   }
   std::vector<int8_t> padded(block * dim_padded);
@@ -288,17 +324,22 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
   for (size_t q0 = 0; q0 < n_queries; q0 += block) {
     const size_t n_block = std::min(block, n_queries - q0);
     std::fill(padded.begin(), padded.end(), int8_t(0));
+    int max_code = 0;
     for (size_t q = 0; q < n_block; ++q) {
       const int8_t* src = queries + (q0 + q) * dim;
       std::memcpy(padded.data() + q * dim_padded, src, dim);
       int32_t sum = 0;
-      for (size_t i = 0; i < dim; ++i) sum += src[i];
+      for (size_t i = 0; i < dim; ++i) {
+        sum += src[i];
+        max_code = std::max(max_code, std::abs(int(src[i])));
+      }
       biases[q] = path.corpus_bias ? 128 * sum : 0;
     }
+    const bool narrow = has_narrow && max_code <= kNarrowQueryCode;
     for (Scratch& s : scratch) s.heaps.assign(n_block, TopK(k));
 
-    search_block(path, padded.data(), biases.data(), query_scales + q0, n_block, tiles, dim,
-                 dim_padded, scratch);
+    search_block(path, narrow ? path.narrow_batch : path.batch, padded.data(), biases.data(),
+                 query_scales + q0, n_block, tiles, dim, dim_padded, scratch);
 
     for (size_t q = 0; q < n_block; ++q) {
       merged.clear();

@@ -6,13 +6,14 @@ from .index import Index
 from .kernels.mesh_similarity import mesh_similarity, mesh_similarity_ref
 from .kernels.pooling import pool_normalize, pool_normalize_ref
 from .mesh import EncodedLabels, MeshTree, UnknownMeshLabelWarning
-from .quant import quantize_int8
+from .quant import QUERY_MAX_CODE, quantize_int8, quantize_queries
 from .search import topk_int8, topk_int8_ref
 from .store import Store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "QUERY_MAX_CODE",
     "EncodedLabels",
     "Encoder",
     "Index",
@@ -26,6 +27,7 @@ __all__ = [
     "pool_normalize",
     "pool_normalize_ref",
     "quantize_int8",
+    "quantize_queries",
     "set_num_threads",
     "set_simd_path",
     "simd_path",

@@ -70,8 +70,8 @@ def read_bandwidth(nbytes: int = 512 << 20, threads: int = 0, repeats: int = 3) 
     return _core.read_bandwidth(nbytes, threads, repeats)
 
 
-def int8_peak(threads: int = 0, seconds: float = 1.0, repeats: int = 50) -> float:
-    """Multiply-adds per second of the active SIMD path's kernel on data held in L1.
+def int8_peak(threads: int = 0, seconds: float = 1.0, repeats: int = 50, narrow: bool = True) -> float:
+    """Multiply-adds per second of the active SIMD path's batch kernel on data held in L1.
 
     The kernel's own instruction sequence with no memory stalls, run by every thread at once: the
     ceiling of a large batch (queries x vectors x dim multiply-adds).
@@ -81,18 +81,23 @@ def int8_peak(threads: int = 0, seconds: float = 1.0, repeats: int = 50) -> floa
         seconds: total measuring time, in (0, 60].
         repeats: timed runs per thread (seconds / repeats each); each thread keeps its best, so
             short runs find the moments when other processes leave the core alone.
+        narrow: time the kernel that searches with fastret's own query codes (in [-63, 63]; the
+            AVX2 path has a faster kernel for them); False: the kernel for any codes in
+            [-127, 127]. Paths with one kernel for both give the same figure either way.
 
     Returns:
         Multiply-adds per second over all threads (float).
 
     Raises:
-        TypeError: a non-int threads/repeats or a non-number seconds.
+        TypeError: a non-int threads/repeats, a non-number seconds or a non-bool narrow.
         ValueError: threads < 0, repeats < 1 or seconds outside (0, 60].
     """
     _require_ints(threads=threads, repeats=repeats)
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
-    return _core.int8_peak(threads, float(seconds), repeats)
+    if not isinstance(narrow, bool):
+        raise TypeError(f"narrow must be True or False, got {type(narrow).__name__}")
+    return _core.int8_peak(threads, float(seconds), repeats, narrow)
 
 
 def _require_ints(**values) -> None:

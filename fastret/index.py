@@ -23,7 +23,7 @@ import numpy as np
 from . import _core, checks, store
 from .doc_ids import PackedDocIds
 from .index_file import IndexArrays, IndexFileError, write
-from .quant import quantize_int8, quantized_vectors
+from .quant import quantize_queries, quantized_vectors
 from .search import check_score_range, topk_int8_torch
 from .segment import Segment, SegmentBuilder
 
@@ -347,7 +347,7 @@ class Index:
             raise ValueError(f"queries must be [q, {self._dim}] with q >= 1, got {tuple(queries.shape)}")
         if not torch.isfinite(q).all():
             raise ValueError("queries contain NaN or inf; clean the input")
-        q_codes, q_scales = quantize_int8(q)
+        q_codes, q_scales = quantize_queries(q)
         check_score_range(np.array([q_scales.max().item()]), scales.max().item() if len(scales) else 0.0, self._dim)
         rows_scores, rows = topk_int8_torch(q_codes, q_scales, codes, scales, candidates, ids)
         if not rescore:

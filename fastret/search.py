@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, checks
-from .quant import quantize_int8, quantized_vectors
+from .quant import quantize_queries, quantized_vectors
 
 # Corpus rows scored per torch matmul on the GPU: bounds the [queries, chunk] score buffers.
 _TORCH_CHUNK_ELEMENTS = 1 << 27
@@ -39,8 +39,8 @@ def check_score_range(query_scales: np.ndarray, max_corpus_scale: float, dim: in
     bound = dim * _MAX_PRODUCT * largest_query
     if bound > _FLOAT32_MAX or bound * float(max_corpus_scale) > _FLOAT32_MAX:
         raise ValueError(
-            f"queries with values up to {largest_query * 127:.3g} against vectors with values up to "
-            f"{float(max_corpus_scale) * 127:.3g} would give scores beyond float32's range "
+            f"queries with scales up to {largest_query:.3g} against vectors with scales up to "
+            f"{float(max_corpus_scale):.3g} (value / code) could give scores beyond float32's range "
             f"({_FLOAT32_MAX:.3g}); normalize the vectors (embeddings are usually unit length)"
         )
 
@@ -49,8 +49,8 @@ def topk_int8(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: Any = 
     """Exact top-k of int8 inner products with per-vector scales.
 
     Args:
-        queries: float [q, d] (quantized here with `quantize_int8`) or a (codes int8 [q, d],
-            scales float32 [q]) tuple. One 1-D vector counts as q = 1.
+        queries: float [q, d] (quantized here with `quantize_queries`) or a (codes int8 [q, d],
+            scales float32 [q]) tuple; codes within [-63, 63] take the fastest kernels. One 1-D vector counts as q = 1.
         db_int8: int8 [n, d] codes in [-127, 127].
         db_scales: float32 [n] scales.
         k: results per query, 1 <= k <= n.
@@ -103,7 +103,7 @@ def _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
     if isinstance(queries, tuple):
         q_codes, q_scales = (torch.as_tensor(part, device=device) for part in queries)
     else:
-        q_codes, q_scales = quantize_int8(torch.as_tensor(queries, device=device))
+        q_codes, q_scales = quantize_queries(torch.as_tensor(queries, device=device))
     if q_codes.ndim == 1:
         q_codes, q_scales = q_codes[None], q_scales.reshape(1)
     if q_codes.ndim != 2 or q_codes.shape[1] != dim or q_codes.shape[0] == 0:

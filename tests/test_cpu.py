@@ -75,13 +75,15 @@ def test_int8_peak_follows_the_active_path():
     try:
         for path in fastret.available_simd_paths():
             fastret.set_simd_path(path)
-            peaks[path] = fastret.cpu.int8_peak(threads=1, seconds=0.3, repeats=3)
+            for narrow in (True, False):
+                peaks[path, narrow] = fastret.cpu.int8_peak(threads=1, seconds=0.3, repeats=3, narrow=narrow)
     finally:
         fastret.set_simd_path(before)
-    for path, peak in peaks.items():
-        assert 1e8 < peak < 1e13, (path, peak)  # multiply-adds/s of one thread
+    for (path, narrow), peak in peaks.items():
+        assert 1e8 < peak < 1e13, (path, narrow, peak)  # multiply-adds/s of one thread
         if path != "scalar":
-            assert peak > 2 * peaks["scalar"], peaks  # SIMD kernels do many products per instruction
+            # SIMD kernels do many products per instruction
+            assert peak > 2 * peaks["scalar", narrow], peaks
 
 
 def test_machine_limits_validate_arguments():
@@ -97,6 +99,8 @@ def test_machine_limits_validate_arguments():
         fastret.cpu.int8_peak(repeats=0)
     with pytest.raises(TypeError, match="seconds must be a number"):
         fastret.cpu.int8_peak(seconds="1")
+    with pytest.raises(TypeError, match="narrow must be True or False"):
+        fastret.cpu.int8_peak(seconds=0.1, narrow=1)
 
 
 def test_bf16_instruction_sets_read_the_cpu_flags():

@@ -17,6 +17,32 @@ def test_codes_and_scales_follow_the_formula(rng):
     assert (np.abs(codes).max(axis=1) == 127).all()
 
 
+@pytest.mark.parametrize("max_code", [1, 63, 127])
+def test_max_code_sets_the_code_range(rng, max_code):
+    x = rng.standard_normal((4, 50)).astype(np.float32)
+    codes, scales = fastret.quantize_int8(x, max_code)
+    np.testing.assert_array_equal(scales, np.abs(x).max(axis=1) / np.float32(max_code))
+    assert (np.abs(codes).max(axis=1) == max_code).all()
+    torch_codes, torch_scales = fastret.quantize_int8(torch.from_numpy(x), max_code)
+    np.testing.assert_array_equal(torch_codes.numpy(), codes)
+    np.testing.assert_array_equal(torch_scales.numpy(), scales)
+
+
+def test_queries_quantize_to_seven_bits(rng):
+    x = rng.standard_normal((3, 20)).astype(np.float32)
+    codes, scales = fastret.quantize_queries(x)
+    expected = fastret.quantize_int8(x, 63)
+    np.testing.assert_array_equal(codes, expected[0])
+    np.testing.assert_array_equal(scales, expected[1])
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (128, ValueError), (-5, ValueError),
+                                        (63.0, TypeError), (True, TypeError)])
+def test_max_code_is_checked(bad, error):
+    with pytest.raises(error, match="max_code"):
+        fastret.quantize_int8(np.ones((1, 4), np.float32), bad)
+
+
 def test_reconstruction_error_is_at_most_half_a_step(rng):
     x = rng.standard_normal((20, 384)).astype(np.float32)
     codes, scales = fastret.quantize_int8(x)

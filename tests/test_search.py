@@ -85,6 +85,37 @@ def test_extreme_codes_do_not_overflow(simd_path):
     assert_same(fastret.topk_int8(queries, codes, scales, 3), fastret.topk_int8_ref(queries, codes, scales, 3))
 
 
+@pytest.mark.parametrize("max_code", [63, 127])
+def test_extreme_codes_in_a_batch_do_not_overflow(simd_path, max_code):
+    # Batches of 3+ queries take the packed kernels: the narrow one (AVX2) for codes within +-63.
+    dim = 2048
+    codes = np.stack([np.full(dim, 127), np.full(dim, -128), np.full(dim, -127),
+                      np.tile([127, -128], dim // 2)]).astype(np.int8)
+    scales = np.ones(4, np.float32)
+    q = np.stack([np.full(dim, max_code), np.full(dim, -max_code), np.tile([max_code, -max_code], dim // 2),
+                  np.tile([-max_code, max_code], dim // 2), np.zeros(dim)]).astype(np.int8)
+    queries = (q, np.ones(5, np.float32))
+    assert_same(fastret.topk_int8(queries, codes, scales, 4), fastret.topk_int8_ref(queries, codes, scales, 4))
+
+
+def test_float_queries_search_with_seven_bit_codes(rng):
+    codes, scales = quantized(rng, 200, 96)
+    queries = unit_rows(rng, 6, 96)
+    q_codes, q_scales = fastret.quantize_queries(queries)
+    assert np.abs(q_codes).max() == fastret.QUERY_MAX_CODE == 63
+    assert_same(fastret.topk_int8(queries, codes, scales, 7), fastret.topk_int8((q_codes, q_scales), codes, scales, 7))
+
+
+def test_one_wide_query_code_sends_the_block_to_the_full_kernel(simd_path, rng):
+    codes = rng.integers(-128, 128, (300, 77), dtype=np.int8)
+    scales = rng.random(300).astype(np.float32)
+    q_codes = rng.integers(-63, 64, (9, 77), dtype=np.int8)
+    q_codes[4, 10] = 64  # outside the narrow kernel's range: the whole block must stay exact
+    q_scales = rng.random(9).astype(np.float32)
+    assert_same(fastret.topk_int8((q_codes, q_scales), codes, scales, 12),
+                fastret.topk_int8_ref((q_codes, q_scales), codes, scales, 12))
+
+
 def test_query_blocks_and_thread_counts_agree(rng):
     codes, scales = quantized(rng, 3000, 48)
     queries = unit_rows(rng, 900, 48)
@@ -273,6 +304,37 @@ def test_core_ranks_nan_scores_last_and_never_reads_past_its_lists(simd_path):
         scores, rows = _core.topk_int8(q, np.full(n_queries, 3e36, np.float32), [segment], 10)
         assert np.isneginf(scores).all()
         np.testing.assert_array_equal(rows, np.tile(np.arange(10), (n_queries, 1)))
+
+
+@pytest.mark.parametrize("n_queries", [1, 7])
+def test_core_is_exact_with_negative_and_zero_scales(simd_path, rng, n_queries):
+    # The core skips tiles whose best possible score misses the heap's threshold; that bound
+    # assumes scales >= 0, so tiles holding a negative scale must be scored row by row.
+    codes = rng.integers(-127, 128, (300, 40), dtype=np.int8)
+    scales = rng.uniform(-1, 1, 300).astype(np.float32)
+    scales[::7] = 0
+    q_codes = rng.integers(-63, 64, (n_queries, 40), dtype=np.int8)
+    q_scales = rng.random(n_queries).astype(np.float32)
+    scores, rows = _core.topk_int8(q_codes, q_scales, [(codes, scales, np.arange(300, dtype=np.int64), None)], 15)
+    expected = (((q_codes.astype(np.int64) @ codes.astype(np.int64).T).astype(np.float32) * q_scales[:, None])
+                * scales[None, :])
+    order = np.lexsort((np.broadcast_to(np.arange(300), expected.shape), -expected), axis=-1)[:, :15]
+    np.testing.assert_array_equal(rows, order)
+    np.testing.assert_array_equal(scores, np.take_along_axis(expected, order, axis=1))
+
+    # The second tile's largest dot product is -1, yet a row of it scores (-100 * 1) * -0.5 = 50.
+    codes = np.zeros((128, 4), np.int8)
+    codes[:64, 0], codes[64:, 0], codes[100, 0] = 10, -1, -100
+    scales = np.ones(128, np.float32)
+    scales[64:], scales[100] = -1, -0.5
+    q_codes = np.tile(np.array([[1, 0, 0, 0]], np.int8), (n_queries, 1))
+    fastret.set_num_threads(1)  # one heap sees both tiles: the first fills it
+    try:
+        scores, rows = _core.topk_int8(q_codes, np.ones(n_queries, np.float32),
+                                       [(codes, scales, np.arange(128, dtype=np.int64), None)], 5)
+    finally:
+        fastret.set_num_threads(0)
+    assert (rows[:, 0] == 100).all() and (scores[:, 0] == 50).all()
 
 
 def test_scores_that_would_overflow_float32_are_refused():

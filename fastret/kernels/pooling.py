@@ -455,7 +455,7 @@ def quantize_rows_ref(y: torch.Tensor, max_code: int = 127) -> Tuple[torch.Tenso
     """The fused kernel's int8 step in plain torch: per row s = max|y| / max_code (0 for a zero
     row), codes = clamp(round(y / s), -max_code, max_code) (0 where s == 0). y float [..., D]
     (finite) -> (codes int8 [..., D], scales float32 [...]). The kernel uses max_code 127; the
-    int8 encoder's 7-bit weights use 63."""
+    int8 encoder's 7-bit weights and search queries use 63."""
     y = y.detach().float()
     scales = y.abs().amax(dim=-1) / float(max_code) if y.shape[-1] else y.new_zeros(y.shape[:-1])
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))

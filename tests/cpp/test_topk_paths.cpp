@@ -1,7 +1,8 @@
 // Exactness of every SIMD path of topk_int8, without Python: each path this CPU supports must
 // return the same scores (bit for bit) and rows as a brute-force reference on random inputs,
 // dims 1..1024 (odd ones and every remainder of the kernels' widths), ties, extreme codes,
-// k = 1 / 10 / n, one query (the direct kernels) and batches (the packed kernels).
+// k = 1 / 10 / n, one query (the direct kernels) and batches (the packed kernels), with query codes
+// over all of [-127, 127] (the full batch kernels) and within [-63, 63] (the narrow ones).
 //
 // Built and run by tests/test_simd_cross.py, natively and, for the NEON path, cross-compiled for
 // aarch64 and run under qemu-user. Prints the paths it ran; exits 1 on the first difference.
@@ -71,15 +72,17 @@ Result search(const Case& c) {
   return out;
 }
 
-// Random codes (queries in [-127, 127], corpus in [-128, 127]); with `ties`, the corpus repeats a
-// few distinct rows and scales, and ids are a shuffled range, so ties must go to the lower id.
+// Random codes (queries in [-max_query_code, max_query_code], corpus in [-128, 127]); with `ties`,
+// the corpus repeats a few distinct rows and scales, and ids are a shuffled range, so ties must go
+// to the lower id; `extreme` codes sit at the bounds.
 Case make_case(std::mt19937& rng, size_t n_queries, size_t n_corpus, size_t dim, size_t k,
-               bool ties, bool extreme) {
+               bool ties, bool extreme, int max_query_code) {
   Case c{n_queries, n_corpus, dim, k, {}, {}, {}, {}, {}};
-  std::uniform_int_distribution<int> query_code(-127, 127), corpus_code(-128, 127);
+  std::uniform_int_distribution<int> query_code(-max_query_code, max_query_code), corpus_code(-128, 127);
   std::uniform_real_distribution<float> scale(0.001f, 0.02f);
   c.queries.resize(n_queries * dim);
-  for (int8_t& x : c.queries) x = static_cast<int8_t>(extreme ? (rng() % 2 ? 127 : -127) : query_code(rng));
+  for (int8_t& x : c.queries)
+    x = static_cast<int8_t>(extreme ? (rng() % 2 ? max_query_code : -max_query_code) : query_code(rng));
   c.query_scales.resize(n_queries);
   for (float& s : c.query_scales) s = scale(rng);
   const size_t distinct = ties ? std::min<size_t>(n_corpus, 3) : n_corpus;
@@ -130,18 +133,22 @@ int main() {
     // and larger batches (packed kernels, with partial query groups).
     for (size_t n_corpus : {size_t(1), size_t(9), size_t(64), size_t(133)}) {
       for (size_t n_queries : {size_t(1), size_t(2), size_t(7)}) {
-        for (int variant = 0; variant < 3; ++variant) {
-          const bool ties = variant == 1, extreme = variant == 2;
+        for (int variant = 0; variant < 4; ++variant) {
+          const bool ties = variant == 1, extreme = variant >= 2;
+          // Narrow query codes (the batch kernels' fast form) in every other case, and at their
+          // bounds in variant 3.
+          const int max_query_code = variant == 3 || (dim + n_corpus) % 2 == 0 ? 63 : 127;
           const size_t ks[] = {1, std::min<size_t>(10, n_corpus), n_corpus};
           const size_t k = ks[(dim + n_corpus + n_queries + variant) % 3];
-          const Case c = make_case(rng, n_queries, n_corpus, dim, k, ties, extreme);
+          const Case c = make_case(rng, n_queries, n_corpus, dim, k, ties, extreme, max_query_code);
           const Result expected = reference(c);
           for (const std::string& path : paths) {
             fastret::set_simd_path(path);
             if (!same(search(c), expected)) {
-              std::printf("FAIL: path %s, dim %zu, n_corpus %zu, n_queries %zu, k %zu, %s\n",
+              std::printf("FAIL: path %s, dim %zu, n_corpus %zu, n_queries %zu, k %zu, %s, query codes "
+                          "within +-%d\n",
                           path.c_str(), dim, n_corpus, n_queries, k,
-                          ties ? "ties" : extreme ? "extreme codes" : "random codes");
+                          ties ? "ties" : extreme ? "extreme codes" : "random codes", max_query_code);
               return 1;
             }
           }
