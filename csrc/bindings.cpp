@@ -165,7 +165,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("segments"), py::arg("k"),
         "Exact top-k of (float(<q8, d8>) * s_q) * s_d over segments [(codes, scales, ids, deleted\n"
         "bitmap or None)], ties to the lower id, deleted rows skipped; returns (scores float32\n"
-        "[q, k], global rows int64 [q, k]); a short result ends in (-inf, -1).");
+        "[q, k], global rows int64 [q, k]); a short result ends in (-inf, -1). Query codes in\n"
+        "[-127, 127]; a block whose codes all lie in [-63, 63] may take a faster kernel.");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");
   m.def("set_simd_path", &fastret::set_simd_path, py::arg("name"),
         "Force a SIMD path: 'avx512vnni', 'avx2', 'neon' or 'scalar'.");

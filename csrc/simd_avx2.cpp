@@ -21,8 +21,8 @@
 //   (rows[g * 8 + v][s * 4 + i] + 128), so one 32-byte load holds slice s of 8 vectors, matching a
 //   broadcast of the query's slice s.
 //
-// On Zen 3 the multiply pipes (two, shared by maddubs, madd and sign) bind both batch kernels: the
-// narrow one runs about 1.5x the full one's products per second.
+// On Zen 3 maddubs, madd and sign share the multiply pipes, which bind both batch kernels: the
+// narrow one runs about 1.45x the full one's products per second.
 //
 // Direct (one or two queries, rows read in place): the sign trick,
 //   maddubs(|d|, sign(q, d)) = pairs of q * d summed to int16 (|pair| <= 2 * 128 * 127 = 32,512),

@@ -214,8 +214,10 @@ class Index:
         """Exact top-k by int8 inner product, optionally re-ranked with float dot products.
 
         Args:
-            queries: float [q, dim] (numpy or torch; quantized here), or a (codes int8, scales)
-                tuple. One 1-D vector counts as q = 1. CUDA tensors search on that GPU.
+            queries: float [q, dim] (numpy or torch; quantized here to 7-bit codes with
+                `fastret.quantize_queries`), or a (codes int8, scales) tuple (codes within
+                [-63, 63] take the fastest kernels). One 1-D vector counts as q = 1. CUDA tensors
+                search on that GPU.
             k: results per query, 1 <= k <= len(index).
             rescore: re-rank the top min(len, k * rescore_factor) int8 candidates by the exact dot
                 product of the float query with the stored float16 vectors (needs
