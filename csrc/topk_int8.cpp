@@ -183,12 +183,12 @@ ScaleRange scale_range(const TileSource& tile) {
 // first: with t = float(max dot - bias) * q_scale, every score (float(dot - bias) * q_scale) * s
 // is at most t * max scale when t >= 0 and t * min scale when t < 0 (float rounding is monotone
 // and the scales are >= 0), so a bound below the threshold rejects the whole tile. A NaN bound
-// (an infinite scale) rejects nothing.
+// (an infinite scale) rejects nothing, and a negative or NaN query scale skips the check.
 inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_scale,
                        const TileSource& tile, const ScaleRange& range) {
   constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
   const float threshold = heap.threshold();
-  if (range.bounded) {
+  if (range.bounded && q_scale >= 0) {
     int32_t best = dots[0];
     for (size_t j = 1; j < tile.n_rows; ++j) best = std::max(best, dots[j]);
     const float top = static_cast<float>(best - bias) * q_scale;

@@ -314,7 +314,7 @@ def test_core_is_exact_with_negative_and_zero_scales(simd_path, rng, n_queries):
     scales = rng.uniform(-1, 1, 300).astype(np.float32)
     scales[::7] = 0
     q_codes = rng.integers(-63, 64, (n_queries, 40), dtype=np.int8)
-    q_scales = rng.random(n_queries).astype(np.float32)
+    q_scales = rng.uniform(-1, 1, n_queries).astype(np.float32)
     scores, rows = _core.topk_int8(q_codes, q_scales, [(codes, scales, np.arange(300, dtype=np.int64), None)], 15)
     expected = (((q_codes.astype(np.int64) @ codes.astype(np.int64).T).astype(np.float32) * q_scales[:, None])
                 * scales[None, :])
@@ -322,7 +322,8 @@ def test_core_is_exact_with_negative_and_zero_scales(simd_path, rng, n_queries):
     np.testing.assert_array_equal(rows, order)
     np.testing.assert_array_equal(scores, np.take_along_axis(expected, order, axis=1))
 
-    # The second tile's largest dot product is -1, yet a row of it scores (-100 * 1) * -0.5 = 50.
+    # The second tile's largest dot product is -1, yet a row of it scores (-100 * 1) * -0.5 = 50;
+    # likewise with the signs moved to the query scale.
     codes = np.zeros((128, 4), np.int8)
     codes[:64, 0], codes[64:, 0], codes[100, 0] = 10, -1, -100
     scales = np.ones(128, np.float32)
@@ -332,9 +333,14 @@ def test_core_is_exact_with_negative_and_zero_scales(simd_path, rng, n_queries):
     try:
         scores, rows = _core.topk_int8(q_codes, np.ones(n_queries, np.float32),
                                        [(codes, scales, np.arange(128, dtype=np.int64), None)], 5)
+        assert (rows[:, 0] == 100).all() and (scores[:, 0] == 50).all()
+        codes[:64, 0], codes[64:, 0], codes[100, 0] = -10, 1, -100
+        scales[64:], scales[100] = 1, 0.5
+        scores, rows = _core.topk_int8(q_codes, np.full(n_queries, -1, np.float32),
+                                       [(codes, scales, np.arange(128, dtype=np.int64), None)], 5)
+        assert (rows[:, 0] == 100).all() and (scores[:, 0] == 50).all()
     finally:
         fastret.set_num_threads(0)
-    assert (rows[:, 0] == 100).all() and (scores[:, 0] == 50).all()
 
 
 def test_scores_that_would_overflow_float32_are_refused():
