@@ -171,24 +171,6 @@ FASTRET_AVX2 void dots_group(const uint8_t* group, size_t slices, size_t dim_pad
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * kTile), acc[r]);
 }
 
-template <size_t R>
-FASTRET_AVX2 void dots_rows(const uint8_t* packed, size_t dim_padded, const int8_t* queries,
-                            int32_t* out) {
-  const size_t slices = dim_padded / 4;
-  for (size_t g = 0; g < kGroups; ++g)
-    dots_group<R>(packed + g * slices * 64, slices, dim_padded, queries, out + g * kGroup);
-}
-
-void dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows,
-          int32_t* out) {
-  switch (n_rows) {
-    case 1: return dots_rows<1>(packed, dim_padded, queries, out);
-    case 2: return dots_rows<2>(packed, dim_padded, queries, out);
-    case 3: return dots_rows<3>(packed, dim_padded, queries, out);
-    default: return dots_rows<4>(packed, dim_padded, queries, out);
-  }
-}
-
 // R queries (|q| <= 63) against one narrow block of 16 vectors: each broadcast query slice meets
 // both halves of the block. Unrolled by four slices, which keeps the accumulators in registers.
 template <size_t R>
@@ -215,21 +197,32 @@ FASTRET_AVX2 void narrow_dots_block(const uint8_t* block, size_t slices, size_t 
   }
 }
 
-template <size_t R>
-FASTRET_AVX2 void narrow_dots_rows(const uint8_t* packed, size_t dim_padded, const int8_t* queries,
-                                   int32_t* out) {
+// R queries against a packed tile, one contiguous part (a full group of 8 vectors or a narrow
+// block of 16) after the other.
+template <size_t R, bool kNarrow>
+FASTRET_AVX2 void dots_rows(const uint8_t* packed, size_t dim_padded, const int8_t* queries,
+                            int32_t* out) {
   const size_t slices = dim_padded / 4;
-  for (size_t b = 0; b < kBlocks; ++b)
-    narrow_dots_block<R>(packed + b * slices * 64, slices, dim_padded, queries, out + b * kBlock);
+  constexpr size_t kWidth = kNarrow ? kBlock : kGroup;
+  for (size_t p = 0; p < kTile / kWidth; ++p) {
+    const uint8_t* part = packed + p * slices * 64;
+    if (kNarrow)
+      narrow_dots_block<R>(part, slices, dim_padded, queries, out + p * kWidth);
+    else
+      dots_group<R>(part, slices, dim_padded, queries, out + p * kWidth);
+  }
 }
 
-void narrow_dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows,
-                 int32_t* out) {
+static_assert(kRows == 4 && kNarrowRows == 4, "dots_tile's switch covers 1 to 4 queries");
+
+template <bool kNarrow>
+void dots_tile(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows,
+               int32_t* out) {
   switch (n_rows) {
-    case 1: return narrow_dots_rows<1>(packed, dim_padded, queries, out);
-    case 2: return narrow_dots_rows<2>(packed, dim_padded, queries, out);
-    case 3: return narrow_dots_rows<3>(packed, dim_padded, queries, out);
-    default: return narrow_dots_rows<4>(packed, dim_padded, queries, out);
+    case 1: return dots_rows<1, kNarrow>(packed, dim_padded, queries, out);
+    case 2: return dots_rows<2, kNarrow>(packed, dim_padded, queries, out);
+    case 3: return dots_rows<3, kNarrow>(packed, dim_padded, queries, out);
+    default: return dots_rows<4, kNarrow>(packed, dim_padded, queries, out);
   }
 }
 
@@ -320,8 +313,8 @@ FASTRET_AVX2 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, con
 }  // namespace
 
 const SimdPath kAvx2Path = {"avx2", true, supported,
-                            {kRows, packed_bytes, pack, dots},
-                            {kNarrowRows, narrow_packed_bytes, narrow_pack, narrow_dots},
+                            {kRows, packed_bytes, pack, dots_tile<false>},
+                            {kNarrowRows, narrow_packed_bytes, narrow_pack, dots_tile<true>},
                             dots_direct};
 
 }  // namespace fastret
