@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the machine's description, GPU-synchronized timing, cached
-embeddings, and the acceptance verdicts with the JSON report."""
+embeddings (of the bundled NFCorpus too), recall@k, and the acceptance verdicts with the JSON
+report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -62,6 +64,39 @@ def cached_embeddings(encoder, texts: list[str], name: str):
     np.save(partial, vectors)
     os.replace(partial, path)
     return vectors
+
+
+class EmbeddedNFCorpus(NamedTuple):
+    splits: dict  # {"dev" | "test": BeirDataset}, sharing one corpus
+    encoder: object  # the fastret.Encoder that embedded them
+    documents: list  # the corpus's texts
+    doc_vectors: object  # float32 [n, d]
+    queries: dict  # {split: (query ids, query texts, float32 vectors [q, d])}
+
+
+def embedded_nfcorpus() -> EmbeddedNFCorpus:
+    """The bundled NFCorpus dev and test splits with their documents and queries embedded by
+    all-MiniLM-L6-v2 (fp32 fastret.Encoder), through `cached_embeddings`."""
+    import fastret
+    from fastret.corpus import BUNDLED_NFCORPUS, load_beir
+    from fastret.presets import default_model_path
+
+    splits = {split: load_beir(BUNDLED_NFCORPUS, split) for split in ("dev", "test")}
+    encoder = fastret.Encoder(default_model_path())
+    documents = splits["test"].corpus.documents()
+    doc_vectors = cached_embeddings(encoder, documents, "nfcorpus-docs")
+    queries = {}
+    for split, dataset in splits.items():
+        query_ids = list(dataset.queries)
+        texts = [dataset.queries[q] for q in query_ids]
+        queries[split] = (query_ids, texts, cached_embeddings(encoder, texts, f"nfcorpus-{split}-queries"))
+    return EmbeddedNFCorpus(splits, encoder, documents, doc_vectors, queries)
+
+
+def recall_at_k(found, truth) -> float:
+    """Mean over queries of |found_i & truth_i| / k (ids [q, k] each, numpy)."""
+    hits = (found[:, :, None] == truth[:, None, :]).any(axis=2)
+    return float(hits.sum() / truth.size)
 
 
 def verdict(passed: bool) -> str:

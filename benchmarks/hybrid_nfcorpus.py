@@ -13,7 +13,6 @@ latency of dense-only and hybrid search (median; query encoding excluded, BM25 i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,16 +21,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-
 import fastret  # noqa: E402
-from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.evaluate import as_run, trec_metrics  # noqa: E402
 from fastret.hybrid import HybridSearcher  # noqa: E402
 from fastret.lexical import LexicalIndex  # noqa: E402
-from fastret.presets import default_model_path  # noqa: E402
 
-from harness import cached_embeddings, cpu_info, finish, verdict  # noqa: E402
+from harness import cpu_info, embedded_nfcorpus, finish, verdict  # noqa: E402
 
 ALPHAS = [round(0.1 * i, 1) for i in range(1, 10)]
 CANDIDATES = [50, 100, 200]
@@ -55,23 +50,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    splits = {split: load_beir(BUNDLED_NFCORPUS, split) for split in ("dev", "test")}
-    corpus = splits["test"].corpus
-    encoder = fastret.Encoder(default_model_path())
-    documents = corpus.documents()
-    doc_vectors = cached_embeddings(encoder, documents, "nfcorpus-docs")
+    splits, encoder, documents, doc_vectors, queries = embedded_nfcorpus()
     index = fastret.Index(doc_vectors.shape[1], store_float16=True)
-    index.add(doc_vectors, documents=corpus.ids)
+    index.add(doc_vectors, documents=splits["test"].corpus.ids)
     lexical = LexicalIndex.build(documents)
     searcher = HybridSearcher(index, lexical)
 
     results: dict = {"dev": {}, "test": {}}
-    queries = {}
     for split, dataset in splits.items():
-        query_ids = list(dataset.queries)
-        texts = [dataset.queries[q] for q in query_ids]
-        vectors = cached_embeddings(encoder, texts, f"nfcorpus-{split}-queries")
-        queries[split] = (query_ids, texts, vectors)
+        query_ids, texts, vectors = queries[split]
         results[split]["dense int8+rescore"] = ndcg(dataset, query_ids, *index.search(vectors, 10, rescore=True))
         results[split]["bm25"] = ndcg(dataset, query_ids, *lexical.search(texts, 10))
 

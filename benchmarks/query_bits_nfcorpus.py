@@ -24,20 +24,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 import fastret  # noqa: E402
-from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.evaluate import as_run, exact_float_search, trec_metrics  # noqa: E402
-from fastret.presets import default_model_path  # noqa: E402
 
-from harness import cached_embeddings, cpu_info, finish, verdict  # noqa: E402
+from harness import cpu_info, embedded_nfcorpus, finish, recall_at_k, verdict  # noqa: E402
 
 K = 100
 RESCORE_FACTOR = 4
 TOLERANCE = 0.003  # nDCG@10, as for the int8 encoder
-
-
-def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found_i[:10] & truth_i| / 10."""
-    return float((found[:, :10, None] == truth[:, None, :]).any(axis=2).mean())
 
 
 def main() -> int:
@@ -45,11 +38,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    splits = {split: load_beir(BUNDLED_NFCORPUS, split) for split in ("dev", "test")}
-    corpus = splits["test"].corpus
-    encoder = fastret.Encoder(default_model_path())
-    documents = corpus.documents()
-    doc_vectors = cached_embeddings(encoder, documents, "nfcorpus-docs")
+    splits, encoder, _, doc_vectors, queries = embedded_nfcorpus()
+    doc_ids = splits["test"].corpus.ids
     index = fastret.Index(doc_vectors.shape[1])
     index.add(doc_vectors)
 
@@ -61,8 +51,7 @@ def main() -> int:
 
     results: dict = {}
     for split, dataset in splits.items():
-        query_ids = list(dataset.queries)
-        vectors = cached_embeddings(encoder, [dataset.queries[q] for q in query_ids], f"nfcorpus-{split}-queries")
+        query_ids, _, vectors = queries[split]
         eight_bit = fastret.quantize_int8(vectors)
         runs = {
             "float32": exact_float_search(vectors, doc_vectors, K),
@@ -71,12 +60,12 @@ def main() -> int:
             "int8+rescore, 8-bit queries": rescored(eight_bit, vectors),
             "int8+rescore, 7-bit queries": rescored(vectors, vectors),
         }
-        metrics = {name: trec_metrics(dataset.qrels, as_run(query_ids, corpus.ids, scores, rows))
+        metrics = {name: trec_metrics(dataset.qrels, as_run(query_ids, doc_ids, scores, rows))
                    for name, (scores, rows) in runs.items()}
         same_top10 = float(np.mean([(a[:10] == b[:10]).all() for a, b in
                                     zip(runs["int8, 8-bit queries"][1], runs["int8, 7-bit queries"][1])]))
         truth = runs["float32"][1][:, :10]
-        recall = {name: recall_at_10(rows, truth) for name, (_, rows) in runs.items()}
+        recall = {name: recall_at_k(rows[:, :10], truth) for name, (_, rows) in runs.items()}
         results[split] = {"queries": len(query_ids), "metrics": metrics, "recall@10_vs_float32": recall,
                           "identical_top10_lists": same_top10}
         print(f"\n{split} ({len(query_ids)} queries): identical top-10 lists, 7-bit vs 8-bit: {same_top10:.1%}")

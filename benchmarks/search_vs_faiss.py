@@ -65,7 +65,7 @@ from usearch.index import search as usearch_search  # noqa: E402
 
 import fastret  # noqa: E402
 from fastret.cpu import int8_peak, read_bandwidth  # noqa: E402
-from harness import cpu_info, finish, verdict  # noqa: E402
+from harness import cpu_info, finish, recall_at_k, verdict  # noqa: E402
 from fastret.corpus import BUNDLED_NFCORPUS, find_file, load_corpus, load_qrels, load_queries  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -285,12 +285,6 @@ def build_engines(x: np.ndarray, k: int, rescore_factor: int, threads: int) -> l
 
 
 # ---------------------------------------------------------------------------------------- measuring
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found_i & truth_i| / k (ids [q, k] each)."""
-    hits = (found[:, :, None] == truth[:, None, :]).any(axis=2)
-    return float(hits.sum() / truth.size)
 
 
 def time_batches(engines: list, queries: np.ndarray, repeats: int) -> dict:
