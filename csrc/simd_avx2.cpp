@@ -127,6 +127,13 @@ void narrow_pack(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padde
   pack_tile<true>(rows, n_rows, dim, dim_padded, packed);
 }
 
+// Slice s (4 bytes) of query row r, in every dword lane.
+FASTRET_AVX2 inline __m256i broadcast_slice(const int8_t* queries, size_t r, size_t dim_padded, size_t s) {
+  int32_t slice;
+  std::memcpy(&slice, queries + r * dim_padded + s * 4, 4);
+  return _mm256_set1_epi32(slice);
+}
+
 // One slice s of R queries against one group: lo[r] and hi[r] gather int16 pairs.
 template <size_t R>
 FASTRET_AVX2 inline void group_step(const uint8_t* group, size_t s, size_t dim_padded,
@@ -134,9 +141,7 @@ FASTRET_AVX2 inline void group_step(const uint8_t* group, size_t s, size_t dim_p
   const __m256i d_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(group + s * 64));
   const __m256i d_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(group + s * 64 + 32));
   for (size_t r = 0; r < R; ++r) {
-    int32_t slice;
-    std::memcpy(&slice, queries + r * dim_padded + s * 4, 4);
-    const __m256i q = _mm256_set1_epi32(slice);
+    const __m256i q = broadcast_slice(queries, r, dim_padded, s);
     lo[r] = _mm256_add_epi16(lo[r], _mm256_maddubs_epi16(d_lo, q));
     hi[r] = _mm256_add_epi16(hi[r], _mm256_maddubs_epi16(d_hi, q));
     asm("" : "+x"(lo[r]), "+x"(hi[r]));
@@ -184,9 +189,7 @@ FASTRET_AVX2 void narrow_dots_block(const uint8_t* block, size_t slices, size_t 
     const __m256i u0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + s * 64));
     const __m256i u1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + s * 64 + 32));
     for (size_t r = 0; r < R; ++r) {
-      int32_t slice;
-      std::memcpy(&slice, queries + r * dim_padded + s * 4, 4);
-      const __m256i q = _mm256_set1_epi32(slice);
+      const __m256i q = broadcast_slice(queries, r, dim_padded, s);
       first[r] = _mm256_add_epi32(first[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u0, q), ones));
       second[r] = _mm256_add_epi32(second[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u1, q), ones));
     }
