@@ -117,8 +117,11 @@ def topk_int8_torch(q_codes, q_scales, db_codes, db_scales, k: int, ids=None):
     """`topk_int8` in torch on tensors of one device (the GPU path; also runs on the CPU).
 
     Returns (scores float32 [q, k], corpus rows int64 [q, k]); `ids` only ranks ties.
-    Scores use the same float32 expression as the C++ core. The tie rule is made exact by ranking
-    a 64-bit key (order-preserving score bits, then the inverted rank of the id), which has no ties.
+    Scores use the same float32 expression as the C++ core. Per chunk of the corpus, a plain
+    float top-k picks the candidates; it is exact as a set unless the k-th score is tied beyond
+    the k picked, which one comparison pass detects and the (rare) tied rows redo with 64-bit keys
+    (`_rank_keys`: order-preserving score bits, then the inverted rank of the id; no ties). The
+    candidates of all chunks are merged and ordered by those keys.
     """
     import torch
 
@@ -133,25 +136,37 @@ def topk_int8_torch(q_codes, q_scales, db_codes, db_scales, k: int, ids=None):
     best_keys = best_pos = None
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        dots = int8_matmul(q_codes, db_codes[start:stop])
-        scores = (dots.float() * q_scales[:, None]) * db_scales[None, start:stop] + 0.0  # -0.0 -> +0.0
-        keys = _rank_keys(scores, id_rank[start:stop])
-        keys, pos = keys.topk(min(k, stop - start), dim=1)
-        pos = pos + start
+        # [q, chunk] float32: (float(<q8, d8>) * s_q) * s_d, rounded as the C++ core rounds it
+        scores = int8_matmul(q_codes, db_codes[start:stop]).float().mul_(q_scales[:, None])
+        scores.mul_(db_scales[None, start:stop])
+        pos = _chunk_candidates(scores, id_rank[start:stop], min(k, stop - start)) + start
+        keys = _rank_keys(scores.gather(1, pos - start), id_rank[pos])
         if best_keys is not None:
-            keys, take = torch.cat([best_keys, keys], 1).topk(k, dim=1)
-            pos = torch.cat([best_pos, pos], 1).gather(1, take)
-        best_keys, best_pos = keys, pos
+            keys, pos = torch.cat([best_keys, keys], 1), torch.cat([best_pos, pos], 1)
+        keys, take = keys.topk(min(k, keys.shape[1]), dim=1)  # sorted: best first
+        best_keys, best_pos = keys, pos.gather(1, take)
     return _key_scores(best_keys), best_pos
 
 
+def _chunk_candidates(scores, id_rank, k: int):
+    """int64 [q, k]: the columns of each row's k best (score, then lower id rank), in no order."""
+    top_scores, top_pos = scores.topk(k, dim=1, sorted=False)
+    threshold = top_scores.min(dim=1, keepdim=True).values
+    tied = ((scores >= threshold).sum(dim=1) > k).nonzero().squeeze(1)  # the k-th score continues
+    if len(tied):
+        top_pos[tied] = _rank_keys(scores[tied], id_rank[None, :]).topk(k, dim=1, sorted=False).indices
+    return top_pos
+
+
 def _rank_keys(scores, id_rank):
-    """int64 keys ordered like (score descending, id ascending) under a plain descending sort."""
+    """int64 keys ordered like (score descending, id ascending) under a plain descending sort.
+
+    `id_rank` (int64, broadcastable to `scores`) ranks the ids; -0.0 counts as +0.0."""
     import torch
 
-    bits = scores.view(torch.int32)
+    bits = (scores + 0.0).view(torch.int32)  # -0.0 + 0.0 = +0.0
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed int order
-    return (ordered.to(torch.int64) << 32) | (0xFFFFFFFF - id_rank)[None, :]
+    return (ordered.to(torch.int64) << 32) | (0xFFFFFFFF - id_rank)
 
 
 def _key_scores(keys):
@@ -182,5 +197,6 @@ def int_mm_padded(a, b):
     n = b.shape[0]
     pad_d = (-d) % 8 + (8 if d < 8 else 0)
     a_padded = torch.nn.functional.pad(a, (0, pad_d, 0, max(0, 17 - m)))
-    b_padded = torch.nn.functional.pad(b, (0, pad_d, 0, (-n) % 8))
-    return torch._int_mm(a_padded, b_padded.T)[:m, :n]
+    if pad_d or n % 8:  # a corpus chunk is copied only when its shape needs padding
+        b = torch.nn.functional.pad(b, (0, pad_d, 0, (-n) % 8))
+    return torch._int_mm(a_padded, b.T)[:m, :n]
