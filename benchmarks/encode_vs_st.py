@@ -154,13 +154,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build_bert_base(tokenizer_dir: Path, out_dir: Path, seed: int) -> Path:
+def build_bert_base(tokenizer_dir: Path, out_dir: Path, seed: int, shrink: dict | None = None) -> Path:
     """A sentence-transformers directory: random-weight BertModel(BertConfig()), mean pooling, no
-    normalization, and the tokenizer files of `tokenizer_dir`."""
+    normalization, and the tokenizer files of `tokenizer_dir`; `shrink` overrides BertConfig
+    fields (a quick dry run)."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig()
+    config = BertConfig(**(shrink or {}))
     BertModel(config).save_pretrained(out_dir)
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, out_dir / name)

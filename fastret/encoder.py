@@ -1,7 +1,8 @@
 """`Encoder`: a drop-in, faster `SentenceTransformer.encode` for retrieval models.
 
 Pipeline for one call:
-  texts -> (prompt) -> tokenize once (Rust tokenizer, truncation) -> sort by token length ->
+  texts -> (prompt) -> tokenize (Rust tokenizer, truncation; TOKENIZE_CHUNK texts at a time, one
+  chunk ahead of the model in a background thread) -> sort each chunk by token length ->
   batches under a token budget, padded in a background thread -> model forward (inference mode,
   SDPA attention, fp16/bf16 where asked) -> fused pool + L2-normalize (+ int8) kernel ->
   rows written back in input order.
@@ -31,6 +32,8 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 PRECISIONS = ("float32", "int8")
 QUANTIZE_MODES = ("int8",)
+# Texts tokenized at a time by `Encoder.embed`, one such chunk ahead of the model.
+TOKENIZE_CHUNK = 2048
 
 
 class Encoder:
@@ -223,18 +226,30 @@ class Encoder:
         """Embed prepared inputs (see `prepare`): float32 [n, d], and int8 [n, d] + float32 [n] scales
         when `quantize` (else None, None); CPU tensors in input order.
 
+        The inputs are tokenized TOKENIZE_CHUNK at a time in a background thread, one chunk ahead
+        of the model, so the tokenizer (CPU) and the model (GPU) work at the same time; each
+        chunk is cut into length-sorted batches of its own.
+
         Truncated and empty inputs are warned about, or, with `input_stats`, counted into it
         ("texts", "truncated", "empty") for the caller to report once."""
-        token_ids, type_ids, truncated = self.tokenize(inputs)
-        stats = {"texts": len(inputs), "truncated": sum(truncated),
+        stats = {"texts": len(inputs), "truncated": 0,
                  "empty": sum(1 for text in inputs if not (text if isinstance(text, str) else "".join(text)))}
+        max_tokens = max_tokens_per_batch or batch_size * self.max_length
+        outputs = self._allocate(len(inputs), quantize)
+        chunks = ((start, self.tokenize(inputs[start:start + TOKENIZE_CHUNK]))
+                  for start in range(0, len(inputs), TOKENIZE_CHUNK))
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(inputs), unit="text", desc="encode", disable=not show_progress_bar) as bar:
+            for start, (token_ids, type_ids, truncated) in prefetch(chunks, depth=1):
+                stats["truncated"] += sum(truncated)
+                self._embed_into(outputs, start, token_ids, type_ids, batch_size, max_tokens, normalize, quantize, bar)
         if input_stats is None:
             warn_about_inputs(stats, self.max_length)
         else:
             for key, value in stats.items():
                 input_stats[key] = input_stats.get(key, 0) + value
-        return self.embed_tokens(token_ids, type_ids, batch_size, max_tokens_per_batch or batch_size * self.max_length,
-                                 normalize, quantize, show_progress_bar)
+        return outputs
 
     # ------------------------------------------------------------------ the steps of `embed`, for callers
     # that tokenize first and run the model later (the HTTP server batches many requests' tokens)
@@ -292,20 +307,12 @@ class Encoder:
             (vectors float32 [n, d], codes int8 [n, d] or None, scales float32 [n] or None), CPU
             tensors in input order.
         """
-        vectors = torch.empty((len(token_ids), self.dim), dtype=torch.float32)
-        codes = torch.empty((len(token_ids), self.dim), dtype=torch.int8) if quantize else None
-        scales = torch.empty(len(token_ids), dtype=torch.float32) if quantize else None
-        if not token_ids:
-            return vectors, codes, scales
-        batches = plan_batches([len(ids) for ids in token_ids], max_texts, max_tokens)
-        for rows, pooled in self._embed_batches(token_ids, type_ids, batches, normalize, quantize,
-                                                show_progress_bar):
-            index = torch.from_numpy(rows)
-            if quantize:
-                vectors[index], codes[index], scales[index] = (t.cpu() for t in pooled)
-            else:
-                vectors[index] = pooled.cpu()
-        return vectors, codes, scales
+        outputs = self._allocate(len(token_ids), quantize)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(token_ids), unit="text", desc="encode", disable=not show_progress_bar) as bar:
+            self._embed_into(outputs, 0, token_ids, type_ids, max_texts, max_tokens, normalize, quantize, bar)
+        return outputs
 
     def prepare(self, text: Any, position: int, prefix: str = ""):
         """One input as the tokenizer takes it: the prefixed, stripped str, or a (str, str) pair.
@@ -322,27 +329,38 @@ class Encoder:
         text = (prefix + text).strip()
         return text.lower() if self.lowercase else text
 
-    def _embed_batches(self, token_ids, type_ids, batches, normalize: bool, quantize: bool, show: bool):
-        """Yield (input rows, pooled output) per batch; padding runs one batch ahead in a thread."""
-        from tqdm.auto import tqdm
+    def _allocate(self, n: int, quantize: bool):
+        """Empty CPU outputs for n texts: vectors float32 [n, d], codes int8 [n, d] and scales [n] (or None)."""
+        vectors = torch.empty((n, self.dim), dtype=torch.float32)
+        codes = torch.empty((n, self.dim), dtype=torch.int8) if quantize else None
+        scales = torch.empty(n, dtype=torch.float32) if quantize else None
+        return vectors, codes, scales
 
+    def _embed_into(self, outputs, offset: int, token_ids, type_ids, max_texts: int, max_tokens: int,
+                    normalize: bool, quantize: bool, bar) -> None:
+        """Embed tokenized texts into rows offset.. of `outputs` (from `_allocate`), in length-sorted
+        batches; padding runs one batch ahead in a thread; `bar` counts the texts."""
+        if not token_ids:
+            return
         pin = self.device.type == "cuda"
 
         def padded():
-            for rows in batches:
+            for rows in plan_batches([len(ids) for ids in token_ids], max_texts, max_tokens):
                 batch = collate([token_ids[r] for r in rows], None if type_ids is None else [type_ids[r] for r in rows],
                                 self.pad_id)
                 yield rows, ({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
 
-        total = sum(len(rows) for rows in batches)
-        with tqdm(total=total, unit="text", desc="encode", disable=not show) as bar, torch.inference_mode():
+        with torch.inference_mode():
             for rows, batch in prefetch(padded()):
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 if self.append_eos:
                     self._check_last_token_is_eos(batch)
                 hidden = self.model(**batch).last_hidden_state
-                yield rows, pool_normalize(hidden, batch["attention_mask"], mode=self.pooling,
-                                           normalize=normalize, quantize=quantize)
+                pooled = pool_normalize(hidden, batch["attention_mask"], mode=self.pooling, normalize=normalize,
+                                        quantize=quantize)
+                index = torch.from_numpy(rows + offset)
+                for target, part in zip(outputs, pooled if quantize else (pooled,)):
+                    target[index] = part.cpu()
                 bar.update(len(rows))
 
     def _check_last_token_is_eos(self, batch: dict[str, torch.Tensor]) -> None:

@@ -24,7 +24,7 @@ from . import _core, checks, store
 from .doc_ids import PackedDocIds
 from .index_file import IndexArrays, IndexFileError, write
 from .quant import quantize_queries, quantized_vectors
-from .search import check_score_range, topk_int8_torch
+from .search import check_score_range, rank_ids, topk_int8_torch
 from .segment import Segment, SegmentBuilder
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -341,7 +341,7 @@ class Index:
         import torch
 
         device = queries.device
-        codes, scales, ids, float16 = self._on_device(device)
+        codes, scales, ids, float16, id_rank = self._on_device(device)
         if not queries.dtype.is_floating_point:
             raise TypeError(f"queries must be floating point, got {queries.dtype}")
         q = queries[None] if queries.ndim == 1 else queries
@@ -350,8 +350,9 @@ class Index:
         if not torch.isfinite(q).all():
             raise ValueError("queries contain NaN or inf; clean the input")
         q_codes, q_scales = quantize_queries(q)
-        check_score_range(np.array([q_scales.max().item()]), scales.max().item() if len(scales) else 0.0, self._dim)
-        rows_scores, rows = topk_int8_torch(q_codes, q_scales, codes, scales, candidates, ids)
+        largest = max((s.max_scale() for s in self._snapshot()), default=0.0)
+        check_score_range(np.array([q_scales.max().item()]), largest, self._dim)
+        rows_scores, rows = topk_int8_torch(q_codes, q_scales, codes, scales, candidates, ids, id_rank=id_rank)
         if not rescore:
             return rows_scores, ids[rows]
         exact = torch.einsum("qcd,qd->qc", float16[rows].float(), q.float())
@@ -361,7 +362,8 @@ class Index:
         return exact.gather(1, order), ids[rows.gather(1, order)]
 
     def _on_device(self, device):
-        """The live vectors on `device`, uploaded once per device until the next add or delete."""
+        """The live vectors on `device` (codes, scales, ids, float16 or None, id ranks), uploaded once
+        per device until the next add or delete."""
         import torch
 
         key = str(device)
@@ -378,6 +380,7 @@ class Index:
                     return torch.from_numpy(joined).to(device)
 
                 cached = tuple(upload(field) for field in ("codes", "scales", "ids", "float16"))
+                cached += (rank_ids(cached[2]),)
                 self._device_copies[key] = cached
         return cached
 

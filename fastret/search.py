@@ -21,6 +21,8 @@ from .quant import quantize_queries, quantized_vectors
 
 # Corpus rows scored per torch matmul on the GPU: bounds the [queries, chunk] score buffers.
 _TORCH_CHUNK_ELEMENTS = 1 << 27
+# Corpus rows per group whose best score pre-selects candidates in the torch backend.
+_CANDIDATE_GROUP = 128
 # The largest |<q8, d8>| per dimension: query codes in [-127, 127], corpus codes in [-128, 127].
 _MAX_PRODUCT = 127 * 128
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -113,34 +115,31 @@ def _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
     return scores, rows if row_ids is None else row_ids[rows]
 
 
-def topk_int8_torch(q_codes, q_scales, db_codes, db_scales, k: int, ids=None):
+def topk_int8_torch(q_codes, q_scales, db_codes, db_scales, k: int, ids=None, *, id_rank=None):
     """`topk_int8` in torch on tensors of one device (the GPU path; also runs on the CPU).
 
-    Returns (scores float32 [q, k], corpus rows int64 [q, k]); `ids` only ranks ties.
-    Scores use the same float32 expression as the C++ core. Per chunk of the corpus, a plain
-    float top-k picks the candidates; it is exact as a set unless the k-th score is tied beyond
-    the k picked, which one comparison pass detects and the (rare) tied rows redo with 64-bit keys
-    (`_rank_keys`: order-preserving score bits, then the inverted rank of the id; no ties). The
-    candidates of all chunks are merged and ordered by those keys.
+    Returns (scores float32 [q, k], corpus rows int64 [q, k]); `ids` only ranks ties, and
+    `id_rank` (`rank_ids(ids)`, for callers that search the same rows again) saves ranking them.
+    Scores use the same float32 expression as the C++ core. Per chunk of the corpus, a few
+    candidates per query are picked from the scores (`_chunk_candidates`) and ranked exactly by
+    64-bit keys (`_rank_keys`: order-preserving score bits, then the inverted id rank: no ties);
+    the best k of every chunk's candidates are the result.
     """
     import torch
 
-    device = db_codes.device
+    if id_rank is None:
+        id_rank = rank_ids(ids) if ids is not None else torch.arange(db_codes.shape[0], device=db_codes.device)
     n = db_codes.shape[0]
-    if ids is None:
-        id_rank = torch.arange(n, device=device, dtype=torch.int64)
-    else:
-        id_rank = torch.empty_like(ids)
-        id_rank[torch.argsort(ids, stable=True)] = torch.arange(n, device=device)
     chunk = max(8, min(n, _TORCH_CHUNK_ELEMENTS // max(1, q_codes.shape[0])))
     best_keys = best_pos = None
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         # [q, chunk] float32: (float(<q8, d8>) * s_q) * s_d, rounded as the C++ core rounds it
-        scores = int8_matmul(q_codes, db_codes[start:stop]).float().mul_(q_scales[:, None])
+        scores = torch.mul(int8_matmul(q_codes, db_codes[start:stop]), q_scales[:, None])
         scores.mul_(db_scales[None, start:stop])
-        pos = _chunk_candidates(scores, id_rank[start:stop], min(k, stop - start)) + start
-        keys = _rank_keys(scores.gather(1, pos - start), id_rank[pos])
+        pos = _chunk_candidates(scores, id_rank[start:stop], min(k, stop - start))
+        keys = _rank_keys(scores.gather(1, pos), id_rank[start:stop][pos])
+        pos = pos + start
         if best_keys is not None:
             keys, pos = torch.cat([best_keys, keys], 1), torch.cat([best_pos, pos], 1)
         keys, take = keys.topk(min(k, keys.shape[1]), dim=1)  # sorted: best first
@@ -148,14 +147,43 @@ def topk_int8_torch(q_codes, q_scales, db_codes, db_scales, k: int, ids=None):
     return _key_scores(best_keys), best_pos
 
 
+def rank_ids(ids):
+    """int64 tensor: each id's position in ascending id order (the tie rule's order)."""
+    import torch
+
+    rank = torch.empty_like(ids)
+    rank[torch.argsort(ids, stable=True)] = torch.arange(len(ids), device=ids.device)
+    return rank
+
+
 def _chunk_candidates(scores, id_rank, k: int):
-    """int64 [q, k]: the columns of each row's k best (score, then lower id rank), in no order."""
-    top_scores, top_pos = scores.topk(k, dim=1, sorted=False)
-    threshold = top_scores.min(dim=1, keepdim=True).values
-    tied = ((scores >= threshold).sum(dim=1) > k).nonzero().squeeze(1)  # the k-th score continues
-    if len(tied):
-        top_pos[tied] = _rank_keys(scores[tied], id_rank[None, :]).topk(k, dim=1, sorted=False).indices
-    return top_pos
+    """int64 [q, m], m >= k: columns of `scores` [q, n] that include each row's k best (higher
+    score, then lower id rank).
+
+    Columns are grouped _CANDIDATE_GROUP at a time; the k groups with the highest maxima hold
+    every score of the k best unless the k-th and (k+1)-th maxima are equal (a group left out
+    could then hold a tied score with a lower id): such rows, and small chunks, take all columns.
+    One read of the scores (the group maxima) replaces a top-k over all of them.
+    """
+    import torch
+
+    q, n = scores.shape
+    groups = n // _CANDIDATE_GROUP
+    every = torch.arange(n, device=scores.device).expand(q, n)
+    if 2 * (k + 1) > groups:
+        return every
+    body = groups * _CANDIDATE_GROUP
+    maxima = scores[:, :body].reshape(q, groups, _CANDIDATE_GROUP).amax(dim=2)  # [q, groups]
+    top = maxima.topk(k + 1, dim=1)  # sorted
+    offsets = torch.arange(_CANDIDATE_GROUP, device=scores.device)
+    picked = (top.indices[:, :k, None] * _CANDIDATE_GROUP + offsets).reshape(q, k * _CANDIDATE_GROUP)
+    tail = every[:, body:]  # the columns after the last whole group
+    candidates = torch.cat([picked, tail], dim=1)
+    tied = (top.values[:, k - 1] == top.values[:, k]).nonzero().squeeze(1)
+    if len(tied):  # rare: those rows rank all their columns
+        candidates[tied] = _rank_keys(scores[tied], id_rank[None, :]).topk(
+            candidates.shape[1], dim=1, sorted=False).indices
+    return candidates
 
 
 def _rank_keys(scores, id_rank):
@@ -180,12 +208,17 @@ def _key_scores(keys):
 def int8_matmul(a, b):
     """int32 [m, n] = a int8 [m, d] @ b int8 [n, d].T, exact.
 
-    CUDA uses cuBLASLt's int8 GEMM (`torch._int_mm`); elsewhere an exact float64 matmul.
+    CUDA uses cuBLASLt's int8 GEMM (`torch._int_mm`); elsewhere, and for the shapes cuBLASLt
+    refuses, an exact float64 matmul (every |product sum| < 2^53).
     """
     import torch
 
     if a.device.type == "cuda":
-        return int_mm_padded(a, b)
+        try:
+            return int_mm_padded(a, b)
+        except RuntimeError as error:  # cuBLASLt has no int8 kernel for some shapes (seen: d=96, n=65784)
+            if "CUBLAS_STATUS_NOT_SUPPORTED" not in str(error):
+                raise
     return (a.double() @ b.double().T).round_().to(torch.int32)
 
 

@@ -120,6 +120,24 @@ def test_batching_does_not_change_results(tiny_bert, nfcorpus_docs, budget):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_tokenizing_in_chunks_keeps_order_and_results(tiny_bert, nfcorpus_docs, monkeypatch):
+    """Chunks tokenized ahead of the model (here 7 texts each, the last one short) give the
+    embeddings, int8 codes and truncation warning of one whole pass, in input order."""
+    import fastret.encoder
+
+    encoder = fastret.Encoder(tiny_bert, device="cpu", max_length=32)
+    texts = [doc[: 20 + 13 * i] for i, doc in enumerate(nfcorpus_docs[:20])]
+    expected = encoder.encode(texts, batch_size=1)
+    expected_codes, expected_scales = encoder.encode(texts, batch_size=1, precision="int8")
+    monkeypatch.setattr(fastret.encoder, "TOKENIZE_CHUNK", 7)
+    with pytest.warns(UserWarning, match=r"\d+ of 20 texts were longer than max_length=32"):
+        got = encoder.encode(texts, batch_size=4)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    codes, scales = encoder.encode(texts, batch_size=4, precision="int8")
+    assert np.abs(codes.astype(int) - expected_codes).max() <= 1
+    np.testing.assert_allclose(scales, expected_scales, rtol=1e-5)
+
+
 def manual_forward(model_dir, tokens, mode, normalize):
     """Reference: the Hugging Face model run directly, then pool_normalize_ref."""
     from transformers import AutoModel

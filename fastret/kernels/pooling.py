@@ -457,7 +457,10 @@ def quantize_rows_ref(y: torch.Tensor, max_code: int = 127) -> Tuple[torch.Tenso
     (finite) -> (codes int8 [..., D], scales float32 [...]). The kernel uses max_code 127; the
     int8 encoder's 7-bit weights and search queries use 63."""
     y = y.detach().float()
-    scales = y.abs().amax(dim=-1) / float(max_code) if y.shape[-1] else y.new_zeros(y.shape[:-1])
+    # divided by a tensor, not a Python number: on CUDA, torch turns division by a number into a
+    # multiplication by its reciprocal, one rounding off IEEE division (numpy's, and the kernel's)
+    code = torch.tensor(float(max_code), device=y.device)
+    scales = y.abs().amax(dim=-1) / code if y.shape[-1] else y.new_zeros(y.shape[:-1])
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
     codes = torch.round(y / safe[..., None]).clamp_(-max_code, max_code).to(torch.int8)
     return codes, scales
