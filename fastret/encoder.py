@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .batching import collate, plan_batches, prefetch, warn_about_inputs
+from .encode_batches import collate, plan_batches, prefetch, warn_about_inputs
 from .cpu import bf16_instruction_sets
 from .int8_linear import quantize_linear_layers
 from .kernels.pooling import pool_normalize

@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, metrics
-from .batcher import Batcher, BatcherClosed, BatchReport, QueueFull
+from .dynamic_batching import Batcher, BatcherClosed, BatchReport, QueueFull
 from .encoder import Encoder
 from .index import Index
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .atomic import remove_stale_temporaries_in
-from .batching import warn_about_inputs
+from .encode_batches import warn_about_inputs
 from .corpus import count_documents, document_text, iter_documents
 from .lexical import LexicalIndex
 from .store import Store, StoreError, finished_shards, read_manifest, write_manifest, write_shard

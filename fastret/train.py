@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .batching import collate
+from .encode_batches import collate
 from .corpus import document_text, read_jsonl
 from .encoder import Encoder, read_model_dir
 from .kernels.mesh_similarity import mesh_similarity
