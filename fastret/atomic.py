@@ -126,12 +126,24 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def remove_stale_temporaries_in(directory: str | os.PathLike) -> list[Path]:
-    """Remove every leftover temporary in `directory` whose writer is gone; returns them."""
-    removed = [path for path in temporaries(directory) if is_stale(path)]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
+def remove_temporaries_in(directory: str | os.PathLike, all_writers: bool = False,
+                          dry_run: bool = False) -> dict[Path, int]:
+    """Remove the leftover temporaries in `directory` whose writer is gone (`fastret clean`).
+
+    Args:
+        directory: a store directory, or the directory of index files.
+        all_writers: also those of live writers and of other hosts' (only when nothing else
+            is writing there).
+        dry_run: remove nothing; only say what would go.
+
+    Returns:
+        {temporary: its size in bytes}, removed (or, with `dry_run`, to be removed).
+    """
+    found = {path: path.stat().st_size for path in temporaries(directory) if all_writers or is_stale(path)}
+    if not dry_run:
+        for path in found:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -155,16 +155,13 @@ def _add_clean(commands) -> None:
 
 
 def _run_clean(args: argparse.Namespace) -> int:
-    from .atomic import is_stale, temporaries
+    from .atomic import remove_temporaries_in
 
     directory = args.path if args.path.is_dir() else args.path.parent
     if not directory.is_dir():
         raise FileNotFoundError(f"{args.path}: no such store directory or index file")
-    found = [p for p in temporaries(directory) if args.all or is_stale(p)]
-    size = sum(p.stat().st_size for p in found)
-    if not args.dry_run:
-        for path in found:
-            path.unlink(missing_ok=True)
+    found = remove_temporaries_in(directory, all_writers=args.all, dry_run=args.dry_run)
+    size = sum(found.values())
     if args.json:
         print(json.dumps({"removed": [] if args.dry_run else [str(p) for p in found],
                           "would_remove": [str(p) for p in found] if args.dry_run else [], "bytes": size}))

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .atomic import remove_stale_temporaries_in
+from .atomic import remove_temporaries_in
 from .corpus import count_documents, iter_documents
 from .encode_batches import warn_about_inputs
 from .lexical import LexicalIndex
@@ -39,7 +39,7 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries_in(out_dir)  # what killed runs left behind
+    remove_temporaries_in(out_dir)  # what killed runs left behind
     prefix = encoder.prompt_prefix(prompt, prompt_name)
     settings = {
         "model": str(encoder.model_dir), "dim": encoder.dim, "pooling": encoder.pooling,

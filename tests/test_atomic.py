@@ -65,7 +65,8 @@ def test_next_write_removes_only_stale_temporaries_of_its_target(tmp_path):
         f.write(b"data")
     assert not stale.exists()
     assert live.exists() and other_host.exists() and other_target.exists()
-    assert atomic.remove_stale_temporaries_in(tmp_path) == [other_target]
+    assert atomic.remove_temporaries_in(tmp_path, dry_run=True) == {other_target: 1000}
+    assert atomic.remove_temporaries_in(tmp_path) == {other_target: 1000}
     assert sorted(atomic.temporaries(tmp_path)) == sorted([live, other_host])
 
 
