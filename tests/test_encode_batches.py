@@ -1,3 +1,4 @@
+import threading
 import time
 import warnings
 
@@ -48,6 +49,7 @@ def test_prefetch_keeps_order_passes_errors_on_and_stops_its_producer_early():
     count = len(produced)  # the producer has stopped once the loop is left
     time.sleep(0.2)
     assert len(produced) == count < 10
+    assert not any(t.name == "fastret-prefetch" and t.is_alive() for t in threading.enumerate())
 
 
 def test_one_warning_each_for_truncated_and_empty_inputs():
