@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -45,6 +46,36 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace `path` with `data` atomically (see `atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh directory `.<name>.tmp` beside `path` that replaces `path` (and all it held) only if
+    the block succeeds; an exception inside the block removes it and leaves `path` as it was.
+
+    One writer per `path` at a time: a leftover of a killed writer is removed when the next one
+    starts. Readers see the old directory or the new one, except for the moment between removing
+    the old one and renaming the new one into place (a directory cannot replace a full one at once).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}{_SUFFIX}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_directory(path.parent)
 
@@ -95,12 +126,24 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def remove_stale_temporaries_in(directory: str | os.PathLike) -> list[Path]:
-    """Remove every leftover temporary in `directory` whose writer is gone; returns them."""
-    removed = [path for path in temporaries(directory) if is_stale(path)]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
+def remove_temporaries_in(directory: str | os.PathLike, all_writers: bool = False,
+                          dry_run: bool = False) -> dict[Path, int]:
+    """Remove the leftover temporaries in `directory` whose writer is gone (`fastret clean`).
+
+    Args:
+        directory: a store directory, or the directory of index files.
+        all_writers: also those of live writers and of other hosts' (only when nothing else
+            is writing there).
+        dry_run: remove nothing; only say what would go.
+
+    Returns:
+        {temporary: its size in bytes}, removed (or, with `dry_run`, to be removed).
+    """
+    found = {path: path.stat().st_size for path in temporaries(directory) if all_writers or is_stale(path)}
+    if not dry_run:
+        for path in found:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def _fsync_directory(directory: Path) -> None:

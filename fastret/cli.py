@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import collections.abc
+import dataclasses
 import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 
@@ -41,11 +44,8 @@ def _add_encode(commands) -> None:
 
 
 def _run_encode(args: argparse.Namespace) -> int:
-    if args.device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
+    from .streaming import torchrun_env
 
-        if torch.cuda.is_available():
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     encoder = _encoder(args)
     start = time.perf_counter()
     store = encoder.encode_corpus(args.corpus, args.out_dir, batch_size=args.batch_size,
@@ -54,9 +54,9 @@ def _run_encode(args: argparse.Namespace) -> int:
                                   prompt_name=args.prompt_name, show_progress_bar=not args.no_progress,
                                   bm25=args.bm25)
     seconds = time.perf_counter() - start
-    if int(os.environ.get("RANK", "0")) == 0:
+    if torchrun_env().rank == 0:
         summary = {"out_dir": str(args.out_dir), "documents": len(store), "dim": store.dim,
-                   "shards": len(store.manifest["shards"]), "seconds": round(seconds, 3)}
+                   "shards": store.shard_count, "seconds": round(seconds, 3)}
         if args.json:
             print(json.dumps(summary))
         else:
@@ -111,7 +111,7 @@ def _run_index(args: argparse.Namespace) -> int:
     if args.out is None and not args.bm25:
         raise ValueError("nothing to do: pass an output index file, or --bm25 --corpus CORPUS for a store")
     if args.bm25:
-        _build_store_bm25(args)
+        _run_index_bm25(args)
         if args.out is None:
             return 0
     if args.source.is_dir():
@@ -129,26 +129,16 @@ def _run_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_store_bm25(args: argparse.Namespace) -> None:
-    """The BM25 index of a store, from its corpus, checked to hold the same documents in order."""
-    from .corpus import document_text, iter_documents
-    from .lexical import LexicalIndex
-    from .store import Store
+def _run_index_bm25(args: argparse.Namespace) -> None:
+    from .streaming import build_store_bm25
 
     if not args.source.is_dir() or args.corpus is None:
         raise ValueError("--bm25 builds a store's BM25 index: pass the store directory and --corpus CORPUS")
-    documents = list(iter_documents(args.corpus))
-    expected = Store.open(args.source).doc_ids()
-    if [doc_id for doc_id, _ in documents] != expected:
-        raise ValueError(f"{args.corpus} does not hold the documents of {args.source} in the same order "
-                         f"({len(documents)} documents there, {len(expected)} in the store); pass the corpus "
-                         "the store was encoded from")
-    texts = [document_text(*text) if isinstance(text, tuple) else text for _, text in documents]
-    folder = LexicalIndex.build(texts, show_progress_bar=not args.json).save(args.source)
+    folder, documents = build_store_bm25(args.source, args.corpus, show_progress_bar=not args.json)
     if args.json:
-        print(json.dumps({"store": str(args.source), "bm25": folder.name, "documents": len(texts)}))
+        print(json.dumps({"store": str(args.source), "bm25": folder.name, "documents": documents}))
     else:
-        print(f"BM25 index of {len(texts)} documents -> {folder}")
+        print(f"BM25 index of {documents} documents -> {folder}")
 
 
 def _add_clean(commands) -> None:
@@ -165,16 +155,13 @@ def _add_clean(commands) -> None:
 
 
 def _run_clean(args: argparse.Namespace) -> int:
-    from .atomic import is_stale, temporaries
+    from .atomic import remove_temporaries_in
 
     directory = args.path if args.path.is_dir() else args.path.parent
     if not directory.is_dir():
         raise FileNotFoundError(f"{args.path}: no such store directory or index file")
-    found = [p for p in temporaries(directory) if args.all or is_stale(p)]
-    size = sum(p.stat().st_size for p in found)
-    if not args.dry_run:
-        for path in found:
-            path.unlink(missing_ok=True)
+    found = remove_temporaries_in(directory, all_writers=args.all, dry_run=args.dry_run)
+    size = sum(found.values())
     if args.json:
         print(json.dumps({"removed": [] if args.dry_run else [str(p) for p in found],
                           "would_remove": [str(p) for p in found] if args.dry_run else [], "bytes": size}))
@@ -366,10 +353,6 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_train(commands) -> None:
-    import collections.abc
-    import dataclasses
-    import typing
-
     from .train import TrainConfig
 
     parser = commands.add_parser(
@@ -377,34 +360,15 @@ def _add_train(commands) -> None:
         description="Fine-tune an encoder with LoRA so that embedding similarity follows depth-weighted MeSH "
                     "label similarity; exports a merged model to OUTPUT_DIR/model. Every option is a "
                     "fastret.train.TrainConfig field.")
-    hints = typing.get_type_hints(TrainConfig)
-    for item in dataclasses.fields(TrainConfig):
-        flag = "--" + item.name.replace("_", "-")
-        required = item.default is dataclasses.MISSING
-        if hints[item.name] is bool:
-            if item.default:
-                parser.add_argument("--no-" + item.name.replace("_", "-"), dest=item.name, action="store_false",
-                                    help=f"turn off {item.name}")
-            else:
-                parser.add_argument(flag, action="store_true", help=item.name)
-            continue
-        hint = hints[item.name]
-        many = typing.get_origin(hint) is collections.abc.Sequence
-        scalar = next((k for k in typing.get_args(hint) if k in (int, float, str)), hint)
-        default = None if required else (list(item.default) if many else item.default)
-        parser.add_argument(flag, dest=item.name, type=scalar, nargs="+" if many else None, required=required,
-                            default=default, help=f"default {default!r}" if not required else "required")
+    _add_config_options(parser, TrainConfig)
     parser.add_argument("--json", action="store_true", help="print the run's history as JSON")
     parser.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .train import TrainConfig, train
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    result = train(TrainConfig(**values))
+    result = train(_config_from_args(TrainConfig, args))
     if args.json:
         print(json.dumps({"model_dir": str(result.model_dir), "steps": result.steps, "history": result.history}))
     else:
@@ -417,61 +381,81 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_serve(commands) -> None:
-    # defaults equal fastret.serve.ServeConfig's (tests check); spelled out so that the parser does not
-    # import the server's dependencies
+    from .serve_config import ServeConfig
+
     parser = commands.add_parser(
         "serve", help="serve the model (and an index) over HTTP: /embed, /v1/embeddings, /search",
         description="An HTTP server (FastAPI + uvicorn): TEI-compatible POST /embed, OpenAI-compatible "
                     "POST /v1/embeddings, POST /search over --index, GET /health, /info, /metrics (docs at "
-                    "/docs). Texts of concurrent requests share forward passes (dynamic batching). "
+                    "/docs). Texts of concurrent requests share forward passes (dynamic batching). Every "
+                    "option but the model's is a fastret.serve.ServeConfig field. "
                     "Needs the serve extra: pip install 'fastret[serve]'.")
     _add_model_options(parser, batch_size=False)
-    parser.add_argument("--index", type=Path, default=None, help="a store directory or an index file to search")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one; default 8080)")
-    parser.add_argument("--max-batch-tokens", type=_positive_int, default=16384,
-                        help="most tokens per forward pass, over all requests in it (default %(default)s)")
-    parser.add_argument("--max-batch-texts", type=_positive_int, default=512,
-                        help="most texts per forward pass (default %(default)s)")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0,
-                        help="how long a request may wait for others to share its forward pass (default %(default)s)")
-    parser.add_argument("--max-queue-tokens", type=_positive_int, default=262144,
-                        help="most tokens waiting; more requests get 429 with Retry-After (default %(default)s)")
-    parser.add_argument("--max-client-batch-size", type=_positive_int, default=256,
-                        help="most texts per request, 413 beyond (default %(default)s)")
-    parser.add_argument("--max-body-bytes", type=_positive_int, default=8388608,
-                        help="largest request body, 413 beyond (default %(default)s)")
-    parser.add_argument("--auto-truncate", action="store_true",
-                        help="truncate too-long texts when a request does not say (default: 413)")
-    parser.add_argument("--served-model-name", default=None,
-                        help="the model's name in answers (default: the model directory's name)")
-    parser.add_argument("--max-connections", type=_positive_int, default=1024,
-                        help="most concurrent connections, 503 beyond (default %(default)s)")
+    _add_config_options(parser, ServeConfig)
     parser.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .index import Index
+    from .presets import model_display_name
+    from .serve_config import ServeConfig
 
+    config = _config_from_args(ServeConfig, args)
     try:
         from . import serve
     except ImportError as error:
         raise ValueError(f"fastret serve needs FastAPI and uvicorn ({error}); pip install 'fastret[serve]'") from None
-
-    if not 0 <= args.port < 65536:
-        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-    if not 0 <= args.max_wait_ms < 60_000:
-        raise ValueError(f"--max-wait-ms must be in [0, 60000), got {args.max_wait_ms}")
-    index = Index.load(args.index) if args.index is not None else None
-    config = serve.ServeConfig(
-        max_batch_tokens=args.max_batch_tokens, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
-        max_queue_tokens=args.max_queue_tokens, max_client_batch_size=args.max_client_batch_size,
-        max_body_bytes=args.max_body_bytes, auto_truncate=args.auto_truncate,
-        model_name=args.served_model_name or (args.model.name if args.model else "all-MiniLM-L6-v2"))
-    app = serve.create_app(_encoder(args), index, args.index, config)
-    serve.run(app, args.host, args.port, max_connections=args.max_connections,
-              on_listening=lambda url: print(f"fastret serve: listening on {url}", flush=True))
+    if config.model_name is None:
+        config = dataclasses.replace(config, model_name=model_display_name(args.model))
+    serve.serve(_encoder(args), config, on_listening=lambda url: print(f"fastret serve: listening on {url}",
+                                                                       flush=True))
     return 0
+
+
+class _ExtendDefault(argparse.Action):
+    """One or more values; repeating the option adds more; the first use replaces the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        current = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, ([] if current is self.default else list(current)) + list(values))
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One option per field of the dataclass `config_class`, typed by its annotation.
+
+    --field-name (or the field's metadata "flag"); help from metadata "help" and the default (from
+    the environment variable metadata "env" names, if set, never shown); a bool field is a switch
+    (--name when False by default, --no-name when True); a Sequence field takes one or more values
+    and may be repeated; a field without a default is required.
+    """
+    hints = typing.get_type_hints(config_class)
+    for item in dataclasses.fields(config_class):
+        flag = item.metadata.get("flag", "--" + item.name.replace("_", "-"))
+        about = item.metadata.get("help", item.name)
+        hint = hints[item.name]
+        if hint is bool:
+            if item.default:
+                parser.add_argument("--no-" + flag.removeprefix("--"), dest=item.name, action="store_false",
+                                    help=f"turn off: {about}".replace("%", "%%"))
+            else:
+                parser.add_argument(flag, dest=item.name, action="store_true", help=about.replace("%", "%%"))
+            continue
+        required = item.default is dataclasses.MISSING
+        many = typing.get_origin(hint) is collections.abc.Sequence
+        scalar = next((t for t in typing.get_args(hint) if t in (int, float, str)), hint)
+        default = None if required else (list(item.default) if many else item.default)
+        if "env" in item.metadata:
+            default = os.environ.get(item.metadata["env"]) or default
+            about += f" (default: ${item.metadata['env']})"
+        elif default not in (None, []):
+            about += f" (default {default!r})"
+        parser.add_argument(flag, dest=item.name, type=scalar, required=required, default=default,
+                            help=about.replace("%", "%%"), metavar=flag.removeprefix("--").replace("-", "_").upper(),
+                            **({"nargs": "+", "action": _ExtendDefault} if many else {}))
+
+
+def _config_from_args(config_class: type, args: argparse.Namespace):
+    """An instance of `config_class` from the options `_add_config_options` added."""
+    return config_class(**{item.name: getattr(args, item.name) for item in dataclasses.fields(config_class)})
 
 
 def build_parser() -> argparse.ArgumentParser:

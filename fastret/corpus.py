@@ -64,16 +64,18 @@ def find_file(directory: Path, name: str) -> Path:
     raise FileNotFoundError(f"{directory} has no {name} (or {name}.gz); is it a BEIR dataset directory?")
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+def open_text(path: str | os.PathLike) -> io.TextIOBase:
+    """A UTF-8 text file for reading, gzip-compressed or not (told by its first bytes, not its name)."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    raw = gzip.open(path, "rb") if gzipped else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8")
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-empty line; ValueError names file:line on bad JSON."""
     path = Path(path)
-    with _open_text(path) as lines:
+    with open_text(path) as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -106,7 +108,7 @@ def iter_corpus(path: str | Path) -> Iterator[tuple[str, str, str]]:
 
 def count_records(path: str | Path) -> int:
     """Non-empty lines of a JSONL file (no parsing: for progress bars)."""
-    with _open_text(Path(path)) as lines:
+    with open_text(Path(path)) as lines:
         return sum(1 for line in lines if line.strip())
 
 
@@ -139,7 +141,7 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """Read a qrels TSV (header, then query-id, corpus-id, integer score) into nested dicts."""
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
-    with _open_text(path) as lines:
+    with open_text(path) as lines:
         for number, line in enumerate(lines, 1):
             parts = line.rstrip("\n").split("\t")
             if number == 1 and parts[0] == "query-id":

@@ -10,24 +10,20 @@ Pipeline for one call:
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .batching import collate, plan_batches, prefetch, warn_about_inputs
 from .cpu import bf16_instruction_sets
+from .encode_batches import collate, plan_batches, prefetch, warn_about_inputs
 from .int8_linear import quantize_linear_layers
 from .kernels.pooling import pool_normalize
+from .model_dir import read_model_dir
 from .presets import POOLING_MODES, get_preset
-from .streaming import encode_corpus
+from .streaming import encode_corpus, torchrun_env
 
-_ST_POOLING = {  # sentence-transformers pooling names -> fastret's
-    "mean": "mean", "cls": "cls", "lasttoken": "last",
-    "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last",
-}
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 PRECISIONS = ("float32", "int8")
@@ -42,7 +38,8 @@ class Encoder:
     Args:
         model_name_or_path: a local model directory (a sentence-transformers directory or a plain
             Hugging Face one), or a hub id where the network allows.
-        device: "cpu", "cuda", "cuda:1", ...; default CUDA when available (the CPU with `quantize`).
+        device: "cpu", "cuda", "cuda:1", ...; default CUDA when available (under torchrun, each rank's
+            cuda:LOCAL_RANK), else the CPU (always the CPU with `quantize`).
         dtype: weights and activations: float32 (CPU default), float16 (CUDA default), bfloat16, or
             "auto": on the CPU, bfloat16 where the CPU has AVX512-BF16 or AMX-BF16 instructions and
             float32 elsewhere (without them bf16 is emulated, several times slower: an explicit
@@ -72,7 +69,7 @@ class Encoder:
         model_dir, st_config = _locate_model(model_name_or_path)
         preset_config = get_preset(preset) if preset is not None else None
         self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() and quantize is None else "cpu")
+            torchrun_env().cuda_device if torch.cuda.is_available() and quantize is None else "cpu")
         # int8 layers read float32 activations: that is what "auto" means for them.
         self.dtype = _resolve_dtype("float32" if quantize is not None and dtype in (None, "auto") else dtype,
                                     self.device)
@@ -434,54 +431,6 @@ def _download(repo_id: str) -> tuple[Path, dict]:
     except Exception as error:  # offline, unknown repo, ...
         raise ValueError(f"model {repo_id!r} is not a local directory and could not be fetched from the hub "
                          f"({type(error).__name__}: {error}); pass a local model directory") from None
-
-
-def read_model_dir(path: Path) -> tuple[Path, dict]:
-    """Resolve the transformer directory and read pooling/normalize/length/prompts if present."""
-    conventions: dict[str, Any] = {}
-    transformer_dir = path
-    modules_file = path / "modules.json"
-    if modules_file.is_file():
-        modules = json.loads(modules_file.read_text())
-        for module in modules:
-            kind = module.get("type", "")
-            module_dir = path / module.get("path", "")
-            if kind.endswith(".Transformer"):
-                transformer_dir = module_dir
-            elif kind.endswith(".Pooling"):
-                try:
-                    conventions["pooling"] = _pooling_from_config(module_dir / "config.json")
-                except ValueError as error:  # raised later, unless pooling is overridden
-                    conventions["pooling_error"] = str(error)
-            elif kind.endswith(".Normalize"):
-                conventions["normalize"] = True
-        conventions.setdefault("normalize", False)
-        for config_dir in {path, transformer_dir}:
-            bert_config = config_dir / "sentence_bert_config.json"
-            if bert_config.is_file():
-                config = json.loads(bert_config.read_text())
-                if config.get("max_seq_length"):
-                    conventions["max_length"] = int(config["max_seq_length"])
-                conventions["do_lower_case"] = bool(config.get("do_lower_case", False))
-        st_config = path / "config_sentence_transformers.json"
-        if st_config.is_file():
-            conventions["prompts"] = dict(json.loads(st_config.read_text()).get("prompts") or {})
-    if not (transformer_dir / "config.json").is_file():
-        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json"
-                         f"{' in ' + str(transformer_dir) if transformer_dir != path else ''})")
-    return transformer_dir, conventions
-
-
-def _pooling_from_config(config_file: Path) -> str:
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    modes = config.get("pooling_mode")
-    if modes is None:
-        modes = [key for key in config if key.startswith("pooling_mode_") and config[key]]
-    modes = [modes] if isinstance(modes, str) else list(modes)
-    if len(modes) != 1 or modes[0] not in _ST_POOLING:
-        raise ValueError(f"{config_file}: pooling {modes} is not supported; fastret pools with one of "
-                         f"mean, cls or last token (pass pooling=... to override)")
-    return _ST_POOLING[modes[0]]
 
 
 def _load_model(auto_model, model_dir: Path):

@@ -30,9 +30,7 @@ position) are skipped and counted, with one warning per tree.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import re
 import warnings
 from collections import Counter
@@ -42,6 +40,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from .corpus import open_text
 
 __all__ = ["EncodedLabels", "MeshTree", "UnknownMeshLabelWarning"]
 
@@ -515,17 +515,10 @@ def _prefixes(tree_number: str) -> Iterator[str]:
     yield tree_number
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    raw = gzip.open(path, "rb") if gzipped else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", newline=None)
-
-
 def _read_records(path: Path) -> Iterator[Tuple[Optional[str], str, str, str]]:
     """(descriptor id or None, name, tree number, "path:line") per tree position in the file."""
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             lines = [(n, line.rstrip("\n")) for n, line in enumerate(f, start=1)]
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error}); expected {_FORMATS}") from None

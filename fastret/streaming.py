@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections.abc
 import os
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,9 +19,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .atomic import remove_stale_temporaries_in
-from .batching import warn_about_inputs
-from .corpus import count_documents, document_text, iter_documents
+from .atomic import remove_temporaries_in
+from .corpus import count_documents, iter_documents
+from .encode_batches import warn_about_inputs
 from .lexical import LexicalIndex
 from .store import Store, StoreError, finished_shards, read_manifest, write_manifest, write_shard
 
@@ -38,7 +39,7 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries_in(out_dir)  # what killed runs left behind
+    remove_temporaries_in(out_dir)  # what killed runs left behind
     prefix = encoder.prompt_prefix(prompt, prompt_name)
     settings = {
         "model": str(encoder.model_dir), "dim": encoder.dim, "pooling": encoder.pooling,
@@ -46,7 +47,7 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
         "prompt": prefix, "shard_size": shard_size, "float16": bool(store_float16),
         "corpus": _describe(corpus),
     }
-    rank, world = _distributed_rank()
+    rank, world = _join_process_group()
     _check_resumable(out_dir, settings)
     if rank == 0:
         write_manifest(out_dir, settings, complete=False)
@@ -78,11 +79,68 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
             raise StoreError(f"{out_dir}: shards {sorted(set(range(max(shards) + 1)) - set(shards))} are missing")
         write_manifest(out_dir, settings, complete=True)
         if bm25 and not read_manifest(out_dir).get("lexical"):
-            documents = (document_text(*text) if isinstance(text, tuple) else text
-                         for _, text in iter_documents(corpus, encoder.text_pairs))
-            LexicalIndex.build(list(documents), show_progress_bar=show_progress_bar).save(out_dir)
+            build_store_bm25(out_dir, corpus, show_progress_bar=show_progress_bar)
     _barrier(world)
     return Store.open(out_dir)
+
+
+def build_store_bm25(directory: str | os.PathLike, corpus: Any, show_progress_bar: bool = True) -> tuple[Path, int]:
+    """Build the BM25 index of a finished store from the corpus it was encoded from, and make it
+    the store's current one (for hybrid search).
+
+    Args:
+        directory: the store.
+        corpus: what `encode_corpus` read (a BEIR file or directory, or an iterable of documents).
+        show_progress_bar: bm25s's progress bars.
+
+    Returns:
+        (the lexical index's folder in the store, how many documents it holds).
+
+    Raises:
+        StoreError: `directory` is not a finished store.
+        ValueError: the corpus does not hold the store's documents in the store's order.
+    """
+    documents = list(iter_documents(corpus))
+    expected = Store.open(directory).doc_ids()
+    if [doc_id for doc_id, _ in documents] != expected:
+        raise ValueError(f"{_describe(corpus)} does not hold the documents of {directory} in the same order "
+                         f"({len(documents)} documents there, {len(expected)} in the store); pass the corpus "
+                         "the store was encoded from")
+    texts = [text for _, text in documents]
+    return LexicalIndex.build(texts, show_progress_bar=show_progress_bar).save(directory), len(texts)
+
+
+@dataclass(frozen=True)
+class Torchrun:
+    """This process's place in a `torchrun` launch (rank 0 of 1 without one)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def cuda_device(self) -> str:
+        """The CUDA device of this rank: cuda:LOCAL_RANK under torchrun, else cuda."""
+        return f"cuda:{self.local_rank}" if self.world_size > 1 else "cuda"
+
+
+def torchrun_env() -> Torchrun:
+    """Rank, world size and local rank from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+    Raises:
+        ValueError: a variable that is not a whole number, or a rank outside the world.
+    """
+    values = {}
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = os.environ.get(name)
+        try:
+            values[name] = default if text is None else int(text)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={text!r} is not a whole number; torchrun sets it, "
+                             "unset it outside torchrun") from None
+    if values["WORLD_SIZE"] < 1 or not 0 <= values["RANK"] < values["WORLD_SIZE"]:
+        raise ValueError(f"RANK={values['RANK']} and WORLD_SIZE={values['WORLD_SIZE']}: need 0 <= RANK < WORLD_SIZE")
+    return Torchrun(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
 
 
 def _check_resumable(out_dir: Path, settings: dict) -> None:
@@ -111,13 +169,12 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _distributed_rank() -> tuple[int, int]:
+def _join_process_group() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment, joining the process group if needed."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
+    env = torchrun_env()
+    if env.world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return rank, world
+    return env.rank, env.world_size
 
 
 def _barrier(world: int) -> None:

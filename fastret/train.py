@@ -29,15 +29,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .batching import collate
+from .atomic import atomic_directory, write_bytes
 from .corpus import document_text, read_jsonl
-from .encoder import Encoder, read_model_dir
+from .encode_batches import collate
+from .encoder import Encoder
 from .kernels.mesh_similarity import mesh_similarity
 from .kernels.pooling import pool_normalize
 from .losses import anchor_loss, biohicl_loss
 from .mesh import MeshTree
-
-_ST_POOLING_NAMES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
+from .model_dir import read_model_dir, write_model_dir_files
 
 
 @dataclass
@@ -281,19 +281,14 @@ class BioHiCLTrainer:
 
     def save_checkpoint(self) -> Path:
         """Adapter + optimizer + schedule + step, written to a temporary directory and renamed."""
-        root = checkpoint_root(self.config.output_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step-{self.step:07d}"
-        tmp = root / f".step-{self.step:07d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "history": self.history,
-                    "rng": torch.get_rng_state(),  # dropout: a resumed run draws the same masks
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "config": asdict(self.config)}, tmp / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        final = checkpoint_root(self.config.output_dir) / f"step-{self.step:07d}"
+        with atomic_directory(final) as tmp:
+            self.model.save_pretrained(tmp)
+            torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "history": self.history,
+                        "rng": torch.get_rng_state(),  # dropout: a resumed run draws the same masks
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                        "config": asdict(self.config)}, tmp / "trainer_state.pt")
         for old in saved_checkpoints(self.config.output_dir)[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
         return final
@@ -320,17 +315,13 @@ class BioHiCLTrainer:
     def export(self) -> Path:
         """Merge the adapters and write a plain model directory with sentence-transformers' files."""
         out = Path(self.config.output_dir) / "model"
-        tmp = Path(self.config.output_dir) / ".model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        merged = self.model.merge_and_unload()
-        merged.save_pretrained(tmp)
-        self.encoder.tokenizer.save_pretrained(tmp)
         # the base model's own length (if it names one), not the often shorter training truncation
         _, conventions = read_model_dir(Path(self.config.model))
-        write_sentence_transformers_files(tmp, self.encoder.dim, self.encoder.pooling, self.encoder.normalize,
-                                          conventions.get("max_length"))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        with atomic_directory(out) as tmp:
+            self.model.merge_and_unload().save_pretrained(tmp)
+            self.encoder.tokenizer.save_pretrained(tmp)
+            write_model_dir_files(tmp, self.encoder.dim, self.encoder.pooling, self.encoder.normalize,
+                                  conventions.get("max_length"))
         return out
 
 
@@ -343,26 +334,6 @@ def saved_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """The finished checkpoints of a run in `output_dir`, oldest first (none if there are none)."""
     root = checkpoint_root(output_dir)
     return sorted(root.glob("step-*")) if root.is_dir() else []
-
-
-def write_sentence_transformers_files(directory: Path, dim: int, pooling: str, normalize: bool,
-                                      max_length: int | None) -> None:
-    """modules.json, 1_Pooling/config.json and sentence_bert_config.json for a plain model directory
-    (max_length None: no max_seq_length, so loaders use the model's own limit)."""
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (directory / "2_Normalize").mkdir(exist_ok=True)
-    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
-    (directory / "1_Pooling").mkdir(exist_ok=True)
-    pooling_config = {"word_embedding_dimension": dim, "pooling_mode_cls_token": pooling == "cls",
-                      "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
-                      "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_lasttoken": pooling == "last"}
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))
-    bert_config = {"do_lower_case": False} if max_length is None else {"max_seq_length": max_length,
-                                                                         "do_lower_case": False}
-    (directory / "sentence_bert_config.json").write_text(json.dumps(bert_config))
 
 
 def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -409,5 +380,5 @@ def train(config: TrainConfig, show_progress_bar: bool = True,
                 trainer.save_checkpoint()
     trainer.history.append({"step": trainer.step, "final": True, **trainer.evaluate()})
     model_dir = trainer.export()
-    (Path(config.output_dir) / "history.json").write_text(json.dumps(trainer.history, indent=1))
+    write_bytes(Path(config.output_dir) / "history.json", json.dumps(trainer.history, indent=1).encode())
     return TrainResult(model_dir, trainer.step, trainer.history)

@@ -22,6 +22,28 @@ def test_failed_write_leaves_the_target_and_no_temporary(tmp_path):
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["file.bin"]
 
 
+def test_write_bytes_replaces_the_file(tmp_path):
+    target = tmp_path / "manifest.json"
+    atomic.write_bytes(target, b"one")
+    atomic.write_bytes(target, b"two")
+    assert target.read_bytes() == b"two" and os.listdir(tmp_path) == ["manifest.json"]
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out" / "model"
+    with atomic.atomic_directory(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_directory(target) as tmp:
+            (tmp / "b").write_text("2")
+            raise RuntimeError("boom")
+    assert os.listdir(target) == ["a"] and os.listdir(target.parent) == ["model"]
+    (target.parent / ".model.tmp").mkdir()  # what a killed writer leaves
+    with atomic.atomic_directory(target) as tmp:
+        (tmp / "c").write_text("3")
+    assert os.listdir(target) == ["c"] and os.listdir(target.parent) == ["model"]
+
+
 def dead_pid():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -43,7 +65,8 @@ def test_next_write_removes_only_stale_temporaries_of_its_target(tmp_path):
         f.write(b"data")
     assert not stale.exists()
     assert live.exists() and other_host.exists() and other_target.exists()
-    assert atomic.remove_stale_temporaries_in(tmp_path) == [other_target]
+    assert atomic.remove_temporaries_in(tmp_path, dry_run=True) == {other_target: 1000}
+    assert atomic.remove_temporaries_in(tmp_path) == {other_target: 1000}
     assert sorted(atomic.temporaries(tmp_path)) == sorted([live, other_host])
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import subprocess
@@ -189,22 +190,58 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
     assert cli.main(["index", str(tmp_path / "plain")]) == 2
 
 
-def test_serve_options_mirror_serve_config():
-    pytest.importorskip("fastapi", reason="fastret serve needs FastAPI")
-    from fastret.serve import ServeConfig
+def test_serve_options_mirror_serve_config(monkeypatch):
+    from fastret.serve_config import API_KEY_ENV, ServeConfig
 
-    args = cli.build_parser().parse_args(["serve"])
-    defaults = ServeConfig()
-    names = ("max_batch_tokens", "max_batch_texts", "max_wait_ms", "max_queue_tokens", "max_client_batch_size",
-             "max_body_bytes", "auto_truncate")
-    assert {n: getattr(args, n) for n in names} == {n: getattr(defaults, n) for n in names}
-    assert (args.host, args.port, args.index) == ("127.0.0.1", 8080, None)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    parse = cli.build_parser().parse_args
+    args = parse(["serve"])
+    assert ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}) == ServeConfig()
+    assert (args.host, args.port, args.index, args.api_key, args.cors_origins) == ("127.0.0.1", 8080, None, None, [])
+    args = parse(["serve", "--max-batch-tokens", "64", "--auto-truncate", "--served-model-name", "m",
+                  "--cors-origin", "https://a.example", "--cors-origin", "https://b.example", "--max-k", "7"])
+    assert (args.max_batch_tokens, args.auto_truncate, args.model_name, args.max_k) == (64, True, "m", 7)
+    assert args.cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_serve_api_key_comes_from_the_option_or_the_environment(monkeypatch, capsys):
+    from fastret.serve_config import API_KEY_ENV
+
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    parser = cli.build_parser()
+    assert parser.parse_args(["serve"]).api_key == "from-env"
+    assert parser.parse_args(["serve", "--api-key", "from-flag"]).api_key == "from-flag"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    serve_help = capsys.readouterr().out
+    assert "from-env" not in serve_help and f"${API_KEY_ENV}" in serve_help  # --help never shows the key
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--port", "70000"], r"--port must be in \[0, 65535\], got 70000"),
-    (["--max-wait-ms", "-1"], r"--max-wait-ms must be in \[0, 60000\), got -1.0"),
+    (["--port", "70000"], r"port must be in \[0, 65535\], got 70000"),
+    (["--max-wait-ms", "-1"], r"max_wait_ms must be in \[0, 60000\), got -1.0"),
+    (["--max-batch-texts", "0"], r"max_batch_texts must be an int >= 1, got 0"),
+    (["--api-key", " "], r"api_key is empty"),
+    (["--cors-origin", "example.org"], r"CORS origin 'example.org': expected scheme://host"),
 ])
 def test_serve_bad_options_are_usage_errors(capsys, option, message):
     assert cli.main(["serve", *option]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("host, key, warned", [("0.0.0.0", None, True), ("0.0.0.0", "k", False),
+                                               ("127.0.0.1", None, False)])
+def test_serve_warns_when_listening_beyond_loopback_without_a_key(tiny_bert, monkeypatch, caplog, capsys,
+                                                                   host, key, warned):
+    pytest.importorskip("fastapi", reason="fastret serve needs FastAPI")
+    from fastret import serve
+    from fastret.serve_config import API_KEY_ENV
+
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    ran = []
+    monkeypatch.setattr(serve, "run", lambda app, host, port, **options: ran.append((host, port, options)))
+    key_option = ["--api-key", key] if key else []
+    assert cli.main(["serve", "--model", str(tiny_bert), "--device", "cpu", "--host", host, "--port", "0",
+                     "--max-connections", "9", *key_option]) == 0
+    assert [(h, p, options["max_connections"]) for h, p, options in ran] == [(host, 0, 9)]
+    assert ("without an API key" in caplog.text) == warned

@@ -78,3 +78,11 @@ def test_malformed_qrels(tmp_path, line, message):
     write(tmp_path / "test.tsv", f"query-id\tcorpus-id\tscore\nq1\td0\t1\n{line}\n")
     with pytest.raises(ValueError, match=f"test.tsv:3: {message}"):
         corpus.load_qrels(tmp_path / "test.tsv")
+
+
+def test_open_text_tells_gzip_by_its_bytes_not_its_name(tmp_path):
+    write(tmp_path / "packed.jsonl", "gzipped ü\n", compress=True)  # no .gz suffix
+    write(tmp_path / "plain.gz", "plain ü\n")  # a .gz suffix, not compressed
+    for name, text in (("packed.jsonl", "gzipped ü\n"), ("plain.gz", "plain ü\n")):
+        with corpus.open_text(tmp_path / name) as f:
+            assert f.read() == text

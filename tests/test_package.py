@@ -101,3 +101,20 @@ def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "MODULES", fake)
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_no_import_cycles()
+
+
+def test_requires_python_is_what_the_code_runs_on():
+    """The command line evaluates the config dataclasses' annotations (`int | None`, PEP 604) with
+    typing.get_type_hints: Python 3.10 or newer. pyproject.toml and CMakeLists.txt say the same."""
+    import re
+    import typing
+
+    from fastret.serve_config import ServeConfig
+    from fastret.train import TrainConfig
+
+    root = PACKAGE.parent
+    declared = re.search(r'^requires-python = ">=(\d+)\.(\d+)"$', (root / "pyproject.toml").read_text(), re.M)
+    assert declared and (int(declared.group(1)), int(declared.group(2))) == (3, 10)
+    assert "find_package(Python 3.10 " in (root / "CMakeLists.txt").read_text()
+    hints = {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(ServeConfig)}
+    assert hints["max_steps"] == int | None and hints["api_key"] == str | None

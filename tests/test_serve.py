@@ -391,12 +391,12 @@ def test_overload_shutdown_and_restart(minilm_path, queries):
 # ---------------------------------------------------------------------------------- the app factory, in process
 
 
-def test_normalize_follows_the_request_on_a_model_that_does_not_normalize(tiny_bert):
+def test_normalize_follows_the_request_on_a_model_that_does_not_normalize(tiny_encoder):
     from fastapi.testclient import TestClient
 
     from fastret.serve import create_app
 
-    encoder = fastret.Encoder(tiny_bert, device="cpu")
+    encoder = tiny_encoder
     assert not encoder.normalize
     texts = ["vitamin D", "statins and breast cancer"]
     with TestClient(create_app(encoder)) as http:
@@ -410,11 +410,80 @@ def test_normalize_follows_the_request_on_a_model_that_does_not_normalize(tiny_b
 
 
 
-def test_an_index_of_another_dimension_is_refused(tiny_bert):
+def test_an_index_of_another_dimension_is_refused(tiny_encoder):
     from fastret.serve import create_app
 
     with pytest.raises(ValueError, match="the model makes 32-d vectors but the index holds 384-d ones"):
-        create_app(fastret.Encoder(tiny_bert, device="cpu"), fastret.Index(384))
+        create_app(tiny_encoder, fastret.Index(384))
+
+
+# ---------------------------------------------------------------------------------- access
+
+
+KEY = "s3cret-key"
+ORIGIN = "https://app.example.org"
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_bert):
+    return fastret.Encoder(tiny_bert, device="cpu")
+
+
+def guarded_client(encoder, **config):
+    from fastapi.testclient import TestClient
+
+    from fastret.serve import ServeConfig, create_app
+
+    return TestClient(create_app(encoder, config=ServeConfig(**config)))
+
+
+def test_with_an_api_key_every_endpoint_but_health_needs_it(tiny_encoder, monkeypatch):
+    import hmac
+
+    from fastret import serve
+
+    compared, constant_time = [], hmac.compare_digest
+    monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or constant_time(a, b))
+    with guarded_client(tiny_encoder, api_key=KEY) as http:
+        for method, path in (("POST", "/embed"), ("POST", "/v1/embeddings"), ("POST", "/search"), ("GET", "/info"),
+                             ("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/nothing")):
+            response = http.request(method, path, json={"inputs": "x", "input": "x", "query": "x"})
+            assert "needs an API key" in error_of(response, 401, "Unauthorized"), path
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        for header in (f"Bearer {KEY}x", f"Bearer {KEY[:-1]}", "Bearer ", f"Basic {KEY}", KEY):
+            response = http.post("/embed", json={"inputs": "x"}, headers={"Authorization": header})
+            assert re.search("wrong API key|must be 'Bearer KEY'", error_of(response, 401, "Unauthorized")), header
+        assert http.get("/health").json() == {"status": "ok"}
+        good = {"Authorization": f"Bearer {KEY}"}
+        assert np.array(http.post("/embed", json={"inputs": "x"}, headers=good).json()).shape == (1, 32)
+        assert http.post("/embed", json={"inputs": "x"}, headers={"authorization": f"bearer {KEY}"}).status_code == 200
+        info = http.get("/info", headers=good)
+        assert info.status_code == 200 and KEY not in info.text and "api_key" not in info.json()
+        metrics_text = http.get("/metrics", headers=good).text
+    assert (KEY.encode(), KEY.encode()) in compared  # the key is compared in constant time
+    assert 'fastret_errors_total{endpoint="/embed",error_type="Unauthorized"}' in metrics_text
+
+
+def test_cors_headers_only_for_the_origins_asked_for(tiny_encoder):
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    with guarded_client(tiny_encoder) as http:  # no CORS unless asked
+        assert "access-control-allow-origin" not in http.post("/embed", json={"inputs": "x"},
+                                                             headers={"Origin": ORIGIN}).headers
+        answer = http.options("/embed", headers=preflight)
+        assert answer.status_code == 405 and "access-control-allow-origin" not in answer.headers
+    with guarded_client(tiny_encoder, api_key=KEY, cors_origins=[ORIGIN]) as http:
+        answer = http.options("/embed", headers=preflight)  # preflights carry no key
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ORIGIN
+        assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+        allowed = http.post("/embed", json={"inputs": "x"}, headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ORIGIN
+        refused = http.post("/embed", json={"inputs": "x"}, headers={"Origin": ORIGIN})
+        assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == ORIGIN
+        other = http.post("/embed", json={"inputs": "x"},
+                          headers={"Origin": "https://evil.example", "Authorization": f"Bearer {KEY}"})
+        assert "access-control-allow-origin" not in other.headers
+        assert http.options("/embed", headers={**preflight, "Origin": "https://evil.example"}).status_code == 400
 
 
 def test_connections_to_the_server_send_without_delay():

@@ -36,6 +36,7 @@ def test_a_store_loads_as_mapped_segments_with_document_ids(rng, tmp_path):
         np.testing.assert_array_equal(got, want)
     assert index.documents(np.array([14, 0])).tolist() == ["doc14", "doc0"]
     assert Store.open(tmp_path / "s").doc_ids() == [f"doc{i}" for i in range(15)]
+    assert Store.open(tmp_path / "s").shard_count == 3
 
 
 def test_deletes_persist_beside_the_shards_and_compaction_drops_them(rng, tmp_path):

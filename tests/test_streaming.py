@@ -172,3 +172,34 @@ def test_torchrun_with_two_processes_writes_the_same_store(encoder, tiny_bert, t
         capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert directory_bytes(tmp_path / "ranks") == directory_bytes(tmp_path / "single")
+
+
+def test_torchrun_environment(monkeypatch):
+    from fastret.streaming import Torchrun, torchrun_env
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert torchrun_env() == Torchrun(0, 1, 0) and torchrun_env().cuda_device == "cuda"
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert torchrun_env() == Torchrun(3, 4, 1) and torchrun_env().cuda_device == "cuda:1"
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="need 0 <= RANK < WORLD_SIZE"):
+        torchrun_env()
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' is not a whole number"):
+        torchrun_env()
+
+
+def test_bm25_of_a_store_needs_the_corpus_it_was_encoded_from(encoder, tmp_path):
+    from fastret.lexical import LexicalIndex
+    from fastret.streaming import build_store_bm25
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 9)
+    encoder.encode_corpus(corpus, tmp_path / "store", shard_size=4, show_progress_bar=False)
+    with pytest.raises(ValueError, match="does not hold the documents of .* in the same order"):
+        build_store_bm25(tmp_path / "store", write_corpus(tmp_path / "other.jsonl", 8), show_progress_bar=False)
+    folder, count = build_store_bm25(tmp_path / "store", corpus, show_progress_bar=False)
+    assert count == 9 and folder.parent == tmp_path / "store"
+    assert LexicalIndex.load(tmp_path / "store").ids.tolist() == list(range(9))

@@ -1,4 +1,5 @@
-"""Length-sorted batches under a token budget, collated in a background thread.
+"""Encode batches: one call's texts in length-sorted batches under a token budget, collated in a
+background thread. (`dynamic_batching` is the server's queue, where concurrent requests share a call.)
 
 Sorting by token length makes each batch's texts nearly equal in length, so padding is near
 zero; a token budget (texts x padded length) instead of a fixed count lets short texts travel in

@@ -1,4 +1,6 @@
-"""`Batcher`: texts from many concurrent requests share one model call.
+"""Dynamic batching for the server: texts from many concurrent requests share one model call.
+
+(`encode_batches` is the other batching: one call's texts in length-sorted, token-budgeted batches.)
 
 Requests (jobs: a few tokenized texts each) wait in a bounded queue. One worker thread takes what
 is waiting, oldest first, up to a token budget, and runs the model on all of it at once, off the
