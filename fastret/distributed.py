@@ -1,16 +1,14 @@
 """`ShardedIndex`: one index spread over Ray actors, its shards on any node of a Ray cluster.
 
 A shard is a list of index files (store shards or files written by `Index.save`) that one Ray actor
-memory-maps from a path every node can read; a shard may run as several actors (replicas). A
-search sends the queries to one replica of every shard, each returns its own top candidates, and
-the caller merges them with the rule of `Index` (higher score first, then lower id), so results
-are identical, id for id and score for score, to one `Index` over the same vectors:
-
-    without rescoring   each shard returns its top min(k, live) by int8 score; the merged top k
-                        by int8 score is the global top k.
-    with rescoring      each shard returns its top min(C, live) int8 candidates (C = k x factor)
-                        with their float dot products; the merged top C by int8 score are the
-                        global candidates, re-ranked by float score as `Index` does.
+memory-maps from a path every node can read; a shard may run as several actors (replicas).
+`ShardedIndex` is a `fastret.search.Searchable` like `Index`, and searches as `Index` does, through
+the same rules (fastret.search): its `candidates` sends the queries to one replica of every shard,
+each returns its own top min(c, live) by int8 score (`Index.candidates`), and the caller merges
+them with `merge_candidates` (higher score first, then lower id); `search` is
+`search_by_candidates` over those, rescoring included. So results are identical, id for id and
+score for score, to one `Index` over the same vectors: the merged top c by int8 score is the
+global top c, and rescoring re-ranks the global top k x factor as `Index` does.
 
 State and failures. The caller keeps a log of every `add` and `delete` since the files were
 loaded, numbered; each actor counts the entries it has applied. Every call carries the count the
@@ -39,7 +37,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from . import checks, index_file, store
 from .cpu import set_num_threads
 from .index import Index
-from .quant import quantized_vectors
+from .search import check_rescore, merge_candidates, query_codes, search_by_candidates
 
 DEFAULT_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 600.0
@@ -99,6 +97,12 @@ class ShardServer:
         if self.applied != expected:
             return self.applied, None
         return self.applied, self.index.candidates(queries, c, exact=exact)
+
+    def contains(self, expected: int, ids: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """(entries applied, `Index.contains(ids)`)."""
+        if self.applied != expected:
+            return self.applied, None
+        return self.applied, self.index.contains(ids)
 
     def documents(self, expected: int, ids: np.ndarray) -> tuple[int, list | None]:
         """(entries applied, the document id of each of `ids`, None for ids this shard lacks)."""
@@ -279,34 +283,43 @@ class ShardedIndex:
             TypeError, ValueError: bad queries, k or rescoring arguments (as `Index.search`).
             ShardUnavailableError: a shard had no replica answer within `timeout_s`.
         """
-        live = len(self)
-        k = checks.check_k(k, live)
-        as_torch = checks.is_torch(queries)
-        if rescore:
-            if not self._store_float16:
-                raise ValueError("rescore=True needs float16 copies; build the index files with store_float16=True")
-            if isinstance(queries, tuple):
-                raise ValueError("rescore=True needs float queries, not (codes, scales)")
-            if isinstance(rescore_factor, bool) or not isinstance(rescore_factor, (int, np.integer)) or rescore_factor < 1:
-                raise ValueError(f"rescore_factor must be an int >= 1, got {rescore_factor!r}")
-            wanted = min(live, k * int(rescore_factor))
-            q_codes, q_scales, q_floats = self._checked_queries(queries)
-            sent = ray.put(q_floats)  # rescoring needs the float queries
-        else:
-            wanted = k
-            q_codes, q_scales, _ = self._checked_queries(queries)
-            sent = ray.put((q_codes, q_scales))  # int8 codes: a quarter of the float bytes
-        per_shard = [min(wanted, n) for n in self._live]
-        found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], rescore),
-                              skip=[n == 0 for n in per_shard])
-        parts = [f for f in found if f is not None]
-        scores, ids, exact = merge_candidates(parts, wanted, k, rescore)
-        final = exact if rescore else scores
-        if as_torch:
-            import torch
+        return search_by_candidates(self._candidates, sum(self._live), self._store_float16, queries, k,
+                                    rescore=rescore, rescore_factor=rescore_factor)
 
-            return torch.from_numpy(final), torch.from_numpy(ids)
-        return final, ids
+    @_serialized
+    def candidates(self, queries: Any, c: int, *, exact: bool = False):
+        """Every shard's top candidates merged: identical to `Index.candidates` over the same vectors.
+
+        Args, Returns: as `Index.candidates` (CPU queries only).
+
+        Raises:
+            TypeError, ValueError: as `Index.candidates`.
+            ShardUnavailableError: a shard had no replica answer within `timeout_s`.
+        """
+        return self._candidates(queries, c, exact)
+
+    def _candidates(self, queries: Any, c: int, exact: bool):
+        c = checks.check_k(c, sum(self._live))
+        if exact:
+            check_rescore(self._store_float16, queries, 1)
+        if checks.is_torch(queries):
+            queries = checks.to_numpy(queries, "queries")
+        # The same checks and quantization as Index: the shards get clean arrays.
+        q_codes, q_scales, q_floats = query_codes(queries, self._dim)
+        # The float queries when the shards compute float dot products; else the int8 codes (a quarter of the bytes).
+        sent = ray.put(q_floats if exact else (q_codes, q_scales))
+        per_shard = [min(c, n) for n in self._live]
+        found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], exact),
+                              skip=[n == 0 for n in per_shard])
+        return merge_candidates([f for f in found if f is not None], c)
+
+    @_serialized
+    def contains(self, ids: Any) -> np.ndarray:
+        """bool, the shape of `ids`: True where the id belongs to a live vector of some shard."""
+        wanted = checks.id_array(ids)
+        unique = np.unique(wanted.reshape(-1).astype(np.int64))
+        held = np.logical_or.reduce(self._fan_out("contains", lambda shard: (unique,)))
+        return np.isin(wanted, unique[held])
 
     @_serialized
     def documents(self, ids: Any) -> np.ndarray:
@@ -317,9 +330,7 @@ class ShardedIndex:
         """
         if not self._has_documents:
             raise ValueError("these vectors have no document ids (some were added without documents=...)")
-        wanted = np.asarray(checks.to_numpy(ids, "ids"))
-        if wanted.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got {wanted.dtype}")
+        wanted = checks.id_array(ids)
         unique = np.unique(wanted.reshape(-1).astype(np.int64))
         answers = self._fan_out("documents", lambda shard: (unique,))
         by_id = {}
@@ -369,10 +380,7 @@ class ShardedIndex:
             TypeError: ids that are not integers.
             ShardUnavailableError: a shard did not confirm within `timeout_s` (as `add`).
         """
-        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
-            ids = [ids]
-        array = checks.to_numpy(ids, "ids").reshape(-1)
-        wanted = checks.int64_ids(array, len(array))
+        wanted = checks.id_list(ids)
         if len(wanted) == 0:
             return 0
         deleted = 0
@@ -414,12 +422,6 @@ class ShardedIndex:
             state = _ShardCall(self, shard, "state", (), time.monotonic() + self._timeout_s, self._timeout_s).result()
             self._live[shard] = state["live"]
             self._uncounted.discard(shard)
-
-    def _checked_queries(self, queries: Any):
-        """The same checks and quantization as Index.search: the shards get clean arrays."""
-        if checks.is_torch(queries):
-            queries = checks.to_numpy(queries, "queries")
-        return quantized_vectors(queries, "queries", self._dim, queries=True)
 
     def _log_and_apply(self, shard: int, entry: tuple) -> int:
         """Append `entry` to the shard's log and send it to every replica; return its result (the
@@ -522,32 +524,6 @@ class _ShardCall:
                 continue
             return value
         raise ShardUnavailableError(self.owner._unavailable(self.shard, f"{self.method} got no answer", self.timeout_s))
-
-
-def merge_candidates(parts: Sequence[tuple], wanted: int, k: int, rescore: bool):
-    """Merge per-shard candidates as one index would rank them.
-
-    Args:
-        parts: per shard (int8 scores float32 [q, c_i], ids int64 [q, c_i], float dot products
-            float32 [q, c_i] or None), each in int8 order.
-        wanted: the candidates one index would take (k, or min(live, k x rescore_factor)).
-        k: results per query.
-        rescore: re-rank the `wanted` best int8 candidates by their float dot products.
-
-    Returns:
-        (int8 scores float32 [q, k], ids int64 [q, k], float scores float32 [q, k] or None).
-    """
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    ids = np.concatenate([p[1] for p in parts], axis=1)
-    order = np.lexsort((ids, -scores), axis=-1)[:, :wanted]
-    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    scores, ids = pick(scores), pick(ids)
-    if not rescore:
-        return scores[:, :k], ids[:, :k], None
-    exact = pick(np.concatenate([p[2] for p in parts], axis=1))
-    order = np.lexsort((ids, -exact), axis=-1)[:, :k]
-    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    return pick(scores), pick(ids), pick(exact)
 
 
 def place(sizes: Sequence[int], shards: int) -> list[list[int]]:

@@ -22,6 +22,7 @@ from .corpus import BeirDataset, document_text, load_beir, read_jsonl
 from .hybrid import DEFAULT_CANDIDATES, HybridSearcher
 from .index import Index
 from .lexical import LexicalIndex
+from .search import take_top
 
 # Instructions for instruction-following retrievers (BMRetriever uses E5-Mistral's BEIR wording).
 INSTRUCTIONS = {
@@ -81,11 +82,11 @@ def as_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, rows: n
 def exact_float_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact float32 inner-product top-k (ties to the lower row), in query blocks."""
     scores_out, rows_out = [], []
+    rows = np.arange(len(docs))
     for start in range(0, len(queries), 256):
-        scores = queries[start : start + 256] @ docs.T
-        rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        scores_out.append(np.take_along_axis(scores, rows, axis=1))
-        rows_out.append(rows)
+        scores, found = take_top(k, queries[start : start + 256] @ docs.T, rows)
+        scores_out.append(scores)
+        rows_out.append(found)
     return np.concatenate(scores_out), np.concatenate(rows_out)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import fastret
 from fastret import _core
-from fastret.search import topk_int8_torch
+from fastret.search import core_candidates, device_arrays, query_codes, topk_int8_torch, torch_candidates
 
 from conftest import needs_cuda, unit_rows
 
@@ -190,6 +190,46 @@ def test_torch_backend_chunks_the_corpus(rng, monkeypatch):
     q_codes, q_scales = quantized(rng, 4, 12)
     scores, rows = topk_int8_torch(*(torch.from_numpy(a) for a in (q_codes, q_scales, codes, scales)), 25)
     assert_same((scores.numpy(), rows.numpy()), fastret.topk_int8_ref((q_codes, q_scales), codes, scales, 25))
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact):
+    """The CUDA path's code on CPU tensors: a mapped segment and an in-memory one, deletes in both,
+    ties across them; device copies are made once per segment and renewed only where deletions changed."""
+    docs = unit_rows(rng, 500, 33)
+    docs[300:360] = docs[0]  # ties within and across segments
+    ids = rng.permutation(500).astype(np.int64) + 10
+    first = fastret.Index(33, store_float16=True)
+    first.add(docs[:250], ids[:250])
+    first.save(tmp_path / "a.frt")
+    index = fastret.Index.load(tmp_path / "a.frt")
+    index.add(docs[250:], ids[250:])
+    index.delete(ids[[0, 5, 260, 300]])
+    queries = unit_rows(rng, 7, 33)
+    queries[0] = docs[0]  # its top 59 are ties
+    q_codes, q_scales, q_floats = query_codes(queries, 33)
+    torch_queries = [torch.from_numpy(a) for a in (q_codes, q_scales)]
+
+    def compare(segments):
+        for c in (1, 10, 59, 200, sum(s.live_count for s in segments)):
+            expected = core_candidates(segments, q_codes, q_scales, c, q_floats if exact else None)
+            got = torch_candidates(segments, *torch_queries, c, torch.from_numpy(q_floats) if exact else None)
+            assert_same(got[:2], expected[:2])
+            if exact:  # float dot products: torch sums in its own order
+                np.testing.assert_allclose(got[2], expected[2], rtol=1e-6, atol=1e-7)
+            else:
+                assert got[2] is None
+
+    segments = index.segments
+    assert len(segments) == 2 and segments[0].path is not None and segments[1].path is None
+    compare(segments)
+    copies = [device_arrays(s, torch.device("cpu")) for s in segments]
+    assert len(copies[0][0]) == 248 and len(copies[1][0]) == 248  # live rows only
+    index.delete(ids[[1]])  # in the mapped segment only
+    renewed = index.segments
+    assert device_arrays(renewed[1], torch.device("cpu")) is copies[1]
+    assert len(device_arrays(renewed[0], torch.device("cpu"))[0]) == 247
+    compare(renewed)
 
 
 @needs_cuda
