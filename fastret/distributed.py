@@ -37,7 +37,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from . import checks, index_file, store
 from .cpu import set_num_threads
 from .index import Index
-from .search import check_rescore, merge_candidates, query_codes, search_by_candidates
+from .search import check_rescore, merge_candidates, query_codes, rank, search_by_candidates
 
 DEFAULT_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 600.0
@@ -539,7 +539,7 @@ def place(sizes: Sequence[int], shards: int) -> list[list[int]]:
     """
     groups: list[list[int]] = [[] for _ in range(shards)]
     held = [0] * shards
-    for position in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+    for position in rank(np.array([sizes], np.int64), np.arange(len(sizes)), len(sizes))[0].tolist():
         target = held.index(min(held))
         groups[target].append(position)
         held[target] += sizes[position]

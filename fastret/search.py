@@ -281,25 +281,27 @@ def merge_candidates(parts: Sequence[tuple], c: int) -> tuple:
     return take_top(c, *joined, np.concatenate([p[2] for p in parts], axis=1))
 
 
-def float_products(vectors: Any, queries: Any):
+def float_products(float16: Any, queries: Any):
     """float32 [q, c]: dot products of float queries [q, d] with their candidates' float16 copies
     [q, c, d] (numpy arrays, or torch tensors of one device).
 
     Raises:
         IndexFileError: a copy holds NaN or inf (a corrupted file read without verification).
     """
-    if checks.is_torch(vectors):
+    if checks.is_torch(float16):
         import torch
 
-        vectors = vectors.float()
+        vectors = float16.float()
         finite = bool(torch.isfinite(vectors).all())
     else:
-        vectors = vectors.astype(np.float32)
+        vectors = float16.astype(np.float32)
         finite = bool(np.isfinite(vectors).all())
     if not finite:
         raise IndexFileError("the float16 copies of some candidates hold NaN or inf: the index file is "
                              "corrupted (load it with verify=True to find out which)")
-    return (vectors @ queries[:, :, None])[..., 0]
+    # A sum over each row, not a batched matmul: its summation order depends on the batch's shape,
+    # and a candidate must get the same score from every shard and segment it is searched in.
+    return (vectors * queries[:, None, :]).sum(-1)
 
 
 def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any, c: int, q_floats: Any = None):

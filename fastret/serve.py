@@ -61,6 +61,8 @@ class ServeConfig:
         max_k: most results per query for /search.
         model_name: the model's name in /info and /v1/embeddings answers; default the model
             directory's name.
+        shards: search the index on this many Ray actors (`fastret.searchers.open_searchable`).
+        ray_address: search the index on the Ray cluster at this address.
     """
 
     max_batch_tokens: int = 16384
@@ -72,6 +74,8 @@ class ServeConfig:
     auto_truncate: bool = False
     max_k: int = 1000
     model_name: Optional[str] = None
+    shards: Optional[int] = None
+    ray_address: Optional[str] = None
 
 
 class ServeError(Exception):

@@ -138,6 +138,31 @@ def test_eval_prints_metrics(tmp_path, tiny_bert, capsys):
     assert report["metrics"]["bm25"]["MRR@10"] == 1.0
 
 
+def test_eval_searches_a_store_here_and_on_ray_shards(tmp_path, tiny_bert, ray_session, capsys):
+    (tmp_path / "d").mkdir()
+    topics = ["statins cholesterol", "asthma children", "fish oil", "coffee liver", "salt", "green tea"]
+    (tmp_path / "d" / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(topics)))
+    (tmp_path / "d" / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(topics)))
+    (tmp_path / "d" / "qrels").mkdir()
+    (tmp_path / "d" / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(len(topics))))
+    common = ["--model", str(tiny_bert), "--device", "cpu"]
+    assert cli.main(["encode", str(tmp_path / "d"), str(tmp_path / "store"), *common, "--shard-size", "2",
+                     "--float16", "--no-progress"]) == 0
+    capsys.readouterr()
+    runs = []
+    for extra in ([], ["--shards", "2"]):
+        assert cli.main(["eval", str(tmp_path / "d"), "--index", str(tmp_path / "store"), *extra, *common,
+                         "--no-progress", "--json"]) == 0
+        runs.append(json.loads(capsys.readouterr().out)["metrics"])
+    assert list(runs[0]) == ["int8", "int8+rescore", "bm25"] and runs[1] == runs[0]
+    assert runs[0]["int8"]["MRR@10"] == 1.0
+    assert cli.main(["eval", str(tmp_path / "d"), "--shards", "2", *common]) == 2
+    assert "pass --index STORE too" in capsys.readouterr().err
+
+
 def test_bench_runs_small_and_reports_ratios(minilm_path, capsys):
     assert cli.main(["bench", "--n", "2000", "--dim", "32", "--queries", "20", "--docs", "4", "--json",
                      "--model", str(minilm_path)]) == 0
@@ -189,6 +214,23 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
     assert cli.main(["index", str(tmp_path / "plain")]) == 2
 
 
+def test_hybrid_search_on_ray_shards_prints_what_one_index_prints(tmp_path, tiny_bert, ray_session, capsys):
+    """`--shards 2 --hybrid`: the dense side on 2 Ray actors, BM25 here; the same output, line for line."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 12)
+    common = ["--model", str(tiny_bert), "--device", "cpu"]
+    assert cli.main(["encode", str(corpus), str(tmp_path / "store"), *common, "--shard-size", "5", "--float16",
+                     "--bm25", "--no-progress"]) == 0
+    search = ["search", str(tmp_path / "store"), "T text number 7", "number 3", "-k", "5", "--hybrid", "--json",
+              *common]
+    for extra in (["--fusion", "rrf"], ["--fusion", "weighted", "--rescore"]):
+        capsys.readouterr()
+        assert cli.main(search + extra) == 0
+        plain = capsys.readouterr().out.splitlines()
+        assert cli.main(search + extra + ["--shards", "2"]) == 0
+        assert capsys.readouterr().out.splitlines() == plain and len(plain) == 2
+        assert all(hit["id"].startswith("d") for hit in json.loads(plain[0])["results"])
+
+
 def test_serve_options_mirror_serve_config():
     pytest.importorskip("fastapi", reason="fastret serve needs FastAPI")
     from fastret.serve import ServeConfig
@@ -199,11 +241,15 @@ def test_serve_options_mirror_serve_config():
              "max_body_bytes", "auto_truncate")
     assert {n: getattr(args, n) for n in names} == {n: getattr(defaults, n) for n in names}
     assert (args.host, args.port, args.index) == ("127.0.0.1", 8080, None)
+    assert (args.shards, args.ray_address) == (defaults.shards, defaults.ray_address) == (None, None)
+    args = cli.build_parser().parse_args(["serve", "--index", "store", "--shards", "2", "--ray", "auto"])
+    assert (args.shards, args.ray_address) == (2, "auto")
 
 
 @pytest.mark.parametrize("option, message", [
     (["--port", "70000"], r"--port must be in \[0, 65535\], got 70000"),
     (["--max-wait-ms", "-1"], r"--max-wait-ms must be in \[0, 60000\), got -1.0"),
+    (["--shards", "2"], r"--shards and --ray search an index: pass --index STORE too"),
 ])
 def test_serve_bad_options_are_usage_errors(capsys, option, message):
     assert cli.main(["serve", *option]) == 2
