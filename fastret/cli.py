@@ -300,12 +300,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         if args.index is None and (args.shards or args.ray):
             raise ValueError("--shards and --ray search an index: pass --index STORE too")
         index = None if args.index is None else open_searchable(args.index, shards=args.shards, ray_address=args.ray)
-        if args.methods is not None:
-            methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        elif index is None:
-            methods = ("float32", "int8", "int8+rescore", "bm25")
-        else:
-            methods = ("int8", "int8+rescore", "bm25") if index.store_float16 else ("int8", "bm25")
+        methods = (evaluate.default_methods(index) if args.methods is None
+                   else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
         report = evaluate.evaluate_retrieval(
             encoder, args.dataset or BUNDLED_NFCORPUS, args.split, methods=methods, batch_size=args.batch_size,
             name=args.name, show_progress_bar=not args.no_progress, index=index)

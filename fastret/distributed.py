@@ -306,7 +306,7 @@ class ShardedIndex:
             queries = checks.to_numpy(queries, "queries")
         # The same checks and quantization as Index: the shards get clean arrays.
         q_codes, q_scales, q_floats = query_codes(queries, self._dim)
-        # The float queries when the shards compute float dot products; else the int8 codes (a quarter of the bytes).
+        # The float queries when the shards compute float dot products; else the codes (a quarter of the bytes).
         sent = ray.put(q_floats if exact else (q_codes, q_scales))
         per_shard = [min(c, n) for n in self._live]
         found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], exact),

@@ -104,6 +104,14 @@ def query_prompt(encoder, dataset_name: str) -> str | None:
     return bmretriever_query_prompt(instruction)
 
 
+def default_methods(index: Searchable | None = None) -> tuple[str, ...]:
+    """The methods `fastret eval` runs unless told: float32, int8, int8+rescore and bm25; searching a
+    given index, int8, int8+rescore (when it keeps float16 copies) and bm25."""
+    if index is None:
+        return ("float32", "int8", "int8+rescore", "bm25")
+    return ("int8", "int8+rescore", "bm25") if index.store_float16 else ("int8", "bm25")
+
+
 def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = "test", *,
                        methods: tuple[str, ...] = METHODS, k: int = 100, batch_size: int = 32,
                        rescore_factor: int = 4, name: str | None = None,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _core, checks, store
+from . import checks, store
 from .doc_ids import PackedDocIds
 from .index_file import IndexArrays, write
 from .quant import quantized_vectors

@@ -201,7 +201,8 @@ def query_codes(queries: Any, dim: int, device: Any = None):
     floats = None
     if isinstance(queries, tuple):
         if len(queries) != 2:
-            raise ValueError(f"queries as a tuple must be (codes int8 [q, d], scales float32 [q]), got {len(queries)} items")
+            raise ValueError("queries as a tuple must be (codes int8 [q, d], scales float32 [q]), "
+                             f"got {len(queries)} items")
         codes, scales = (torch.as_tensor(part, device=device) for part in queries)
         if codes.dtype != torch.int8:
             raise TypeError(f"query codes must be int8, got {codes.dtype}; quantize with fastret.quantize_queries")

@@ -146,7 +146,8 @@ def rule_sites(module, source):
                     found["rescoring"].add(where)
         if isinstance(node, ast.Call):
             name, key = _name(node), _keyword(node, "key")
-            negated_first = bool(node.args) and isinstance(node.args[0], ast.UnaryOp) and isinstance(node.args[0].op, ast.USub)
+            first = node.args[0] if node.args else None
+            negated_first = isinstance(first, ast.UnaryOp) and isinstance(first.op, ast.USub)
             stable = _is_true(_keyword(node, "stable")) or (
                 isinstance(_keyword(node, "kind"), ast.Constant) and _keyword(node, "kind").value == "stable")
             along_axis = _keyword(node, "axis") is not None or _keyword(node, "dim") is not None

@@ -226,7 +226,8 @@ def test_a_server_on_ray_shards_answers_as_one_index(minilm_path, store, client,
             info = http.get("/info").json()
             assert info["index"]["size"] == 30 and info["shards"] == 2 and info["ray_address"] is None
     finally:
-        assert sharded.stop() == 0, sharded.stderr()
+        # uvicorn re-raises SIGTERM after its graceful shutdown; Ray's driver answers it with exit(15)
+        assert sharded.stop() in (0, -signal.SIGTERM, signal.SIGTERM), sharded.stderr()
 
 
 def test_health_info_and_metrics(client, store):
