@@ -216,7 +216,14 @@ def query_codes(queries: Any, dim: int, device: Any = None):
     shape = tuple((codes if floats is None else floats).shape)
     if len(shape) != 2 or shape[1] != dim or shape[0] == 0:
         raise ValueError(f"queries must be [q, {dim}] with q >= 1, got {shape}")
-    if floats is not None:
+    if floats is None:
+        if tuple(scales.shape) != shape[:1]:
+            raise ValueError(f"query scales must be 1-D with one scale per query ({shape[0]}), "
+                             f"got shape {tuple(scales.shape)}")
+        if (codes == -128).any():
+            raise ValueError("query codes contain -128; fastret uses symmetric codes in [-127, 127] "
+                             "(quantize with fastret.quantize_queries, or clip)")
+    else:
         if not torch.isfinite(floats).all():
             raise ValueError("queries contain NaN or inf; clean the input")
         floats = floats.float()

@@ -232,6 +232,33 @@ def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact):
     compare(renewed)
 
 
+def test_query_codes_on_a_torch_device_equal_the_numpy_ones(rng):
+    """The query checks of the GPU path, run on the CPU: same codes, scales and floats; same refusals."""
+    queries = unit_rows(rng, 4, 12)
+    expected = query_codes(queries, 12)
+    got = query_codes(torch.from_numpy(queries), 12, device=torch.device("cpu"))
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.numpy(), b)
+    one = query_codes(torch.from_numpy(queries[0]), 12, device="cpu")
+    assert one[0].shape == (1, 12) and one[1].shape == (1,)
+    given = query_codes(tuple(torch.from_numpy(a) for a in expected[:2]), 12, device="cpu")
+    assert given[2] is None and torch.equal(given[0], got[0])
+    with pytest.raises(ValueError, match=r"queries must be \[q, 12\] with q >= 1, got \(4, 11\)"):
+        query_codes(torch.from_numpy(queries[:, :11]), 12, device="cpu")
+    with pytest.raises(TypeError, match="floating point"):
+        query_codes(torch.ones(2, 12, dtype=torch.int32), 12, device="cpu")
+    with pytest.raises(TypeError, match="query codes must be int8"):
+        query_codes((torch.ones(2, 12), torch.ones(2)), 12, device="cpu")
+    with pytest.raises(ValueError, match=r"one scale per query \(2\)"):
+        query_codes((torch.ones(2, 12, dtype=torch.int8), torch.ones(3)), 12, device="cpu")
+    with pytest.raises(ValueError, match="-128"):
+        query_codes((torch.full((2, 12), -128, dtype=torch.int8), torch.ones(2)), 12, device="cpu")
+    bad = torch.from_numpy(queries.copy())
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        query_codes(bad, 12, device="cpu")
+
+
 @needs_cuda
 def test_cuda_matches_cpu(rng):
     codes, scales = quantized(rng, 5000, 384)
