@@ -37,7 +37,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from . import checks, index_file, store
 from .cpu import set_num_threads
 from .index import Index
-from .search import check_rescore, merge_candidates, query_codes, rank, search_by_candidates
+from .search import (SearchableBase, check_rescore, merge_candidates, query_codes, rank,
+                     search_by_candidates)
 
 DEFAULT_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 600.0
@@ -137,7 +138,7 @@ def _serialized(method):
     return locked
 
 
-class ShardedIndex:
+class ShardedIndex(SearchableBase):
     """An index whose shards are Ray actors, searched as one `Index`.
 
     Needs `ray.init(...)` first (a local Ray, or `ray.init(address=...)` to join a cluster).
@@ -179,19 +180,18 @@ class ShardedIndex:
         if not (timeout_s > 0 and startup_timeout_s > 0):
             raise ValueError(f"timeouts must be > 0, got {timeout_s!r} and {startup_timeout_s!r}")
         headers = [(p, index_file.read_header(p)) for files in self._paths for p in files]
-        self._dim = headers[0][1].dim
-        self._store_float16 = headers[0][1].has_float16
+        super().__init__(headers[0][1].dim, headers[0][1].has_float16)
         for path, header in headers:
-            if header.dim != self._dim or header.has_float16 != self._store_float16:
+            if header.dim != self.dim or header.has_float16 != self.store_float16:
                 raise ValueError(f"{path}: {header.dim}-d vectors, float16 copies {header.has_float16}; "
-                                 f"{headers[0][0]} has {self._dim}-d, float16 copies {self._store_float16}: "
+                                 f"{headers[0][0]} has {self.dim}-d, float16 copies {self.store_float16}: "
                                  "every file of a sharded index must match")
         self._timeout_s = float(timeout_s)
         self._lock = threading.RLock()
         server = ray.remote(ShardServer).options(num_cpus=num_cpus, max_restarts=max_restarts,
                                                   max_task_retries=-1)
         threads = max(1, round(num_cpus))
-        self._actors = [[server.remote(files, self._dim, self._store_float16, verify, threads)
+        self._actors = [[server.remote(files, self.dim, self.store_float16, verify, threads)
                          for _ in range(int(n))] for files, n in zip(self._paths, counts)]
         self._turns = [itertools.count() for _ in self._paths]
         self._log: list[list[ray.ObjectRef]] = [[] for _ in self._paths]
@@ -233,16 +233,6 @@ class ShardedIndex:
     # ------------------------------------------------------------------ what it holds
 
     @property
-    def dim(self) -> int:
-        """Vector dimension."""
-        return self._dim
-
-    @property
-    def store_float16(self) -> bool:
-        """Whether float16 copies are kept for rescoring."""
-        return self._store_float16
-
-    @property
     def has_documents(self) -> bool:
         """True when every vector has a document id."""
         return self._has_documents
@@ -268,7 +258,7 @@ class ShardedIndex:
             return sum(self._live)
 
     def __repr__(self) -> str:
-        return (f"fastret.ShardedIndex(dim={self._dim}, count={len(self)}, shards={len(self._paths)}, "
+        return (f"fastret.ShardedIndex(dim={self.dim}, count={len(self)}, shards={len(self._paths)}, "
                 f"replicas={self.replica_counts})")
 
     # ------------------------------------------------------------------ searching
@@ -283,7 +273,7 @@ class ShardedIndex:
             TypeError, ValueError: bad queries, k or rescoring arguments (as `Index.search`).
             ShardUnavailableError: a shard had no replica answer within `timeout_s`.
         """
-        return search_by_candidates(self._candidates, sum(self._live), self._store_float16, queries, k,
+        return search_by_candidates(self._candidates, sum(self._live), self.store_float16, queries, k,
                                     rescore=rescore, rescore_factor=rescore_factor)
 
     @_serialized
@@ -301,11 +291,11 @@ class ShardedIndex:
     def _candidates(self, queries: Any, c: int, exact: bool):
         c = checks.check_k(c, sum(self._live))
         if exact:
-            check_rescore(self._store_float16, queries, 1)
+            check_rescore(self.store_float16, queries, 1)
         if checks.is_torch(queries):
             queries = checks.to_numpy(queries, "queries")
         # The same checks and quantization as Index: the shards get clean arrays.
-        q_codes, q_scales, q_floats = query_codes(queries, self._dim)
+        q_codes, q_scales, q_floats = query_codes(queries, self.dim)
         # The float queries when the shards compute float dot products; else the codes (a quarter of the bytes).
         sent = ray.put(q_floats if exact else (q_codes, q_scales))
         per_shard = [min(c, n) for n in self._live]
@@ -357,7 +347,7 @@ class ShardedIndex:
         if checks.is_torch(vectors):
             vectors = checks.to_numpy(vectors, "vectors")
         # The same checks as Index.add, on a scratch index, so that no bad entry enters the log.
-        scratch = Index(self._dim, store_float16=self._store_float16)
+        scratch = Index(self.dim, store_float16=self.store_float16)
         scratch.add(vectors, ids, documents=documents)
         n = len(scratch)
         if ids is None:
@@ -408,7 +398,7 @@ class ShardedIndex:
             self._fan_out("save", lambda shard: (str(parts[shard]),), skip=[n == 0 for n in self._live])
             written = [p for p in parts if p.exists()]
             segments = [store.open_segment_file(p, verify=False) for p in written]
-            whole = Index.from_segments(segments, self._dim, self._store_float16)
+            whole = Index.from_segments(segments, self.dim, self.store_float16)
             whole.save(path)
         finally:
             for part in parts:

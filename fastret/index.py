@@ -24,13 +24,14 @@ from . import checks, store
 from .doc_ids import PackedDocIds
 from .index_file import IndexArrays, write
 from .quant import quantized_vectors
-from .search import check_rescore, query_codes, search_by_candidates, segment_candidates
+from .search import (SearchableBase, check_rescore, query_codes, search_by_candidates,
+                     segment_candidates)
 from .segment import Segment, SegmentBuilder
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-class Index:
+class Index(SearchableBase):
     """Exact top-k inner-product search over int8-quantized vectors.
 
     Args:
@@ -49,10 +50,9 @@ class Index:
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
         if not 1 <= dim <= 65536:
             raise ValueError(f"dim must be in [1, 65536], got {dim}")
-        self._dim = int(dim)
-        self._store_float16 = bool(store_float16)
+        super().__init__(dim, store_float16)
         self._segments: tuple[Segment, ...] = ()
-        self._builder = SegmentBuilder(self._dim, self._store_float16)
+        self._builder = SegmentBuilder(self.dim, self.store_float16)
         self._next_id: int | None = 0
         self._lock = threading.Lock()
 
@@ -74,16 +74,6 @@ class Index:
         index._segments = tuple(segments)
         index._next_id = None  # computed from the segments' ids when first needed
         return index
-
-    @property
-    def dim(self) -> int:
-        """Vector dimension."""
-        return self._dim
-
-    @property
-    def store_float16(self) -> bool:
-        """Whether float16 copies are kept for rescoring."""
-        return self._store_float16
 
     def __len__(self) -> int:
         """Live (not deleted) vectors."""
@@ -109,8 +99,8 @@ class Index:
         return all(s.doc_ids is not None for s in self._snapshot())
 
     def __repr__(self) -> str:
-        extra = ", store_float16=True" if self._store_float16 else ""
-        return f"fastret.Index(dim={self._dim}, count={len(self)}, segments={self.segment_count}{extra})"
+        extra = ", store_float16=True" if self.store_float16 else ""
+        return f"fastret.Index(dim={self.dim}, count={len(self)}, segments={self.segment_count}{extra})"
 
     def _snapshot(self) -> tuple[Segment, ...]:
         """The segments as they are now; later adds and deletes do not change them."""
@@ -149,9 +139,9 @@ class Index:
                 float16 copies, or values
                 beyond float16's range (+-65,504) for an index that keeps float16 copies.
         """
-        codes, scales, floats = quantized_vectors(vectors, "vectors", self._dim)
+        codes, scales, floats = quantized_vectors(vectors, "vectors", self.dim)
         n = len(codes)
-        if self._store_float16:
+        if self.store_float16:
             if floats is None:
                 raise ValueError(
                     "this index keeps float16 copies for rescoring, so it needs float vectors, "
@@ -175,7 +165,7 @@ class Index:
                 start = self._next_id_locked()
                 given_ids = np.arange(start, start + n, dtype=np.int64)
             self._builder.append(codes, scales, given_ids,
-                                 floats.astype(np.float16) if self._store_float16 else None, names)
+                                 floats.astype(np.float16) if self.store_float16 else None, names)
             if self._next_id is not None and n:
                 self._next_id = max(self._next_id, int(given_ids.max()) + 1)
 
@@ -234,7 +224,7 @@ class Index:
         """
         segments = self._snapshot()
         return search_by_candidates(lambda q, c, exact: self._candidates(segments, q, c, exact), _live(segments),
-                                    self._store_float16, queries, k, rescore=rescore, rescore_factor=rescore_factor)
+                                    self.store_float16, queries, k, rescore=rescore, rescore_factor=rescore_factor)
 
     def contains(self, ids: Any) -> np.ndarray:
         """bool, the shape of `ids`: True where the id belongs to a live (not deleted) vector."""
@@ -269,8 +259,8 @@ class Index:
     def _candidates(self, segments: tuple[Segment, ...], queries: Any, c: int, exact: bool):
         c = checks.check_k(c, _live(segments))
         if exact:
-            check_rescore(self._store_float16, queries, 1)
-        q_codes, q_scales, q_floats = query_codes(queries, self._dim)
+            check_rescore(self.store_float16, queries, 1)
+        q_codes, q_scales, q_floats = query_codes(queries, self.dim)
         return segment_candidates(segments, q_codes, q_scales, c, q_floats if exact else None)
 
     def documents(self, ids: Any) -> np.ndarray:
@@ -318,10 +308,10 @@ class Index:
                 chosen.append(self._builder.snapshot())
             if len(chosen) == 0 or (len(chosen) == 1 and chosen[0].deleted_count == 0):
                 return
-            merged = _concatenate(chosen, self._dim, self._store_float16)
+            merged = _concatenate(chosen, self.dim, self.store_float16)
             kept = tuple(s for s in self._segments if not any(s is c for c in chosen))
             self._segments = kept + ((merged,) if len(merged) else ())
-            self._builder = SegmentBuilder(self._dim, self._store_float16)
+            self._builder = SegmentBuilder(self.dim, self.store_float16)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index.
@@ -336,11 +326,11 @@ class Index:
         with self._lock:
             segments = self._segments_locked()
             if path.is_dir():
-                saved = store.save_segments(path, list(segments), self._dim, self._store_float16)
+                saved = store.save_segments(path, list(segments), self.dim, self.store_float16)
                 self._segments = tuple(saved)
-                self._builder = SegmentBuilder(self._dim, self._store_float16)
+                self._builder = SegmentBuilder(self.dim, self.store_float16)
                 return
-        merged = _concatenate(list(segments), self._dim, self._store_float16)
+        merged = _concatenate(list(segments), self.dim, self.store_float16)
         doc_ids = merged.doc_ids
         if doc_ids is not None and not isinstance(doc_ids, PackedDocIds):
             doc_ids = doc_ids.subset(np.arange(len(merged)))

@@ -167,6 +167,25 @@ class Searchable(Protocol):
     def documents(self, ids: Any) -> np.ndarray: ...
 
 
+class SearchableBase:
+    """What `Index` and `ShardedIndex` keep alike: the vectors' dimension and whether float16 copies
+    are kept for rescoring, both fixed when the index is made."""
+
+    def __init__(self, dim: int, store_float16: bool):
+        self._dim = int(dim)
+        self._store_float16 = bool(store_float16)
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self._dim
+
+    @property
+    def store_float16(self) -> bool:
+        """Whether float16 copies are kept for rescoring."""
+        return self._store_float16
+
+
 def check_rescore(store_float16: bool, queries: Any, rescore_factor: Any) -> None:
     """Refuse rescoring that cannot be done: no float16 copies, (codes, scales) queries, a bad factor.
 
