@@ -407,6 +407,9 @@ def device_arrays(segment: Segment, device: Any, *, float16: bool = False):
     deletions (deletions only grow) makes fresh ones."""
     import torch
 
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
+        device = torch.device("cuda", torch.cuda.current_device())
     key = ("device-float16" if float16 else "device", str(device))
     cached = segment.cache.get(key)
     if cached is None or cached[0] != segment.deleted_count:

@@ -192,10 +192,13 @@ def test_torch_backend_chunks_the_corpus(rng, monkeypatch):
     assert_same((scores.numpy(), rows.numpy()), fastret.topk_int8_ref((q_codes, q_scales), codes, scales, 25))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("exact", [False, True])
-def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact):
-    """The CUDA path's code on CPU tensors: a mapped segment and an in-memory one, deletes in both,
-    ties across them; device copies are made once per segment and renewed only where deletions changed."""
+def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact, device):
+    """The CUDA path's code (on CPU tensors without a GPU): a mapped segment and an in-memory one,
+    deletes in both, ties across them; device copies are made once per segment and renewed only
+    where deletions changed."""
+    device = torch.device(device)
     docs = unit_rows(rng, 500, 33)
     docs[300:360] = docs[0]  # ties within and across segments
     ids = rng.permutation(500).astype(np.int64) + 10
@@ -208,27 +211,29 @@ def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact):
     queries = unit_rows(rng, 7, 33)
     queries[0] = docs[0]  # its top 59 are ties
     q_codes, q_scales, q_floats = query_codes(queries, 33)
-    torch_queries = [torch.from_numpy(a) for a in (q_codes, q_scales)]
+    torch_queries = [torch.from_numpy(a).to(device) for a in (q_codes, q_scales)]
 
     def compare(segments):
         for c in (1, 10, 59, 200, sum(s.live_count for s in segments)):
             expected = core_candidates(segments, q_codes, q_scales, c, q_floats if exact else None)
-            got = torch_candidates(segments, *torch_queries, c, torch.from_numpy(q_floats) if exact else None)
+            floats = torch.from_numpy(q_floats).to(device) if exact else None
+            got = torch_candidates(segments, *torch_queries, c, floats)
             assert_same(got[:2], expected[:2])
             if exact:  # float dot products: torch sums in its own order
-                np.testing.assert_allclose(got[2], expected[2], rtol=1e-6, atol=1e-7)
+                np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-7)
             else:
                 assert got[2] is None
 
     segments = index.segments
     assert len(segments) == 2 and segments[0].path is not None and segments[1].path is None
     compare(segments)
-    copies = [device_arrays(s, torch.device("cpu")) for s in segments]
+    copies = [device_arrays(s, device) for s in segments]
     assert len(copies[0][0]) == 248 and len(copies[1][0]) == 248  # live rows only
+    assert all(t.device.type == device.type for copy in copies for t in copy)
     index.delete(ids[[1]])  # in the mapped segment only
     renewed = index.segments
-    assert device_arrays(renewed[1], torch.device("cpu")) is copies[1]
-    assert len(device_arrays(renewed[0], torch.device("cpu"))[0]) == 247
+    assert device_arrays(renewed[1], device) is copies[1]
+    assert len(device_arrays(renewed[0], device)[0]) == 247
     compare(renewed)
 
 
