@@ -138,7 +138,9 @@ def test_eval_prints_metrics(tmp_path, tiny_bert, capsys):
     assert report["metrics"]["bm25"]["MRR@10"] == 1.0
 
 
-def test_eval_searches_a_store_here_and_on_ray_shards(tmp_path, tiny_bert, ray_session, capsys):
+def test_eval_searches_a_store(tmp_path, tiny_bert, capsys):
+    """`fastret eval --index STORE`: the store is searched (here, or on Ray with --shards/--ray: the same
+    open_searchable as search and serve) instead of embedding the corpus again."""
     (tmp_path / "d").mkdir()
     topics = ["statins cholesterol", "asthma children", "fish oil", "coffee liver", "salt", "green tea"]
     (tmp_path / "d" / "corpus.jsonl").write_text(
@@ -152,18 +154,16 @@ def test_eval_searches_a_store_here_and_on_ray_shards(tmp_path, tiny_bert, ray_s
     assert cli.main(["encode", str(tmp_path / "d"), str(tmp_path / "store"), *common, "--shard-size", "2",
                      "--float16", "--no-progress"]) == 0
     capsys.readouterr()
-    runs = []
-    for extra in ([], ["--shards", "2"]):
-        assert cli.main(["eval", str(tmp_path / "d"), "--index", str(tmp_path / "store"), *extra, *common,
-                         "--no-progress", "--json"]) == 0
-        runs.append(json.loads(capsys.readouterr().out)["metrics"])
-    assert list(runs[0]) == ["int8", "int8+rescore", "bm25"] and runs[1] == runs[0]
+    assert cli.main(["eval", str(tmp_path / "d"), "--index", str(tmp_path / "store"), *common, "--no-progress",
+                     "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert list(metrics) == ["int8", "int8+rescore", "bm25"]
     from fastret import evaluate
 
     direct = evaluate.evaluate_retrieval(fastret.Encoder(tiny_bert, device="cpu"), tmp_path / "d",
-                                         methods=tuple(runs[0]), index=fastret.Index.load(tmp_path / "store"),
+                                         methods=tuple(metrics), index=fastret.Index.load(tmp_path / "store"),
                                          show_progress_bar=False)
-    assert direct.metrics == runs[0] and runs[0]["bm25"]["MRR@10"] == 1.0
+    assert direct.metrics == metrics and metrics["bm25"]["MRR@10"] == 1.0
     assert cli.main(["eval", str(tmp_path / "d"), "--shards", "2", *common]) == 2
     assert "pass --index STORE too" in capsys.readouterr().err
 
@@ -195,7 +195,7 @@ def test_train_options_mirror_train_config(tmp_path):
     assert config.amp is False and config.target_modules == ["query", "value"] and config.lora_rank == 8
 
 
-def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
+def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, ray_session, capsys):
     corpus = write_corpus(tmp_path / "corpus.jsonl", 12)
     common = ["--model", str(tiny_bert), "--device", "cpu"]
     assert cli.main(["encode", str(corpus), str(tmp_path / "store"), *common, "--shard-size", "5", "--float16",
@@ -206,6 +206,13 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
                          "--fusion", fusion, "--json", *common]) == 0
         hits = json.loads(capsys.readouterr().out)["results"]
         assert len(hits) == 4 and all(hit["id"].startswith("d") for hit in hits)
+    # --shards 2 --hybrid: the dense side on 2 Ray actors, BM25 here; the same output, line for line
+    search = ["search", str(tmp_path / "store"), "T text number 7", "number 3", "-k", "5", "--hybrid", "--json",
+              "--fusion", "weighted", "--rescore", *common]
+    assert cli.main(search) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert cli.main(search + ["--shards", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == plain and len(plain) == 2
     # a store without BM25, then built from its corpus; a corpus that does not match is refused
     assert cli.main(["encode", str(corpus), str(tmp_path / "plain"), *common, "--no-progress"]) == 0
     assert cli.main(["search", str(tmp_path / "plain"), "x", "--hybrid", *common]) == 2
@@ -217,23 +224,6 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
     assert json.loads(capsys.readouterr().out)["documents"] == 12
     assert cli.main(["search", str(tmp_path / "plain"), "T text number 3", "--hybrid", "--json", *common]) == 0
     assert cli.main(["index", str(tmp_path / "plain")]) == 2
-
-
-def test_hybrid_search_on_ray_shards_prints_what_one_index_prints(tmp_path, tiny_bert, ray_session, capsys):
-    """`--shards 2 --hybrid`: the dense side on 2 Ray actors, BM25 here; the same output, line for line."""
-    corpus = write_corpus(tmp_path / "corpus.jsonl", 12)
-    common = ["--model", str(tiny_bert), "--device", "cpu"]
-    assert cli.main(["encode", str(corpus), str(tmp_path / "store"), *common, "--shard-size", "5", "--float16",
-                     "--bm25", "--no-progress"]) == 0
-    search = ["search", str(tmp_path / "store"), "T text number 7", "number 3", "-k", "5", "--hybrid", "--json",
-              *common]
-    for extra in (["--fusion", "rrf"], ["--fusion", "weighted", "--rescore"]):
-        capsys.readouterr()
-        assert cli.main(search + extra) == 0
-        plain = capsys.readouterr().out.splitlines()
-        assert cli.main(search + extra + ["--shards", "2"]) == 0
-        assert capsys.readouterr().out.splitlines() == plain and len(plain) == 2
-        assert all(hit["id"].startswith("d") for hit in json.loads(plain[0])["results"])
 
 
 def test_serve_options_mirror_serve_config():
