@@ -103,8 +103,11 @@ def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
         test_no_import_cycles()
 
 
-# The search rules written once (fastret.search): a second copy of either is caught here.
+# The search rules written once (fastret.search): a second copy of either is caught here. The torch
+# backend's form of the tie rule (64-bit keys: float bits made order-preserving, then the id's rank)
+# may only live in fastret.search too.
 RULES = {"tie rule": {"fastret.search.rank"}, "rescoring": {"fastret.search.float_products"}}
+RANK_KEYS_HOME = "fastret.search"
 
 
 def _name(node):
@@ -127,14 +130,20 @@ def rule_sites(module, source):
     The tie rule: any lexsort; sorted/sort with a key (-score, id); a stable argsort/sort of
     negated values along an axis (rows of scores); a torch sort, descending and stable.
     Rescoring: a function that computes dot products (@, matmul, einsum, dot, bmm, a sum of
-    products) and reads float16 copies.
+    products) and reads float16 copies. Rank keys: float bits made order-preserving
+    (`bits ^ ((bits >> 31) & 0x7FFFFFFF)`), the torch backend's form of the tie rule.
     """
-    found = {rule: set() for rule in RULES}
+    found = {rule: set() for rule in RULES} | {"rank keys": set()}
 
     def visit(node, where):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             where = f"{where}.{node.name}"
             if not isinstance(node, ast.ClassDef):
+                constants = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant)}
+                shifts_sign = any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.RShift)
+                                  and isinstance(n.right, ast.Constant) and n.right.value == 31 for n in ast.walk(node))
+                if shifts_sign and 0x7FFFFFFF in constants:
+                    found["rank keys"].add(where)
                 names = {n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", "") for n in ast.walk(node)}
                 products = any(
                     (isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult))
@@ -167,11 +176,12 @@ def rule_sites(module, source):
 def test_the_tie_rule_and_rescoring_are_written_once():
     """Ranking (higher score, then lower id) and rescoring live in fastret.search; every searcher
     (Index, ShardedIndex, HybridSearcher, LexicalIndex, evaluation) calls them."""
-    found = {rule: set() for rule in RULES}
+    found = {rule: set() for rule in RULES} | {"rank keys": set()}
     for module, path in MODULES.items():
         for rule, sites in rule_sites(module, path.read_text()).items():
             found[rule] |= sites
-    assert found == RULES
+    assert {rule: found[rule] for rule in RULES} == RULES
+    assert found["rank keys"] and all(site.startswith(RANK_KEYS_HOME + ".") for site in found["rank keys"])
 
 
 @pytest.mark.parametrize("copy", [
@@ -182,9 +192,10 @@ def test_the_tie_rule_and_rescoring_are_written_once():
     "def f(segment, rows, q):\n    return torch.einsum('qcd,qd->qc', segment.float16[rows].float(), q)\n",
     "def f(float16, q):\n    return float16.astype(np.float32) @ q\n",
     "def f(float16, q):\n    return (float16.astype(np.float32) * q[:, None, :]).sum(-1)\n",
+    "def f(scores):\n    bits = scores.view(torch.int32)\n    return bits ^ ((bits >> 31) & 0x7FFFFFFF)\n",
 ])
 def test_the_rule_checker_sees_a_second_copy(copy):
     found = rule_sites("fastret.other", copy)
-    assert found["tie rule"] | found["rescoring"] == {"fastret.other.f"}
+    assert set().union(*found.values()) == {"fastret.other.f"}
     assert rule_sites("fastret.other", "def f(lengths):\n    return np.argsort(-lengths, kind='stable')\n") == \
-        {rule: set() for rule in RULES}  # a stable sort of one list is not a ranking of score rows
+        {rule: set() for rule in found}  # a stable sort of one list is not a ranking of score rows
