@@ -29,7 +29,8 @@ import ray
 
 import fastret
 from fastret import store
-from fastret.distributed import ShardedIndex, merge_candidates
+from fastret.distributed import ShardedIndex
+from fastret.search import merge_candidates
 
 from harness import cpu_info, finish, verdict
 
@@ -82,7 +83,7 @@ def merge_cost(shard_counts: list[int], queries: int, k: int) -> list[dict]:
         for _ in range(shards):
             scores = -np.sort(-rng.standard_normal((queries, k)).astype(np.float32), axis=1)
             parts.append((scores, rng.integers(0, 1 << 40, (queries, k)), None))
-        seconds = min(timed(lambda p: merge_candidates(p, k, k, False), parts)[0] for _ in range(5))
+        seconds = min(timed(lambda p: merge_candidates(p, k), parts)[0] for _ in range(5))
         rows.append({"shards": shards, "queries": queries, "k": k, "seconds": seconds,
                      "us_per_query": seconds / queries * 1e6})
     return rows

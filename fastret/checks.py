@@ -129,3 +129,19 @@ def check_k(k: Any, n: int) -> int:
     if k > n:
         raise ValueError(f"k = {k} exceeds the {n} vectors in the index; pass k <= {n}")
     return int(k)
+
+
+def id_array(ids: Any) -> np.ndarray:
+    """Ids to look up (e.g. search results), any shape: a numpy integer array of the same shape."""
+    array = np.asarray(to_numpy(ids, "ids"))
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got {array.dtype}")
+    return array
+
+
+def id_list(ids: Any) -> np.ndarray:
+    """Ids to delete: one int, or any integer array or sequence, as a flat int64 [n] array."""
+    if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+        ids = [ids]
+    array = to_numpy(ids, "ids").reshape(-1)
+    return int64_ids(array, len(array))

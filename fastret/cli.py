@@ -204,7 +204,7 @@ def _add_search(commands) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     from .corpus import load_queries
-    from .index import Index
+    from .searchers import open_searchable
 
     if args.queries_file is not None:
         texts = load_queries(args.queries_file)
@@ -212,7 +212,7 @@ def _run_search(args: argparse.Namespace) -> int:
         texts = {str(i): q for i, q in enumerate(args.queries)}
     else:
         raise ValueError("no queries: pass query texts or --queries-file")
-    index = _sharded_index(args) if args.ray or args.shards else Index.load(args.index)
+    index = open_searchable(args.index, shards=args.shards, ray_address=args.ray, replicas=args.replicas)
     encoder = _encoder(args)
     if encoder.dim != index.dim:
         raise ValueError(f"the model makes {encoder.dim}-d vectors but {args.index} holds {index.dim}-d ones; "
@@ -245,22 +245,6 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sharded_index(args: argparse.Namespace):
-    """The index of `fastret search --ray/--shards`, its shards on a Ray cluster (or a local Ray)."""
-    try:
-        import ray
-
-        from .distributed import ShardedIndex
-    except ImportError:
-        raise ValueError("--ray and --shards need Ray: pip install \"fastret[distributed]\"") from None
-    if not ray.is_initialized():  # (a program calling main() may have joined a cluster already)
-        ray.init(address=args.ray, include_dashboard=False, log_to_driver=False)
-    # The CPUs free now, shared by the actors (each searches with that many threads, at least one).
-    actors = (args.shards or sum(1 for node in ray.nodes() if node.get("Alive"))) * args.replicas
-    return ShardedIndex.load(args.index, args.shards, replicas=args.replicas,
-                             num_cpus=ray.available_resources().get("CPU", 0.0) / actors)
-
-
 def _add_eval(commands) -> None:
     parser = commands.add_parser(
         "eval", help="retrieval quality on a BEIR dataset (or sentence similarity / question -> abstract)",
@@ -269,8 +253,15 @@ def _add_eval(commands) -> None:
     parser.add_argument("dataset", type=Path, nargs="?", default=None,
                         help="BEIR directory (default: the bundled NFCorpus)")
     parser.add_argument("--split", default="test", help="qrels split (default test)")
-    parser.add_argument("--methods", default=",".join(("float32", "int8", "int8+rescore", "bm25")),
-                        help="comma-separated: float32, int8, int8+rescore, bm25, hybrid")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated: float32, int8, int8+rescore, bm25, hybrid (default: float32, int8, "
+                             "int8+rescore, bm25; with --index: int8, int8+rescore if it has float16 copies, bm25)")
+    parser.add_argument("--index", type=Path, default=None,
+                        help="search this store of the dataset's corpus (fastret encode) instead of embedding it")
+    parser.add_argument("--shards", type=_positive_int, default=None,
+                        help="search --index on this many Ray actors (a local Ray without --ray)")
+    parser.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="search --index on the Ray cluster at ADDRESS (e.g. 10.0.0.1:6379, or auto)")
     parser.add_argument("--name", default=None, help="dataset name for instructions (default: directory name)")
     parser.add_argument("--sts", type=Path, default=None, help="TSV of sentence pairs + gold score instead")
     parser.add_argument("--qa", type=Path, default=None, help="PubMedQA-style JSONL: question -> own abstract")
@@ -285,6 +276,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from . import evaluate
     from .corpus import BUNDLED_NFCORPUS
+    from .searchers import open_searchable
 
     encoder = _encoder(args)
     if args.sts is not None:
@@ -292,10 +284,14 @@ def _run_eval(args: argparse.Namespace) -> int:
     elif args.qa is not None:
         result = evaluate.question_to_abstract(encoder, args.qa, batch_size=args.batch_size)
     else:
-        dataset = args.dataset or BUNDLED_NFCORPUS
+        if args.index is None and (args.shards or args.ray):
+            raise ValueError("--shards and --ray search an index: pass --index STORE too")
+        index = None if args.index is None else open_searchable(args.index, shards=args.shards, ray_address=args.ray)
+        methods = (evaluate.default_methods(index) if args.methods is None
+                   else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
         report = evaluate.evaluate_retrieval(
-            encoder, dataset, args.split, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-            batch_size=args.batch_size, name=args.name, show_progress_bar=not args.no_progress)
+            encoder, args.dataset or BUNDLED_NFCORPUS, args.split, methods=methods, batch_size=args.batch_size,
+            name=args.name, show_progress_bar=not args.no_progress, index=index)
         if not args.json:
             print(report.table())
             print(f"\n{report.skipped_queries} queries without judgements in {args.split} were skipped")

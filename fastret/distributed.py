@@ -1,16 +1,14 @@
 """`ShardedIndex`: one index spread over Ray actors, its shards on any node of a Ray cluster.
 
 A shard is a list of index files (store shards or files written by `Index.save`) that one Ray actor
-memory-maps from a path every node can read; a shard may run as several actors (replicas). A
-search sends the queries to one replica of every shard, each returns its own top candidates, and
-the caller merges them with the rule of `Index` (higher score first, then lower id), so results
-are identical, id for id and score for score, to one `Index` over the same vectors:
-
-    without rescoring   each shard returns its top min(k, live) by int8 score; the merged top k
-                        by int8 score is the global top k.
-    with rescoring      each shard returns its top min(C, live) int8 candidates (C = k x factor)
-                        with their float dot products; the merged top C by int8 score are the
-                        global candidates, re-ranked by float score as `Index` does.
+memory-maps from a path every node can read; a shard may run as several actors (replicas).
+`ShardedIndex` is a `fastret.search.Searchable` like `Index`, and searches as `Index` does, through
+the same rules (fastret.search): its `candidates` sends the queries to one replica of every shard,
+each returns its own top min(c, live) by int8 score (`Index.candidates`), and the caller merges
+them with `merge_candidates` (higher score first, then lower id); `search` is
+`search_by_candidates` over those, rescoring included. So results are identical, id for id and
+score for score, to one `Index` over the same vectors: the merged top c by int8 score is the
+global top c, and rescoring re-ranks the global top k x factor as `Index` does.
 
 State and failures. The caller keeps a log of every `add` and `delete` since the files were
 loaded, numbered; each actor counts the entries it has applied. Every call carries the count the
@@ -39,7 +37,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from . import checks, index_file, store
 from .cpu import set_num_threads
 from .index import Index
-from .quant import quantized_vectors
+from .search import (SearchableBase, check_rescore, merge_candidates, query_codes, rank,
+                     search_by_candidates)
 
 DEFAULT_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 600.0
@@ -100,6 +99,12 @@ class ShardServer:
             return self.applied, None
         return self.applied, self.index.candidates(queries, c, exact=exact)
 
+    def contains(self, expected: int, ids: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """(entries applied, `Index.contains(ids)`)."""
+        if self.applied != expected:
+            return self.applied, None
+        return self.applied, self.index.contains(ids)
+
     def documents(self, expected: int, ids: np.ndarray) -> tuple[int, list | None]:
         """(entries applied, the document id of each of `ids`, None for ids this shard lacks)."""
         if self.applied != expected:
@@ -133,7 +138,7 @@ def _serialized(method):
     return locked
 
 
-class ShardedIndex:
+class ShardedIndex(SearchableBase):
     """An index whose shards are Ray actors, searched as one `Index`.
 
     Needs `ray.init(...)` first (a local Ray, or `ray.init(address=...)` to join a cluster).
@@ -175,19 +180,18 @@ class ShardedIndex:
         if not (timeout_s > 0 and startup_timeout_s > 0):
             raise ValueError(f"timeouts must be > 0, got {timeout_s!r} and {startup_timeout_s!r}")
         headers = [(p, index_file.read_header(p)) for files in self._paths for p in files]
-        self._dim = headers[0][1].dim
-        self._store_float16 = headers[0][1].has_float16
+        super().__init__(headers[0][1].dim, headers[0][1].has_float16)
         for path, header in headers:
-            if header.dim != self._dim or header.has_float16 != self._store_float16:
+            if header.dim != self.dim or header.has_float16 != self.store_float16:
                 raise ValueError(f"{path}: {header.dim}-d vectors, float16 copies {header.has_float16}; "
-                                 f"{headers[0][0]} has {self._dim}-d, float16 copies {self._store_float16}: "
+                                 f"{headers[0][0]} has {self.dim}-d, float16 copies {self.store_float16}: "
                                  "every file of a sharded index must match")
         self._timeout_s = float(timeout_s)
         self._lock = threading.RLock()
         server = ray.remote(ShardServer).options(num_cpus=num_cpus, max_restarts=max_restarts,
                                                   max_task_retries=-1)
         threads = max(1, round(num_cpus))
-        self._actors = [[server.remote(files, self._dim, self._store_float16, verify, threads)
+        self._actors = [[server.remote(files, self.dim, self.store_float16, verify, threads)
                          for _ in range(int(n))] for files, n in zip(self._paths, counts)]
         self._turns = [itertools.count() for _ in self._paths]
         self._log: list[list[ray.ObjectRef]] = [[] for _ in self._paths]
@@ -229,16 +233,6 @@ class ShardedIndex:
     # ------------------------------------------------------------------ what it holds
 
     @property
-    def dim(self) -> int:
-        """Vector dimension."""
-        return self._dim
-
-    @property
-    def store_float16(self) -> bool:
-        """Whether float16 copies are kept for rescoring."""
-        return self._store_float16
-
-    @property
     def has_documents(self) -> bool:
         """True when every vector has a document id."""
         return self._has_documents
@@ -264,7 +258,7 @@ class ShardedIndex:
             return sum(self._live)
 
     def __repr__(self) -> str:
-        return (f"fastret.ShardedIndex(dim={self._dim}, count={len(self)}, shards={len(self._paths)}, "
+        return (f"fastret.ShardedIndex(dim={self.dim}, count={len(self)}, shards={len(self._paths)}, "
                 f"replicas={self.replica_counts})")
 
     # ------------------------------------------------------------------ searching
@@ -279,34 +273,43 @@ class ShardedIndex:
             TypeError, ValueError: bad queries, k or rescoring arguments (as `Index.search`).
             ShardUnavailableError: a shard had no replica answer within `timeout_s`.
         """
-        live = len(self)
-        k = checks.check_k(k, live)
-        as_torch = checks.is_torch(queries)
-        if rescore:
-            if not self._store_float16:
-                raise ValueError("rescore=True needs float16 copies; build the index files with store_float16=True")
-            if isinstance(queries, tuple):
-                raise ValueError("rescore=True needs float queries, not (codes, scales)")
-            if isinstance(rescore_factor, bool) or not isinstance(rescore_factor, (int, np.integer)) or rescore_factor < 1:
-                raise ValueError(f"rescore_factor must be an int >= 1, got {rescore_factor!r}")
-            wanted = min(live, k * int(rescore_factor))
-            q_codes, q_scales, q_floats = self._checked_queries(queries)
-            sent = ray.put(q_floats)  # rescoring needs the float queries
-        else:
-            wanted = k
-            q_codes, q_scales, _ = self._checked_queries(queries)
-            sent = ray.put((q_codes, q_scales))  # int8 codes: a quarter of the float bytes
-        per_shard = [min(wanted, n) for n in self._live]
-        found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], rescore),
-                              skip=[n == 0 for n in per_shard])
-        parts = [f for f in found if f is not None]
-        scores, ids, exact = merge_candidates(parts, wanted, k, rescore)
-        final = exact if rescore else scores
-        if as_torch:
-            import torch
+        return search_by_candidates(self._candidates, sum(self._live), self.store_float16, queries, k,
+                                    rescore=rescore, rescore_factor=rescore_factor)
 
-            return torch.from_numpy(final), torch.from_numpy(ids)
-        return final, ids
+    @_serialized
+    def candidates(self, queries: Any, c: int, *, exact: bool = False):
+        """Every shard's top candidates merged: identical to `Index.candidates` over the same vectors.
+
+        Args, Returns: as `Index.candidates` (CPU queries only).
+
+        Raises:
+            TypeError, ValueError: as `Index.candidates`.
+            ShardUnavailableError: a shard had no replica answer within `timeout_s`.
+        """
+        return self._candidates(queries, c, exact)
+
+    def _candidates(self, queries: Any, c: int, exact: bool):
+        c = checks.check_k(c, sum(self._live))
+        if exact:
+            check_rescore(self.store_float16, queries, 1)
+        if checks.is_torch(queries):
+            queries = checks.to_numpy(queries, "queries")
+        # The same checks and quantization as Index: the shards get clean arrays.
+        q_codes, q_scales, q_floats = query_codes(queries, self.dim)
+        # The float queries when the shards compute float dot products; else the codes (a quarter of the bytes).
+        sent = ray.put(q_floats if exact else (q_codes, q_scales))
+        per_shard = [min(c, n) for n in self._live]
+        found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], exact),
+                              skip=[n == 0 for n in per_shard])
+        return merge_candidates([f for f in found if f is not None], c)
+
+    @_serialized
+    def contains(self, ids: Any) -> np.ndarray:
+        """bool, the shape of `ids`: True where the id belongs to a live vector of some shard."""
+        wanted = checks.id_array(ids)
+        unique = np.unique(wanted.reshape(-1).astype(np.int64))
+        held = np.logical_or.reduce(self._fan_out("contains", lambda shard: (unique,)))
+        return np.isin(wanted, unique[held])
 
     @_serialized
     def documents(self, ids: Any) -> np.ndarray:
@@ -317,9 +320,7 @@ class ShardedIndex:
         """
         if not self._has_documents:
             raise ValueError("these vectors have no document ids (some were added without documents=...)")
-        wanted = np.asarray(checks.to_numpy(ids, "ids"))
-        if wanted.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got {wanted.dtype}")
+        wanted = checks.id_array(ids)
         unique = np.unique(wanted.reshape(-1).astype(np.int64))
         answers = self._fan_out("documents", lambda shard: (unique,))
         by_id = {}
@@ -346,7 +347,7 @@ class ShardedIndex:
         if checks.is_torch(vectors):
             vectors = checks.to_numpy(vectors, "vectors")
         # The same checks as Index.add, on a scratch index, so that no bad entry enters the log.
-        scratch = Index(self._dim, store_float16=self._store_float16)
+        scratch = Index(self.dim, store_float16=self.store_float16)
         scratch.add(vectors, ids, documents=documents)
         n = len(scratch)
         if ids is None:
@@ -369,10 +370,7 @@ class ShardedIndex:
             TypeError: ids that are not integers.
             ShardUnavailableError: a shard did not confirm within `timeout_s` (as `add`).
         """
-        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
-            ids = [ids]
-        array = checks.to_numpy(ids, "ids").reshape(-1)
-        wanted = checks.int64_ids(array, len(array))
+        wanted = checks.id_list(ids)
         if len(wanted) == 0:
             return 0
         deleted = 0
@@ -400,7 +398,7 @@ class ShardedIndex:
             self._fan_out("save", lambda shard: (str(parts[shard]),), skip=[n == 0 for n in self._live])
             written = [p for p in parts if p.exists()]
             segments = [store.open_segment_file(p, verify=False) for p in written]
-            whole = Index.from_segments(segments, self._dim, self._store_float16)
+            whole = Index.from_segments(segments, self.dim, self.store_float16)
             whole.save(path)
         finally:
             for part in parts:
@@ -414,12 +412,6 @@ class ShardedIndex:
             state = _ShardCall(self, shard, "state", (), time.monotonic() + self._timeout_s, self._timeout_s).result()
             self._live[shard] = state["live"]
             self._uncounted.discard(shard)
-
-    def _checked_queries(self, queries: Any):
-        """The same checks and quantization as Index.search: the shards get clean arrays."""
-        if checks.is_torch(queries):
-            queries = checks.to_numpy(queries, "queries")
-        return quantized_vectors(queries, "queries", self._dim, queries=True)
 
     def _log_and_apply(self, shard: int, entry: tuple) -> int:
         """Append `entry` to the shard's log and send it to every replica; return its result (the
@@ -524,32 +516,6 @@ class _ShardCall:
         raise ShardUnavailableError(self.owner._unavailable(self.shard, f"{self.method} got no answer", self.timeout_s))
 
 
-def merge_candidates(parts: Sequence[tuple], wanted: int, k: int, rescore: bool):
-    """Merge per-shard candidates as one index would rank them.
-
-    Args:
-        parts: per shard (int8 scores float32 [q, c_i], ids int64 [q, c_i], float dot products
-            float32 [q, c_i] or None), each in int8 order.
-        wanted: the candidates one index would take (k, or min(live, k x rescore_factor)).
-        k: results per query.
-        rescore: re-rank the `wanted` best int8 candidates by their float dot products.
-
-    Returns:
-        (int8 scores float32 [q, k], ids int64 [q, k], float scores float32 [q, k] or None).
-    """
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    ids = np.concatenate([p[1] for p in parts], axis=1)
-    order = np.lexsort((ids, -scores), axis=-1)[:, :wanted]
-    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    scores, ids = pick(scores), pick(ids)
-    if not rescore:
-        return scores[:, :k], ids[:, :k], None
-    exact = pick(np.concatenate([p[2] for p in parts], axis=1))
-    order = np.lexsort((ids, -exact), axis=-1)[:, :k]
-    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    return pick(scores), pick(ids), pick(exact)
-
-
 def place(sizes: Sequence[int], shards: int) -> list[list[int]]:
     """Which files each shard holds: largest file first, each to the shard holding the fewest
     vectors so far (ties to the lower shard), so shards hold similar counts.
@@ -563,7 +529,7 @@ def place(sizes: Sequence[int], shards: int) -> list[list[int]]:
     """
     groups: list[list[int]] = [[] for _ in range(shards)]
     held = [0] * shards
-    for position in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+    for position in rank(np.array([sizes], np.int64), np.arange(len(sizes)), len(sizes))[0].tolist():
         target = held.index(min(held))
         groups[target].append(position)
         held[target] += sizes[position]

@@ -4,7 +4,9 @@ Metrics are trec_eval's own (through pytrec-eval-terrier): nDCG@10, Recall@100 a
 reciprocal rank of the first relevant document within the top 10, 0 past it). Every dense run
 searches the same embeddings three ways: exact float32, fastret int8, int8 + float16 rescoring;
 beside them BM25 (fastret.lexical, bm25s) and the hybrid of int8 + rescore and BM25
-(fastret.hybrid, with its dev-chosen defaults).
+(fastret.hybrid, with its dev-chosen defaults). The int8 and hybrid runs search any
+`fastret.search.Searchable`: one built here from the embeddings, or one given (a store of the
+corpus written by `fastret encode`, searched here or on Ray).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .corpus import BeirDataset, document_text, load_beir, read_jsonl
 from .hybrid import DEFAULT_CANDIDATES, HybridSearcher
 from .index import Index
 from .lexical import LexicalIndex
+from .search import Searchable, take_top
 
 # Instructions for instruction-following retrievers (BMRetriever uses E5-Mistral's BEIR wording).
 INSTRUCTIONS = {
@@ -81,11 +84,11 @@ def as_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, rows: n
 def exact_float_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact float32 inner-product top-k (ties to the lower row), in query blocks."""
     scores_out, rows_out = [], []
+    rows = np.arange(len(docs))
     for start in range(0, len(queries), 256):
-        scores = queries[start : start + 256] @ docs.T
-        rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        scores_out.append(np.take_along_axis(scores, rows, axis=1))
-        rows_out.append(rows)
+        scores, found = take_top(k, queries[start : start + 256] @ docs.T, rows)
+        scores_out.append(scores)
+        rows_out.append(found)
     return np.concatenate(scores_out), np.concatenate(rows_out)
 
 
@@ -101,10 +104,18 @@ def query_prompt(encoder, dataset_name: str) -> str | None:
     return bmretriever_query_prompt(instruction)
 
 
+def default_methods(index: Searchable | None = None) -> tuple[str, ...]:
+    """The methods `fastret eval` runs unless told: float32, int8, int8+rescore and bm25; searching a
+    given index, int8, int8+rescore (when it keeps float16 copies) and bm25."""
+    if index is None:
+        return ("float32", "int8", "int8+rescore", "bm25")
+    return ("int8", "int8+rescore", "bm25") if index.store_float16 else ("int8", "bm25")
+
+
 def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = "test", *,
                        methods: tuple[str, ...] = METHODS, k: int = 100, batch_size: int = 32,
                        rescore_factor: int = 4, name: str | None = None,
-                       show_progress_bar: bool = True) -> RetrievalReport:
+                       show_progress_bar: bool = True, index: Searchable | None = None) -> RetrievalReport:
     """Embed a BEIR dataset with `encoder`, search it each way in `methods`, and score the runs.
 
     Args:
@@ -113,13 +124,21 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
         methods: any of "float32", "int8", "int8+rescore", "bm25", "hybrid".
         k: results per query (Recall@100 needs k >= 100).
         name: the dataset's name, for per-dataset instructions (default: the directory name).
+        index: search this `Searchable` (an `Index`, a `ShardedIndex`: see
+            `fastret.searchers.open_searchable`) instead of embedding the corpus here: it must hold
+            the corpus in its order (ids 0..n-1 named by the corpus' document ids, as
+            `fastret encode` writes a store). "float32" needs the corpus' embeddings and is refused.
 
     Raises:
-        ValueError: unknown method, or a dataset with no judged query.
+        ValueError: unknown method, a dataset with no judged query, an index that does not hold
+            the corpus, or "float32" with an index.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected any of {', '.join(METHODS)}")
+    if index is not None and "float32" in methods:
+        raise ValueError("the float32 method needs the corpus' float embeddings, which an index does not keep; "
+                         "leave float32 out of the methods, or search without an index")
     if not isinstance(dataset, BeirDataset):
         name = name or Path(dataset).name
         dataset = load_beir(dataset, split)
@@ -134,15 +153,19 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
     runs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     dense = [m for m in methods if m not in ("bm25", "hybrid")]
+    if index is not None and not holds_corpus(index, dataset.corpus.ids):
+        raise ValueError(f"the index does not hold {name}'s corpus in its order (ids 0..{len(documents) - 1} named "
+                         "by the corpus' document ids); encode the corpus with `fastret encode` and search that store")
     lexical = LexicalIndex.build(documents) if {"bm25", "hybrid"} & set(methods) else None
     if dense or "hybrid" in methods:
         start = time.perf_counter()
-        docs = encoder.encode(documents, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                              prompt_name="passage" if "passage" in encoder.prompts else None)
+        if index is None:
+            docs = encoder.encode(documents, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                                  prompt_name="passage" if "passage" in encoder.prompts else None)
+            index = Index(docs.shape[1], store_float16=bool({"int8+rescore", "hybrid"} & set(methods)))
+            index.add(docs)
         queries = encoder.encode(query_texts, batch_size=batch_size, prompt=query_prompt(encoder, name))
         report.seconds["encode"] = time.perf_counter() - start
-        index = Index(docs.shape[1], store_float16=bool({"int8+rescore", "hybrid"} & set(methods)))
-        index.add(docs)
         searches = {
             "float32": lambda: exact_float_search(queries, docs, k),
             "int8": lambda: index.search(queries, k),
@@ -163,6 +186,13 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
         scores, rows = runs[method]
         report.metrics[method] = trec_metrics(dataset.qrels, as_run(query_ids, dataset.corpus.ids, scores, rows))
     return report
+
+
+def holds_corpus(index: Searchable, doc_ids: list[str]) -> bool:
+    """Whether `index` holds exactly the corpus `doc_ids`, in order: ids 0..n-1, id i named doc_ids[i]."""
+    rows = np.arange(len(doc_ids))
+    return (len(index) == len(doc_ids) and index.has_documents and bool(index.contains(rows).all())
+            and index.documents(rows).tolist() == list(doc_ids))
 
 
 def read_sentence_pairs(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:

@@ -1,8 +1,9 @@
 """Hybrid retrieval: exact int8 dense search and BM25, fused.
 
-Each side returns its top `candidates` per query (the dense side is `Index.search`, with rescoring
-when the index keeps float16 copies; the lexical side `LexicalIndex.search`, restricted to ids that
-are live in the index). Then, per query:
+Each side returns its top `candidates` per query (the dense side is the `search` of any
+`fastret.search.Searchable`: an `Index`, or a `ShardedIndex` on Ray, with rescoring when it keeps
+float16 copies; the lexical side `LexicalIndex.search`, run here, on the caller, restricted to ids
+that are live in the dense side). Then, per query:
 
 - reciprocal rank fusion ("rrf"): score(d) = sum over the sides that found d of 1 / (rrf_k + rank),
   rank counted from 1, rrf_k = 60 (Cormack et al., 2009);
@@ -10,7 +11,8 @@ are live in the index). Then, per query:
   they are equal), score(d) = alpha * dense(d) + (1 - alpha) * lexical(d), a side that did not find
   d adding 0.
 
-Results are ordered by fused score, then by id (lower first), so fusion is deterministic.
+Results are ordered by fused score, then by id (lower first: `fastret.search.rank`), so fusion
+is deterministic.
 The defaults were chosen on the NFCorpus dev split with all-MiniLM-L6-v2
 (benchmarks/hybrid_nfcorpus.py); the test split was not looked at to choose them.
 """
@@ -21,8 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .index import Index
 from .lexical import LexicalIndex
+from .search import EMPTY_ID, Searchable, pad, take_top
 
 METHODS = ("rrf", "weighted")
 RRF_K = 60
@@ -80,26 +82,32 @@ def weighted_fusion(dense: tuple[np.ndarray, np.ndarray], lexical: tuple[np.ndar
 
 
 def _top(fused: list[dict[int, float]], k: int):
-    out_scores = np.full((len(fused), k), -np.inf, np.float32)
-    out_ids = np.full((len(fused), k), -1, np.int64)
+    """The k best of each query's {id: fused score} (ranked in float64), padded to k."""
+    width = max(1, max(len(scores) for scores in fused))
+    all_scores = np.full((len(fused), width), -np.inf)
+    all_ids = np.full((len(fused), width), EMPTY_ID, np.int64)
     for q, scores in enumerate(fused):
-        best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k]
-        for position, (doc, score) in enumerate(best):
-            out_scores[q, position], out_ids[q, position] = score, doc
-    return out_scores, out_ids
+        all_ids[q, : len(scores)] = list(scores)
+        all_scores[q, : len(scores)] = list(scores.values())
+    return pad(*take_top(k, all_scores, all_ids), k)
 
 
 class HybridSearcher:
-    """Dense `Index` + `LexicalIndex` over the same ids, searched together.
+    """A dense `Searchable` (`Index`, `ShardedIndex`) + `LexicalIndex` over the same ids, searched together.
 
     Example:
         >>> searcher = HybridSearcher(fastret.Index.load("store/"), LexicalIndex.load("store/"))
         >>> scores, ids = searcher.search(texts, encoder.encode(texts), k=10)
+
+    Raises:
+        TypeError: `index` is not a Searchable or `lexical` not a LexicalIndex.
     """
 
-    def __init__(self, index: Index, lexical: LexicalIndex):
-        if not isinstance(index, Index) or not isinstance(lexical, LexicalIndex):
-            raise TypeError("HybridSearcher needs a fastret.Index and a fastret.lexical.LexicalIndex")
+    def __init__(self, index: Searchable, lexical: LexicalIndex):
+        if not isinstance(index, Searchable) or not isinstance(lexical, LexicalIndex):
+            raise TypeError(f"HybridSearcher needs a Searchable (fastret.Index, fastret.distributed.ShardedIndex) "
+                            f"and a fastret.lexical.LexicalIndex, got {type(index).__name__} and "
+                            f"{type(lexical).__name__}")
         self.index = index
         self.lexical = lexical
 
@@ -118,7 +126,7 @@ class HybridSearcher:
             together found fewer than k documents.
 
         Raises:
-            ValueError: unknown method, alpha outside [0, 1], candidates < k, or as `Index.search`.
+            ValueError: unknown method, alpha outside [0, 1], candidates < k, or as the dense side's `search`.
             TypeError: texts that are not str.
         """
         if method not in METHODS:
@@ -132,8 +140,8 @@ class HybridSearcher:
         if len(dense[1]) != len(texts):
             raise ValueError(f"{len(texts)} query texts but {len(dense[1])} query vectors")
         lex_scores, lex_ids = self.lexical.search(texts, candidates)
-        missing = (lex_ids >= 0) & ~self.index.contains(np.maximum(lex_ids, 0))
-        lex_scores, lex_ids = np.where(missing, -np.inf, lex_scores), np.where(missing, -1, lex_ids)
+        missing = (lex_ids != EMPTY_ID) & ~self.index.contains(np.maximum(lex_ids, 0))
+        lex_scores, lex_ids = np.where(missing, -np.inf, lex_scores), np.where(missing, EMPTY_ID, lex_ids)
         closed = np.argsort(lex_ids < 0, axis=1, kind="stable")  # close the gaps: ranks count found ids
         lex_scores, lex_ids = np.take_along_axis(lex_scores, closed, 1), np.take_along_axis(lex_ids, closed, 1)
         if method == "rrf":

@@ -20,17 +20,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _core, checks, store
+from . import checks, store
 from .doc_ids import PackedDocIds
-from .index_file import IndexArrays, IndexFileError, write
-from .quant import quantize_queries, quantized_vectors
-from .search import check_score_range, rank_ids, topk_int8_torch
+from .index_file import IndexArrays, write
+from .quant import quantized_vectors
+from .search import (SearchableBase, check_rescore, query_codes, search_by_candidates,
+                     segment_candidates)
 from .segment import Segment, SegmentBuilder
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-class Index:
+class Index(SearchableBase):
     """Exact top-k inner-product search over int8-quantized vectors.
 
     Args:
@@ -49,13 +50,11 @@ class Index:
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
         if not 1 <= dim <= 65536:
             raise ValueError(f"dim must be in [1, 65536], got {dim}")
-        self._dim = int(dim)
-        self._store_float16 = bool(store_float16)
+        super().__init__(dim, store_float16)
         self._segments: tuple[Segment, ...] = ()
-        self._builder = SegmentBuilder(self._dim, self._store_float16)
+        self._builder = SegmentBuilder(self.dim, self.store_float16)
         self._next_id: int | None = 0
         self._lock = threading.Lock()
-        self._device_copies: dict[str, tuple] = {}
 
     @classmethod
     def from_segments(cls, segments: Sequence[Segment], dim: int, store_float16: bool) -> "Index":
@@ -76,19 +75,9 @@ class Index:
         index._next_id = None  # computed from the segments' ids when first needed
         return index
 
-    @property
-    def dim(self) -> int:
-        """Vector dimension."""
-        return self._dim
-
-    @property
-    def store_float16(self) -> bool:
-        """Whether float16 copies are kept for rescoring."""
-        return self._store_float16
-
     def __len__(self) -> int:
         """Live (not deleted) vectors."""
-        return sum(s.live_count for s in self._snapshot())
+        return _live(self._snapshot())
 
     @property
     def segment_count(self) -> int:
@@ -110,8 +99,8 @@ class Index:
         return all(s.doc_ids is not None for s in self._snapshot())
 
     def __repr__(self) -> str:
-        extra = ", store_float16=True" if self._store_float16 else ""
-        return f"fastret.Index(dim={self._dim}, count={len(self)}, segments={self.segment_count}{extra})"
+        extra = ", store_float16=True" if self.store_float16 else ""
+        return f"fastret.Index(dim={self.dim}, count={len(self)}, segments={self.segment_count}{extra})"
 
     def _snapshot(self) -> tuple[Segment, ...]:
         """The segments as they are now; later adds and deletes do not change them."""
@@ -122,6 +111,12 @@ class Index:
         if self._builder.count == 0:
             return self._segments
         return self._segments + (self._builder.snapshot(),)
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The segments searched now (mapped files, arrays in memory, the in-memory one last); later
+        adds and deletes make new ones and leave these as they are."""
+        return self._snapshot()
 
     # ------------------------------------------------------------------ adding and deleting
 
@@ -144,9 +139,9 @@ class Index:
                 float16 copies, or values
                 beyond float16's range (+-65,504) for an index that keeps float16 copies.
         """
-        codes, scales, floats = quantized_vectors(vectors, "vectors", self._dim)
+        codes, scales, floats = quantized_vectors(vectors, "vectors", self.dim)
         n = len(codes)
-        if self._store_float16:
+        if self.store_float16:
             if floats is None:
                 raise ValueError(
                     "this index keeps float16 copies for rescoring, so it needs float vectors, "
@@ -170,10 +165,9 @@ class Index:
                 start = self._next_id_locked()
                 given_ids = np.arange(start, start + n, dtype=np.int64)
             self._builder.append(codes, scales, given_ids,
-                                 floats.astype(np.float16) if self._store_float16 else None, names)
+                                 floats.astype(np.float16) if self.store_float16 else None, names)
             if self._next_id is not None and n:
                 self._next_id = max(self._next_id, int(given_ids.max()) + 1)
-            self._device_copies = {}
 
     def _next_id_locked(self) -> int:
         if self._next_id is None:
@@ -193,10 +187,7 @@ class Index:
         Raises:
             TypeError: ids that are not integers.
         """
-        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
-            ids = [ids]
-        array = checks.to_numpy(ids, "ids").reshape(-1)
-        wanted = checks.int64_ids(array, len(array))
+        wanted = checks.id_list(ids)
         if len(wanted) == 0:
             return 0
         with self._lock:
@@ -205,7 +196,6 @@ class Index:
             if self._builder.count:
                 self._builder.delete_rows(self._builder.snapshot().rows_of(wanted))
             after = sum(s.deleted_count for s in self._segments) + self._builder.deleted_count
-            self._device_copies = {}
         return after - before
 
     # ------------------------------------------------------------------ searching
@@ -217,7 +207,7 @@ class Index:
             queries: float [q, dim] (numpy or torch; quantized here to 7-bit codes with
                 `fastret.quantize_queries`), or a (codes int8, scales) tuple (codes within
                 [-63, 63] take the fastest kernels). One 1-D vector counts as q = 1. CUDA tensors
-                search on that GPU.
+                search on that GPU (each segment copied there once, see fastret.search).
             k: results per query, 1 <= k <= len(index).
             rescore: re-rank the top min(len, k * rescore_factor) int8 candidates by the exact dot
                 product of the float query with the stored float16 vectors (needs
@@ -233,34 +223,12 @@ class Index:
                 values so large that scores would overflow float32.
         """
         segments = self._snapshot()
-        live = sum(s.live_count for s in segments)
-        k = checks.check_k(k, live)
-        if rescore:
-            self._check_rescore(queries, rescore_factor)
-            candidates = min(live, k * int(rescore_factor))
-        else:
-            candidates = k
-        if checks.is_cuda(queries):
-            return self._search_torch(queries, k, candidates, rescore)
-
-        q_codes, q_scales, q_floats = quantized_vectors(queries, "queries", self._dim, queries=True)
-        check_score_range(q_scales, max((s.max_scale() for s in segments), default=0.0), self._dim)
-        found_scores, rows = _core.topk_int8(q_codes, q_scales, [s.core_view() for s in segments], candidates)
-        located = _locate(segments, rows)
-        if rescore:
-            found_scores, located = _rescore(q_floats, segments, located, k)
-        found_ids = _gather(segments, located, "ids")
-        if checks.is_torch(queries):
-            import torch
-
-            return torch.from_numpy(found_scores), torch.from_numpy(found_ids)
-        return found_scores, found_ids
+        return search_by_candidates(lambda q, c, exact: self._candidates(segments, q, c, exact), _live(segments),
+                                    self.store_float16, queries, k, rescore=rescore, rescore_factor=rescore_factor)
 
     def contains(self, ids: Any) -> np.ndarray:
         """bool, the shape of `ids`: True where the id belongs to a live (not deleted) vector."""
-        wanted = np.asarray(checks.to_numpy(ids, "ids"))
-        if wanted.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got {wanted.dtype}")
+        wanted = checks.id_array(ids)
         unique = np.unique(wanted.astype(np.int64))
         live = [s.ids[s.live_rows_of(unique)] for s in self._snapshot()]
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
@@ -273,8 +241,8 @@ class Index:
         those exactly as one index would.
 
         Args:
-            queries: float [q, dim] (numpy or CPU torch), or a (codes int8, scales) tuple
-                without `exact`. One 1-D vector counts as q = 1.
+            queries: float [q, dim] (numpy or torch; CUDA tensors search on that GPU), or a
+                (codes int8, scales) tuple without `exact`. One 1-D vector counts as q = 1.
             c: candidates per query, 1 <= c <= len(index).
             exact: also return the dot products of the float queries with the stored float16
                 copies (needs store_float16=True and float queries).
@@ -286,17 +254,14 @@ class Index:
         Raises:
             TypeError, ValueError: as `search`.
         """
-        segments = self._snapshot()
-        c = checks.check_k(c, sum(s.live_count for s in segments))
+        return self._candidates(self._snapshot(), queries, c, exact)
+
+    def _candidates(self, segments: tuple[Segment, ...], queries: Any, c: int, exact: bool):
+        c = checks.check_k(c, _live(segments))
         if exact:
-            self._check_rescore(queries, 1)
-        q_codes, q_scales, q_floats = quantized_vectors(queries, "queries", self._dim, queries=True)
-        check_score_range(q_scales, max((s.max_scale() for s in segments), default=0.0), self._dim)
-        found_scores, rows = _core.topk_int8(q_codes, q_scales, [s.core_view() for s in segments], c)
-        located = _locate(segments, rows)
-        found_ids = _gather(segments, located, "ids")
-        products = _exact_scores(q_floats, segments, located) if exact else None
-        return found_scores, found_ids, products
+            check_rescore(self.store_float16, queries, 1)
+        q_codes, q_scales, q_floats = query_codes(queries, self.dim)
+        return segment_candidates(segments, q_codes, q_scales, c, q_floats if exact else None)
 
     def documents(self, ids: Any) -> np.ndarray:
         """The document ids (str) of `ids`, e.g. search results: an object array of the same shape.
@@ -305,9 +270,7 @@ class Index:
             ValueError: an id that is not in the index (or deleted), or vectors without document
                 ids (see `has_documents`).
         """
-        wanted = np.asarray(checks.to_numpy(ids, "ids"))
-        if wanted.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got {wanted.dtype}")
+        wanted = checks.id_array(ids)
         flat = wanted.reshape(-1).astype(np.int64)
         names = np.empty(len(flat), object)
         found = np.zeros(len(flat), bool)
@@ -327,63 +290,6 @@ class Index:
             raise ValueError(f"id {flat[~found][0]} is not in the index (or was deleted)")
         return names.reshape(wanted.shape)
 
-    def _check_rescore(self, queries: Any, rescore_factor: Any) -> None:
-        if not self._store_float16:
-            raise ValueError(
-                "rescore=True needs float16 copies; build the index with Index(dim, store_float16=True)"
-            )
-        if isinstance(queries, tuple):
-            raise ValueError("rescore=True needs float queries, not (codes, scales)")
-        if isinstance(rescore_factor, bool) or not isinstance(rescore_factor, (int, np.integer)) or rescore_factor < 1:
-            raise ValueError(f"rescore_factor must be an int >= 1, got {rescore_factor!r}")
-
-    def _search_torch(self, queries, k, candidates, rescore):
-        import torch
-
-        device = queries.device
-        codes, scales, ids, float16, id_rank = self._on_device(device)
-        if not queries.dtype.is_floating_point:
-            raise TypeError(f"queries must be floating point, got {queries.dtype}")
-        q = queries[None] if queries.ndim == 1 else queries
-        if q.ndim != 2 or q.shape[1] != self._dim or q.shape[0] == 0:
-            raise ValueError(f"queries must be [q, {self._dim}] with q >= 1, got {tuple(queries.shape)}")
-        if not torch.isfinite(q).all():
-            raise ValueError("queries contain NaN or inf; clean the input")
-        q_codes, q_scales = quantize_queries(q)
-        largest = max((s.max_scale() for s in self._snapshot()), default=0.0)
-        check_score_range(np.array([q_scales.max().item()]), largest, self._dim)
-        rows_scores, rows = topk_int8_torch(q_codes, q_scales, codes, scales, candidates, ids, id_rank=id_rank)
-        if not rescore:
-            return rows_scores, ids[rows]
-        exact = torch.einsum("qcd,qd->qc", float16[rows].float(), q.float())
-        by_id = torch.sort(ids[rows], dim=1, stable=True)
-        by_score = torch.sort(exact.gather(1, by_id.indices), dim=1, descending=True, stable=True)
-        order = by_id.indices.gather(1, by_score.indices)[:, :k]
-        return exact.gather(1, order), ids[rows.gather(1, order)]
-
-    def _on_device(self, device):
-        """The live vectors on `device` (codes, scales, ids, float16 or None, id ranks), uploaded once
-        per device until the next add or delete."""
-        import torch
-
-        key = str(device)
-        with self._lock:
-            cached = self._device_copies.get(key)
-            if cached is None:
-                segments = self._segments_locked()
-                parts = [(s, s.live_rows()) for s in segments]
-
-                def upload(field):
-                    if any(getattr(s, field) is None for s, _ in parts):
-                        return None
-                    joined = np.concatenate([np.asarray(getattr(s, field))[rows] for s, rows in parts])
-                    return torch.from_numpy(joined).to(device)
-
-                cached = tuple(upload(field) for field in ("codes", "scales", "ids", "float16"))
-                cached += (rank_ids(cached[2]),)
-                self._device_copies[key] = cached
-        return cached
-
     # ------------------------------------------------------------------ compaction and persistence
 
     def merge(self, max_rows: int | None = None) -> None:
@@ -402,11 +308,10 @@ class Index:
                 chosen.append(self._builder.snapshot())
             if len(chosen) == 0 or (len(chosen) == 1 and chosen[0].deleted_count == 0):
                 return
-            merged = _concatenate(chosen, self._dim, self._store_float16)
+            merged = _concatenate(chosen, self.dim, self.store_float16)
             kept = tuple(s for s in self._segments if not any(s is c for c in chosen))
             self._segments = kept + ((merged,) if len(merged) else ())
-            self._builder = SegmentBuilder(self._dim, self._store_float16)
-            self._device_copies = {}
+            self._builder = SegmentBuilder(self.dim, self.store_float16)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index.
@@ -421,12 +326,11 @@ class Index:
         with self._lock:
             segments = self._segments_locked()
             if path.is_dir():
-                saved = store.save_segments(path, list(segments), self._dim, self._store_float16)
+                saved = store.save_segments(path, list(segments), self.dim, self.store_float16)
                 self._segments = tuple(saved)
-                self._builder = SegmentBuilder(self._dim, self._store_float16)
-                self._device_copies = {}
+                self._builder = SegmentBuilder(self.dim, self.store_float16)
                 return
-        merged = _concatenate(list(segments), self._dim, self._store_float16)
+        merged = _concatenate(list(segments), self.dim, self.store_float16)
         doc_ids = merged.doc_ids
         if doc_ids is not None and not isinstance(doc_ids, PackedDocIds):
             doc_ids = doc_ids.subset(np.arange(len(merged)))
@@ -461,45 +365,9 @@ class Index:
         return cls.from_segments([segment], segment.codes.shape[1], segment.float16 is not None)
 
 
-def _locate(segments: Sequence[Segment], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Global rows [q, c] (the core's numbering) -> (segment numbers, rows within them)."""
-    starts = np.cumsum([0] + [len(s) for s in segments])
-    which = np.searchsorted(starts, rows, side="right") - 1
-    return which, rows - starts[which]
-
-
-def _gather(segments: Sequence[Segment], located, field: str) -> np.ndarray:
-    """segment.<field>[row] for every located row [q, c] -> [q, c, ...]."""
-    which, local = located
-    first = getattr(segments[0], field)
-    out = np.empty(which.shape + first.shape[1:], first.dtype)
-    for number in np.unique(which):
-        mask = which == number
-        out[mask] = np.asarray(getattr(segments[number], field)[local[mask]])
-    return out
-
-
-def _rescore(queries: np.ndarray, segments: Sequence[Segment], located, k: int):
-    """Re-rank candidates [q, c] by float32 dot products with the float16 copies.
-
-    Returns the k best (scores float32 [q, k], located rows [q, k]), ties to the lower id.
-    """
-    which, local = located
-    exact = _exact_scores(queries, segments, located)
-    ids = _gather(segments, located, "ids")
-    order = np.lexsort((ids, -exact), axis=-1)[:, :k]
-    best = [np.take_along_axis(a, order, axis=1) for a in (exact, which, local)]
-    return best[0], (best[1], best[2])
-
-
-def _exact_scores(queries: np.ndarray, segments: Sequence[Segment], located) -> np.ndarray:
-    """float32 [q, c]: dot products of the float queries [q, dim] with the float16 copies of the
-    located rows [q, c]."""
-    candidates = _gather(segments, located, "float16").astype(np.float32)
-    if not np.isfinite(candidates).all():
-        raise IndexFileError("the float16 copies of some candidates hold NaN or inf: the index file is "
-                             "corrupted (load it with verify=True to find out which)")
-    return np.matmul(candidates, queries[:, :, None])[..., 0]
+def _live(segments: Sequence[Segment]) -> int:
+    """Live (not deleted) rows of `segments`."""
+    return sum(s.live_count for s in segments)
 
 
 def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> Segment:

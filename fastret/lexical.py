@@ -22,6 +22,7 @@ import numpy as np
 
 from . import store
 from .checks import int64_ids
+from .search import EMPTY_ID, pad, take_top
 
 LEXICAL_PREFIX = "lexical-"
 
@@ -77,14 +78,10 @@ class LexicalIndex:
         tokens = bm25s.tokenize(queries, return_ids=False, show_progress=False)
         depth = min(len(self.ids), int(k) + 64)  # room to re-order ties at the cut by id
         rows, scores = self._retriever.retrieve(tokens, k=depth, show_progress=False, n_threads=1)
-        out_scores = np.full((len(queries), k), -np.inf, np.float32)
-        out_ids = np.full((len(queries), k), -1, np.int64)
-        for q in range(len(queries)):
-            matched = scores[q] > 0
-            ids, found = self.ids[rows[q][matched]], scores[q][matched].astype(np.float32)
-            order = np.lexsort((ids, -found))[:k]
-            out_scores[q, : len(order)], out_ids[q, : len(order)] = found[order], ids[order]
-        return out_scores, out_ids
+        matched = np.asarray(scores) > 0
+        found = np.where(matched, np.asarray(scores, np.float32), np.float32(-np.inf))
+        ids = np.where(matched, self.ids[np.asarray(rows)], EMPTY_ID)
+        return pad(*take_top(int(k), found, ids), int(k))
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write into a new folder of the store `directory` and make it the current one."""

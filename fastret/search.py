@@ -1,9 +1,19 @@
-"""Exact int8 top-k inner-product search: the C++ core on the CPU, torch on CUDA, and the reference.
+"""Exact int8 top-k inner-product search, and the rules every searcher shares (the search seam).
 
     score(q, d) = (float32(<q8, d8>) * s_q) * s_d
 
-Results are ordered by score (higher first), then by id (lower first); every backend returns the
-same ids and scores as `topk_int8_ref`.
+Results are ordered by score (higher first), then by id (lower first): `rank` is that rule, the
+one place it is written in Python (the C++ core has its own; the torch backend ranks the 64-bit
+keys of `_rank_keys`). Every backend returns the same ids and scores as `topk_int8_ref`.
+
+The seam: `Searchable` is what `Index` and `fastret.distributed.ShardedIndex` both are, and what
+every consumer (HybridSearcher, the CLI, the server, evaluation) takes. A searchable answers
+`candidates` (its top c by int8 score, optionally with float dot products); `search_by_candidates`
+turns those into `search` results, rescoring with `rescored` when asked, for every searchable
+alike. `merge_candidates` joins the candidates of segments or shards by the same rule. Two
+backends search a list of segments: `core_candidates` (the C++ core, one call over every segment)
+and `torch_candidates` (torch on the queries' device: each segment's live rows are copied there
+once and reused until its deletions change).
 
 Scores must stay finite: a query whose scale could push a score past float32's range is refused
 (`check_score_range`) rather than ranked by inf and NaN. The core itself ranks a NaN score as -inf,
@@ -12,12 +22,14 @@ so no input it is handed can make it return fewer than k rows or a made-up one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from . import _core, checks
+from .index_file import IndexFileError
 from .quant import quantize_queries, quantized_vectors
+from .segment import Segment
 
 # Corpus rows scored per torch matmul on the GPU: bounds the [queries, chunk] score buffers.
 _TORCH_CHUNK_ELEMENTS = 1 << 27
@@ -77,7 +89,7 @@ def topk_int8_ref(queries: Any, db_int8: Any, db_scales: Any, k: int, *, ids: An
     q_codes, q_scales, db_codes, db_scale, row_ids, k = _checked(queries, db_int8, db_scales, k, ids)
     dots = q_codes.astype(np.int64) @ db_codes.astype(np.int64).T
     scores = (dots.astype(np.float32) * q_scales[:, None]) * db_scale[None, :]
-    order = np.lexsort((np.broadcast_to(row_ids, scores.shape), -scores), axis=-1)[:, :k]
+    order = rank(scores, row_ids, k)
     return np.take_along_axis(scores, order, axis=1), row_ids[order]
 
 
@@ -94,6 +106,328 @@ def _checked(queries, db_int8, db_scales, k, ids):
     return q_codes, q_scales, db_codes, db_scale, row_ids, k
 
 
+# ---------------------------------------------------------------------------------- the search seam
+
+EMPTY_ID = -1  # the id of an empty slot in a short result (its score is -inf)
+
+
+def rank(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """The tie rule: positions of the k best entries of each row, higher score first, then lower id.
+
+    Args:
+        scores: float [q, n]. ids: int [q, n], or [n] shared by every row.
+        k: entries kept per row (all n when k >= n).
+
+    Returns:
+        int64 [q, min(k, n)] positions into each row, best first.
+    """
+    return np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=-1)[:, :k]
+
+
+def take_top(k: int, scores: np.ndarray, ids: np.ndarray, *others: np.ndarray) -> tuple:
+    """The k best entries of each row by `rank`: (scores, ids, *others), each [q, min(k, n)]
+    (ids may be [n], shared by every row)."""
+    ids = np.broadcast_to(ids, scores.shape)
+    order = rank(scores, ids, k)
+    return tuple(np.take_along_axis(a, order, axis=1) for a in (scores, ids, *others))
+
+
+def pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Short results [q, n <= k] as (scores float32 [q, k], ids int64 [q, k]) ending in (-inf, EMPTY_ID)."""
+    out_scores = np.full((len(scores), k), -np.inf, np.float32)
+    out_ids = np.full((len(ids), k), EMPTY_ID, np.int64)
+    out_scores[:, : scores.shape[1]], out_ids[:, : ids.shape[1]] = scores, ids
+    return out_scores, out_ids
+
+
+@runtime_checkable
+class Searchable(Protocol):
+    """What every searcher offers (`fastret.Index`, `fastret.distributed.ShardedIndex`), and what
+    HybridSearcher, `fastret search`, `fastret serve` and evaluation take.
+
+    `search` and `candidates` follow `Index.search` and `Index.candidates` (same arguments, same
+    results and errors); `contains` and `documents` follow `Index.contains` and `Index.documents`.
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def store_float16(self) -> bool: ...
+
+    @property
+    def has_documents(self) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4): ...
+
+    def candidates(self, queries: Any, c: int, *, exact: bool = False): ...
+
+    def contains(self, ids: Any) -> np.ndarray: ...
+
+    def documents(self, ids: Any) -> np.ndarray: ...
+
+
+class SearchableBase:
+    """What `Index` and `ShardedIndex` keep alike: the vectors' dimension and whether float16 copies
+    are kept for rescoring, both fixed when the index is made."""
+
+    def __init__(self, dim: int, store_float16: bool):
+        self._dim = int(dim)
+        self._store_float16 = bool(store_float16)
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self._dim
+
+    @property
+    def store_float16(self) -> bool:
+        """Whether float16 copies are kept for rescoring."""
+        return self._store_float16
+
+
+def check_rescore(store_float16: bool, queries: Any, rescore_factor: Any) -> None:
+    """Refuse rescoring that cannot be done: no float16 copies, (codes, scales) queries, a bad factor.
+
+    Raises:
+        ValueError: naming what is missing and how to get it.
+    """
+    if not store_float16:
+        raise ValueError("rescore=True needs float16 copies; build the index with Index(dim, store_float16=True) "
+                         "(a store: encode it with --float16)")
+    if isinstance(queries, tuple):
+        raise ValueError("rescore=True needs float queries, not (codes, scales)")
+    if isinstance(rescore_factor, bool) or not isinstance(rescore_factor, (int, np.integer)) or rescore_factor < 1:
+        raise ValueError(f"rescore_factor must be an int >= 1, got {rescore_factor!r}")
+
+
+def query_codes(queries: Any, dim: int, device: Any = None):
+    """Checked, quantized queries: (codes int8 [q, dim], scales float32 [q], float32 [q, dim] or None).
+
+    Float queries are quantized with `quantize_queries` (and kept, for rescoring); a (codes, scales)
+    tuple is taken as it is. One 1-D vector counts as q = 1. Numpy arrays come back for numpy and
+    CPU torch input; torch tensors on the GPU for CUDA input, or on `device` when given.
+
+    Raises:
+        TypeError, ValueError: wrong dtype or shape, a dimension other than `dim`, NaN or inf.
+    """
+    cuda = checks.is_cuda(queries[0] if isinstance(queries, tuple) and queries else queries)
+    if device is None and not cuda:
+        return quantized_vectors(queries, "queries", dim, queries=True)
+    import torch
+
+    device = device if device is not None else (queries[0] if isinstance(queries, tuple) else queries).device
+    floats = None
+    if isinstance(queries, tuple):
+        if len(queries) != 2:
+            raise ValueError("queries as a tuple must be (codes int8 [q, d], scales float32 [q]), "
+                             f"got {len(queries)} items")
+        codes, scales = (torch.as_tensor(part, device=device) for part in queries)
+        if codes.dtype != torch.int8:
+            raise TypeError(f"query codes must be int8, got {codes.dtype}; quantize with fastret.quantize_queries")
+        if codes.ndim == 1:
+            codes, scales = codes[None], scales.reshape(1)
+    else:
+        floats = torch.as_tensor(queries, device=device)
+        if not floats.dtype.is_floating_point:
+            raise TypeError(f"queries must be floating point, got {floats.dtype}")
+        floats = floats[None] if floats.ndim == 1 else floats
+    shape = tuple((codes if floats is None else floats).shape)
+    if len(shape) != 2 or shape[1] != dim or shape[0] == 0:
+        raise ValueError(f"queries must be [q, {dim}] with q >= 1, got {shape}")
+    if floats is None:
+        if tuple(scales.shape) != shape[:1]:
+            raise ValueError(f"query scales must be 1-D with one scale per query ({shape[0]}), "
+                             f"got shape {tuple(scales.shape)}")
+        if (codes == -128).any():
+            raise ValueError("query codes contain -128; fastret uses symmetric codes in [-127, 127] "
+                             "(quantize with fastret.quantize_queries, or clip)")
+    else:
+        if not torch.isfinite(floats).all():
+            raise ValueError("queries contain NaN or inf; clean the input")
+        floats = floats.float()
+        codes, scales = quantize_queries(floats)
+    return codes, scales.float(), floats
+
+
+def search_by_candidates(candidates: Callable, live: int, store_float16: bool, queries: Any, k: int, *,
+                         rescore: bool = False, rescore_factor: int = 4):
+    """`search` for any searchable, from its `candidates`: the top k by int8 score, or the top
+    min(live, k x rescore_factor) by int8 score re-ranked by their float dot products (`rescored`).
+
+    Args:
+        candidates: `candidates(queries, c, exact)` of the searchable, on one consistent state.
+        live: the searchable's live vectors in that state.
+        store_float16: whether it keeps float16 copies.
+        queries, k, rescore, rescore_factor: as `Index.search`.
+
+    Returns:
+        (scores float32 [q, k], ids int64 [q, k]): numpy arrays, or torch tensors on the queries'
+        device for torch queries.
+
+    Raises:
+        TypeError, ValueError: as `Index.search`.
+    """
+    k = checks.check_k(k, live)
+    wanted = k
+    if rescore:
+        check_rescore(store_float16, queries, rescore_factor)
+        wanted = min(live, k * int(rescore_factor))
+    found = candidates(queries, wanted, bool(rescore))
+    scores, ids = rescored(found, k) if rescore else found[:2]
+    if checks.is_torch(queries):
+        import torch
+
+        return torch.from_numpy(scores).to(queries.device), torch.from_numpy(ids).to(queries.device)
+    return scores, ids
+
+
+def rescored(candidates: tuple, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rescoring: candidates (int8 scores, ids, float dot products) [q, c] re-ranked by their float
+    dot products: (float scores float32 [q, k], ids int64 [q, k]), ties to the lower id."""
+    _, ids, exact = candidates
+    exact, ids = take_top(k, exact, ids)
+    return exact, ids
+
+
+def merge_candidates(parts: Sequence[tuple], c: int) -> tuple:
+    """Join the candidates of several segments or shards as one index would rank them.
+
+    Args:
+        parts: per segment or shard (int8 scores float32 [q, c_i], ids int64 [q, c_i], float dot
+            products float32 [q, c_i] or None).
+        c: candidates kept per query (at most the sum of the c_i).
+
+    Returns:
+        (int8 scores float32 [q, c], ids int64 [q, c], float dot products [q, c] or None), best
+        int8 score first, ties to the lower id.
+    """
+    joined = [np.concatenate([p[i] for p in parts], axis=1) for i in range(2)]
+    if parts[0][2] is None:
+        return (*take_top(c, *joined), None)
+    return take_top(c, *joined, np.concatenate([p[2] for p in parts], axis=1))
+
+
+def float_products(float16: Any, queries: Any):
+    """float32 [q, c]: dot products of float queries [q, d] with their candidates' float16 copies
+    [q, c, d] (numpy arrays, or torch tensors of one device).
+
+    Raises:
+        IndexFileError: a copy holds NaN or inf (a corrupted file read without verification).
+    """
+    if checks.is_torch(float16):
+        import torch
+
+        vectors = float16.float()
+        finite = bool(torch.isfinite(vectors).all())
+    else:
+        vectors = float16.astype(np.float32)
+        finite = bool(np.isfinite(vectors).all())
+    if not finite:
+        raise IndexFileError("the float16 copies of some candidates hold NaN or inf: the index file is "
+                             "corrupted (load it with verify=True to find out which)")
+    # A sum over each row, not a batched matmul: its summation order depends on the batch's shape,
+    # and a candidate must get the same score from every shard and segment it is searched in.
+    return (vectors * queries[:, None, :]).sum(-1)
+
+
+def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any, c: int, q_floats: Any = None):
+    """The top c of every segment together: the C++ core for numpy queries (`core_candidates`),
+    torch on the queries' device for torch ones (`torch_candidates`); same arguments and results."""
+    if checks.is_torch(q_codes):
+        return torch_candidates(segments, q_codes, q_scales, c, q_floats)
+    return core_candidates(segments, q_codes, q_scales, c, q_floats)
+
+
+def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
+                    q_floats: np.ndarray | None = None):
+    """The top c by int8 score over `segments` (deleted rows skipped), one call of the C++ core.
+
+    Args:
+        segments: the segments, searched as one concatenated index.
+        q_codes, q_scales: queries from `query_codes` (numpy).
+        c: candidates per query, 1 <= c <= the segments' live rows.
+        q_floats: float32 [q, dim] queries: also compute the float dot products with the
+            candidates' float16 copies (which the segments must have).
+
+    Returns:
+        (int8 scores float32 [q, c], ids int64 [q, c], float dot products float32 [q, c] or None).
+
+    Raises:
+        ValueError: query scales that could overflow float32 (`check_score_range`).
+    """
+    check_score_range(q_scales, _max_scale(segments), q_codes.shape[1])
+    scores, rows = _core.topk_int8(q_codes, q_scales, [s.core_view() for s in segments], c)
+    starts = np.cumsum([0] + [len(s) for s in segments])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    local = rows - starts[which]
+
+    def gather(field: str) -> np.ndarray:
+        first = getattr(segments[0], field)
+        out = np.empty(which.shape + first.shape[1:], first.dtype)
+        for number in np.unique(which):
+            mask = which == number
+            out[mask] = np.asarray(getattr(segments[number], field)[local[mask]])
+        return out
+
+    exact = None if q_floats is None else float_products(gather("float16"), q_floats)
+    return scores, gather("ids"), exact
+
+
+def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None):
+    """`core_candidates` in torch on the device of `q_codes` (the CUDA path; runs on the CPU too).
+
+    Each segment is searched on its own device copy (`device_arrays`: live rows only, made once per
+    device and reused until the segment's deletions change) with `topk_int8_torch`; the segments'
+    top candidates are merged with `merge_candidates`. Results are numpy arrays, equal to
+    `core_candidates`' (float dot products up to float rounding: torch sums in its own order).
+    """
+    import torch
+
+    check_score_range(np.array([float(q_scales.max())]), _max_scale(segments), q_codes.shape[1])
+    device = q_codes.device
+    scores, ids, exact = [], [], []
+    for segment in segments:
+        if segment.live_count == 0:
+            continue
+        codes, scales, segment_ids, id_rank = device_arrays(segment, device)
+        found, rows = topk_int8_torch(q_codes, q_scales, codes, scales, min(c, segment.live_count), segment_ids,
+                                      id_rank=id_rank)
+        scores.append(found)
+        ids.append(segment_ids[rows])
+        if q_floats is not None:
+            exact.append(float_products(device_arrays(segment, device, float16=True)[rows], q_floats))
+    parts = [torch.cat(found, 1).cpu().numpy() for found in (scores, ids)]
+    return merge_candidates([(*parts, torch.cat(exact, 1).cpu().numpy() if exact else None)], c)
+
+
+def device_arrays(segment: Segment, device: Any, *, float16: bool = False):
+    """The live rows of `segment` as torch tensors on `device`: (codes, scales, ids, the ids' ranks
+    from `rank_ids`), or the float16 copies with `float16=True`. Copied once per device and kept in the segment's cache, which every
+    version of the segment shares, with the deletion count they were made at: a version with other
+    deletions (deletions only grow) makes fresh ones."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = ("device-float16" if float16 else "device", str(device))
+    cached = segment.cache.get(key)
+    if cached is None or cached[0] != segment.deleted_count:
+        rows = segment.live_rows() if segment.deleted_count else slice(None)
+        fields = (segment.float16,) if float16 else (segment.codes, segment.scales, segment.ids)
+        tensors = tuple(torch.tensor(np.asarray(array)[rows], device=device) for array in fields)
+        cached = (segment.deleted_count, tensors[0] if float16 else (*tensors, rank_ids(tensors[2])))
+        segment.cache[key] = cached
+    return cached[1]
+
+
+def _max_scale(segments: Sequence[Segment]) -> float:
+    return max((s.max_scale() for s in segments), default=0.0)
+
+
 def _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
     import torch
 
@@ -102,16 +436,9 @@ def _topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
         raise TypeError(f"db_int8 must be an int8 [n, d] tensor, got {db_int8.dtype} {tuple(db_int8.shape)}")
     n, dim = db_int8.shape
     k = checks.check_k(k, n)
-    if isinstance(queries, tuple):
-        q_codes, q_scales = (torch.as_tensor(part, device=device) for part in queries)
-    else:
-        q_codes, q_scales = quantize_queries(torch.as_tensor(queries, device=device))
-    if q_codes.ndim == 1:
-        q_codes, q_scales = q_codes[None], q_scales.reshape(1)
-    if q_codes.ndim != 2 or q_codes.shape[1] != dim or q_codes.shape[0] == 0:
-        raise ValueError(f"queries must be [q, {dim}] with q >= 1, got {tuple(q_codes.shape)}")
+    q_codes, q_scales, _ = query_codes(queries, dim, device)
     row_ids = None if ids is None else torch.as_tensor(ids, device=device, dtype=torch.int64)
-    scores, rows = topk_int8_torch(q_codes, q_scales.float(), db_int8, db_scales.float(), k, row_ids)
+    scores, rows = topk_int8_torch(q_codes, q_scales, db_int8, db_scales.float(), k, row_ids)
     return scores, rows if row_ids is None else row_ids[rows]
 
 

@@ -142,10 +142,14 @@ class SegmentBuilder:
         self.deleted_count = 0
         self.max_scale = 0.0
         self.doc_ids: list[str] | None = []  # None once vectors without document ids were added
+        # The snapshot of the rows so far, until the next append or delete: searches in between see
+        # one Segment, so what is cached on it (device copies, id order) is reused.
+        self._snapshot: Segment | None = None
 
     def append(self, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray, floats: np.ndarray | None,
                doc_ids: list[str] | None = None) -> None:
         start, n = self.count, len(codes)
+        self._snapshot = None
         if doc_ids is None:
             self.doc_ids = None
         elif self.doc_ids is not None:
@@ -177,13 +181,15 @@ class SegmentBuilder:
             self.deleted = _grown_bitmap(self.deleted, new_capacity)
 
     def snapshot(self) -> Segment:
-        """The rows appended so far as a `Segment` (views, no copy)."""
-        n = self.count
-        deleted = self.deleted[: -(-n // 64)] if self.deleted_count else None
-        return Segment(self.codes[:n], self.scales[:n], self.ids[:n],
-                       None if self.float16 is None else self.float16[:n],
-                       None if self.doc_ids is None else ListDocIds(self.doc_ids, n), None, deleted,
-                       self.deleted_count, {"max_scale": self.max_scale})
+        """The rows appended so far as a `Segment` (views, no copy); the same one until they change."""
+        if self._snapshot is None:
+            n = self.count
+            deleted = self.deleted[: -(-n // 64)] if self.deleted_count else None
+            self._snapshot = Segment(self.codes[:n], self.scales[:n], self.ids[:n],
+                                     None if self.float16 is None else self.float16[:n],
+                                     None if self.doc_ids is None else ListDocIds(self.doc_ids, n), None,
+                                     deleted, self.deleted_count, {"max_scale": self.max_scale})
+        return self._snapshot
 
     def delete_rows(self, rows: np.ndarray) -> None:
         """Mark `rows` deleted (copy on write: snapshots keep the bitmap they were taken with)."""
@@ -194,6 +200,7 @@ class SegmentBuilder:
         np.bitwise_or.at(words, fresh >> 6, np.left_shift(np.uint64(1), (fresh & 63).astype(np.uint64)))
         self.deleted = words
         self.deleted_count += len(fresh)
+        self._snapshot = None
 
 
 def _grown_bitmap(words: np.ndarray | None, capacity: int) -> np.ndarray:

@@ -43,7 +43,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__, metrics
 from .dynamic_batching import Batcher, BatcherClosed, BatchReport, QueueFull
 from .encoder import Encoder
-from .index import Index
+from .search import Searchable
+from .searchers import open_searchable
 from .serve_config import ServeConfig, exposure_warning
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class _Service:
     """What the routes share: the model, the index, the limits, the metrics and (while the app
     runs) the batcher whose worker thread runs the forward passes."""
 
-    def __init__(self, encoder: Encoder, index: Index | None, index_path: Path | None, config: ServeConfig):
+    def __init__(self, encoder: Encoder, index: Searchable | None, index_path: Path | None, config: ServeConfig):
         self.encoder, self.index, self.index_path, self.config = encoder, index, index_path, config
         self.model_name = config.model_name or Path(str(encoder.model_dir)).name
         self.stats = _Metrics()
@@ -211,7 +212,7 @@ class _Service:
         return rows, tokens
 
 
-def create_app(encoder: Encoder, index: Index | None = None, index_path: str | Path | None = None,
+def create_app(encoder: Encoder, index: Searchable | None = None, index_path: str | Path | None = None,
                config: ServeConfig | None = None):
     """The ASGI application serving `encoder` (and `index`, for /search).
 
@@ -495,10 +496,13 @@ async def _send_json(send, status: int, content: dict, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
-def open_index(config: ServeConfig) -> Index | None:
-    """The index that /search searches: `config.index` (a store directory or an index file),
-    mapped from disk; None when the config names none."""
-    return Index.load(config.index) if config.index is not None else None
+def open_index(config: ServeConfig) -> Searchable | None:
+    """What /search searches: `config.index` (a store directory or an index file) mapped from
+    disk, or, with `shards` / `ray_address`, a ShardedIndex of it on Ray; None when the config
+    names no index."""
+    if config.index is None:
+        return None
+    return open_searchable(config.index, shards=config.shards, ray_address=config.ray_address)
 
 
 def serve(encoder: Encoder, config: ServeConfig | None = None, *,

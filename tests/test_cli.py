@@ -139,6 +139,36 @@ def test_eval_prints_metrics(tmp_path, tiny_bert, capsys):
     assert report["metrics"]["bm25"]["MRR@10"] == 1.0
 
 
+def test_eval_searches_a_store(tmp_path, tiny_bert, capsys):
+    """`fastret eval --index STORE`: the store is searched (here, or on Ray with --shards/--ray: the same
+    open_searchable as search and serve) instead of embedding the corpus again."""
+    (tmp_path / "d").mkdir()
+    topics = ["statins cholesterol", "asthma children", "fish oil", "coffee liver", "salt", "green tea"]
+    (tmp_path / "d" / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(topics)))
+    (tmp_path / "d" / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(topics)))
+    (tmp_path / "d" / "qrels").mkdir()
+    (tmp_path / "d" / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(len(topics))))
+    common = ["--model", str(tiny_bert), "--device", "cpu"]
+    assert cli.main(["encode", str(tmp_path / "d"), str(tmp_path / "store"), *common, "--shard-size", "2",
+                     "--float16", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "d"), "--index", str(tmp_path / "store"), *common, "--no-progress",
+                     "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert list(metrics) == ["int8", "int8+rescore", "bm25"]
+    from fastret import evaluate
+
+    direct = evaluate.evaluate_retrieval(fastret.Encoder(tiny_bert, device="cpu"), tmp_path / "d",
+                                         methods=tuple(metrics), index=fastret.Index.load(tmp_path / "store"),
+                                         show_progress_bar=False)
+    assert direct.metrics == metrics and metrics["bm25"]["MRR@10"] == 1.0
+    assert cli.main(["eval", str(tmp_path / "d"), "--shards", "2", *common]) == 2
+    assert "pass --index STORE too" in capsys.readouterr().err
+
+
 def test_bench_runs_small_and_reports_ratios(minilm_path, capsys):
     assert cli.main(["bench", "--n", "2000", "--dim", "32", "--queries", "20", "--docs", "4", "--json",
                      "--model", str(minilm_path)]) == 0
@@ -166,7 +196,7 @@ def test_train_options_mirror_train_config(tmp_path):
     assert config.amp is False and config.target_modules == ["query", "value"] and config.lora_rank == 8
 
 
-def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
+def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, ray_session, capsys):
     corpus = write_corpus(tmp_path / "corpus.jsonl", 12)
     common = ["--model", str(tiny_bert), "--device", "cpu"]
     assert cli.main(["encode", str(corpus), str(tmp_path / "store"), *common, "--shard-size", "5", "--float16",
@@ -177,6 +207,13 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, capsys):
                          "--fusion", fusion, "--json", *common]) == 0
         hits = json.loads(capsys.readouterr().out)["results"]
         assert len(hits) == 4 and all(hit["id"].startswith("d") for hit in hits)
+    # --shards 2 --hybrid: the dense side on 2 Ray actors, BM25 here; the same output, line for line
+    search = ["search", str(tmp_path / "store"), "T text number 7", "number 3", "-k", "5", "--hybrid", "--json",
+              "--fusion", "weighted", "--rescore", *common]
+    assert cli.main(search) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert cli.main(search + ["--shards", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == plain and len(plain) == 2
     # a store without BM25, then built from its corpus; a corpus that does not match is refused
     assert cli.main(["encode", str(corpus), str(tmp_path / "plain"), *common, "--no-progress"]) == 0
     assert cli.main(["search", str(tmp_path / "plain"), "x", "--hybrid", *common]) == 2
@@ -202,6 +239,9 @@ def test_serve_options_mirror_serve_config(monkeypatch):
                   "--cors-origin", "https://a.example", "--cors-origin", "https://b.example", "--max-k", "7"])
     assert (args.max_batch_tokens, args.auto_truncate, args.model_name, args.max_k) == (64, True, "m", 7)
     assert args.cors_origins == ["https://a.example", "https://b.example"]
+    assert (args.shards, args.ray_address) == (None, None)
+    args = parse(["serve", "--index", "store", "--shards", "2", "--ray", "auto"])
+    assert (args.shards, args.ray_address) == (2, "auto")
 
 
 def test_serve_api_key_comes_from_the_option_or_the_environment(monkeypatch, capsys):
@@ -223,6 +263,8 @@ def test_serve_api_key_comes_from_the_option_or_the_environment(monkeypatch, cap
     (["--max-batch-texts", "0"], r"max_batch_texts must be an int >= 1, got 0"),
     (["--api-key", " "], r"api_key is empty"),
     (["--cors-origin", "example.org"], r"CORS origin 'example.org': expected scheme://host"),
+    (["--shards", "2"], r"shards and ray_address search an index: set index \(--index STORE\) too"),
+    (["--index", "store", "--shards", "0"], r"shards must be an int >= 1, got 0"),
 ])
 def test_serve_bad_options_are_usage_errors(capsys, option, message):
     assert cli.main(["serve", *option]) == 2

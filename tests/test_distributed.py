@@ -9,8 +9,12 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastret
+from fastret.hybrid import HybridSearcher
+from fastret.lexical import LexicalIndex
 
 from conftest import unit_rows
 
@@ -130,6 +134,67 @@ def test_bad_input_gets_the_errors_of_index(sharded):
         distributed.ShardedIndex([[]])
     with pytest.raises(TypeError, match="list"):
         distributed.ShardedIndex("a.frt")
+
+
+WORDS = ["statin", "asthma", "cancer", "tea", "salt", "heart", "vitamin"]
+
+
+@pytest.fixture(scope="module")
+def tied(ray_session, tmp_path_factory):
+    """Random data full of exact ties (400 vectors drawn from 12, shuffled ids, texts of 7 words) in
+    one Index, a 2-shard ShardedIndex over 3 files and a LexicalIndex; some ids deleted in both."""
+    rng = np.random.default_rng(3)
+    vectors = unit_rows(rng, 12, DIM)[rng.integers(0, 12, 400)]
+    ids = rng.permutation(1000)[:400].astype(np.int64)
+    texts = [" ".join(rng.choice(WORDS, 3)) for _ in range(400)]
+    directory = tmp_path_factory.mktemp("tied")
+    files = []
+    for number, (start, stop) in enumerate([(0, 150), (150, 300), (300, 400)]):
+        part = fastret.Index(DIM, store_float16=True)
+        part.add(vectors[start:stop], ids[start:stop])
+        files.append(directory / f"tied-{number}.frt")
+        part.save(files[-1])
+    reference = fastret.Index(DIM, store_float16=True)
+    reference.add(vectors, ids)
+    # num_cpus=0: the module's other ShardedIndex holds Ray's 2 CPUs
+    sharded = distributed.ShardedIndex([files[:2], files[2:]], num_cpus=0, timeout_s=120)
+    doomed = ids[rng.choice(400, 30, replace=False)]
+    assert sharded.delete(doomed) == reference.delete(doomed) == 30
+    return vectors, ids, ~np.isin(ids, doomed), reference, sharded, LexicalIndex.build(texts, ids)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 80), rescore=st.booleans())
+def test_index_sharded_index_hybrid_and_the_reference_agree_on_ties(tied, seed, k, rescore):
+    """Index, ShardedIndex and topk_int8_ref give the same ids and scores; so do HybridSearcher
+    over an Index and over a ShardedIndex (BM25 on the caller)."""
+    vectors, ids, live, reference, sharded, lexical = tied
+    rng = np.random.default_rng(seed)
+    queries = np.concatenate([unit_rows(rng, 2, DIM), vectors[rng.integers(0, 400, 3)]])
+    expected = reference.search(queries, k, rescore=rescore)
+    assert_same(sharded.search(queries, k, rescore=rescore), expected)
+    if not rescore:
+        codes, scales = fastret.quantize_int8(vectors[live])
+        assert_same(fastret.topk_int8_ref(queries, codes, scales, k, ids=ids[live]), expected)
+    texts = [" ".join(rng.choice(WORDS, 2)) for _ in queries]
+    for method in ("rrf", "weighted"):
+        options = dict(method=method, candidates=k + int(rng.integers(0, 20)), rescore=rescore)
+        got = HybridSearcher(sharded, lexical).search(texts, queries, k, **options)
+        assert_same(got, HybridSearcher(reference, lexical).search(texts, queries, k, **options))
+        assert not np.isin(got[1], ids[~live]).any()
+
+
+def test_candidates_and_contains_are_those_of_index(tied):
+    vectors, ids, live, reference, sharded, _ = tied
+    queries = vectors[:4]
+    for exact in (False, True):
+        got, expected = sharded.candidates(queries, 50, exact=exact), reference.candidates(queries, 50, exact=exact)
+        assert_same(got[:2], expected[:2])
+        np.testing.assert_array_equal(got[2], expected[2])
+    asked = np.concatenate([ids, [-5, 10**9]]).reshape(2, -1)
+    np.testing.assert_array_equal(sharded.contains(asked), reference.contains(asked))
+    assert sharded.contains(asked).sum() == live.sum()
+    assert isinstance(sharded, fastret.search.Searchable) and isinstance(reference, fastret.search.Searchable)
 
 
 def test_adds_and_deletes_are_routed(sharded, corpus):

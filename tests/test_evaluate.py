@@ -51,6 +51,29 @@ def test_evaluate_retrieval_runs_every_method(tiny_bert, self_retrieval_dataset)
         evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=("dense",))
 
 
+def test_evaluate_retrieval_searches_a_given_index(tiny_bert, self_retrieval_dataset, tmp_path):
+    """A store of the corpus (fastret encode) is searched instead of fresh embeddings: the runs name the
+    right documents; an index that does not hold the corpus in its order, or float32, is refused."""
+    encoder = fastret.Encoder(tiny_bert, device="cpu", normalize=True)
+    encoder.encode_corpus(self_retrieval_dataset / "corpus.jsonl", tmp_path / "store", shard_size=4,
+                          store_float16=True, show_progress_bar=False)
+    index = fastret.Index.load(tmp_path / "store")
+    methods = ("int8", "int8+rescore", "hybrid")
+    report = evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=methods, show_progress_bar=False,
+                                         index=index)
+    assert list(report.metrics) == list(methods)
+    for method, values in report.metrics.items():
+        assert values["MRR@10"] == 1.0 and values["Recall@100"] == 1.0, method
+    with pytest.raises(ValueError, match="float32 method needs the corpus' float embeddings"):
+        evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=("float32",), index=index)
+    index.delete([2])
+    with pytest.raises(ValueError, match="does not hold .*corpus in its order"):
+        evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=("int8",), index=index)
+    shuffled = fastret.Index(index.dim)
+    shuffled.add(np.ones((6, index.dim), np.float32), documents=[f"d{i}" for i in (1, 0, 2, 3, 4, 5)])
+    assert not evaluate.holds_corpus(shuffled, [f"d{i}" for i in range(6)])
+
+
 def test_instructions_for_instruction_presets(tiny_neox, tiny_bert):
     bm = fastret.Encoder(tiny_neox, device="cpu", preset="bmretriever")
     assert evaluate.query_prompt(bm, "NFCorpus") == (

@@ -76,5 +76,5 @@ def test_bad_hybrid_arguments(searcher):
         hybrid.search(["a"], vectors[:1], 5, candidates=3)
     with pytest.raises(ValueError, match="2 query texts but 1 query vectors"):
         hybrid.search(["a", "b"], vectors[:1], 2)
-    with pytest.raises(TypeError, match="needs a fastret.Index"):
+    with pytest.raises(TypeError, match=r"needs a Searchable \(fastret.Index, .*got LexicalIndex and Index"):
         HybridSearcher(hybrid.lexical, hybrid.index)

@@ -256,21 +256,6 @@ def test_repr_and_properties(rng):
     assert (index.dim, len(index), index.store_float16) == (8, 3, True)
 
 
-@pytest.mark.parametrize("rescore", [False, True])
-def test_torch_search_path_matches_the_cpu_core(rng, rescore):
-    """The GPU search code (torch top-k with rank keys, torch rescoring), run on CPU tensors."""
-    docs, queries = unit_rows(rng, 400, 33), unit_rows(rng, 7, 33)
-    docs[200:260] = docs[0]
-    queries[0] = docs[0]  # its top 10 are all ties
-    index = fastret.Index(33, store_float16=True)
-    index.add(docs, ids=rng.permutation(400) + 10)
-    candidates = 40 if rescore else 10
-    scores, ids = index._search_torch(torch.from_numpy(queries), 10, candidates, rescore)
-    cpu_scores, cpu_ids = index.search(queries, 10, rescore=rescore)
-    np.testing.assert_array_equal(ids.numpy(), cpu_ids)
-    np.testing.assert_allclose(scores.numpy(), cpu_scores, rtol=1e-6, atol=1e-6)
-
-
 # ---------------------------------------------------------------------------------- segments and deletes
 
 

@@ -118,3 +118,101 @@ def test_requires_python_is_what_the_code_runs_on():
     assert "find_package(Python 3.10 " in (root / "CMakeLists.txt").read_text()
     hints = {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(ServeConfig)}
     assert hints["max_steps"] == int | None and hints["api_key"] == str | None
+
+
+# The search rules written once (fastret.search): a second copy of either is caught here. The torch
+# backend's form of the tie rule (64-bit keys: float bits made order-preserving, then the id's rank)
+# may only live in fastret.search too.
+RULES = {"tie rule": {"fastret.search.rank"}, "rescoring": {"fastret.search.float_products"}}
+RANK_KEYS_HOME = "fastret.search"
+
+
+def _name(node):
+    """The called name of a call: `np.lexsort(...)` -> "lexsort", `sorted(...)` -> "sorted"."""
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+
+
+def _keyword(node, name):
+    return next((k.value for k in node.keywords if k.arg == name), None)
+
+
+def _is_true(value):
+    return isinstance(value, ast.Constant) and value.value is True
+
+
+def rule_sites(module, source):
+    """{rule: set of "module.function"} where `source` ranks by score then id, or rescores.
+
+    The tie rule: any lexsort; sorted/sort with a key (-score, id); a stable argsort/sort of
+    negated values along an axis (rows of scores); a torch sort, descending and stable.
+    Rescoring: a function that computes dot products (@, matmul, einsum, dot, bmm, a sum of
+    products) and reads float16 copies. Rank keys: float bits made order-preserving
+    (`bits ^ ((bits >> 31) & 0x7FFFFFFF)`), the torch backend's form of the tie rule.
+    """
+    found = {rule: set() for rule in RULES} | {"rank keys": set()}
+
+    def visit(node, where):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            where = f"{where}.{node.name}"
+            if not isinstance(node, ast.ClassDef):
+                constants = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant)}
+                shifts_sign = any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.RShift)
+                                  and isinstance(n.right, ast.Constant) and n.right.value == 31 for n in ast.walk(node))
+                if shifts_sign and 0x7FFFFFFF in constants:
+                    found["rank keys"].add(where)
+                names = {n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", "") for n in ast.walk(node)}
+                products = any(
+                    (isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult))
+                    or (isinstance(n, ast.Call) and _name(n) in ("matmul", "einsum", "dot", "bmm"))
+                    or (isinstance(n, ast.Call) and _name(n) == "sum" and any(
+                        isinstance(m, ast.BinOp) and isinstance(m.op, ast.Mult) for m in ast.walk(n)))
+                    for n in ast.walk(node))
+                if products and any("float16" in name for name in names if name):
+                    found["rescoring"].add(where)
+        if isinstance(node, ast.Call):
+            name, key = _name(node), _keyword(node, "key")
+            first = node.args[0] if node.args else None
+            negated_first = isinstance(first, ast.UnaryOp) and isinstance(first.op, ast.USub)
+            stable = _is_true(_keyword(node, "stable")) or (
+                isinstance(_keyword(node, "kind"), ast.Constant) and _keyword(node, "kind").value == "stable")
+            along_axis = _keyword(node, "axis") is not None or _keyword(node, "dim") is not None
+            if (name == "lexsort"
+                    or (name in ("sorted", "sort") and isinstance(key, ast.Lambda) and isinstance(key.body, ast.Tuple)
+                        and isinstance(key.body.elts[0], ast.UnaryOp) and isinstance(key.body.elts[0].op, ast.USub))
+                    or (name in ("argsort", "sort") and negated_first and stable and along_axis)
+                    or (name == "sort" and stable and _is_true(_keyword(node, "descending")))):
+                found["tie rule"].add(where)
+        for child in ast.iter_child_nodes(node):
+            visit(child, where)
+
+    visit(ast.parse(source), module)
+    return found
+
+
+def test_the_tie_rule_and_rescoring_are_written_once():
+    """Ranking (higher score, then lower id) and rescoring live in fastret.search; every searcher
+    (Index, ShardedIndex, HybridSearcher, LexicalIndex, evaluation) calls them."""
+    found = {rule: set() for rule in RULES} | {"rank keys": set()}
+    for module, path in MODULES.items():
+        for rule, sites in rule_sites(module, path.read_text()).items():
+            found[rule] |= sites
+    assert {rule: found[rule] for rule in RULES} == RULES
+    assert found["rank keys"] and all(site.startswith(RANK_KEYS_HOME + ".") for site in found["rank keys"])
+
+
+@pytest.mark.parametrize("copy", [
+    "def f(ids, scores):\n    return np.lexsort((ids, -scores))\n",
+    "def f(fused):\n    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))\n",
+    "def f(scores):\n    return np.argsort(-scores, axis=1, kind='stable')[:, :10]\n",
+    "def f(exact):\n    return torch.sort(exact, dim=1, descending=True, stable=True)\n",
+    "def f(segment, rows, q):\n    return torch.einsum('qcd,qd->qc', segment.float16[rows].float(), q)\n",
+    "def f(float16, q):\n    return float16.astype(np.float32) @ q\n",
+    "def f(float16, q):\n    return (float16.astype(np.float32) * q[:, None, :]).sum(-1)\n",
+    "def f(scores):\n    bits = scores.view(torch.int32)\n    return bits ^ ((bits >> 31) & 0x7FFFFFFF)\n",
+])
+def test_the_rule_checker_sees_a_second_copy(copy):
+    found = rule_sites("fastret.other", copy)
+    assert set().union(*found.values()) == {"fastret.other.f"}
+    assert rule_sites("fastret.other", "def f(lengths):\n    return np.argsort(-lengths, kind='stable')\n") == \
+        {rule: set() for rule in found}  # a stable sort of one list is not a ranking of score rows

@@ -7,7 +7,7 @@ import torch
 
 import fastret
 from fastret import _core
-from fastret.search import topk_int8_torch
+from fastret.search import core_candidates, device_arrays, query_codes, topk_int8_torch, torch_candidates
 
 from conftest import needs_cuda, unit_rows
 
@@ -217,6 +217,78 @@ def test_torch_backend_candidate_groups_hold_the_top_k(rng):
     for k in (1, 10, 60):
         scores, rows = topk_int8_torch(*(torch.from_numpy(a) for a in (q_codes, q_scales, codes, scales)), k)
         assert_same((scores.numpy(), rows.numpy()), fastret.topk_int8_ref((q_codes, q_scales), codes, scales, k))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("exact", [False, True])
+def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact, device):
+    """The CUDA path's code (on CPU tensors without a GPU): a mapped segment and an in-memory one,
+    deletes in both, ties across them; device copies are made once per segment and renewed only
+    where deletions changed."""
+    device = torch.device(device)
+    docs = unit_rows(rng, 500, 33)
+    docs[300:360] = docs[0]  # ties within and across segments
+    ids = rng.permutation(500).astype(np.int64) + 10
+    first = fastret.Index(33, store_float16=True)
+    first.add(docs[:250], ids[:250])
+    first.save(tmp_path / "a.frt")
+    index = fastret.Index.load(tmp_path / "a.frt")
+    index.add(docs[250:], ids[250:])
+    index.delete(ids[[0, 5, 260, 300]])
+    queries = unit_rows(rng, 7, 33)
+    queries[0] = docs[0]  # its top 59 are ties
+    q_codes, q_scales, q_floats = query_codes(queries, 33)
+    torch_queries = [torch.from_numpy(a).to(device) for a in (q_codes, q_scales)]
+
+    def compare(segments):
+        for c in (1, 10, 59, 200, sum(s.live_count for s in segments)):
+            expected = core_candidates(segments, q_codes, q_scales, c, q_floats if exact else None)
+            floats = torch.from_numpy(q_floats).to(device) if exact else None
+            got = torch_candidates(segments, *torch_queries, c, floats)
+            assert_same(got[:2], expected[:2])
+            if exact:  # float dot products: torch sums in its own order
+                np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-7)
+            else:
+                assert got[2] is None
+
+    segments = index.segments
+    assert len(segments) == 2 and segments[0].path is not None and segments[1].path is None
+    compare(segments)
+    copies = [device_arrays(s, device) for s in segments]
+    assert len(copies[0][0]) == 248 and len(copies[1][0]) == 248  # live rows only
+    assert all(t.device.type == device.type for copy in copies for t in copy)
+    index.delete(ids[[1]])  # in the mapped segment only
+    renewed = index.segments
+    assert device_arrays(renewed[1], device) is copies[1]
+    assert len(device_arrays(renewed[0], device)[0]) == 247
+    compare(renewed)
+
+
+def test_query_codes_on_a_torch_device_equal_the_numpy_ones(rng):
+    """The query checks of the GPU path, run on the CPU: same codes, scales and floats; same refusals."""
+    queries = unit_rows(rng, 4, 12)
+    expected = query_codes(queries, 12)
+    got = query_codes(torch.from_numpy(queries), 12, device=torch.device("cpu"))
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.numpy(), b)
+    one = query_codes(torch.from_numpy(queries[0]), 12, device="cpu")
+    assert one[0].shape == (1, 12) and one[1].shape == (1,)
+    given = query_codes(tuple(torch.from_numpy(a) for a in expected[:2]), 12, device="cpu")
+    assert given[2] is None and torch.equal(given[0], got[0])
+    with pytest.raises(ValueError, match=r"queries must be \[q, 12\] with q >= 1, got \(4, 11\)"):
+        query_codes(torch.from_numpy(queries[:, :11]), 12, device="cpu")
+    with pytest.raises(TypeError, match="floating point"):
+        query_codes(torch.ones(2, 12, dtype=torch.int32), 12, device="cpu")
+    with pytest.raises(TypeError, match="query codes must be int8"):
+        query_codes((torch.ones(2, 12), torch.ones(2)), 12, device="cpu")
+    with pytest.raises(ValueError, match=r"one scale per query \(2\)"):
+        query_codes((torch.ones(2, 12, dtype=torch.int8), torch.ones(3)), 12, device="cpu")
+    with pytest.raises(ValueError, match="-128"):
+        query_codes((torch.full((2, 12), -128, dtype=torch.int8), torch.ones(2)), 12, device="cpu")
+    bad = torch.from_numpy(queries.copy())
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        query_codes(bad, 12, device="cpu")
 
 
 @needs_cuda

@@ -211,6 +211,25 @@ def test_search_answers_with_the_store_document_ids(client, store, queries):
     assert all(hit["id"].startswith("MED-") for hit in single[0])
 
 
+def test_a_server_on_ray_shards_answers_as_one_index(minilm_path, store, client, queries):
+    """`fastret serve --index STORE --shards 2`: /search runs on a ShardedIndex (2 actors on a local
+    Ray) and answers what the server over one Index answers, to the last digit."""
+    pytest.importorskip("ray", reason="needs ray (pip install 'fastret[distributed]')")
+    sharded = Server("--model", minilm_path, "--index", store, "--shards", 2)
+    try:
+        with httpx.Client(base_url=sharded.url, timeout=REQUEST_TIMEOUT_S) as http:
+            for rescore in (False, True):
+                body = {"queries": queries[:4], "k": 7, "rescore": rescore}
+                answer = http.post("/search", json=body)
+                assert answer.status_code == 200, answer.text
+                assert answer.json() == client.post("/search", json=body).json()
+            info = http.get("/info").json()
+            assert info["index"]["size"] == 30 and info["shards"] == 2 and info["ray_address"] is None
+    finally:
+        # uvicorn re-raises SIGTERM after its graceful shutdown; Ray's driver answers it with exit(15)
+        assert sharded.stop() in (0, -signal.SIGTERM, signal.SIGTERM), sharded.stderr()
+
+
 def test_health_info_and_metrics(client, store):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
