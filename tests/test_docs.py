@@ -83,6 +83,8 @@ def test_every_benchmark_section_names_command_machine_and_date():
         for word in ("Command", "Machine", "Date"):
             if word not in section:
                 incomplete.append(f"{title}: no {word}")
+        if not re.search(r"Machine:?\s[^.]*(AVX|NEON|SVE|NVIDIA)", section):
+            incomplete.append(f"{title}: the machine does not name its instruction set or GPU")
         if "|---" in section and not re.search(r"\d{4}-\d{2}-\d{2}", section):
             incomplete.append(f"{title}: no date")
     assert not incomplete, "\n".join(incomplete)
