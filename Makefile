@@ -56,5 +56,10 @@ bench-encode: $(BUILT) $(VENV)/.bench-deps
 bench: $(BUILT) $(VENV)/.bench-deps
 	$(PY) -m pytest benchmarks/bench_search.py --benchmark-only
 
+# The documentation site (docs/ + mkdocs.yml) into site/; `$(PY) -m mkdocs serve` previews it.
+.PHONY: docs
+docs: $(VENV)/.deps
+	$(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf build $(VENV) .pytest_cache
+	rm -rf build $(VENV) .pytest_cache site
