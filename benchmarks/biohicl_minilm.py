@@ -92,7 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", type=Path, default=Path("runs/biohicl-minilm"),
                         help="checkpoints and the exported model (replaced on every run)")
-    # defaults: the setting benchmarks/biohicl_sweep.py chose (README, "BioHiCL on all-MiniLM-L6-v2")
+    # defaults: the setting benchmarks/biohicl_sweep.py chose (docs/benchmarks.md, "BioHiCL on all-MiniLM-L6-v2")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--batch-size", type=int, default=32)
