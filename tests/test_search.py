@@ -192,8 +192,9 @@ def test_torch_backend_chunks_the_corpus(rng, monkeypatch):
     assert_same((scores.numpy(), rows.numpy()), fastret.topk_int8_ref((q_codes, q_scales), codes, scales, 25))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("chunk_elements", [64, 5 * 2000, 1 << 27])
-def test_torch_backend_breaks_ties_across_the_kth_score_by_id(rng, monkeypatch, chunk_elements):
+def test_torch_backend_breaks_ties_across_the_kth_score_by_id(rng, monkeypatch, chunk_elements, device):
     """Whole blocks of equal scores straddle the k-th place: the plain float top-k alone would pick
     any of them, the backend must pick the lowest ids (here in shuffled order, across chunks)."""
     import fastret.search as search
@@ -204,19 +205,21 @@ def test_torch_backend_breaks_ties_across_the_kth_score_by_id(rng, monkeypatch, 
     ids = rng.permutation(len(codes)).astype(np.int64)
     q_codes, q_scales = quantized(rng, 5, 16)
     for k in (3, 30, 4799):
-        scores, rows = topk_int8_torch(*(torch.from_numpy(a) for a in (q_codes, q_scales, codes, scales)), k,
-                                       torch.from_numpy(ids))
+        scores, rows = topk_int8_torch(*(torch.from_numpy(a).to(device) for a in (q_codes, q_scales, codes, scales)),
+                                       k, torch.from_numpy(ids).to(device))
         expected = fastret.topk_int8_ref((q_codes, q_scales), codes, scales, k, ids=ids)
-        assert_same((scores.numpy(), ids[rows.numpy()]), expected)
+        assert_same((scores.cpu().numpy(), ids[rows.cpu().numpy()]), expected)
 
 
-def test_torch_backend_candidate_groups_hold_the_top_k(rng):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_torch_backend_candidate_groups_hold_the_top_k(rng, device):
     """Distinct scores over many groups of columns: the group maxima alone pick the candidates."""
     codes, scales = quantized(rng, 20000, 24)
     q_codes, q_scales = quantized(rng, 7, 24)
     for k in (1, 10, 60):
-        scores, rows = topk_int8_torch(*(torch.from_numpy(a) for a in (q_codes, q_scales, codes, scales)), k)
-        assert_same((scores.numpy(), rows.numpy()), fastret.topk_int8_ref((q_codes, q_scales), codes, scales, k))
+        scores, rows = topk_int8_torch(*(torch.from_numpy(a).to(device) for a in (q_codes, q_scales, codes, scales)), k)
+        expected = fastret.topk_int8_ref((q_codes, q_scales), codes, scales, k)
+        assert_same((scores.cpu().numpy(), rows.cpu().numpy()), expected)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
