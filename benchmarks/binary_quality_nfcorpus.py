@@ -1,0 +1,126 @@
+"""How to binarize for a 1-bit first stage, measured on NFCorpus: sign bits or sign bits after
+subtracting the corpus's per-dimension mean, scored symmetrically (Hamming) or asymmetrically (the
+float query against the bits), then re-ranked exactly by int8 score.
+
+    .venv/bin/python benchmarks/binary_quality_nfcorpus.py \
+        --json benchmarks/results/2026-12-04-cpu-binary-quality-nfcorpus.json
+
+all-MiniLM-L6-v2 (fp32, fastret.Encoder) embeds the bundled NFCorpus once (cached under
+benchmarks/.cache/). The documents' int8 codes (fastret.Index) give the reference ranking: exact
+int8 search, as Index.search does it. Each document also gets one bit per dimension:
+
+    sign            b_i = [x_i > 0]
+    centered sign   b_i = [x_i - mean_i > 0], mean over the corpus's documents (stored beside the bits)
+
+and each query is scored against the bits (ties to the lower row):
+
+    hamming         d - popcount(bits(q) xor b)      (the query binarized the same way)
+    asymmetric      sum_i q_i * (2 b_i - 1)           (the float query, uncentered: q . mean is the
+                                                      same for every document of a query)
+
+The best oversample * 10 documents of the first stage are re-ranked by their exact int8 scores.
+Reported per split (dev chooses, test confirms), oversample 1, 2, 4, 10, 20: nDCG@10 (trec_eval)
+and recall@10 against exact int8 search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+import fastret  # noqa: E402
+from fastret.evaluate import as_run, trec_metrics  # noqa: E402
+from fastret.search import rank  # noqa: E402
+
+from harness import cpu_info, embedded_nfcorpus, finish, recall_at_k  # noqa: E402
+
+K = 10
+OVERSAMPLES = (1, 2, 4, 10, 20)
+
+
+def binarize(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """bool [n, d]: the sign bits of `vectors`, after subtracting `mean` when given."""
+    return (vectors - mean if mean is not None else vectors) > 0
+
+
+def first_stage_scores(queries: np.ndarray, doc_bits: np.ndarray, mean: np.ndarray | None, method: str) -> np.ndarray:
+    """float64 [q, n]: the first stage's score of every document for every query (higher first)."""
+    signs = np.where(doc_bits, 1.0, -1.0)
+    if method == "asymmetric":
+        return queries.astype(np.float64) @ signs.T
+    query_signs = np.where(binarize(queries, mean), 1.0, -1.0)
+    return (query_signs @ signs.T + doc_bits.shape[1]) / 2  # agreements = d - Hamming distance
+
+
+def int8_scores(queries: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 [q, n]: exact int8 scores as the core computes them, queries as Index.search codes them."""
+    q_codes, q_scales = fastret.quantize_queries(queries)
+    dots = (q_codes.astype(np.int64) @ codes.astype(np.int64).T).astype(np.float32)
+    return (dots * q_scales[:, None]) * scales[None, :]
+
+
+def two_stage(first: np.ndarray, exact: np.ndarray, candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) [q, K]: the `candidates` best rows by `first`, re-ranked by `exact`."""
+    rows = np.arange(first.shape[1], dtype=np.int64)
+    found_scores, found_rows = [], []
+    for q in range(first.shape[0]):
+        chosen = rows[rank(first[q][None], rows[None], candidates)[0]]
+        order = rank(exact[q, chosen][None], chosen[None], K)[0]
+        found_rows.append(chosen[order])
+        found_scores.append(exact[q, chosen[order]])
+    return np.array(found_scores), np.array(found_rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    splits, encoder, _, doc_vectors, queries = embedded_nfcorpus()
+    doc_ids = splits["test"].corpus.ids
+    codes, scales = fastret.quantize_int8(doc_vectors)
+    mean = doc_vectors.mean(axis=0)
+    bits = {"sign": (binarize(doc_vectors, None), None), "centered sign": (binarize(doc_vectors, mean), mean)}
+
+    results: dict = {}
+    for split, dataset in splits.items():
+        query_ids, _, vectors = queries[split]
+        exact = int8_scores(vectors, codes, scales)
+        all_rows = np.broadcast_to(np.arange(len(doc_ids), dtype=np.int64), exact.shape)
+        reference_rows = np.array([all_rows[0][rank(exact[q][None], all_rows[:1], K)[0]] for q in range(len(vectors))])
+        reference = trec_metrics(dataset.qrels, as_run(query_ids, doc_ids,
+                                                       np.take_along_axis(exact, reference_rows, 1), reference_rows))
+        rows_out = {}
+        for bits_name, (doc_bits, bits_mean) in bits.items():
+            for method in ("hamming", "asymmetric"):
+                first = first_stage_scores(vectors, doc_bits, bits_mean, method)
+                for oversample in OVERSAMPLES:
+                    found_scores, found_rows = two_stage(first, exact, oversample * K)
+                    metrics = trec_metrics(dataset.qrels, as_run(query_ids, doc_ids, found_scores, found_rows))
+                    rows_out[f"{bits_name}, {method}, oversample {oversample}"] = {
+                        "bits": bits_name, "score": method, "oversample": oversample,
+                        "nDCG@10": metrics["nDCG@10"], "nDCG@10_vs_int8": metrics["nDCG@10"] / reference["nDCG@10"],
+                        "recall@10_vs_int8": recall_at_k(found_rows, reference_rows)}
+        results[split] = {"queries": len(query_ids), "exact_int8": reference, "two_stage": rows_out}
+        print(f"\n{split} ({len(query_ids)} queries): exact int8 nDCG@10 {reference['nDCG@10']:.4f}")
+        print("| bits | first-stage score | " + " | ".join(f"x{o}" for o in OVERSAMPLES) + " |")
+        print("|---|---|" + "---:|" * len(OVERSAMPLES))
+        for bits_name in bits:
+            for method in ("hamming", "asymmetric"):
+                cells = [rows_out[f"{bits_name}, {method}, oversample {o}"] for o in OVERSAMPLES]
+                print(f"| {bits_name} | {method} | " + " | ".join(
+                    f"{c['nDCG@10']:.4f} ({c['recall@10_vs_int8']:.3f})" for c in cells) + " |")
+
+    report = {"command": " ".join(sys.argv), "machine": cpu_info(), "model": str(encoder.model_dir),
+              "documents": len(doc_ids), "k": K, "results": results}
+    return finish([], args.json, report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
