@@ -1,8 +1,8 @@
 """`Encoder`: a drop-in, faster `SentenceTransformer.encode` for retrieval models.
 
 Pipeline for one call:
-  texts -> (prompt) -> tokenize (Rust tokenizer, truncation; TOKENIZE_CHUNK texts at a time, one
-  chunk ahead of the model in a background thread) -> sort each chunk by token length ->
+  texts -> (prompt) -> tokenize (Rust tokenizer, truncation; on a GPU TOKENIZE_CHUNK texts at a
+  time, one chunk ahead of the model in a background thread) -> sort each chunk by token length ->
   batches under a token budget, padded in a background thread -> model forward (inference mode,
   SDPA attention, fp16/bf16 where asked) -> fused pool + L2-normalize (+ int8) kernel ->
   rows written back in input order.
@@ -28,7 +28,8 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 PRECISIONS = ("float32", "int8")
 QUANTIZE_MODES = ("int8",)
-# Texts tokenized at a time by `Encoder.embed`, one such chunk ahead of the model.
+# Texts tokenized at a time by `Encoder.embed` on a GPU, one such chunk ahead of the model (on the
+# CPU the tokenizer and the model share the cores: there every call tokenizes once, up front).
 TOKENIZE_CHUNK = 2048
 
 
@@ -111,6 +112,8 @@ class Encoder:
         self.pad_id = pad if pad is not None else (self._eos_id if self._eos_id is not None else 0)
         self._uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
         self.model_dir = model_dir
+        # texts per tokenizer call in `embed`: chunks overlap the model on a GPU; None: all at once
+        self.tokenize_chunk: int | None = TOKENIZE_CHUNK if self.device.type != "cpu" else None
 
     # ------------------------------------------------------------------ properties
 
@@ -223,9 +226,9 @@ class Encoder:
         """Embed prepared inputs (see `prepare`): float32 [n, d], and int8 [n, d] + float32 [n] scales
         when `quantize` (else None, None); CPU tensors in input order.
 
-        The inputs are tokenized TOKENIZE_CHUNK at a time in a background thread, one chunk ahead
-        of the model, so the tokenizer (CPU) and the model (GPU) work at the same time; each
-        chunk is cut into length-sorted batches of its own.
+        The inputs are tokenized `tokenize_chunk` at a time in a background thread, one chunk
+        ahead of the model, so that on a GPU the tokenizer (CPU) and the model work at the same
+        time; each chunk is cut into length-sorted batches of its own.
 
         Truncated and empty inputs are warned about, or, with `input_stats`, counted into it
         ("texts", "truncated", "empty") for the caller to report once."""
@@ -233,8 +236,8 @@ class Encoder:
                  "empty": sum(1 for text in inputs if not (text if isinstance(text, str) else "".join(text)))}
         max_tokens = max_tokens_per_batch or batch_size * self.max_length
         outputs = self._allocate(len(inputs), quantize)
-        chunks = ((start, self.tokenize(inputs[start:start + TOKENIZE_CHUNK]))
-                  for start in range(0, len(inputs), TOKENIZE_CHUNK))
+        step = self.tokenize_chunk or max(1, len(inputs))
+        chunks = ((start, self.tokenize(inputs[start:start + step])) for start in range(0, len(inputs), step))
         from tqdm.auto import tqdm
 
         with tqdm(total=len(inputs), unit="text", desc="encode", disable=not show_progress_bar) as bar:

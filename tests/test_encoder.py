@@ -120,16 +120,15 @@ def test_batching_does_not_change_results(tiny_bert, nfcorpus_docs, budget):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_tokenizing_in_chunks_keeps_order_and_results(tiny_bert, nfcorpus_docs, monkeypatch):
-    """Chunks tokenized ahead of the model (here 7 texts each, the last one short) give the
-    embeddings, int8 codes and truncation warning of one whole pass, in input order."""
-    import fastret.encoder
-
+def test_tokenizing_in_chunks_keeps_order_and_results(tiny_bert, nfcorpus_docs):
+    """Chunks tokenized ahead of the model (on a GPU; here forced, 7 texts each, the last one short)
+    give the embeddings, int8 codes and truncation warning of one whole pass, in input order."""
     encoder = fastret.Encoder(tiny_bert, device="cpu", max_length=32)
     texts = [doc[: 20 + 13 * i] for i, doc in enumerate(nfcorpus_docs[:20])]
     expected = encoder.encode(texts, batch_size=1)
     expected_codes, expected_scales = encoder.encode(texts, batch_size=1, precision="int8")
-    monkeypatch.setattr(fastret.encoder, "TOKENIZE_CHUNK", 7)
+    assert encoder.tokenize_chunk is None  # the CPU tokenizes once: the model needs its cores
+    encoder.tokenize_chunk = 7
     with pytest.warns(UserWarning, match=r"\d+ of 20 texts were longer than max_length=32"):
         got = encoder.encode(texts, batch_size=4)
     np.testing.assert_allclose(got, expected, atol=1e-5)
