@@ -161,8 +161,7 @@ class SegmentBuilder:
         self.deleted_count = 0
         self.max_scale = 0.0
         self.doc_ids: list[str] | None = []  # None once vectors without document ids were added
-        # (stored fields or None, rows) per append; rows added without fields have none
-        self.fields_parts: list[tuple[StoredFields | None, int]] = []
+        self.fields: StoredFields | None = None  # of every row so far, once an append had fields
         # The snapshot of the rows so far, until the next append or delete: searches in between see
         # one Segment, so what is cached on it (device copies, id order) is reused.
         self._snapshot: Segment | None = None
@@ -170,8 +169,11 @@ class SegmentBuilder:
     def append(self, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray, floats: np.ndarray | None,
                doc_ids: list[str] | None = None, fields: StoredFields | None = None) -> None:
         start, n = self.count, len(codes)
+        joined = self.fields
+        if fields is not None or joined is not None:  # joined first: a type clash changes nothing
+            joined = concatenate([self.fields, fields], [start, n])
         self._snapshot = None
-        self.fields_parts.append((fields, n))
+        self.fields = joined
         if doc_ids is None:
             self.doc_ids = None
         elif self.doc_ids is not None:
@@ -211,15 +213,8 @@ class SegmentBuilder:
                                      None if self.float16 is None else self.float16[:n],
                                      None if self.doc_ids is None else ListDocIds(self.doc_ids, n), None,
                                      deleted, self.deleted_count, {"max_scale": self.max_scale},
-                                     self._fields())
+                                     self.fields)
         return self._snapshot
-
-    def _fields(self) -> StoredFields | None:
-        """The stored fields of the rows so far (None when no append had any), joined once."""
-        parts = [part for part, _ in self.fields_parts]
-        joined = concatenate(parts, [n for _, n in self.fields_parts])
-        self.fields_parts = [(joined, self.count)] if joined is not None else [(None, self.count)]
-        return joined
 
     def delete_rows(self, rows: np.ndarray) -> None:
         """Mark `rows` deleted (copy on write: snapshots keep the bitmap they were taken with)."""
