@@ -75,9 +75,10 @@ class Filter:
 
     def __init__(self, spec: dict, *, mesh: Any = None):
         self.spec = spec
-        self.mesh = mesh
         self.fields: set[str] = set()
-        self.root = self._parse(spec, "filter")
+        # `$under` is resolved to descriptor names here: the tree is not kept (a filter is small
+        # enough to send to every shard)
+        self.root = self._parse(spec, "filter", mesh)
 
     @classmethod
     def from_json(cls, text: str, *, mesh: Any = None) -> "Filter":
@@ -98,7 +99,7 @@ class Filter:
 
     # ------------------------------------------------------------------------------ parsing
 
-    def _parse(self, spec: Any, path: str) -> tuple:
+    def _parse(self, spec: Any, path: str, mesh: Any) -> tuple:
         if not isinstance(spec, dict):
             raise FilterError(f"{path} must be an object of conditions such as {{\"year\": {{\"$gte\": 2018}}}}, "
                               f"got {spec!r:.80}")
@@ -110,40 +111,40 @@ class Filter:
             if key in ("$and", "$or"):
                 if not isinstance(value, list) or not value:
                     raise FilterError(f"{where} must be a non-empty list of filters, got {value!r:.80}")
-                parts.append((key[1:], [self._parse(item, f"{where}[{i}]") for i, item in enumerate(value)]))
+                parts.append((key[1:], [self._parse(item, f"{where}[{i}]", mesh) for i, item in enumerate(value)]))
             elif key == "$not":
-                parts.append(("not", self._parse(value, where)))
+                parts.append(("not", self._parse(value, where, mesh)))
             elif key.startswith("$"):
                 raise FilterError(f"{where}: unknown operator {key!r} here; a filter's keys are field names or "
                                   f"{', '.join(LOGICAL_OPERATORS)} (field operators: {', '.join(FIELD_OPERATORS)})")
             else:
                 self.fields.add(key)
-                parts.append(self._parse_field(key, value, where))
+                parts.append(self._parse_field(key, value, where, mesh))
         return parts[0] if len(parts) == 1 else ("and", parts)
 
-    def _parse_field(self, field: str, condition: Any, path: str) -> tuple:
+    def _parse_field(self, field: str, condition: Any, path: str, mesh: Any) -> tuple:
         if not isinstance(condition, dict):
-            return self._parse_operator(field, "$eq", condition, path)
+            return self._parse_operator(field, "$eq", condition, path, mesh)
         if not condition:
             raise FilterError(f"{path}: an empty condition; give an operator such as {{\"$eq\": value}}")
         parts = []
         for op, value in condition.items():
             where = f"{path}[{json.dumps(op)}]"
             if op == "$not":
-                parts.append(("not", self._parse_field(field, value, where)))
+                parts.append(("not", self._parse_field(field, value, where, mesh)))
             elif op in FIELD_OPERATORS:
-                parts.append(self._parse_operator(field, op, value, where))
+                parts.append(self._parse_operator(field, op, value, where, mesh))
             else:
                 raise FilterError(f"{where}: unknown operator {op!r}; field operators are {', '.join(FIELD_OPERATORS)}")
         return parts[0] if len(parts) == 1 else ("and", parts)
 
-    def _parse_operator(self, field: str, op: str, value: Any, path: str) -> tuple:
+    def _parse_operator(self, field: str, op: str, value: Any, path: str, mesh: Any) -> tuple:
         if op == "$exists":
             if not isinstance(value, bool):
                 raise FilterError(f"{path} must be true or false, got {value!r:.80}")
             return ("exists", field, value, path)
         if op == "$under":
-            return ("in", field, self._under(value, path), "string", path)
+            return ("in", field, _under(mesh, value, path), "string", path)
         if op in ("$in", "$nin"):
             if not isinstance(value, list):
                 raise FilterError(f"{path} must be a list of values, got {value!r:.80}")
@@ -163,18 +164,6 @@ class Filter:
         node = ("compare", field, _NEGATED.get(op, op), value, kind, path)
         return ("not", node) if op in _NEGATED else node
 
-    def _under(self, value: Any, path: str) -> tuple:
-        if self.mesh is None:
-            raise FilterError(f"{path}: $under needs the MeSH tree; use fastret.filters.Filter(spec, "
-                              "mesh=fastret.MeshTree.from_file(...)) (the CLI and server: --mesh FILE)")
-        if not isinstance(value, str):
-            raise FilterError(f"{path} must be a MeSH tree number, descriptor id or name (str), got {value!r:.80}")
-        try:
-            keys = self.mesh.descendants(value)
-        except KeyError:
-            raise FilterError(f"{path}: {value!r} is neither a tree number nor a descriptor of {self.mesh!r}") from None
-        return tuple(sorted(set(keys) | {self.mesh.name(key) for key in keys}))
-
     # ----------------------------------------------------------------------------- evaluating
 
     def mask(self, segment: Segment) -> np.ndarray:
@@ -185,6 +174,20 @@ class Filter:
                 field, say), naming the part.
         """
         return _evaluate(self.root, segment)
+
+
+def _under(mesh: Any, value: Any, path: str) -> tuple:
+    """The descriptor ids and names at or below `value` in `mesh` (`$under`)."""
+    if mesh is None:
+        raise FilterError(f"{path}: $under needs the MeSH tree; use fastret.filters.Filter(spec, "
+                          "mesh=fastret.MeshTree.from_file(...)) (the CLI and server: --mesh FILE)")
+    if not isinstance(value, str):
+        raise FilterError(f"{path} must be a MeSH tree number, descriptor id or name (str), got {value!r:.80}")
+    try:
+        keys = mesh.descendants(value)
+    except KeyError:
+        raise FilterError(f"{path}: {value!r} is neither a tree number nor a descriptor of {mesh!r}") from None
+    return tuple(sorted(set(keys) | {mesh.name(key) for key in keys}))
 
 
 def _evaluate(node: tuple, segment: Segment) -> np.ndarray:

@@ -255,11 +255,17 @@ class Index(SearchableBase):
                                     _live(segments), self.store_float16, queries, k, rescore=rescore,
                                     rescore_factor=rescore_factor)
 
-    def contains(self, ids: Any) -> np.ndarray:
-        """bool, the shape of `ids`: True where the id belongs to a live (not deleted) vector."""
+    def contains(self, ids: Any, *, filter: Any = None) -> np.ndarray:
+        """bool, the shape of `ids`: True where the id belongs to a live (not deleted) vector
+        (that passes `filter`, as in `search`)."""
         wanted = checks.id_array(ids)
         unique = np.unique(wanted.astype(np.int64))
-        live = [s.ids[s.live_rows_of(unique)] for s in self._snapshot()]
+        segments = self._snapshot()
+        allowed = allowed_rows(filter, segments)
+        live = []
+        for number, segment in enumerate(segments):
+            rows = segment.live_rows_of(unique)
+            live.append(segment.ids[rows if allowed is None else rows[allowed[number][rows]]])
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
 
     def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None):

@@ -9,8 +9,9 @@ keys of `_rank_keys`). Every backend returns the same ids and scores as `topk_in
 The seam: `Searchable` is what `Index` and `fastret.distributed.ShardedIndex` both are, and what
 every consumer (HybridSearcher, the CLI, the server, evaluation) takes. A searchable answers
 `candidates` (its top c by int8 score, optionally with float dot products); `search_by_candidates`
-turns those into `search` results, rescoring with `rescored` when asked, for every searchable
-alike. `merge_candidates` joins the candidates of segments or shards by the same rule. Two
+turns those into `search` results, rescoring with `rescored` when asked and padding results that
+a filter left short, for every searchable alike. A filter (fastret.filters) reaches the backends as
+a bool mask of allowed rows per segment, skipped like deleted rows: never a post-filter. `merge_candidates` joins the candidates of segments or shards by the same rule. Two
 backends search a list of segments: `core_candidates` (the C++ core, one call over every segment)
 and `torch_candidates` (torch on the queries' device: each segment's live rows are copied there
 once and reused until its deletions change).
@@ -146,7 +147,8 @@ class Searchable(Protocol):
     HybridSearcher, `fastret search`, `fastret serve` and evaluation take.
 
     `search` and `candidates` follow `Index.search` and `Index.candidates` (same arguments, same
-    results and errors); `contains` and `documents` follow `Index.contains` and `Index.documents`.
+    results and errors, filters included); `contains`, `documents` and `fields` follow
+    `Index.contains`, `Index.documents` and `Index.fields`.
     """
 
     @property
@@ -160,13 +162,16 @@ class Searchable(Protocol):
 
     def __len__(self) -> int: ...
 
-    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4): ...
+    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
+               filter: Any = None): ...
 
-    def candidates(self, queries: Any, c: int, *, exact: bool = False): ...
+    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None): ...
 
-    def contains(self, ids: Any) -> np.ndarray: ...
+    def contains(self, ids: Any, *, filter: Any = None) -> np.ndarray: ...
 
     def documents(self, ids: Any) -> np.ndarray: ...
+
+    def fields(self, ids: Any, names: Sequence[str] | None = None) -> list: ...
 
 
 class SearchableBase:

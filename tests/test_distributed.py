@@ -37,16 +37,18 @@ def corpus(tmp_path_factory):
     vectors[1200:1203] = vectors[0:3]  # and so does the small shard
     ids = rng.permutation(np.arange(10, 10 + 2 * sum(SIZES), 2)).astype(np.int64)  # even ids
     documents = [f"doc-{i}" for i in ids]
+    fields = [{"year": 1990 + int(i) % 30, "mesh": ["Humans", "Mice", "Aged"][: int(i) % 4]} for i in ids]
     directory = tmp_path_factory.mktemp("shards")
     paths, start = [], 0
     for number, size in enumerate(SIZES):
         part = fastret.Index(DIM, store_float16=True)
-        part.add(vectors[start : start + size], ids[start : start + size], documents=documents[start : start + size])
+        part.add(vectors[start : start + size], ids[start : start + size], documents=documents[start : start + size],
+                 fields=fields[start : start + size])
         paths.append(directory / f"part-{number}.frt")
         part.save(paths[-1])
         start += size
     reference = fastret.Index(DIM, store_float16=True)
-    reference.add(vectors, ids, documents=documents)
+    reference.add(vectors, ids, documents=documents, fields=fields)
     return paths, reference, vectors
 
 
@@ -137,6 +139,22 @@ def test_bad_input_gets_the_errors_of_index(sharded):
 
 
 WORDS = ["statin", "asthma", "cancer", "tea", "salt", "heart", "vitamin"]
+
+
+@pytest.mark.parametrize("spec", [{"year": {"$gte": 2015}}, {"mesh": "Aged"}, {"year": 1990}, {"year": 1700},
+                                  {"$or": [{"mesh": {"$exists": False}}, {"id": {"$lt": 400}}]}])
+def test_filters_are_evaluated_on_the_shards_as_one_index_would(sharded, corpus, spec):
+    _, reference, vectors = corpus
+    queries = vectors[[0, 5, 1201]]
+    for rescore in (False, True):
+        assert_same(sharded.search(queries, 20, rescore=rescore, filter=spec),
+                    reference.search(queries, 20, rescore=rescore, filter=spec))
+    some = reference.search(queries, 5, filter=spec)[1]
+    assert sharded.fields(some, names=["year"]) == reference.fields(some, names=["year"])
+    ids = np.concatenate([s.ids for s in reference.segments])
+    np.testing.assert_array_equal(sharded.contains(ids, filter=spec), reference.contains(ids, filter=spec))
+    with pytest.raises(ValueError, match="a row mask has no meaning across shards"):
+        sharded.search(queries, 2, filter=np.ones(len(ids), bool))
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +249,7 @@ def test_save_writes_what_index_save_writes(sharded, corpus, tmp_path):
     store_dir = tmp_path / "store"
     store_dir.mkdir()
     sharded.save(store_dir)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.frt", "store"]  # no part files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.frt", "all.frt.fields.arrow", "store"]  # no part files left
     for saved in (fastret.Index.load(tmp_path / "all.frt"), fastret.Index.load(store_dir)):
         assert len(saved) == len(reference)
         assert_same(saved.search(queries, 9, rescore=True), reference.search(queries, 9, rescore=True))
