@@ -104,8 +104,10 @@ class StoredFields:
         if self.table is None:
             return [{} for _ in range(len(rows))]
         wanted = [n for n in (self.table.column_names if names is None else names) if n in self.table.column_names]
-        taken = self.table.select(wanted).take(require_arrow().array(np.asarray(rows, np.int64)))
-        return [{k: v for k, v in row.items() if v is not None} for row in taken.to_pylist()]
+        table = self.table.select(wanted)
+        # one zero-copy slice per row: `take` on a mapped table of many batches would join them first
+        found = (table.slice(row, 1).to_pylist()[0] for row in np.asarray(rows, np.int64).tolist())
+        return [{k: v for k, v in row.items() if v is not None} for row in found]
 
     def take(self, rows: np.ndarray) -> "StoredFields":
         """The fields of `rows` (int64), in that order (for compaction)."""
