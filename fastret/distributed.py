@@ -86,8 +86,8 @@ class ShardServer:
         results = []
         for kind, payload in ray.get(list(entries[self.applied - first:])):
             if kind == "add":
-                vectors, ids, documents = payload
-                self.index.add(vectors, ids, documents=documents)
+                vectors, ids, documents, fields = payload
+                self.index.add(vectors, ids, documents=documents, fields=fields)
                 results.append(None)
             else:
                 results.append(self.index.delete(payload))
@@ -370,8 +370,10 @@ class ShardedIndex(SearchableBase):
     # ------------------------------------------------------------------ adding and deleting
 
     @_serialized
-    def add(self, vectors: Any, ids: Any = None, *, documents: Sequence[str] | None = None) -> None:
-        """Add vectors to the shard holding the fewest; arguments and errors as `Index.add`.
+    def add(self, vectors: Any, ids: Any = None, *, documents: Sequence[str] | None = None,
+            fields: Sequence[dict] | None = None) -> None:
+        """Add vectors (and their stored fields) to the shard holding the fewest; arguments and
+        errors as `Index.add`.
 
         Default ids continue from the largest id in any shard + 1, so they stay unique.
 
@@ -384,7 +386,7 @@ class ShardedIndex(SearchableBase):
             vectors = checks.to_numpy(vectors, "vectors")
         # The same checks as Index.add, on a scratch index, so that no bad entry enters the log.
         scratch = Index(self.dim, store_float16=self.store_float16)
-        scratch.add(vectors, ids, documents=documents)
+        scratch.add(vectors, ids, documents=documents, fields=fields)
         n = len(scratch)
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
@@ -396,7 +398,8 @@ class ShardedIndex(SearchableBase):
         if n:
             self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._has_documents = self._has_documents and documents is not None
-        self._log_and_apply(shard, ("add", (vectors, ids, None if documents is None else list(documents))))
+        self._log_and_apply(shard, ("add", (vectors, ids, None if documents is None else list(documents),
+                                            None if fields is None else list(fields))))
 
     @_serialized
     def delete(self, ids: Any) -> int:

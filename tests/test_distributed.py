@@ -227,9 +227,11 @@ def test_adds_and_deletes_are_routed(sharded, corpus):
     assert_same(sharded.search(new[:5], 1), reference.search(new[:5], 1))
     assert sharded.documents(reference.search(new[:5], 1)[1][:, 0]).tolist() == [f"new-{i}" for i in range(5)]
     explicit = unit_rows(rng, 3, DIM)
-    sharded.add(explicit, ids=[1, 3, 5])
-    reference.add(explicit, ids=[1, 3, 5])
+    sharded.add(explicit, ids=[1, 3, 5], fields=[{"year": 1980}] * 3)
+    reference.add(explicit, ids=[1, 3, 5], fields=[{"year": 1980}] * 3)
     assert not sharded.has_documents
+    assert sharded.fields([1, 5]) == reference.fields([1, 5]) == [{"year": 1980}] * 2
+    assert_same(sharded.search(queries, 4, filter={"year": 1980}), reference.search(queries, 4, filter={"year": 1980}))
     # Delete ids from every shard, old and new, one twice, and ids that are nowhere.
     _, found = reference.search(queries, 8)
     doomed = np.concatenate([np.unique(found)[:40], [3, 3, 10**12, -7]])
