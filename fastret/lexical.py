@@ -58,7 +58,8 @@ class LexicalIndex:
         retriever.index(bm25s.tokenize(documents, show_progress=show_progress_bar), show_progress=show_progress_bar)
         return cls(retriever, ids)
 
-    def search(self, queries: Sequence[str], k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Sequence[str], k: int, *,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top-k per query: (scores float32 [q, k], ids int64 [q, k]), best first, ties to the
         lower id. Documents that share no term with the query are left out: a short list is padded
         with score -inf and id -1. `allowed` (bool, one per document of `ids`) limits the search

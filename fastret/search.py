@@ -11,10 +11,11 @@ every consumer (HybridSearcher, the CLI, the server, evaluation) takes. A search
 `candidates` (its top c by int8 score, optionally with float dot products); `search_by_candidates`
 turns those into `search` results, rescoring with `rescored` when asked and padding results that
 a filter left short, for every searchable alike. A filter (fastret.filters) reaches the backends as
-a bool mask of allowed rows per segment, skipped like deleted rows: never a post-filter. `merge_candidates` joins the candidates of segments or shards by the same rule. Two
-backends search a list of segments: `core_candidates` (the C++ core, one call over every segment)
-and `torch_candidates` (torch on the queries' device: each segment's live rows are copied there
-once and reused until its deletions change).
+a bool mask of allowed rows per segment, skipped like deleted rows: never a post-filter.
+`merge_candidates` joins the candidates of segments or shards by the same rule. Two backends search
+a list of segments: `core_candidates` (the C++ core, one call over every segment) and
+`torch_candidates` (torch on the queries' device: each segment's live rows are copied there once
+and reused until its deletions change; a filter's rows are picked from that copy per call).
 
 Scores must stay finite: a query whose scale could push a score past float32's range is refused
 (`check_score_range`) rather than ranked by inf and NaN. The core itself ranks a NaN score as -inf,

@@ -7,9 +7,9 @@ import torch
 
 import fastret
 from fastret.filters import MAX_IN_VALUES, Filter, FilterError, allowed_rows
-from fastret.search import pad, query_codes, segment_candidates
+from fastret.search import device_arrays, pad, query_codes, segment_candidates
 
-from conftest import unit_rows
+from conftest import needs_cuda, unit_rows
 
 MESH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mesh" / "mesh2015_tree_numbers.tsv"
 DIM = 24
@@ -45,7 +45,8 @@ def random_condition(rng, depth=0):
     field = ["year", "journal", "mesh", "score", "id", "title"][int(rng.integers(6))]
     if field == "year":
         op = ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"][int(rng.integers(8))]
-        value = [int(v) for v in rng.integers(1990, 2025, 3)] if op in ("$in", "$nin") else int(rng.integers(1990, 2025))
+        years = [int(v) for v in rng.integers(1990, 2025, 3)]
+        value = years if op in ("$in", "$nin") else years[0]
     elif field == "score":
         op = ["$gt", "$lte"][int(rng.integers(2))]
         value = float(rng.random())
@@ -172,12 +173,13 @@ def test_filtered_rescoring_equals_a_sub_index(rng, tmp_path):
         np.testing.assert_array_equal(got[0], expected[0])
 
 
-def test_the_torch_backend_filters_alike_and_keeps_its_live_row_copies(rng, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_the_torch_backend_filters_alike_and_keeps_its_live_row_copies(rng, tmp_path, device):
     index, vectors, ids, records, live = build(rng, tmp_path, True)
     segments = index.segments
     queries = unit_rows(rng, 3, DIM)
     q_codes, q_scales, _ = query_codes(queries, DIM)
-    torch_queries = [torch.from_numpy(a) for a in (q_codes, q_scales)]
+    torch_queries = [torch.from_numpy(a).to(device) for a in (q_codes, q_scales)]
     for spec in ({"year": {"$lt": 2000}}, {"journal": "Lancet", "mesh": {"$exists": True}}, {"id": {"$in": [1]}}):
         allowed = allowed_rows(spec, segments)
         for c in (1, 9, 500):
@@ -185,8 +187,11 @@ def test_the_torch_backend_filters_alike_and_keeps_its_live_row_copies(rng, tmp_
             got = segment_candidates(segments, *torch_queries, c, None, allowed)
             np.testing.assert_array_equal(got[0], expected[0])
             np.testing.assert_array_equal(got[1], expected[1])
+    copies = [device_arrays(s, device) for s in segments]
+    assert [len(c[0]) for c in copies] == [s.live_count for s in segments]  # the filters left them whole
     unfiltered = segment_candidates(segments, *torch_queries, 20)
     np.testing.assert_array_equal(unfiltered[1], segment_candidates(segments, q_codes, q_scales, 20)[1])
+    assert all(device_arrays(s, device) is c for s, c in zip(segments, copies))
 
 
 def test_a_bool_mask_over_the_rows_is_a_filter(rng, tmp_path):
