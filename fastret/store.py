@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, index_file
-from .fields import fields_path, read_fields, write_fields
 from .doc_ids import LazyDocIds, PackedDocIds, pack_doc_ids
+from .fields import fields_path, read_fields, write_fields
 from .segment import Segment, bitmap
 
 MANIFEST = "manifest.json"
