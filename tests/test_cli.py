@@ -94,7 +94,11 @@ def test_index_and_search(store, tmp_path, tiny_bert, capsys):
 def test_search_with_a_filter_shows_stored_fields(tmp_path, tiny_bert, capsys):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": f"T{i}", "text": f"text number {i}",
-                                          "year": 2000 + i}) + "\n" for i in range(8)))
+                                          "year": 2000 + i, "mesh": [["Neoplasms"], ["Lung Neoplasms"], ["Humans"]][i % 3]})
+                              + "\n" for i in range(8)))
+    tree = tmp_path / "tree.tsv"
+    tree.write_text("mesh_id\tmesh_name\tmesh_tree_number\nD1\tNeoplasms\tC04\nD2\tLung Neoplasms\tC04.588.894\n"
+                    "D3\tHumans\tB01.050.150\n")
     common = ["--model", str(tiny_bert), "--device", "cpu"]
     assert cli.main(["encode", str(corpus), str(tmp_path / "store"), *common, "--shard-size", "3", "--fields",
                      "--no-progress"]) == 0
@@ -110,6 +114,13 @@ def test_search_with_a_filter_shows_stored_fields(tmp_path, tiny_bert, capsys):
     assert re.search(r'filter\["year"\]\["\$gte"\]: field .year. holds numbers', capsys.readouterr().err)
     assert cli.main([*search, "--filter", '{"year": ']) == 2
     assert "filter is not valid JSON" in capsys.readouterr().err
+    assert cli.main([*search, "--filter", '{"mesh": {"$under": "C04"}}', "--mesh", str(tree), "--json"]) == 0
+    under = [hit["id"] for hit in json.loads(capsys.readouterr().out)["results"]]
+    assert len(under) == 5 and set(under) <= {"d0", "d1", "d3", "d4", "d6", "d7"}  # not the "Humans" ones
+    assert cli.main([*search, "--filter", '{"mesh": {"$under": "C04"}}']) == 2
+    assert "$under needs the MeSH tree" in capsys.readouterr().err
+    assert cli.main([*search, "--mesh", str(tree)]) == 2
+    assert "--mesh is for $under in --filter" in capsys.readouterr().err
 
 
 def test_search_on_ray_shards_prints_what_one_index_prints(store, tiny_bert, ray_session, capsys):
