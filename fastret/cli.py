@@ -37,6 +37,9 @@ def _add_encode(commands) -> None:
     parser.add_argument("--shard-size", type=_positive_int, default=65536, help="documents per shard")
     parser.add_argument("--float16", action="store_true", help="also store float16 vectors (for rescoring)")
     parser.add_argument("--bm25", action="store_true", help="also build a BM25 index in the store (hybrid search)")
+    parser.add_argument("--fields", nargs="?", const="", default=None, metavar="KEYS",
+                        help="also store the documents' fields beside the shards, for filters and --show: every "
+                             "key of the corpus records (title, text, year, mesh, ...), or the comma-separated KEYS")
     parser.add_argument("--prompt-name", default=None, help="named prompt of the model or preset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -52,7 +55,7 @@ def _run_encode(args: argparse.Namespace) -> int:
                                   shard_size=args.shard_size, store_float16=args.float16,
                                   max_tokens_per_batch=args.max_tokens_per_batch,
                                   prompt_name=args.prompt_name, show_progress_bar=not args.no_progress,
-                                  bm25=args.bm25)
+                                  bm25=args.bm25, fields=_comma_list(args.fields) if args.fields else args.fields == "")
     seconds = time.perf_counter() - start
     if torchrun_env().rank == 0:
         summary = {"out_dir": str(args.out_dir), "documents": len(store), "dim": store.dim,
@@ -63,6 +66,11 @@ def _run_encode(args: argparse.Namespace) -> int:
             print(f"{summary['documents']} documents -> {args.out_dir} ({summary['shards']} shards, "
                   f"dim {summary['dim']}) in {seconds:.1f} s")
     return 0
+
+
+def _comma_list(text: str) -> list[str]:
+    """"a,b, c" -> ["a", "b", "c"] (empty items dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _add_model_options(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
@@ -190,6 +198,12 @@ def _add_search(commands) -> None:
     parser.add_argument("--alpha", type=float, default=None, help="dense weight for --fusion weighted")
     parser.add_argument("--candidates", type=_positive_int, default=None, help="results per side before fusion")
     parser.add_argument("--prompt-name", default=None, help="named query prompt of the model or preset")
+    parser.add_argument("--filter", default=None, metavar="JSON",
+                        help="only documents that pass this filter, e.g. '{\"year\": {\"$gte\": 2018}}' "
+                             "(fastret.filters: $eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not $under)")
+    parser.add_argument("--mesh", type=Path, default=None, help="the MeSH tree file for $under in --filter")
+    parser.add_argument("--show", default=None, metavar="FIELDS",
+                        help="print these stored fields of each result (comma-separated, e.g. title,year)")
     _add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout, one per query")
     parser.add_argument("--ray", metavar="ADDRESS", default=None,
@@ -204,6 +218,8 @@ def _add_search(commands) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     from .corpus import load_queries
+    from .filters import Filter
+    from .mesh import MeshTree
     from .searchers import open_searchable
 
     if args.queries_file is not None:
@@ -212,6 +228,11 @@ def _run_search(args: argparse.Namespace) -> int:
         texts = {str(i): q for i, q in enumerate(args.queries)}
     else:
         raise ValueError("no queries: pass query texts or --queries-file")
+    if args.mesh is not None and args.filter is None:
+        raise ValueError("--mesh is for $under in --filter; pass --filter too")
+    mesh = MeshTree.from_file(args.mesh) if args.mesh is not None else None
+    spec = None if args.filter is None else Filter.from_json(args.filter, mesh=mesh)  # bad filters fail first
+    show = None if args.show is None else _comma_list(args.show)
     index = open_searchable(args.index, shards=args.shards, ray_address=args.ray, replicas=args.replicas)
     encoder = _encoder(args)
     if encoder.dim != index.dim:
@@ -229,19 +250,25 @@ def _run_search(args: argparse.Namespace) -> int:
         scores, ids = searcher.search(
             list(texts.values()), vectors, k, method=args.fusion or hybrid.DEFAULT_METHOD,
             alpha=hybrid.DEFAULT_ALPHA if args.alpha is None else args.alpha,
-            candidates=max(k, args.candidates or hybrid.DEFAULT_CANDIDATES), rescore=args.rescore or None)
+            candidates=max(k, args.candidates or hybrid.DEFAULT_CANDIDATES), rescore=args.rescore or None,
+            filter=spec)
     else:
-        scores, ids = index.search(vectors, k, rescore=args.rescore)
+        scores, ids = index.search(vectors, k, rescore=args.rescore, filter=spec)
     for (qid, text), q_scores, q_ids in zip(texts.items(), scores, ids):
-        found = q_ids >= 0  # a hybrid search may find fewer than k documents
+        found = q_ids >= 0  # a filter or a hybrid search may find fewer than k documents
         names = index.documents(q_ids[found]).tolist() if index.has_documents else q_ids[found].tolist()
         hits = [{"id": name, "score": float(score)} for score, name in zip(q_scores[found], names)]
+        if show is not None:
+            for hit, stored in zip(hits, index.fields(q_ids[found], names=show)):
+                hit["fields"] = stored
         if args.json:
             print(json.dumps({"query_id": qid, "query": text, "results": hits}))
         else:
             print(f"{qid}\t{text}")
             for rank, hit in enumerate(hits, 1):
-                print(f"  {rank:>3}  {hit['score']:.4f}  {hit['id']}")
+                shown = "".join(f"  {name}={json.dumps(hit['fields'][name])}" for name in show or ()
+                                if name in hit["fields"])
+                print(f"  {rank:>3}  {hit['score']:.4f}  {hit['id']}{shown}")
     return 0
 
 

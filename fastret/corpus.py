@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_NFCORPUS = PACKAGE_ROOT / "data" / "nfcorpus"
@@ -97,13 +97,19 @@ def _record_id(path: Path, number: int, record: dict) -> str:
 
 def iter_corpus(path: str | Path) -> Iterator[tuple[str, str, str]]:
     """(document id, title, text) per record of a BEIR corpus file, in file order."""
+    for doc_id, title, text, _ in iter_corpus_records(path):
+        yield doc_id, title, text
+
+
+def iter_corpus_records(path: str | Path) -> Iterator[tuple[str, str, str, dict]]:
+    """(document id, title, text, the whole record) per record of a BEIR corpus file, in file order."""
     path = Path(path)
     for number, record in read_jsonl(path):
         doc_id = _record_id(path, number, record)
         title, text = record.get("title") or "", record.get("text") or ""
         if not isinstance(title, str) or not isinstance(text, str):
             raise ValueError(f"{path}:{number}: \"title\" and \"text\" must be strings")
-        yield doc_id, title, text
+        yield doc_id, title, text, record
 
 
 def count_records(path: str | Path) -> int:
@@ -192,21 +198,36 @@ def iter_documents(corpus: Any, text_pairs: bool = False) -> Iterator[tuple[str,
         TypeError: an item that is neither.
         ValueError: a malformed corpus line (file:line).
     """
+    for doc_id, model_input, _ in iter_document_records(corpus, text_pairs):
+        yield doc_id, model_input
+
+
+def iter_document_records(corpus: Any, text_pairs: bool = False) -> Iterator[tuple[str, Any, dict]]:
+    """(document id, input, the document's record) in corpus order: `iter_documents` with each
+    document's whole record (a str document's is {"text": it}), for its stored fields."""
     if isinstance(corpus, (str, os.PathLike)):
-        for doc_id, title, text in iter_corpus(corpus_file(corpus)):
-            yield doc_id, document_input(title, text, text_pairs)
+        for doc_id, title, text, record in iter_corpus_records(corpus_file(corpus)):
+            yield doc_id, document_input(title, text, text_pairs), record
         return
     if not isinstance(corpus, Iterable):
         raise TypeError(f"corpus must be a path or an iterable of documents, got {type(corpus).__name__}")
     for position, item in enumerate(corpus):
         if isinstance(item, str):
-            yield str(position), item
+            yield str(position), item, {"text": item}
         elif isinstance(item, dict):
             title, text = item.get("title") or "", item.get("text") or ""
-            yield str(item.get("_id", item.get("id", position))), document_input(title, text, text_pairs)
+            yield str(item.get("_id", item.get("id", position))), document_input(title, text, text_pairs), item
         else:
             raise TypeError(f"corpus item {position} is {type(item).__name__}; expected a str or a "
                             "{'_id', 'title', 'text'} dict")
+
+
+def stored_fields(record: dict, names: Sequence[str] | None) -> dict:
+    """The fields of a corpus record to store (fastret.fields): those in `names`, or (None) every
+    key but the document id ("_id", "id")."""
+    if names is None:
+        return {key: value for key, value in record.items() if key not in ("_id", "id")}
+    return {name: record[name] for name in names if name in record}
 
 
 def count_documents(corpus: Any) -> int | None:

@@ -36,8 +36,10 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from . import checks, index_file, store
 from .cpu import set_num_threads
+from .fields import fields_path
+from .filters import Filter, FilterError
 from .index import Index
-from .search import (SearchableBase, check_rescore, merge_candidates, query_codes, rank,
+from .search import (EMPTY_ID, SearchableBase, check_rescore, merge_candidates, query_codes, rank,
                      search_by_candidates)
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -84,26 +86,35 @@ class ShardServer:
         results = []
         for kind, payload in ray.get(list(entries[self.applied - first:])):
             if kind == "add":
-                vectors, ids, documents = payload
-                self.index.add(vectors, ids, documents=documents)
+                vectors, ids, documents, fields = payload
+                self.index.add(vectors, ids, documents=documents, fields=fields)
                 results.append(None)
             else:
                 results.append(self.index.delete(payload))
             self.applied += 1
         return self.applied, results
 
-    def candidates(self, expected: int, queries: Any, c: int, exact: bool) -> tuple[int, tuple | None]:
-        """(entries applied, `Index.candidates(queries, c, exact=exact)`), or (entries applied,
-        None) without searching when that is not `expected`."""
+    def candidates(self, expected: int, queries: Any, c: int, exact: bool,
+                   filter: Filter | None = None) -> tuple[int, tuple | None]:
+        """(entries applied, `Index.candidates(queries, c, exact=exact, filter=filter)`), or
+        (entries applied, None) without searching when that is not `expected`."""
         if self.applied != expected:
             return self.applied, None
-        return self.applied, self.index.candidates(queries, c, exact=exact)
+        return self.applied, self.index.candidates(queries, c, exact=exact, filter=filter)
 
-    def contains(self, expected: int, ids: np.ndarray) -> tuple[int, np.ndarray | None]:
-        """(entries applied, `Index.contains(ids)`)."""
+    def contains(self, expected: int, ids: np.ndarray, filter: Filter | None = None) -> tuple[int, np.ndarray | None]:
+        """(entries applied, `Index.contains(ids, filter=filter)`)."""
         if self.applied != expected:
             return self.applied, None
-        return self.applied, self.index.contains(ids)
+        return self.applied, self.index.contains(ids, filter=filter)
+
+    def fields(self, expected: int, ids: np.ndarray, names: list | None) -> tuple[int, list | None]:
+        """(entries applied, the stored fields (a dict) of each of `ids`, None for ids this shard lacks)."""
+        if self.applied != expected:
+            return self.applied, None
+        held = self.index.contains(ids)
+        found = iter(self.index.fields(ids[held], names))
+        return self.applied, [next(found) if h else None for h in held.tolist()]
 
     def documents(self, expected: int, ids: np.ndarray) -> tuple[int, list | None]:
         """(entries applied, the document id of each of `ids`, None for ids this shard lacks)."""
@@ -264,31 +275,34 @@ class ShardedIndex(SearchableBase):
     # ------------------------------------------------------------------ searching
 
     @_serialized
-    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4):
+    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
+               filter: Any = None):
         """Exact top-k over every shard, identical to `Index.search` over the same vectors.
 
-        Args, Returns: as `Index.search` (CPU queries only).
+        Args, Returns: as `Index.search` (CPU queries only); a filter is a dict or a
+        `fastret.filters.Filter` (a row mask has no meaning across shards), evaluated on the shards.
 
         Raises:
-            TypeError, ValueError: bad queries, k or rescoring arguments (as `Index.search`).
+            TypeError, ValueError: bad queries, k, rescoring arguments or filter (as `Index.search`).
             ShardUnavailableError: a shard had no replica answer within `timeout_s`.
         """
-        return search_by_candidates(self._candidates, sum(self._live), self.store_float16, queries, k,
-                                    rescore=rescore, rescore_factor=rescore_factor)
+        checked = _shard_filter(filter)
+        return search_by_candidates(lambda q, c, exact: self._candidates(q, c, exact, checked), sum(self._live),
+                                    self.store_float16, queries, k, rescore=rescore, rescore_factor=rescore_factor)
 
     @_serialized
-    def candidates(self, queries: Any, c: int, *, exact: bool = False):
+    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None):
         """Every shard's top candidates merged: identical to `Index.candidates` over the same vectors.
 
-        Args, Returns: as `Index.candidates` (CPU queries only).
+        Args, Returns: as `Index.candidates` (CPU queries only; a filter as in `search`).
 
         Raises:
             TypeError, ValueError: as `Index.candidates`.
             ShardUnavailableError: a shard had no replica answer within `timeout_s`.
         """
-        return self._candidates(queries, c, exact)
+        return self._candidates(queries, c, exact, _shard_filter(filter))
 
-    def _candidates(self, queries: Any, c: int, exact: bool):
+    def _candidates(self, queries: Any, c: int, exact: bool, filter: Filter | None):
         c = checks.check_k(c, sum(self._live))
         if exact:
             check_rescore(self.store_float16, queries, 1)
@@ -299,17 +313,39 @@ class ShardedIndex(SearchableBase):
         # The float queries when the shards compute float dot products; else the codes (a quarter of the bytes).
         sent = ray.put(q_floats if exact else (q_codes, q_scales))
         per_shard = [min(c, n) for n in self._live]
-        found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], exact),
+        found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], exact, filter),
                               skip=[n == 0 for n in per_shard])
         return merge_candidates([f for f in found if f is not None], c)
 
     @_serialized
-    def contains(self, ids: Any) -> np.ndarray:
-        """bool, the shape of `ids`: True where the id belongs to a live vector of some shard."""
+    def contains(self, ids: Any, *, filter: Any = None) -> np.ndarray:
+        """bool, the shape of `ids`: True where the id belongs to a live vector of some shard (that
+        passes `filter`, as in `search`)."""
         wanted = checks.id_array(ids)
         unique = np.unique(wanted.reshape(-1).astype(np.int64))
-        held = np.logical_or.reduce(self._fan_out("contains", lambda shard: (unique,)))
+        checked = _shard_filter(filter)
+        held = np.logical_or.reduce(self._fan_out("contains", lambda shard: (unique, checked)))
         return np.isin(wanted, unique[held])
+
+    @_serialized
+    def fields(self, ids: Any, names: Sequence[str] | None = None) -> list:
+        """The stored fields of `ids`, as `Index.fields` (id -1 gives None).
+
+        Raises:
+            ValueError: an id that is in no shard (or deleted).
+        """
+        wanted = checks.id_array(ids)
+        unique = np.unique(wanted.reshape(-1).astype(np.int64))
+        unique = unique[unique != EMPTY_ID]
+        by_id: dict = {EMPTY_ID: None}
+        for answer in self._fan_out("fields", lambda shard: (unique, None if names is None else list(names))):
+            by_id.update({i: f for i, f in zip(unique.tolist(), answer) if f is not None})
+        missing = [i for i in unique.tolist() if i not in by_id]
+        if missing:
+            raise ValueError(f"id {missing[0]} is not in the index (or was deleted)")
+        found = np.empty(wanted.size, object)
+        found[:] = [by_id[i] for i in wanted.reshape(-1).tolist()]
+        return found.reshape(wanted.shape).tolist()
 
     @_serialized
     def documents(self, ids: Any) -> np.ndarray:
@@ -334,8 +370,10 @@ class ShardedIndex(SearchableBase):
     # ------------------------------------------------------------------ adding and deleting
 
     @_serialized
-    def add(self, vectors: Any, ids: Any = None, *, documents: Sequence[str] | None = None) -> None:
-        """Add vectors to the shard holding the fewest; arguments and errors as `Index.add`.
+    def add(self, vectors: Any, ids: Any = None, *, documents: Sequence[str] | None = None,
+            fields: Sequence[dict] | None = None) -> None:
+        """Add vectors (and their stored fields) to the shard holding the fewest; arguments and
+        errors as `Index.add`.
 
         Default ids continue from the largest id in any shard + 1, so they stay unique.
 
@@ -348,7 +386,7 @@ class ShardedIndex(SearchableBase):
             vectors = checks.to_numpy(vectors, "vectors")
         # The same checks as Index.add, on a scratch index, so that no bad entry enters the log.
         scratch = Index(self.dim, store_float16=self.store_float16)
-        scratch.add(vectors, ids, documents=documents)
+        scratch.add(vectors, ids, documents=documents, fields=fields)
         n = len(scratch)
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
@@ -360,7 +398,8 @@ class ShardedIndex(SearchableBase):
         if n:
             self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._has_documents = self._has_documents and documents is not None
-        self._log_and_apply(shard, ("add", (vectors, ids, None if documents is None else list(documents))))
+        self._log_and_apply(shard, ("add", (vectors, ids, None if documents is None else list(documents),
+                                            None if fields is None else list(fields))))
 
     @_serialized
     def delete(self, ids: Any) -> int:
@@ -403,6 +442,7 @@ class ShardedIndex(SearchableBase):
         finally:
             for part in parts:
                 part.unlink(missing_ok=True)
+                fields_path(part).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ calls to the shards
 
@@ -458,6 +498,16 @@ class ShardedIndex(SearchableBase):
         return (f"shard {shard} ({files}; {len(self._actors[shard])} replica(s)) did not answer within "
                 f"{timeout_s:g} s: {what}. Check the Ray cluster (ray status) and that every node "
                 "reads these files")
+
+
+def _shard_filter(filter: Any) -> Filter | None:
+    """A search's filter as shards take it: parsed here (bad filters fail before any call)."""
+    if filter is None or isinstance(filter, Filter):
+        return filter
+    if isinstance(filter, dict):
+        return Filter(filter)
+    raise FilterError(f"a sharded index takes a filter as a dict or a fastret.filters.Filter, got "
+                      f"{type(filter).__name__} (a row mask has no meaning across shards)")
 
 
 class _ShardCall:

@@ -191,7 +191,7 @@ class Encoder:
     def encode_corpus(self, corpus, out_dir, *, batch_size: int = 32, shard_size: int = 65536,
                       store_float16: bool = False, max_tokens_per_batch: int | None = None,
                       prompt: str | None = None, prompt_name: str | None = None, show_progress_bar: bool = True,
-                      bm25: bool = False):
+                      bm25: bool = False, fields: bool | list[str] | None = None):
         """Stream a corpus into a sharded, resumable embedding store in `out_dir`.
 
         Args:
@@ -205,6 +205,9 @@ class Encoder:
             show_progress_bar: tqdm bar with documents/s.
             bm25: also build a BM25 index of the documents in the store (for hybrid search,
                 `fastret.hybrid`); reads the corpus a second time, so not for one-shot iterators.
+            fields: also store each document's fields beside its shard (fastret.fields), for
+                `Index.fields` and filtered search: True for every key of the records but the
+                id (title, text, year, mesh, ...), or a list of keys.
 
         Returns:
             the finished `fastret.store.Store` (`Index.load(out_dir)` loads it as an index).
@@ -218,7 +221,7 @@ class Encoder:
         return encode_corpus(self, corpus, out_dir, batch_size=batch_size, shard_size=shard_size,
                              store_float16=store_float16, max_tokens_per_batch=max_tokens_per_batch,
                              prompt=prompt, prompt_name=prompt_name, show_progress_bar=show_progress_bar,
-                             bm25=bm25)
+                             bm25=bm25, fields=fields)
 
     def embed(self, inputs: list, batch_size: int, normalize: bool, quantize: bool,
               max_tokens_per_batch: int | None = None, show_progress_bar: bool = False,

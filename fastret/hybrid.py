@@ -112,7 +112,8 @@ class HybridSearcher:
         self.lexical = lexical
 
     def search(self, texts: Sequence[str], vectors: Any, k: int = 10, *, method: str = DEFAULT_METHOD,
-               alpha: float = DEFAULT_ALPHA, candidates: int = DEFAULT_CANDIDATES, rescore: bool | None = None):
+               alpha: float = DEFAULT_ALPHA, candidates: int = DEFAULT_CANDIDATES, rescore: bool | None = None,
+               filter: Any = None):
         """Hybrid top-k for queries given both as text (BM25) and as vectors (dense).
 
         Args:
@@ -120,6 +121,8 @@ class HybridSearcher:
             k: results per query. method: "rrf" or "weighted". alpha: the dense weight ("weighted").
             candidates: results taken from each side before fusion (at least k).
             rescore: rescore the dense side with float16 copies (default: when the index has them).
+            filter: as the dense side's `search` (fastret.filters): both sides search only the
+                documents that pass it.
 
         Returns:
             (fused scores float32 [q, k], ids int64 [q, k]); rows end in (-inf, -1) when both sides
@@ -136,10 +139,11 @@ class HybridSearcher:
             raise ValueError(f"candidates must be an int >= k ({k}), got {candidates!r}")
         rescore = self.index.store_float16 if rescore is None else rescore
         depth = min(candidates, len(self.index))
-        dense = self.index.search(vectors, depth, rescore=rescore)
+        dense = self.index.search(vectors, depth, rescore=rescore, filter=filter)
         if len(dense[1]) != len(texts):
             raise ValueError(f"{len(texts)} query texts but {len(dense[1])} query vectors")
-        lex_scores, lex_ids = self.lexical.search(texts, candidates)
+        allowed = None if filter is None else self.index.contains(self.lexical.ids, filter=filter)
+        lex_scores, lex_ids = self.lexical.search(texts, candidates, allowed=allowed)
         missing = (lex_ids != EMPTY_ID) & ~self.index.contains(np.maximum(lex_ids, 0))
         lex_scores, lex_ids = np.where(missing, -np.inf, lex_scores), np.where(missing, EMPTY_ID, lex_ids)
         closed = np.argsort(lex_ids < 0, axis=1, kind="stable")  # close the gaps: ranks count found ids

@@ -22,9 +22,11 @@ import numpy as np
 
 from . import checks, store
 from .doc_ids import PackedDocIds
+from .fields import StoredFields, concatenate, write_fields
+from .filters import allowed_rows
 from .index_file import IndexArrays, write
 from .quant import quantized_vectors
-from .search import (SearchableBase, check_rescore, query_codes, search_by_candidates,
+from .search import (EMPTY_ID, SearchableBase, check_rescore, query_codes, search_by_candidates,
                      segment_candidates)
 from .segment import Segment, SegmentBuilder
 
@@ -98,6 +100,11 @@ class Index(SearchableBase):
         """True when every vector has a document id (an index loaded from a store, say)."""
         return all(s.doc_ids is not None for s in self._snapshot())
 
+    @property
+    def has_fields(self) -> bool:
+        """True when some vector has stored fields (`add(..., fields=...)`, a store encoded with them)."""
+        return any(s.fields is not None and s.fields.names for s in self._snapshot())
+
     def __repr__(self) -> str:
         extra = ", store_float16=True" if self.store_float16 else ""
         return f"fastret.Index(dim={self.dim}, count={len(self)}, segments={self.segment_count}{extra})"
@@ -120,7 +127,8 @@ class Index(SearchableBase):
 
     # ------------------------------------------------------------------ adding and deleting
 
-    def add(self, vectors: Any, ids: Any = None, *, documents: Sequence[str] | None = None) -> None:
+    def add(self, vectors: Any, ids: Any = None, *, documents: Sequence[str] | None = None,
+            fields: Sequence[dict] | None = None) -> None:
         """Add vectors.
 
         Args:
@@ -132,10 +140,15 @@ class Index(SearchableBase):
                 ties (lower first); they need not be unique or sorted.
             documents: optional document id (str) of each vector, for `documents()`; an index
                 has them only while every vector has one.
+            fields: optional stored fields, one dict per vector ({"title": ..., "text": ...,
+                "year": 2019, "mesh": ["Humans", ...]}): strings, numbers, booleans or lists of
+                them, kept in Arrow (fastret.fields), returned by `fields()` and filtered on by
+                `search(..., filter=...)`. Vectors added without fields have none (null).
 
         Raises:
             TypeError, ValueError: wrong dtype, shape or dimension, NaN/inf, codes of -128, ids of
-                the wrong length, documents that are not n str, int8 input to an index that keeps
+                the wrong length, documents that are not n str, fields that are not n dicts or whose
+                values of one name differ in type, int8 input to an index that keeps
                 float16 copies, or values
                 beyond float16's range (+-65,504) for an index that keeps float16 copies.
         """
@@ -160,12 +173,18 @@ class Index(SearchableBase):
             names = list(documents) if not isinstance(documents, str) else None
             if names is None or len(names) != n or not all(isinstance(name, str) for name in names):
                 raise TypeError(f"documents must be a sequence of {n} str (one per vector), got {documents!r:.80}")
+        stored = None
+        if fields is not None:
+            records = list(fields) if not isinstance(fields, (str, dict)) else None
+            if records is None or len(records) != n:
+                raise TypeError(f"fields must be a sequence of {n} dicts (one per vector), got {fields!r:.80}")
+            stored = StoredFields.from_records(records)
         with self._lock:
             if given_ids is None:
                 start = self._next_id_locked()
                 given_ids = np.arange(start, start + n, dtype=np.int64)
             self._builder.append(codes, scales, given_ids,
-                                 floats.astype(np.float16) if self.store_float16 else None, names)
+                                 floats.astype(np.float16) if self.store_float16 else None, names, stored)
             if self._next_id is not None and n:
                 self._next_id = max(self._next_id, int(given_ids.max()) + 1)
 
@@ -200,7 +219,8 @@ class Index(SearchableBase):
 
     # ------------------------------------------------------------------ searching
 
-    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4):
+    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
+               filter: Any = None):
         """Exact top-k by int8 inner product, optionally re-ranked with float dot products.
 
         Args:
@@ -213,6 +233,12 @@ class Index(SearchableBase):
                 product of the float query with the stored float16 vectors (needs
                 store_float16=True and float queries). Scores are then those float dot products.
             rescore_factor: candidates per result kept for rescoring (>= 1).
+            filter: only rows that pass it may be returned (fastret.filters): a dict in the JSON
+                operator form ({"year": {"$gte": 2018}, "mesh": {"$in": ["Humans"]}}), a
+                `fastret.filters.Filter` (for `$under`, with a MeSH tree), or a bool array over
+                the rows of `segments` one after another. Results are exactly those of an index
+                holding only the passing rows; when fewer than k pass, the rest is padded with
+                score -inf and id -1.
 
         Returns:
             (scores float32 [q, k], ids int64 [q, k]), best first; ties go to the lower id.
@@ -221,19 +247,28 @@ class Index(SearchableBase):
         Raises:
             TypeError, ValueError: bad queries, k, or rescoring arguments (see `add`), or query
                 values so large that scores would overflow float32.
+            fastret.filters.FilterError (a ValueError): a bad filter, naming the part.
         """
         segments = self._snapshot()
-        return search_by_candidates(lambda q, c, exact: self._candidates(segments, q, c, exact), _live(segments),
-                                    self.store_float16, queries, k, rescore=rescore, rescore_factor=rescore_factor)
+        allowed = allowed_rows(filter, segments)
+        return search_by_candidates(lambda q, c, exact: self._candidates(segments, q, c, exact, allowed),
+                                    _live(segments), self.store_float16, queries, k, rescore=rescore,
+                                    rescore_factor=rescore_factor)
 
-    def contains(self, ids: Any) -> np.ndarray:
-        """bool, the shape of `ids`: True where the id belongs to a live (not deleted) vector."""
+    def contains(self, ids: Any, *, filter: Any = None) -> np.ndarray:
+        """bool, the shape of `ids`: True where the id belongs to a live (not deleted) vector
+        (that passes `filter`, as in `search`)."""
         wanted = checks.id_array(ids)
         unique = np.unique(wanted.astype(np.int64))
-        live = [s.ids[s.live_rows_of(unique)] for s in self._snapshot()]
+        segments = self._snapshot()
+        allowed = allowed_rows(filter, segments)
+        live = []
+        for number, segment in enumerate(segments):
+            rows = segment.live_rows_of(unique)
+            live.append(segment.ids[rows if allowed is None else rows[allowed[number][rows]]])
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
 
-    def candidates(self, queries: Any, c: int, *, exact: bool = False):
+    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None):
         """The c best vectors of each query by int8 score, optionally with their float dot products.
 
         What `search(..., rescore=True)` re-ranks, exposed so that a sharded index
@@ -246,6 +281,7 @@ class Index(SearchableBase):
             c: candidates per query, 1 <= c <= len(index).
             exact: also return the dot products of the float queries with the stored float16
                 copies (needs store_float16=True and float queries).
+            filter: as `search`; then min(c, passing rows) columns come back.
 
         Returns:
             (int8 scores float32 [q, c], ids int64 [q, c], float32 [q, c] dot products or None),
@@ -254,14 +290,16 @@ class Index(SearchableBase):
         Raises:
             TypeError, ValueError: as `search`.
         """
-        return self._candidates(self._snapshot(), queries, c, exact)
+        segments = self._snapshot()
+        return self._candidates(segments, queries, c, exact, allowed_rows(filter, segments))
 
-    def _candidates(self, segments: tuple[Segment, ...], queries: Any, c: int, exact: bool):
+    def _candidates(self, segments: tuple[Segment, ...], queries: Any, c: int, exact: bool,
+                    allowed: list[np.ndarray] | None):
         c = checks.check_k(c, _live(segments))
         if exact:
             check_rescore(self.store_float16, queries, 1)
         q_codes, q_scales, q_floats = query_codes(queries, self.dim)
-        return segment_candidates(segments, q_codes, q_scales, c, q_floats if exact else None)
+        return segment_candidates(segments, q_codes, q_scales, c, q_floats if exact else None, allowed)
 
     def documents(self, ids: Any) -> np.ndarray:
         """The document ids (str) of `ids`, e.g. search results: an object array of the same shape.
@@ -271,9 +309,39 @@ class Index(SearchableBase):
                 ids (see `has_documents`).
         """
         wanted = checks.id_array(ids)
+        names = np.empty(wanted.size, object)
+        names[:] = self._lookup(wanted, lambda segment, rows: segment.documents(rows), skip_empty=False)
+        return names.reshape(wanted.shape)
+
+    def fields(self, ids: Any, names: Sequence[str] | None = None) -> list:
+        """The stored fields of `ids` (e.g. search results): one dict per id (nulls left out),
+        as nested lists of the shape of `ids`; id -1 (a padded result slot) gives None.
+
+        Args:
+            ids: int ids, any shape.
+            names: the fields wanted (None: all); names no row stores are left out.
+
+        Raises:
+            ValueError: an id that is not in the index (or deleted).
+            TypeError: names that are not a sequence of str.
+        """
+        if names is not None and (isinstance(names, str) or not all(isinstance(n, str) for n in names)):
+            raise TypeError(f"names must be a sequence of field names (str), got {names!r:.80}")
+        wanted = checks.id_array(ids)
+
+        def records(segment: Segment, rows: np.ndarray) -> list[dict]:
+            return [{} for _ in rows] if segment.fields is None else segment.fields.rows(rows, names)
+
+        found = np.empty(wanted.size, object)
+        found[:] = self._lookup(wanted, records, skip_empty=True)
+        return found.reshape(wanted.shape).tolist()
+
+    def _lookup(self, wanted: np.ndarray, per_rows, skip_empty: bool) -> list:
+        """`per_rows(segment, live rows)` (one value per row) for each id of `wanted`, flat; ids
+        EMPTY_ID give None with `skip_empty`. ValueError for an id not live in the index."""
         flat = wanted.reshape(-1).astype(np.int64)
-        names = np.empty(len(flat), object)
-        found = np.zeros(len(flat), bool)
+        values: list = [None] * len(flat)
+        found = flat == EMPTY_ID if skip_empty else np.zeros(len(flat), bool)
         for segment in self._snapshot():
             remaining = np.unique(flat[~found])
             if len(remaining) == 0:
@@ -281,14 +349,14 @@ class Index(SearchableBase):
             rows = segment.live_rows_of(remaining)
             if len(rows) == 0:
                 continue
-            by_id = dict(zip(segment.ids[rows].tolist(), segment.documents(rows)))
+            by_id = dict(zip(segment.ids[rows].tolist(), per_rows(segment, rows)))
             for position in np.flatnonzero(~found):
-                name = by_id.get(int(flat[position]))
-                if name is not None:
-                    names[position], found[position] = name, True
+                value = by_id.get(int(flat[position]))
+                if value is not None:
+                    values[position], found[position] = value, True
         if not found.all():
             raise ValueError(f"id {flat[~found][0]} is not in the index (or was deleted)")
-        return names.reshape(wanted.shape)
+        return values
 
     # ------------------------------------------------------------------ compaction and persistence
 
@@ -320,7 +388,8 @@ class Index(SearchableBase):
         segments mapped from that directory stay, with their deletions written beside them, the
         others become new shards, and the manifest is replaced last. Any other `path`: one index
         file holding the live vectors (deleted rows left out), written to a temporary name and
-        renamed. Document ids are kept when every vector has one.
+        renamed. Document ids are kept when every vector has one; stored fields go beside each
+        file (`<file>.fields.arrow`, fastret.fields).
         """
         path = Path(path)
         with self._lock:
@@ -337,6 +406,7 @@ class Index(SearchableBase):
         write(path, IndexArrays(merged.codes, merged.scales, merged.ids, merged.float16,
                                 None if doc_ids is None else doc_ids.offsets,
                                 None if doc_ids is None else doc_ids.blob))
+        write_fields(path, merged.fields)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "Index":
@@ -386,4 +456,6 @@ def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> 
     doc_ids = None
     if segments and all(s.doc_ids is not None for s in segments):
         doc_ids = PackedDocIds.from_list([d for s, r in zip(segments, lives) for d in s.documents(r)])
-    return Segment(codes, scales, ids, float16, doc_ids)
+    fields = concatenate([None if s.fields is None else s.fields.take(r) for s, r in zip(segments, lives)],
+                         [len(r) for r in lives])
+    return Segment(codes, scales, ids, float16, doc_ids, fields=fields)

@@ -58,10 +58,12 @@ class LexicalIndex:
         retriever.index(bm25s.tokenize(documents, show_progress=show_progress_bar), show_progress=show_progress_bar)
         return cls(retriever, ids)
 
-    def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Sequence[str], k: int, *,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top-k per query: (scores float32 [q, k], ids int64 [q, k]), best first, ties to the
         lower id. Documents that share no term with the query are left out: a short list is padded
-        with score -inf and id -1.
+        with score -inf and id -1. `allowed` (bool, one per document of `ids`) limits the search
+        to those documents (a filter: the top k among them, not a post-filter).
 
         Raises:
             TypeError: a query that is not a str.
@@ -77,7 +79,10 @@ class LexicalIndex:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         tokens = bm25s.tokenize(queries, return_ids=False, show_progress=False)
         depth = min(len(self.ids), int(k) + 64)  # room to re-order ties at the cut by id
-        rows, scores = self._retriever.retrieve(tokens, k=depth, show_progress=False, n_threads=1)
+        if allowed is not None and np.shape(allowed) != self.ids.shape:
+            raise ValueError(f"allowed must be bool [{len(self.ids)}] (one per document), got {np.shape(allowed)}")
+        mask = None if allowed is None else np.asarray(allowed, np.float32)
+        rows, scores = self._retriever.retrieve(tokens, k=depth, show_progress=False, n_threads=1, weight_mask=mask)
         matched = np.asarray(scores) > 0
         found = np.where(matched, np.asarray(scores, np.float32), np.float32(-np.inf))
         ids = np.where(matched, self.ids[np.asarray(rows)], EMPTY_ID)

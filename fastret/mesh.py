@@ -30,6 +30,7 @@ position) are skipped and counted, with one warning per tree.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 import warnings
@@ -337,6 +338,32 @@ class MeshTree:
     def tree_numbers(self, label: str) -> Tuple[str, ...]:
         """The descriptor's positions, sorted (label: its id or name)."""
         return self._positions[self._require(label)]
+
+    def descendants(self, label: str) -> Tuple[str, ...]:
+        """Every descriptor at or below a tree number or a descriptor, itself included, sorted.
+
+        Args:
+            label: a tree number ("C04": every descriptor placed at C04 or under it) or a
+                descriptor id or name (every descriptor under any of its positions).
+
+        Returns:
+            Descriptor keys (ids, or names in a tree keyed by name).
+
+        Raises:
+            KeyError: the label is neither a tree node nor a descriptor of this tree.
+        """
+        if isinstance(label, str) and label not in self._positions and label in self._node_index:
+            tops: Tuple[str, ...] = (label,)
+        else:
+            tops = self._positions[self._require(label)]
+        found = set()
+        for top in tops:
+            # pre-order: a node's subtree is the nodes from it up to the first one not under it
+            # ("/" sorts right after ".")
+            start = self._node_index[top]
+            stop = bisect.bisect_left(self._nodes, top + "/", lo=start)
+            found.update(self._owner[node] for node in self._nodes[start:stop] if node in self._owner)
+        return tuple(sorted(found))
 
     def ancestors(self, label: str) -> Tuple[str, ...]:
         """All tree nodes above a descriptor or a tree number, itself included, in node-id order.

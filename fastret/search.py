@@ -9,11 +9,13 @@ keys of `_rank_keys`). Every backend returns the same ids and scores as `topk_in
 The seam: `Searchable` is what `Index` and `fastret.distributed.ShardedIndex` both are, and what
 every consumer (HybridSearcher, the CLI, the server, evaluation) takes. A searchable answers
 `candidates` (its top c by int8 score, optionally with float dot products); `search_by_candidates`
-turns those into `search` results, rescoring with `rescored` when asked, for every searchable
-alike. `merge_candidates` joins the candidates of segments or shards by the same rule. Two
-backends search a list of segments: `core_candidates` (the C++ core, one call over every segment)
-and `torch_candidates` (torch on the queries' device: each segment's live rows are copied there
-once and reused until its deletions change).
+turns those into `search` results, rescoring with `rescored` when asked and padding results that
+a filter left short, for every searchable alike. A filter (fastret.filters) reaches the backends as
+a bool mask of allowed rows per segment, skipped like deleted rows: never a post-filter.
+`merge_candidates` joins the candidates of segments or shards by the same rule. Two backends search
+a list of segments: `core_candidates` (the C++ core, one call over every segment) and
+`torch_candidates` (torch on the queries' device: each segment's live rows are copied there once
+and reused until its deletions change; a filter's rows are picked from that copy per call).
 
 Scores must stay finite: a query whose scale could push a score past float32's range is refused
 (`check_score_range`) rather than ranked by inf and NaN. The core itself ranks a NaN score as -inf,
@@ -146,7 +148,8 @@ class Searchable(Protocol):
     HybridSearcher, `fastret search`, `fastret serve` and evaluation take.
 
     `search` and `candidates` follow `Index.search` and `Index.candidates` (same arguments, same
-    results and errors); `contains` and `documents` follow `Index.contains` and `Index.documents`.
+    results and errors, filters included); `contains`, `documents` and `fields` follow
+    `Index.contains`, `Index.documents` and `Index.fields`.
     """
 
     @property
@@ -160,13 +163,16 @@ class Searchable(Protocol):
 
     def __len__(self) -> int: ...
 
-    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4): ...
+    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
+               filter: Any = None): ...
 
-    def candidates(self, queries: Any, c: int, *, exact: bool = False): ...
+    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None): ...
 
-    def contains(self, ids: Any) -> np.ndarray: ...
+    def contains(self, ids: Any, *, filter: Any = None) -> np.ndarray: ...
 
     def documents(self, ids: Any) -> np.ndarray: ...
+
+    def fields(self, ids: Any, names: Sequence[str] | None = None) -> list: ...
 
 
 class SearchableBase:
@@ -258,7 +264,9 @@ def search_by_candidates(candidates: Callable, live: int, store_float16: bool, q
     min(live, k x rescore_factor) by int8 score re-ranked by their float dot products (`rescored`).
 
     Args:
-        candidates: `candidates(queries, c, exact)` of the searchable, on one consistent state.
+        candidates: `candidates(queries, c, exact)` of the searchable, on one consistent state;
+            under a filter it returns fewer than c columns when fewer rows pass, and the results
+            are padded to k (`pad`).
         live: the searchable's live vectors in that state.
         store_float16: whether it keeps float16 copies.
         queries, k, rescore, rescore_factor: as `Index.search`.
@@ -277,6 +285,8 @@ def search_by_candidates(candidates: Callable, live: int, store_float16: bool, q
         wanted = min(live, k * int(rescore_factor))
     found = candidates(queries, wanted, bool(rescore))
     scores, ids = rescored(found, k) if rescore else found[:2]
+    if scores.shape[1] < k:  # a filter let fewer than k rows pass
+        scores, ids = pad(scores, ids, k)
     if checks.is_torch(queries):
         import torch
 
@@ -333,24 +343,38 @@ def float_products(float16: Any, queries: Any):
     return (vectors * queries[:, None, :]).sum(-1)
 
 
-def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any, c: int, q_floats: Any = None):
+def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any, c: int, q_floats: Any = None,
+                       allowed: Sequence[np.ndarray] | None = None):
     """The top c of every segment together: the C++ core for numpy queries (`core_candidates`),
-    torch on the queries' device for torch ones (`torch_candidates`); same arguments and results."""
+    torch on the queries' device for torch ones (`torch_candidates`); same arguments and results.
+
+    `allowed` (a filter's bool mask per segment, see fastret.filters) narrows the search to those
+    rows: the results are those of an index holding only the allowed live rows, with
+    min(c, such rows) columns (none when no row passes).
+    """
+    if allowed is not None:
+        c = min(c, sum(s.passing_count(a) for s, a in zip(segments, allowed)))
+        if c == 0:
+            q = len(q_codes)
+            return (np.empty((q, 0), np.float32), np.empty((q, 0), np.int64),
+                    None if q_floats is None else np.empty((q, 0), np.float32))
     if checks.is_torch(q_codes):
-        return torch_candidates(segments, q_codes, q_scales, c, q_floats)
-    return core_candidates(segments, q_codes, q_scales, c, q_floats)
+        return torch_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
+    return core_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
 
 
 def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
-                    q_floats: np.ndarray | None = None):
+                    q_floats: np.ndarray | None = None, allowed: Sequence[np.ndarray] | None = None):
     """The top c by int8 score over `segments` (deleted rows skipped), one call of the C++ core.
 
     Args:
         segments: the segments, searched as one concatenated index.
         q_codes, q_scales: queries from `query_codes` (numpy).
-        c: candidates per query, 1 <= c <= the segments' live rows.
+        c: candidates per query, 1 <= c <= the segments' live (and allowed) rows.
         q_floats: float32 [q, dim] queries: also compute the float dot products with the
             candidates' float16 copies (which the segments must have).
+        allowed: optional bool mask per segment: rows outside it are skipped like deleted ones
+            (one bitmap per segment for this call, `Segment.core_view`).
 
     Returns:
         (int8 scores float32 [q, c], ids int64 [q, c], float dot products float32 [q, c] or None).
@@ -359,7 +383,8 @@ def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: 
         ValueError: query scales that could overflow float32 (`check_score_range`).
     """
     check_score_range(q_scales, _max_scale(segments), q_codes.shape[1])
-    scores, rows = _core.topk_int8(q_codes, q_scales, [s.core_view() for s in segments], c)
+    masks = [None] * len(segments) if allowed is None else allowed
+    scores, rows = _core.topk_int8(q_codes, q_scales, [s.core_view(a) for s, a in zip(segments, masks)], c)
     starts = np.cumsum([0] + [len(s) for s in segments])
     which = np.searchsorted(starts, rows, side="right") - 1
     local = rows - starts[which]
@@ -376,29 +401,38 @@ def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: 
     return scores, gather("ids"), exact
 
 
-def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None):
+def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None,
+                     allowed: Sequence[np.ndarray] | None = None):
     """`core_candidates` in torch on the device of `q_codes` (the CUDA path; runs on the CPU too).
 
     Each segment is searched on its own device copy (`device_arrays`: live rows only, made once per
     device and reused until the segment's deletions change) with `topk_int8_torch`; the segments'
     top candidates are merged with `merge_candidates`. Results are numpy arrays, equal to
     `core_candidates`' (float dot products up to float rounding: torch sums in its own order).
+    A filter's `allowed` rows are picked from the device copies for this call only (the copies
+    stay those of the live rows; the ids' ranks keep their order on any subset).
     """
     import torch
 
     check_score_range(np.array([float(q_scales.max())]), _max_scale(segments), q_codes.shape[1])
     device = q_codes.device
     scores, ids, exact = [], [], []
-    for segment in segments:
-        if segment.live_count == 0:
+    for number, segment in enumerate(segments):
+        codes, scales, segment_ids, id_rank = device_arrays(segment, device) if segment.live_count else (None,) * 4
+        keep = None
+        if allowed is not None and segment.live_count:
+            live = segment.live_rows() if segment.deleted_count else np.arange(len(segment))
+            keep = torch.as_tensor(np.flatnonzero(allowed[number][live]), device=device)
+            codes, scales, segment_ids, id_rank = (t[keep] for t in (codes, scales, segment_ids, id_rank))
+        count = segment.passing_count(None if allowed is None else allowed[number])
+        if count == 0:
             continue
-        codes, scales, segment_ids, id_rank = device_arrays(segment, device)
-        found, rows = topk_int8_torch(q_codes, q_scales, codes, scales, min(c, segment.live_count), segment_ids,
-                                      id_rank=id_rank)
+        found, rows = topk_int8_torch(q_codes, q_scales, codes, scales, min(c, count), segment_ids, id_rank=id_rank)
         scores.append(found)
         ids.append(segment_ids[rows])
         if q_floats is not None:
-            exact.append(float_products(device_arrays(segment, device, float16=True)[rows], q_floats))
+            float16 = device_arrays(segment, device, float16=True)
+            exact.append(float_products((float16 if keep is None else float16[keep])[rows], q_floats))
     parts = [torch.cat(found, 1).cpu().numpy() for found in (scores, ids)]
     return merge_candidates([(*parts, torch.cat(exact, 1).cpu().numpy() if exact else None)], c)
 

@@ -10,6 +10,10 @@ search that took the old one finishes on a consistent state.
     float16  float16 [n, dim]  optional, for rescoring
     doc_ids  n document-id strings, optional (fastret.doc_ids)
     deleted  uint64  [ceil(n / 64)] bitmap, bit r of word r // 64 set when row r is deleted; or None
+    fields   stored fields of the n rows (fastret.fields.StoredFields), optional
+
+A search may narrow a segment further by a filter's allowed rows (bool [n]): `core_view(allowed)`
+hands the core deleted | not allowed as one bitmap for that call only; the segment is unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .doc_ids import ListDocIds
+from .fields import StoredFields, concatenate
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -35,6 +40,7 @@ class Segment:
     deleted_count: int = 0
     # Caches shared by every version of this segment (the arrays never change).
     cache: dict = dataclasses.field(default_factory=dict)
+    fields: StoredFields | None = None
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -43,9 +49,22 @@ class Segment:
     def live_count(self) -> int:
         return len(self.codes) - self.deleted_count
 
-    def core_view(self) -> tuple:
-        """(codes, scales, ids, deleted bitmap or None): what `fastret._core.topk_int8` takes."""
-        return (self.codes, self.scales, self.ids, self.deleted)
+    def core_view(self, allowed: np.ndarray | None = None) -> tuple:
+        """(codes, scales, ids, skipped-rows bitmap or None): what `fastret._core.topk_int8` takes.
+
+        Args:
+            allowed: optional bool [n], a filter's rows for one search: the bitmap then skips the
+                deleted rows and those not allowed.
+        """
+        if allowed is None:
+            return (self.codes, self.scales, self.ids, self.deleted)
+        return (self.codes, self.scales, self.ids, bitmap(self.deleted_mask() | ~allowed))
+
+    def passing_count(self, allowed: np.ndarray | None) -> int:
+        """Live rows among `allowed` (bool [n]; None: every row)."""
+        if allowed is None:
+            return self.live_count
+        return int(np.count_nonzero(allowed & ~self.deleted_mask()))
 
     def max_scale(self) -> float:
         """The largest scale (computed once; a search reads every scale anyway)."""
@@ -142,14 +161,19 @@ class SegmentBuilder:
         self.deleted_count = 0
         self.max_scale = 0.0
         self.doc_ids: list[str] | None = []  # None once vectors without document ids were added
+        self.fields: StoredFields | None = None  # of every row so far, once an append had fields
         # The snapshot of the rows so far, until the next append or delete: searches in between see
         # one Segment, so what is cached on it (device copies, id order) is reused.
         self._snapshot: Segment | None = None
 
     def append(self, codes: np.ndarray, scales: np.ndarray, ids: np.ndarray, floats: np.ndarray | None,
-               doc_ids: list[str] | None = None) -> None:
+               doc_ids: list[str] | None = None, fields: StoredFields | None = None) -> None:
         start, n = self.count, len(codes)
+        joined = self.fields
+        if fields is not None or joined is not None:  # joined first: a type clash changes nothing
+            joined = concatenate([self.fields, fields], [start, n])
         self._snapshot = None
+        self.fields = joined
         if doc_ids is None:
             self.doc_ids = None
         elif self.doc_ids is not None:
@@ -188,7 +212,8 @@ class SegmentBuilder:
             self._snapshot = Segment(self.codes[:n], self.scales[:n], self.ids[:n],
                                      None if self.float16 is None else self.float16[:n],
                                      None if self.doc_ids is None else ListDocIds(self.doc_ids, n), None,
-                                     deleted, self.deleted_count, {"max_scale": self.max_scale})
+                                     deleted, self.deleted_count, {"max_scale": self.max_scale},
+                                     self.fields)
         return self._snapshot
 
     def delete_rows(self, rows: np.ndarray) -> None:

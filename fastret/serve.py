@@ -4,7 +4,8 @@ Endpoints:
   POST /embed            TEI-compatible: {"inputs", "normalize", "truncate", "prompt_name"} -> [[float]]
   POST /v1/embeddings    OpenAI-compatible: {"input", "model", "encoding_format"} -> {"object": "list", ...}
                          (unit-length rows, as OpenAI's)
-  POST /search           {"query" | "queries", "k", "rescore"} -> {"results": [[{"id", "score"}]]}
+  POST /search           {"query" | "queries", "k", "rescore", "filter", "fields", "hybrid"}
+                         -> {"results": [[{"id", "score", "fields"}]]} ("fields" when asked for)
   GET  /health, /info, /metrics (Prometheus text)
 
 Each request's texts are tokenized (on the event loop when short, else in a thread), then queued
@@ -29,7 +30,7 @@ import socket
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable, List, Literal, Optional, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -43,7 +44,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__, metrics
 from .dynamic_batching import Batcher, BatcherClosed, BatchReport, QueueFull
 from .encoder import Encoder
+from .filters import Filter, FilterError
+from .hybrid import HybridSearcher
+from .lexical import LexicalIndex
+from .mesh import MeshTree
 from .search import Searchable
+from .store import StoreError
 from .searchers import open_searchable
 from .serve_config import ServeConfig, exposure_warning
 
@@ -102,6 +108,9 @@ class SearchRequest(_Body):
     rescore: bool = False
     truncate: Optional[bool] = None
     prompt_name: Optional[str] = None
+    filter: Optional[Dict[str, Any]] = None  # the JSON operator form (fastret.filters)
+    fields: Optional[List[str]] = None  # stored fields to return with each result
+    hybrid: bool = False  # fuse with the store's BM25 index (fastret.hybrid defaults)
 
 
 # ---------------------------------------------------------------------------------- the service
@@ -155,6 +164,39 @@ class _Service:
         self.model_name = config.model_name or Path(str(encoder.model_dir)).name
         self.stats = _Metrics()
         self.batcher: Batcher | None = None
+        self.mesh = MeshTree.from_file(config.mesh) if config.mesh is not None else None
+        self._lexical: LexicalIndex | None = None
+
+    def lexical(self) -> LexicalIndex:
+        """The store's BM25 index (loaded on first use), for hybrid searches.
+
+        Raises:
+            ServeError: 422 when the index is not a store with a BM25 index.
+        """
+        if self._lexical is None:
+            if self.index_path is None or not self.index_path.is_dir():
+                raise ServeError(422, "hybrid=true needs a store directory with a BM25 index as --index")
+            try:
+                self._lexical = LexicalIndex.load(self.index_path)
+            except StoreError as error:
+                raise ServeError(422, f"hybrid=true: {error}") from None
+        return self._lexical
+
+    def search(self, texts: list[str], vectors: np.ndarray, body: "SearchRequest"):
+        """The search a /search body asks for (run in a worker thread): (scores, ids).
+
+        Raises:
+            ServeError: 422 for a bad filter (naming its part).
+        """
+        k = min(body.k, len(self.index))
+        try:
+            spec = None if body.filter is None else Filter(body.filter, mesh=self.mesh)
+            if body.hybrid:
+                return HybridSearcher(self.index, self.lexical()).search(
+                    texts, vectors, k, rescore=body.rescore or None, filter=spec)
+            return self.index.search(vectors, k, rescore=body.rescore, filter=spec)
+        except FilterError as error:
+            raise ServeError(422, str(error)) from None
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
@@ -305,12 +347,21 @@ def _add_search_route(app: FastAPI, service: _Service) -> None:
         field = "query" if body.queries is None else "queries"
         texts = [body.query] if body.queries is None else body.queries
         vectors, _ = await service.embed(texts, body.truncate, body.prompt_name, field)
-        k = min(body.k, len(index))
-        scores, ids = await run_in_threadpool(index.search, vectors, k, rescore=body.rescore)
-        names = index.documents(ids) if index.has_documents else ids.astype(str).astype(object)
-        return _json_response({"results": [
-            [{"id": str(name), "score": float(score)} for name, score in zip(row_names, row_scores)]
-            for row_names, row_scores in zip(names, scores)]})
+        scores, ids = await run_in_threadpool(service.search, texts, vectors, body)
+        found = ids >= 0  # a filter or hybrid fusion may find fewer than k
+        names = (index.documents(ids[found]) if index.has_documents else ids[found].astype(str)).tolist()
+        stored = None if body.fields is None else index.fields(ids[found], names=body.fields)
+        results, position = [], 0
+        for row_found, row_scores in zip(found, scores):
+            row = []
+            for score in row_scores[row_found].tolist():
+                hit = {"id": str(names[position]), "score": score}
+                if stored is not None:
+                    hit["fields"] = stored[position]
+                row.append(hit)
+                position += 1
+            results.append(row)
+        return _json_response({"results": results})
 
 
 def _add_status_routes(app: FastAPI, service: _Service) -> None:

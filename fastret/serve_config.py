@@ -53,6 +53,7 @@ class ServeConfig:
     shards: int | None = _option(None, "search --index on this many Ray actors (a local Ray without --ray)")
     ray_address: str | None = _option(None, "search --index on the Ray cluster at ADDRESS (e.g. 10.0.0.1:6379, "
                                             "or auto)", flag="--ray")
+    mesh: str | None = _option(None, "a MeSH tree file (fastret.MeshTree.from_file) for $under in /search filters")
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_batch_tokens", "max_batch_texts", "max_queue_tokens",

@@ -7,6 +7,7 @@
       shard-00000.frt           a fastret index file (index_file.py): int8 codes, scales, global row
                                 numbers as ids, document ids, optional float16 copies
       shard-00000.frt.deleted   optional: the shard's deleted rows (index_file.write_deleted)
+      shard-00000.frt.fields.arrow  optional: the shard's stored fields (fastret.fields), mapped
 
 Shard k of an encoded corpus holds documents [k * shard_size, (k + 1) * shard_size). Each file is
 written to a temporary name and renamed; a shard is finished exactly when its .frt file exists, so
@@ -28,6 +29,7 @@ import numpy as np
 
 from . import atomic, index_file
 from .doc_ids import LazyDocIds, PackedDocIds, pack_doc_ids
+from .fields import fields_path, read_fields, write_fields
 from .segment import Segment, bitmap
 
 MANIFEST = "manifest.json"
@@ -150,6 +152,7 @@ class Store:
                 arrays = index_file.read(path, mmap=mmap, verify=verify)
                 header = index_file.read_header(path)
                 deleted_rows = index_file.read_deleted(path, header)
+                fields = read_fields(path, mmap=mmap)
             except FileNotFoundError:
                 raise StoreError(f"{path}: shard listed in {MANIFEST} is missing; restore it or re-encode") from None
             except index_file.IndexFileError as error:
@@ -157,7 +160,7 @@ class Store:
             if header.dim != self.dim or header.count != entry["count"]:
                 raise StoreError(f"{path}: {header.count} x {header.dim} vectors, but {MANIFEST} says "
                                  f"{entry['count']} x {self.dim}")
-            segments.append(_segment(path, arrays, deleted_rows, self._json_doc_ids(entry)))
+            segments.append(_segment(path, arrays, deleted_rows, self._json_doc_ids(entry), fields))
         return segments
 
     def _json_doc_ids(self, entry: dict) -> LazyDocIds | None:
@@ -176,7 +179,7 @@ class Store:
 
 
 def _segment(path: Path, arrays: index_file.IndexArrays, deleted_rows: np.ndarray,
-             fallback_doc_ids: LazyDocIds | None) -> Segment:
+             fallback_doc_ids: LazyDocIds | None, fields) -> Segment:
     doc_ids = fallback_doc_ids
     if arrays.doc_offsets is not None:
         doc_ids = PackedDocIds(arrays.doc_offsets, arrays.doc_blob, str(path))
@@ -186,15 +189,15 @@ def _segment(path: Path, arrays: index_file.IndexArrays, deleted_rows: np.ndarra
         mask[deleted_rows] = True
         deleted = bitmap(mask)
     return Segment(arrays.codes, arrays.scales, arrays.ids, arrays.float16, doc_ids, path, deleted,
-                   len(deleted_rows))
+                   len(deleted_rows), fields=fields)
 
 
 def open_segment_file(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Segment:
-    """One index file (and its deletion file, if any) as a `Segment`."""
+    """One index file (and its deletion and fields files, if any) as a `Segment`."""
     path = Path(path)
     arrays = index_file.read(path, mmap=mmap, verify=verify)
     deleted_rows = index_file.read_deleted(path, index_file.read_header(path))
-    return _segment(path, arrays, deleted_rows, None)
+    return _segment(path, arrays, deleted_rows, None, read_fields(path, mmap=mmap))
 
 
 def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: int, float16: bool) -> list[Segment]:
@@ -228,6 +231,7 @@ def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: in
             segment.codes[live], segment.scales[live], segment.ids[live],
             None if segment.float16 is None or not float16 else segment.float16[live],
             None if doc_ids is None else doc_ids.offsets, None if doc_ids is None else doc_ids.blob))
+        write_fields(path, None if segment.fields is None else segment.fields.take(live))
         numbers.append(next_number)
         saved.append(open_segment_file(path, verify=False))
         next_number += 1
@@ -237,5 +241,6 @@ def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: in
         shard = directory / f"{shard_name(number)}.frt"
         shard.unlink(missing_ok=True)
         index_file.deleted_path(shard).unlink(missing_ok=True)
+        fields_path(shard).unlink(missing_ok=True)
         (directory / f"{shard_name(number)}.ids.json").unlink(missing_ok=True)
     return saved

@@ -14,16 +14,17 @@ import os
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .atomic import remove_temporaries_in
-from .corpus import count_documents, iter_documents
+from .corpus import count_documents, iter_document_records, iter_documents, stored_fields
 from .encode_batches import warn_about_inputs
+from .fields import StoredFields, fields_path, write_fields
 from .lexical import LexicalIndex
-from .store import Store, StoreError, finished_shards, read_manifest, write_manifest, write_shard
+from .store import Store, StoreError, finished_shards, read_manifest, shard_name, write_manifest, write_shard
 
 DEFAULT_SHARD_SIZE = 65536
 
@@ -31,12 +32,14 @@ DEFAULT_SHARD_SIZE = 65536
 def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_size: int = 32,
                   shard_size: int = DEFAULT_SHARD_SIZE, store_float16: bool = False,
                   max_tokens_per_batch: int | None = None, prompt: str | None = None,
-                  prompt_name: str | None = None, show_progress_bar: bool = True, bm25: bool = False) -> Store:
+                  prompt_name: str | None = None, show_progress_bar: bool = True, bm25: bool = False,
+                  fields: bool | Sequence[str] | None = None) -> Store:
     """Embed a corpus into `out_dir` (see `Encoder.encode_corpus`, which calls this)."""
     if bm25 and isinstance(corpus, collections.abc.Iterator):
         raise ValueError("bm25=True reads the corpus a second time: pass a path or a list, not an iterator")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
+    names = _field_names(fields)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_temporaries_in(out_dir)  # what killed runs left behind
@@ -46,6 +49,7 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
         "normalize": encoder.normalize, "max_length": encoder.max_length, "dtype": str(encoder.dtype),
         "prompt": prefix, "shard_size": shard_size, "float16": bool(store_float16),
         "corpus": _describe(corpus),
+        **({"fields": True if names is None else names} if fields else {}),
     }
     rank, world = _join_process_group()
     _check_resumable(out_dir, settings)
@@ -58,17 +62,23 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
     total = count_documents(corpus) if show_progress_bar and rank == 0 else None
     input_stats: dict = {}
     with tqdm(total=total, unit="doc", desc="encode corpus", disable=not show_progress_bar or rank != 0) as bar:
-        for number, documents in enumerate(_chunks(iter_documents(corpus, encoder.text_pairs), shard_size)):
+        for number, documents in enumerate(_chunks(iter_document_records(corpus, encoder.text_pairs), shard_size)):
             mine = number % world == rank and number not in done
             if mine:
-                ids = [doc_id for doc_id, _ in documents]
-                inputs = [encoder.prepare(text, i, prefix) for i, (_, text) in enumerate(documents)]
+                ids = [doc_id for doc_id, _, _ in documents]
+                inputs = [encoder.prepare(text, i, prefix) for i, (_, text, _) in enumerate(documents)]
                 vectors, codes, scales = encoder.embed(inputs, batch_size, encoder.normalize, True,
                                                        max_tokens_per_batch, input_stats=input_stats)
                 write_shard(out_dir, number, ids, number * shard_size, codes.numpy(), scales.numpy(),
                             vectors.numpy().astype(np.float16) if store_float16 else None)
-                if world == 1:
-                    write_manifest(out_dir, settings, complete=False)
+            shard = out_dir / f"{shard_name(number)}.frt"
+            # a shard is finished when its .frt exists: its fields follow it, and a run killed in
+            # between writes them when it resumes
+            if fields and number % world == rank and (mine or not fields_path(shard).exists()):
+                records = [stored_fields(record, names) for _, _, record in documents]
+                write_fields(shard, StoredFields.from_records(records, f"the fields of shard {number}"))
+            if mine and world == 1:
+                write_manifest(out_dir, settings, complete=False)
             bar.update(len(documents))
 
     warn_about_inputs(input_stats, encoder.max_length)
@@ -82,6 +92,19 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
             build_store_bm25(out_dir, corpus, show_progress_bar=show_progress_bar)
     _barrier(world)
     return Store.open(out_dir)
+
+
+def _field_names(fields: Any) -> list[str] | None:
+    """The corpus keys `fields` asks to store: None for every key (True or None), else the list.
+
+    Raises:
+        TypeError: `fields` that is neither a bool nor a list of str.
+    """
+    if fields is None or isinstance(fields, bool):
+        return None
+    if isinstance(fields, str) or not all(isinstance(name, str) for name in fields):
+        raise TypeError(f"fields must be True (every key of the corpus records) or a list of keys, got {fields!r:.80}")
+    return list(fields)
 
 
 def build_store_bm25(directory: str | os.PathLike, corpus: Any, show_progress_bar: bool = True) -> tuple[Path, int]:

@@ -91,6 +91,38 @@ def test_index_and_search(store, tmp_path, tiny_bert, capsys):
         assert result["results"][0]["id"].startswith("d")
 
 
+def test_search_with_a_filter_shows_stored_fields(tmp_path, tiny_bert, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": f"T{i}", "text": f"text number {i}",
+                                          "year": 2000 + i, "mesh": [["Neoplasms"], ["Lung Neoplasms"], ["Humans"]][i % 3]})
+                              + "\n" for i in range(8)))
+    tree = tmp_path / "tree.tsv"
+    tree.write_text("mesh_id\tmesh_name\tmesh_tree_number\nD1\tNeoplasms\tC04\nD2\tLung Neoplasms\tC04.588.894\n"
+                    "D3\tHumans\tB01.050.150\n")
+    common = ["--model", str(tiny_bert), "--device", "cpu"]
+    assert cli.main(["encode", str(corpus), str(tmp_path / "store"), *common, "--shard-size", "3", "--fields",
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    search = ["search", str(tmp_path / "store"), "text number 7", "-k", "5", *common]
+    assert cli.main([*search, "--filter", '{"year": {"$gte": 2005}}', "--show", "title,year", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert sorted(hit["id"] for hit in results) == ["d5", "d6", "d7"]  # fewer pass than k
+    assert all(hit["fields"] == {"title": f"T{hit['id'][1:]}", "year": 2000 + int(hit["id"][1:])} for hit in results)
+    assert cli.main([*search, "--filter", '{"year": 2003}', "--show", "year"]) == 0
+    assert re.search(r"  1  \S+  d3  year=2003\n", capsys.readouterr().out)
+    assert cli.main([*search, "--filter", '{"year": {"$gte": "2005"}}']) == 2
+    assert re.search(r'filter\["year"\]\["\$gte"\]: field .year. holds numbers', capsys.readouterr().err)
+    assert cli.main([*search, "--filter", '{"year": ']) == 2
+    assert "filter is not valid JSON" in capsys.readouterr().err
+    assert cli.main([*search, "--filter", '{"mesh": {"$under": "C04"}}', "--mesh", str(tree), "--json"]) == 0
+    under = [hit["id"] for hit in json.loads(capsys.readouterr().out)["results"]]
+    assert len(under) == 5 and set(under) <= {"d0", "d1", "d3", "d4", "d6", "d7"}  # not the "Humans" ones
+    assert cli.main([*search, "--filter", '{"mesh": {"$under": "C04"}}']) == 2
+    assert "$under needs the MeSH tree" in capsys.readouterr().err
+    assert cli.main([*search, "--mesh", str(tree)]) == 2
+    assert "--mesh is for $under in --filter" in capsys.readouterr().err
+
+
 def test_search_on_ray_shards_prints_what_one_index_prints(store, tiny_bert, ray_session, capsys):
     """`--shards 2` spreads the store's 3 files over 2 Ray actors; the output is the same, line for line."""
     capsys.readouterr()

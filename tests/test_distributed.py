@@ -37,16 +37,18 @@ def corpus(tmp_path_factory):
     vectors[1200:1203] = vectors[0:3]  # and so does the small shard
     ids = rng.permutation(np.arange(10, 10 + 2 * sum(SIZES), 2)).astype(np.int64)  # even ids
     documents = [f"doc-{i}" for i in ids]
+    fields = [{"year": 1990 + int(i) % 30, "mesh": ["Humans", "Mice", "Aged"][: int(i) % 4]} for i in ids]
     directory = tmp_path_factory.mktemp("shards")
     paths, start = [], 0
     for number, size in enumerate(SIZES):
         part = fastret.Index(DIM, store_float16=True)
-        part.add(vectors[start : start + size], ids[start : start + size], documents=documents[start : start + size])
+        part.add(vectors[start : start + size], ids[start : start + size], documents=documents[start : start + size],
+                 fields=fields[start : start + size])
         paths.append(directory / f"part-{number}.frt")
         part.save(paths[-1])
         start += size
     reference = fastret.Index(DIM, store_float16=True)
-    reference.add(vectors, ids, documents=documents)
+    reference.add(vectors, ids, documents=documents, fields=fields)
     return paths, reference, vectors
 
 
@@ -139,6 +141,22 @@ def test_bad_input_gets_the_errors_of_index(sharded):
 WORDS = ["statin", "asthma", "cancer", "tea", "salt", "heart", "vitamin"]
 
 
+@pytest.mark.parametrize("spec", [{"year": {"$gte": 2015}}, {"mesh": "Aged"}, {"year": 1990}, {"year": 1700},
+                                  {"$or": [{"mesh": {"$exists": False}}, {"id": {"$lt": 400}}]}])
+def test_filters_are_evaluated_on_the_shards_as_one_index_would(sharded, corpus, spec):
+    _, reference, vectors = corpus
+    queries = vectors[[0, 5, 1201]]
+    for rescore in (False, True):
+        assert_same(sharded.search(queries, 20, rescore=rescore, filter=spec),
+                    reference.search(queries, 20, rescore=rescore, filter=spec))
+    some = reference.search(queries, 5, filter=spec)[1]
+    assert sharded.fields(some, names=["year"]) == reference.fields(some, names=["year"])
+    ids = np.concatenate([s.ids for s in reference.segments])
+    np.testing.assert_array_equal(sharded.contains(ids, filter=spec), reference.contains(ids, filter=spec))
+    with pytest.raises(ValueError, match="a row mask has no meaning across shards"):
+        sharded.search(queries, 2, filter=np.ones(len(ids), bool))
+
+
 @pytest.fixture(scope="module")
 def tied(ray_session, tmp_path_factory):
     """Random data full of exact ties (400 vectors drawn from 12, shuffled ids, texts of 7 words) in
@@ -209,9 +227,11 @@ def test_adds_and_deletes_are_routed(sharded, corpus):
     assert_same(sharded.search(new[:5], 1), reference.search(new[:5], 1))
     assert sharded.documents(reference.search(new[:5], 1)[1][:, 0]).tolist() == [f"new-{i}" for i in range(5)]
     explicit = unit_rows(rng, 3, DIM)
-    sharded.add(explicit, ids=[1, 3, 5])
-    reference.add(explicit, ids=[1, 3, 5])
+    sharded.add(explicit, ids=[1, 3, 5], fields=[{"year": 1980}] * 3)
+    reference.add(explicit, ids=[1, 3, 5], fields=[{"year": 1980}] * 3)
     assert not sharded.has_documents
+    assert sharded.fields([1, 5]) == reference.fields([1, 5]) == [{"year": 1980}] * 2
+    assert_same(sharded.search(queries, 4, filter={"year": 1980}), reference.search(queries, 4, filter={"year": 1980}))
     # Delete ids from every shard, old and new, one twice, and ids that are nowhere.
     _, found = reference.search(queries, 8)
     doomed = np.concatenate([np.unique(found)[:40], [3, 3, 10**12, -7]])
@@ -231,7 +251,7 @@ def test_save_writes_what_index_save_writes(sharded, corpus, tmp_path):
     store_dir = tmp_path / "store"
     store_dir.mkdir()
     sharded.save(store_dir)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.frt", "store"]  # no part files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.frt", "all.frt.fields.arrow", "store"]  # no part files left
     for saved in (fastret.Index.load(tmp_path / "all.frt"), fastret.Index.load(store_dir)):
         assert len(saved) == len(reference)
         assert_same(saved.search(queries, 9, rescore=True), reference.search(queries, 9, rescore=True))

@@ -78,3 +78,23 @@ def test_bad_hybrid_arguments(searcher):
         hybrid.search(["a", "b"], vectors[:1], 2)
     with pytest.raises(TypeError, match=r"needs a Searchable \(fastret.Index, .*got LexicalIndex and Index"):
         HybridSearcher(hybrid.lexical, hybrid.index)
+
+
+def test_a_filter_limits_both_sides_before_they_rank(rng):
+    texts = ["statins statins statins", "statins and cancer", "statins", "green tea", "salt"]
+    ids = np.arange(len(texts)) * 10
+    index = fastret.Index(16)
+    index.add(unit_rows(rng, len(texts), 16), ids=ids, fields=[{"year": 2000 + i} for i in range(len(texts))])
+    hybrid = HybridSearcher(index, LexicalIndex.build(texts, ids=ids))
+    spec = {"year": {"$gte": 2001}}
+    # the lexical side's best document (0) fails the filter: with one candidate per side, the
+    # best one that passes (10 or 20) must still be found, not filtered away afterwards
+    lex_scores, lex_ids = hybrid.lexical.search(["statins"], 1, allowed=index.contains(ids, filter=spec))
+    assert lex_ids[0, 0] in (10, 20)
+    for method in ("rrf", "weighted"):
+        _, found = hybrid.search(["statins"], unit_rows(rng, 1, 16), k=3, method=method, candidates=3, filter=spec)
+        assert 0 not in found[0].tolist() and set(found[0].tolist()) <= {10, 20, 30, 40}
+    _, found = hybrid.search(["statins"], unit_rows(rng, 1, 16), k=3, candidates=3, filter={"year": 1990})
+    assert (found == -1).all()
+    with pytest.raises(ValueError, match=r"allowed must be bool \[5\]"):
+        hybrid.lexical.search(["statins"], 1, allowed=np.ones(4, bool))

@@ -363,3 +363,15 @@ def test_real_abstract_labels(real_tree):
     first = enc.nodes[0][valid[0]].tolist()
     expected = sorted({i for label in labels[0] if label in tree for i in tree.ancestor_ids(label)})
     assert first == expected
+
+
+def test_descendants_of_a_tree_number_or_a_descriptor(tree, tmp_path):
+    assert tree.descendants("C04") == ("D1", "D2", "D3", "D5")
+    assert tree.descendants("C04.588.894") == ("D5",)  # a node that is only a prefix
+    assert tree.descendants("Skin Diseases") == ("D3", "D4")  # by name; D3 also sits under C17.800
+    assert tree.descendants("D3") == ("D3",)  # both of its positions are leaves
+    assert tree.descendants("B01") == ("D6",)
+    with pytest.raises(KeyError, match="'X99' is not a descriptor id or name"):
+        tree.descendants("X99")
+    by_name = MeshTree.from_file(write_mtrees(tmp_path / "mtrees.bin"))
+    assert by_name.descendants("C17") == ("Breast Neoplasms", "Skin Diseases")

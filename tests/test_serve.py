@@ -115,15 +115,18 @@ def queries():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, encoder):
-    """30 NFCorpus documents (text cut short, to encode quickly) in a 3-shard store with float16 copies."""
+    """30 NFCorpus documents (text cut short, to encode quickly) in a 3-shard store with float16 copies,
+    stored fields (a made-up year) and BM25."""
     directory = tmp_path_factory.mktemp("serve-store")
     corpus = directory / "corpus.jsonl"
-    records = [json.dumps({"_id": doc_id, "title": title, "text": text[:300]})
-               for (doc_id, title, text), _ in zip(iter_corpus(find_file(BUNDLED_NFCORPUS, "corpus.jsonl")), range(30))]
+    records = [json.dumps({"_id": doc_id, "title": title, "text": text[:300], "year": 2000 + position % 10})
+               for (doc_id, title, text), position in zip(iter_corpus(find_file(BUNDLED_NFCORPUS, "corpus.jsonl")),
+                                                          range(30))]
     corpus.write_text("\n".join(records) + "\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        encoder.encode_corpus(corpus, directory / "store", shard_size=12, store_float16=True, show_progress_bar=False)
+        encoder.encode_corpus(corpus, directory / "store", shard_size=12, store_float16=True, show_progress_bar=False,
+                              fields=True, bm25=True)
     return directory / "store"
 
 
@@ -211,6 +214,31 @@ def test_search_answers_with_the_store_document_ids(client, store, queries):
     assert all(hit["id"].startswith("MED-") for hit in single[0])
 
 
+def test_search_filters_and_returns_stored_fields(client, store, queries):
+    index = fastret.Index.load(store)
+    names = fastret.Store.open(store).doc_ids()
+    texts = queries[:3]
+    vectors = embed(client, texts)
+    spec = {"year": {"$gte": 2007}}  # 9 of the 30 documents pass
+    _, ids = index.search(vectors, 12, filter=spec)
+    answer = client.post("/search", json={"queries": texts, "k": 12, "filter": spec, "fields": ["title", "year"]})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [[hit["id"] for hit in hits] for hits in results] == [[names[i] for i in row if i >= 0] for row in ids]
+    assert all(len(hits) == 9 for hits in results)
+    for hit in results[0]:
+        assert hit["fields"] == index.fields([names.index(hit["id"])], names=["title", "year"])[0]
+        assert hit["fields"]["year"] >= 2007
+    nothing = client.post("/search", json={"query": texts[0], "filter": {"year": 1900}})
+    assert nothing.status_code == 200 and nothing.json() == {"results": [[]]}
+    hybrid = client.post("/search", json={"query": texts[0], "k": 5, "filter": spec, "fields": ["year"],
+                                          "hybrid": True})
+    assert hybrid.status_code == 200, hybrid.text
+    hits = hybrid.json()["results"][0]
+    assert len(hits) == 5 and all(hit["fields"]["year"] >= 2007 for hit in hits)
+    assert "fields" not in client.post("/search", json={"query": texts[0], "k": 1}).json()["results"][0][0]
+
+
 def test_a_server_on_ray_shards_answers_as_one_index(minilm_path, store, client, queries):
     """`fastret serve --index STORE --shards 2`: /search runs on a ShardedIndex (2 actors on a local
     Ray) and answers what the server over one Index answers, to the last digit."""
@@ -296,6 +324,12 @@ BAD_REQUESTS = [
     ("POST", "/search", {"query": "x", "k": "3"}, None, 422, "k: Input should be a valid integer"),
     ("POST", "/search", {"query": "x", "k": 5000}, None, 422, "k=5000; at most 1000"),
     ("POST", "/search", {"queries": []}, None, 422, "queries is empty"),
+    ("POST", "/search", {"query": "x", "filter": {"yeer": 1}}, None, 422, r'filter\["yeer"\]: unknown field'),
+    ("POST", "/search", {"query": "x", "filter": {"year": {"$gt": "a"}}}, None, 422,
+     r'filter\["year"\]\["\$gt"\]: field .year. holds numbers'),
+    ("POST", "/search", {"query": "x", "filter": {"year": {"$near": 1}}}, None, 422, "unknown operator '\\$near'"),
+    ("POST", "/search", {"query": "x", "filter": {"mesh": {"$under": "C04"}}}, None, 422, r"\$under needs the MeSH tree"),
+    ("POST", "/search", {"query": "x", "filter": [1]}, None, 422, "filter: Input should be a valid dictionary"),
     ("GET", "/embed", None, None, 405, "Method Not Allowed"),
     ("POST", "/nothing", {}, None, 404, "Not Found"),
 ]

@@ -203,3 +203,28 @@ def test_bm25_of_a_store_needs_the_corpus_it_was_encoded_from(encoder, tmp_path)
     folder, count = build_store_bm25(tmp_path / "store", corpus, show_progress_bar=False)
     assert count == 9 and folder.parent == tmp_path / "store"
     assert LexicalIndex.load(tmp_path / "store").ids.tolist() == list(range(9))
+
+
+def test_fields_are_stored_beside_each_shard_and_written_on_resume(encoder, tmp_path):
+    records = [{"_id": f"doc-{i}", "title": f"Title {i}", "text": "statins " * (1 + i % 3), "year": 2000 + i,
+                "mesh": ["Humans"] if i % 2 else []} for i in range(12)]
+    store = encoder.encode_corpus(records, tmp_path / "out", shard_size=5, show_progress_bar=False, fields=True)
+    assert store.manifest["fields"] is True
+    index = fastret.Index.load(tmp_path / "out")
+    assert index.fields([11, 0]) == [{"title": "Title 11", "text": "statins statins statins ", "year": 2011,
+                                      "mesh": ["Humans"]}, {"title": "Title 0", "text": "statins ", "year": 2000,
+                                                            "mesh": []}]
+    _, ids = index.search(np.ones(32, np.float32), 12, filter={"year": {"$lt": 2003}, "mesh": "Humans"})
+    assert sorted(ids[0][ids[0] >= 0].tolist()) == [1]
+    # a run killed between a shard's vectors and its fields writes the fields when it resumes
+    (tmp_path / "out" / "shard-00001.frt.fields.arrow").unlink()
+    encoder.encode_corpus(records, tmp_path / "out", shard_size=5, show_progress_bar=False, fields=True)
+    assert fastret.Index.load(tmp_path / "out").fields([7], names=["year"]) == [{"year": 2007}]
+    only = encoder.encode_corpus(records, tmp_path / "some", shard_size=5, show_progress_bar=False,
+                                 fields=["year", "journal"])
+    assert only.manifest["fields"] == ["year", "journal"]
+    assert fastret.Index.load(tmp_path / "some").fields([3]) == [{"year": 2003}]
+    with pytest.raises(StoreError, match="fields"):  # resuming with other fields is refused
+        encoder.encode_corpus(records, tmp_path / "some", shard_size=5, show_progress_bar=False, fields=True)
+    with pytest.raises(TypeError, match="fields must be True"):
+        encoder.encode_corpus(records, tmp_path / "x", show_progress_bar=False, fields="year")

@@ -1,0 +1,118 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import fastret
+from fastret.fields import StoredFields, concatenate, fields_path, read_fields, write_fields
+from fastret.index_file import IndexFileError
+from fastret.store import StoreError
+
+from conftest import unit_rows
+
+RECORDS = [{"title": "Statins", "text": "a", "year": 2019, "mesh": ["Humans", "Neoplasms"]},
+           {"title": "Aspirin", "year": 2001, "mesh": []},
+           {"title": "Vitamin D", "text": "c", "open_access": True},
+           {}]
+
+
+def test_index_fields_returns_dicts_in_the_shape_of_the_ids(rng):
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 4, 8), ids=[10, 11, 12, 13], fields=RECORDS)
+    assert index.has_fields
+    assert index.fields([10, 13]) == [RECORDS[0], {}]
+    assert index.fields([[11], [12]], names=["title", "year"]) == [[{"title": "Aspirin", "year": 2001}],
+                                                                   [{"title": "Vitamin D"}]]
+    assert index.fields(np.array([12, -1])) == [RECORDS[2], None]  # -1: a padded result slot
+    with pytest.raises(ValueError, match="id 99 is not in the index"):
+        index.fields([99])
+    with pytest.raises(TypeError, match="names must be a sequence of field names"):
+        index.fields([10], names="title")
+
+
+def test_rows_added_without_fields_have_none(rng):
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 2, 8))
+    assert not index.has_fields and index.fields([0, 1]) == [{}, {}]
+    index.add(unit_rows(rng, 2, 8), fields=[{"year": 2000}, {"year": 2001.5}])
+    index.add(unit_rows(rng, 1, 8))
+    index.add(unit_rows(rng, 1, 8), fields=[{"journal": "Cell"}])
+    assert index.fields([0, 2, 3, 4, 5]) == [{}, {"year": 2000.0}, {"year": 2001.5}, {}, {"journal": "Cell"}]
+    column = index.segments[0].fields.column("year")
+    assert column.type == pa.float64() and column.null_count == 4  # int and float: float
+
+
+def test_save_load_and_merge_keep_fields(rng, tmp_path):
+    vectors = unit_rows(rng, 4, 8)
+    index = fastret.Index(8)
+    index.add(vectors, fields=RECORDS)
+    index.delete([1])
+    index.save(tmp_path / "one.frt")  # a file: fields beside it, live rows only
+    assert fields_path(tmp_path / "one.frt").is_file()
+    loaded = fastret.Index.load(tmp_path / "one.frt")
+    assert loaded.fields([0, 2, 3]) == [RECORDS[0], RECORDS[2], {}]
+    (tmp_path / "store").mkdir()
+    loaded.add(unit_rows(rng, 1, 8), fields=[{"title": "new", "year": 1999}])
+    loaded.save(tmp_path / "store")  # a store: one fields file per shard
+    store = fastret.Index.load(tmp_path / "store")
+    assert store.segment_count == 2 and store.fields([0, 4]) == [RECORDS[0], {"title": "new", "year": 1999}]
+    assert isinstance(store.segments[0].fields, StoredFields)
+    store.delete([0])
+    store.merge()
+    store.save(tmp_path / "store")
+    merged = fastret.Index.load(tmp_path / "store")
+    assert merged.fields([2, 3, 4]) == [RECORDS[2], {}, {"title": "new", "year": 1999}]
+    arrow_files = [p.name for p in (tmp_path / "store").iterdir() if p.name.endswith(".arrow")]
+    assert arrow_files == [merged.segments[0].path.name + ".fields.arrow"]  # the replaced shards' went too
+
+
+def test_fields_files_are_mapped_and_bound_to_their_segment(rng, tmp_path):
+    for name, n in (("a.frt", 3), ("b.frt", 4)):
+        index = fastret.Index(8)
+        index.add(unit_rows(rng, n, 8), fields=[{"n": i} for i in range(n)])
+        index.save(tmp_path / name)
+    mapped = read_fields(tmp_path / "a.frt", mmap=True)
+    assert mapped.rows(np.array([2, 0])) == [{"n": 2}, {"n": 0}]
+    assert read_fields(tmp_path / "a.frt", mmap=False).table.equals(mapped.table)
+    fields_path(tmp_path / "b.frt").replace(fields_path(tmp_path / "a.frt"))  # another segment's fields
+    with pytest.raises(IndexFileError, match="a.frt.fields.arrow belongs to another version of a.frt"):
+        fastret.Index.load(tmp_path / "a.frt")
+    fields_path(tmp_path / "a.frt").write_bytes(b"not arrow")
+    with pytest.raises(IndexFileError, match="is not a fastret fields file"):
+        read_fields(tmp_path / "a.frt")
+    write_fields(tmp_path / "a.frt", None)  # no fields: the file goes
+    assert not fields_path(tmp_path / "a.frt").exists() and read_fields(tmp_path / "a.frt") is None
+
+
+def test_a_bad_fields_file_in_a_store_is_a_store_error(rng, tmp_path):
+    (tmp_path / "store").mkdir()
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 3, 8), fields=[{"n": 1}] * 3)
+    index.save(tmp_path / "store")
+    fields_path(tmp_path / "store" / "shard-00000.frt").write_bytes(b"\0" * 64)
+    with pytest.raises(StoreError, match="shard-00000.frt.fields.arrow is not a fastret fields file"):
+        fastret.Index.load(tmp_path / "store")
+
+
+def test_bad_fields_are_refused(rng):
+    index = fastret.Index(8)
+    with pytest.raises(TypeError, match="fields must be a sequence of 2 dicts"):
+        index.add(unit_rows(rng, 2, 8), fields=[{}])
+    with pytest.raises(TypeError, match=r"fields\[1\] must be a dict with str keys"):
+        index.add(unit_rows(rng, 2, 8), fields=[{}, {1: "x"}])
+    with pytest.raises(ValueError, match="the values of field 'year' do not share one type"):
+        index.add(unit_rows(rng, 2, 8), fields=[{"year": 2000}, {"year": "2001"}])
+    with pytest.raises(ValueError, match="the field name 'id' is reserved"):
+        index.add(unit_rows(rng, 1, 8), fields=[{"id": 3}])
+    index.add(unit_rows(rng, 1, 8), fields=[{"year": 2000}])
+    with pytest.raises(ValueError, match="stored fields of different types under one name"):
+        index.add(unit_rows(rng, 1, 8), fields=[{"year": "2001"}])
+    assert len(index) == 1 and index.fields([0]) == [{"year": 2000}]  # the refused add changed nothing
+
+
+def test_concatenate_fills_missing_columns_with_nulls():
+    parts = [StoredFields.from_records([{"a": 1}]), None, StoredFields.from_records([{"b": ["x"]}, {}])]
+    joined = concatenate(parts, [1, 2, 2])
+    assert joined.count == 5 and joined.names == ("a", "b")
+    assert joined.rows(np.arange(5)) == [{"a": 1}, {}, {}, {"b": ["x"]}, {}]
+    assert concatenate([None, None], [1, 2]) is None
+    assert concatenate([StoredFields(None, 2)], [2]).table is None
