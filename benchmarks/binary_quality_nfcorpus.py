@@ -25,10 +25,8 @@ and recall@10 against exact int8 search.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,7 +36,7 @@ import fastret  # noqa: E402
 from fastret.evaluate import as_run, trec_metrics  # noqa: E402
 from fastret.search import rank  # noqa: E402
 
-from harness import cpu_info, embedded_nfcorpus, finish, recall_at_k  # noqa: E402
+from harness import cpu_info, embedded_nfcorpus, finish, json_argument, recall_at_k  # noqa: E402
 
 K = 10
 OVERSAMPLES = (1, 2, 4, 10, 20)
@@ -78,9 +76,7 @@ def two_stage(first: np.ndarray, exact: np.ndarray, candidates: int) -> tuple[np
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    json_path = json_argument(__doc__)
 
     splits, encoder, _, doc_vectors, queries = embedded_nfcorpus()
     doc_ids = splits["test"].corpus.ids
@@ -119,7 +115,7 @@ def main() -> int:
 
     report = {"command": " ".join(sys.argv), "machine": cpu_info(), "model": str(encoder.model_dir),
               "documents": len(doc_ids), "k": K, "results": results}
-    return finish([], args.json, report)
+    return finish([], json_path, report)
 
 
 if __name__ == "__main__":

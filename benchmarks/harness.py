@@ -99,6 +99,15 @@ def recall_at_k(found, truth) -> float:
     return float(hits.sum() / truth.size)
 
 
+def json_argument(doc: str) -> Path | None:
+    """The --json PATH of a script that takes nothing else (`doc`: its module docstring)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
+    return parser.parse_args().json
+
+
 def verdict(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
 

@@ -14,10 +14,8 @@ float32 search, and how many top-10 lists the two query widths return identicall
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -26,7 +24,7 @@ import numpy as np  # noqa: E402
 import fastret  # noqa: E402
 from fastret.evaluate import as_run, exact_float_search, trec_metrics  # noqa: E402
 
-from harness import cpu_info, embedded_nfcorpus, finish, recall_at_k, verdict  # noqa: E402
+from harness import cpu_info, embedded_nfcorpus, finish, json_argument, recall_at_k, verdict  # noqa: E402
 
 K = 100
 RESCORE_FACTOR = 4
@@ -34,9 +32,7 @@ TOLERANCE = 0.003  # nDCG@10, as for the int8 encoder
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    json_path = json_argument(__doc__)
 
     splits, encoder, _, doc_vectors, queries = embedded_nfcorpus()
     doc_ids = splits["test"].corpus.ids
@@ -83,7 +79,7 @@ def main() -> int:
                            f"(target within {TOLERANCE})"))
     report = {"command": " ".join(sys.argv), "machine": cpu_info(), "simd_path": fastret.simd_path(),
               "model": str(encoder.model_dir), "results": results, "load_average": os.getloadavg()}
-    return finish(checks, args.json, report)
+    return finish(checks, json_path, report)
 
 
 if __name__ == "__main__":
