@@ -11,10 +11,18 @@ pages come in as rows are read.
 
 `StoredFields` is what a `Segment` holds: the table, or no columns at all for rows added without
 fields. pyarrow is the `fields` extra (`pip install fastret[fields]`).
+
+Statistics: each numeric (not list) column's min, max, nulls and NaNs (`ColumnStats`), which let a
+filter decide "no row passes" or "every row passes" without reading the rows (fastret.filters).
+They are computed once when the file is written and kept in its schema metadata: opening a
+36M-row store then reads no column at all, where computing them at open time would read every
+numeric column once per open. Fields made in memory (`add`, `merge`) compute them on first use.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +43,19 @@ FIELDS_SUFFIX = ".fields.arrow"
 ID_FIELD = "id"  # the vectors' own ids: a filter may name it, a stored field may not
 _SEGMENT_CRC = b"fastret.segment_crc"
 _SEGMENT_COUNT = b"fastret.segment_count"
+_STATS = b"fastret.stats"
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnStats:
+    """Statistics of a numeric column: `low` and `high` the smallest and largest value (None when
+    no row holds a number), `nulls` the rows without a value, `nans` the rows holding NaN (which
+    pass no comparison)."""
+
+    low: float | int | None
+    high: float | int | None
+    nulls: int
+    nans: int
 
 
 def require_arrow():
@@ -52,11 +73,12 @@ class StoredFields:
         count: rows described.
     """
 
-    def __init__(self, table: Any, count: int):
+    def __init__(self, table: Any, count: int, stats: dict[str, ColumnStats | None] | None = None):
         if table is not None and table.num_rows != count:
             raise ValueError(f"stored fields hold {table.num_rows} rows for a segment of {count}")
         self.table = table if table is not None and table.num_columns else None
         self.count = int(count)
+        self._stats: dict[str, ColumnStats | None] = dict(stats or {})
 
     @classmethod
     def from_records(cls, records: Sequence[dict], what: str = "fields") -> "StoredFields":
@@ -99,6 +121,19 @@ class StoredFields:
             return None
         return self.table.column(name)
 
+    def column_type(self, name: str):
+        """The Arrow type of field `name` (from the schema: no row is read), or None when these rows lack it."""
+        if self.table is None or name not in self.table.column_names:
+            return None
+        return self.table.schema.field(name).type
+
+    def stats(self, name: str) -> ColumnStats | None:
+        """`ColumnStats` of field `name`, or None when it is missing or not a numeric column (a list,
+        a string). Kept from the fields file when it was read from one, else computed once."""
+        if name not in self._stats:
+            self._stats[name] = _column_stats(self.column(name))
+        return self._stats[name]
+
     def rows(self, rows: np.ndarray, names: Sequence[str] | None = None) -> list[dict]:
         """One dict per row of `rows` (int64): every field, or those in `names`, nulls left out."""
         if self.table is None:
@@ -114,6 +149,20 @@ class StoredFields:
         if self.table is None:
             return StoredFields(None, len(rows))
         return StoredFields(self.table.take(require_arrow().array(np.asarray(rows, np.int64))), len(rows))
+
+
+def _column_stats(column: Any) -> ColumnStats | None:
+    """`ColumnStats` of an Arrow column, None unless it holds integers or floats."""
+    if column is None or not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return None
+    nans = 0
+    if pa.types.is_floating(column.type):
+        nans = int(pa.compute.sum(pa.compute.is_nan(column)).as_py() or 0)
+    extremes = pa.compute.min_max(column)  # skips nulls, and NaNs unless every value is one
+    low, high = extremes["min"].as_py(), extremes["max"].as_py()
+    if nans + column.null_count == len(column):
+        low = high = None
+    return ColumnStats(low, high, column.null_count, nans)
 
 
 def concatenate(parts: Sequence[StoredFields | None], counts: Sequence[int]) -> StoredFields | None:
@@ -158,8 +207,10 @@ def write_fields(segment_path: str | os.PathLike, fields: StoredFields | None) -
     if header.count != fields.count:
         raise ValueError(f"{fields.count} rows of fields for {segment_path}'s {header.count} vectors")
     arrow = require_arrow()
+    stats = {name: dataclasses.asdict(found) for name in fields.names if (found := fields.stats(name)) is not None}
     table = fields.table.replace_schema_metadata({_SEGMENT_CRC: str(header.data_crc).encode(),
-                                                  _SEGMENT_COUNT: str(header.count).encode()})
+                                                  _SEGMENT_COUNT: str(header.count).encode(),
+                                                  _STATS: json.dumps(stats).encode()})
     with atomic_write(target) as f:
         with arrow.ipc.new_file(arrow.PythonFile(f, mode="w"), table.schema) as writer:
             writer.write_table(table, max_chunksize=1 << 16)
@@ -188,4 +239,7 @@ def read_fields(segment_path: str | os.PathLike, mmap: bool = True) -> StoredFie
             or metadata.get(_SEGMENT_COUNT) != str(header.count).encode() or table.num_rows != header.count):
         raise IndexFileError(f"{path} belongs to another version of {segment_path.name} (its checksum or size "
                              "differs); remove the fields file or restore the segment")
-    return StoredFields(table.replace_schema_metadata(None), header.count)
+    stats = {}
+    if _STATS in metadata:  # files written before statistics were kept compute them on first use
+        stats = {name: ColumnStats(**values) for name, values in json.loads(metadata[_STATS]).items()}
+    return StoredFields(table.replace_schema_metadata(None), header.count, stats)

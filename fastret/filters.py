@@ -20,9 +20,14 @@ every other comparison. Numbers compare with numbers and strings with strings; a
 an error naming the part of the filter, as are unknown fields and operators.
 
 `Filter(spec, mesh=tree)` parses and checks a filter once; `allowed_rows` compiles it per segment
-to a bool mask over the segment's rows, vectorised over the Arrow columns (pyarrow.compute). A
-search hands the core each segment's deleted | not-allowed rows as one bitmap (fastret.search):
-results are exact over the allowed rows, never a post-filter.
+to a bool mask over the segment's rows, vectorised over the Arrow columns (pyarrow.compute), or
+to None for a segment whose every row passes. Before a segment's rows are read, the numeric
+columns' statistics (`StoredFields.stats`: min, max, nulls, NaNs, kept in the fields file) decide
+what they can: a comparison or `$in` on a number field that no row (or every row) of the segment
+can pass needs no rows at all, so a year range on year-ordered shards reads only the shards that
+straddle its bounds. `Filter.masks` is that evaluation on its own (to time it apart from the
+search). The search then skips segments with no passing row and picks a path for the others
+(fastret.search.narrowed): results are exact over the allowed rows, never a post-filter.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .fields import ID_FIELD, require_arrow
+from .fields import ID_FIELD, ColumnStats, require_arrow
 from .segment import Segment
 
 MAX_IN_VALUES = 100_000  # values in one $in / $nin list; a larger allow-list: pass a bool mask
@@ -42,6 +47,12 @@ FIELD_OPERATORS = (*COMPARISONS, "$in", "$nin", "$exists", "$under", "$not")
 LOGICAL_OPERATORS = ("$and", "$or", "$not")
 _NEGATED = {"$ne": "$eq", "$nin": "$in"}
 _ORDERED = {"$gt": "greater", "$gte": "greater_equal", "$lt": "less", "$lte": "less_equal", "$eq": "equal"}
+
+
+class SegmentMasks(list):
+    """A filter evaluated over a list of segments (`Filter.masks`): per segment, a bool mask over
+    its rows (deleted ones included) or None when every row passes. `search(..., filter=masks)`
+    takes it as it is, so evaluating a filter can be timed apart from searching."""
 
 
 class FilterError(ValueError):
@@ -173,7 +184,32 @@ class Filter:
             FilterError: a value whose type differs from the field's (a number for a string
                 field, say), naming the part.
         """
-        return _evaluate(self.root, segment)
+        found = _evaluate(self.root, segment)
+        return np.full(len(segment), found) if isinstance(found, bool) else found
+
+    def masks(self, segments: Sequence[Segment]) -> SegmentMasks:
+        """The filter evaluated over `segments` (e.g. `index.segments`), what `search(...,
+        filter=masks)` then takes without evaluating it again: per segment, None when every row
+        passes, else a bool [len(segment)] mask (deleted rows included). Segments that the
+        columns' statistics decide are not read.
+
+        Raises:
+            FilterError: as `mask`, and for a field that no segment stores.
+        """
+        stored = {name for s in segments if s.fields is not None for name in s.fields.names}
+        unknown = sorted(self.fields - stored - {ID_FIELD})
+        if unknown:
+            if not stored:
+                raise FilterError(f"filter[{json.dumps(unknown[0])}]: this index has no stored fields (only \"id\" "
+                                  "can be filtered); add them with Index.add(..., fields=[...]) or "
+                                  "encode_corpus(..., fields=[...])")
+            raise FilterError(f"filter[{json.dumps(unknown[0])}]: unknown field; the index stores "
+                              f"{', '.join(sorted(stored))} (and \"id\")")
+        out = SegmentMasks()
+        for segment in segments:
+            found = _evaluate(self.root, segment)
+            out.append((None if found else np.zeros(len(segment), bool)) if isinstance(found, bool) else found)
+        return out
 
 
 def _under(mesh: Any, value: Any, path: str) -> tuple:
@@ -190,27 +226,78 @@ def _under(mesh: Any, value: Any, path: str) -> tuple:
     return tuple(sorted(set(keys) | {mesh.name(key) for key in keys}))
 
 
-def _evaluate(node: tuple, segment: Segment) -> np.ndarray:
+def _evaluate(node: tuple, segment: Segment) -> np.ndarray | bool:
+    """bool [len(segment)], or one bool for every row when the statistics decide (`_decide`)."""
+    decided = _decide(node, segment)
+    if decided is not None:
+        return decided
     kind = node[0]
-    if kind == "and":
-        out = np.ones(len(segment), bool)
+    if kind in ("and", "or"):
+        out = None
         for part in node[1]:
-            out &= _evaluate(part, segment)
-        return out
-    if kind == "or":
-        out = np.zeros(len(segment), bool)
-        for part in node[1]:
-            out |= _evaluate(part, segment)
+            found = _evaluate(part, segment)
+            if isinstance(found, bool):  # undecided as a whole, so this part neither ends nor is all
+                continue
+            out = found if out is None else (out & found if kind == "and" else out | found)
         return out
     if kind == "not":
         return ~_evaluate(node[1], segment)
     field = node[1]
     if field == ID_FIELD:
         return _evaluate_ids(node, np.asarray(segment.ids))
-    column = None if segment.fields is None else segment.fields.column(field)
-    if column is None:  # these rows lack the field: all null
-        return np.full(len(segment), kind == "exists" and not node[2])
-    return _evaluate_column(node, column, len(segment))
+    return _evaluate_column(node, segment.fields.column(field), len(segment))
+
+
+def _decide(node: tuple, segment: Segment) -> bool | None:
+    """True when every row of `segment` passes `node`, False when none does, None when only its
+    rows can tell; from the columns' statistics and types, reading no row. Every part is looked at
+    (no short cut), so a value of the wrong type is refused whatever the other parts decide."""
+    kind = node[0]
+    if kind in ("and", "or"):
+        parts = [_decide(part, segment) for part in node[1]]
+        ends, whole = (False, True) if kind == "and" else (True, False)
+        if ends in parts:
+            return ends
+        return whole if all(part is whole for part in parts) else None
+    if kind == "not":
+        inner = _decide(node[1], segment)
+        return None if inner is None else not inner
+    field = node[1]
+    if field == ID_FIELD or len(segment) == 0:
+        return True if len(segment) == 0 else None
+    column_type = None if segment.fields is None else segment.fields.column_type(field)
+    if column_type is None:  # these rows lack the field: all null
+        return kind == "exists" and not node[2]
+    _check_kind(node, column_type)
+    stats = segment.fields.stats(field)
+    if stats is None:
+        return None
+    if kind == "exists":
+        present, absent = stats.nulls == 0, stats.nulls == len(segment)
+        return _all_or_none(present, absent) if node[2] else _all_or_none(absent, present)
+    values = node[2] if kind == "in" else (node[3],)
+    if (node[3] if kind == "in" else node[4]) != "number":
+        return None
+    return _decide_numbers(node[2] if kind == "compare" else "$in", values, stats)
+
+
+def _decide_numbers(op: str, values: tuple, stats: ColumnStats) -> bool | None:
+    """`_decide` for a comparison or `$in` of numbers on a numeric column with `stats`."""
+    if stats.low is None:  # no row holds a number
+        return False
+    low, high = stats.low, stats.high
+    whole = stats.nulls == 0 and stats.nans == 0  # rows without a number pass no comparison
+    if op == "$in":
+        return _all_or_none(whole and low == high and low in values, all(v < low or v > high for v in values))
+    value = values[0]
+    every, none = {"$gt": (low > value, high <= value), "$gte": (low >= value, high < value),
+                   "$lt": (high < value, low >= value), "$lte": (high <= value, low > value),
+                   "$eq": (low == high == value, value < low or value > high)}[op]
+    return _all_or_none(whole and every, none)
+
+
+def _all_or_none(every: bool, none: bool) -> bool | None:
+    return True if every else False if none else None
 
 
 def _evaluate_ids(node: tuple, ids: np.ndarray) -> np.ndarray:
@@ -238,22 +325,38 @@ def _column_kind(column_type: Any, arrow: Any) -> str:
     return str(column_type)
 
 
-def _evaluate_column(node: tuple, column: Any, n: int) -> np.ndarray:
-    arrow = require_arrow()
-    compute = arrow.compute
+def _is_list(column_type: Any, arrow: Any) -> bool:
+    return arrow.types.is_list(column_type) or arrow.types.is_large_list(column_type)
+
+
+def _check_kind(node: tuple, column_type: Any) -> str:
+    """The kind of values a column of `column_type` holds ("number", "string", ...); FilterError
+    when the value of `node` (a field condition other than `$exists`) is of another kind."""
     kind, field, path = node[0], node[1], node[-1]
     if kind == "exists":
-        return column.is_valid().to_numpy(zero_copy_only=False) == node[2]
-    is_list = arrow.types.is_list(column.type) or arrow.types.is_large_list(column.type)
-    values = compute.list_flatten(column) if is_list else column
-    held = _column_kind(values.type, arrow)
-    if held == "null":
-        return np.zeros(n, bool)
+        return ""
+    arrow = require_arrow()
+    is_list = _is_list(column_type, arrow)
+    held = _column_kind(column_type.value_type if is_list else column_type, arrow)
     value_kind = node[3] if kind == "in" else node[4]
-    if value_kind is not None and value_kind != held:
+    if held != "null" and value_kind is not None and value_kind != held:
         shown = "a list of" if kind == "in" else "a"
         raise FilterError(f"{path}: field {field!r} holds {'lists of ' if is_list else ''}{held}s, "
                           f"but the filter gives {shown} {value_kind}: {node[2] if kind == 'in' else node[3]!r:.80}")
+    return held
+
+
+def _evaluate_column(node: tuple, column: Any, n: int) -> np.ndarray:
+    arrow = require_arrow()
+    compute = arrow.compute
+    kind = node[0]
+    if kind == "exists":
+        return column.is_valid().to_numpy(zero_copy_only=False) == node[2]
+    is_list = _is_list(column.type, arrow)
+    values = compute.list_flatten(column) if is_list else column
+    held = _check_kind(node, column.type)
+    if held == "null":
+        return np.zeros(n, bool)
     if kind == "in":
         if not node[2]:
             return np.zeros(n, bool)
@@ -274,13 +377,15 @@ def _evaluate_column(node: tuple, column: Any, n: int) -> np.ndarray:
     return out
 
 
-def allowed_rows(filter: Any, segments: Sequence[Segment], *, mesh: Any = None) -> list[np.ndarray] | None:
-    """Compile a search's `filter` to one bool mask per segment (None: no filter).
+def allowed_rows(filter: Any, segments: Sequence[Segment], *,
+                 mesh: Any = None) -> list[np.ndarray | None] | None:
+    """Compile a search's `filter` to one entry per segment: a bool mask over its rows, or None
+    when every row passes (None for the whole list: no filter).
 
     Args:
-        filter: None; a `Filter`; a dict in the JSON operator form (parsed with `mesh`); or a
+        filter: None; a `Filter`; a dict in the JSON operator form (parsed with `mesh`); a
             bool array over the rows of `segments` one after another (deleted rows included,
-            see `Index.segments`).
+            see `Index.segments`); or the `SegmentMasks` of `Filter.masks(segments)`.
         segments: the segments searched.
         mesh: a `fastret.MeshTree` for `$under` in a dict filter.
 
@@ -297,18 +402,18 @@ def allowed_rows(filter: Any, segments: Sequence[Segment], *, mesh: Any = None) 
                               f"deleted ones included), got {filter.dtype} {filter.shape}")
         starts = np.cumsum([0] + [len(s) for s in segments])
         return [filter[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    if isinstance(filter, SegmentMasks):
+        lengths = [len(s) for s in segments]
+        if len(filter) != len(segments) or not all(
+                m is None or (isinstance(m, np.ndarray) and m.dtype == bool and m.shape == (n,))
+                for m, n in zip(filter, lengths)):
+            raise FilterError(f"filter masks must hold one bool mask (or None: every row) per segment, of "
+                              f"{lengths} rows; got {len(filter)} for other segments: evaluate the filter "
+                              "with Filter.masks(index.segments) on the segments searched")
+        return filter
     if isinstance(filter, dict):
         filter = Filter(filter, mesh=mesh)
     if not isinstance(filter, Filter):
-        raise FilterError(f"filter must be a dict (the JSON operator form), a fastret.filters.Filter or a "
-                          f"bool numpy array, got {type(filter).__name__}")
-    stored = {name for s in segments if s.fields is not None for name in s.fields.names}
-    unknown = sorted(filter.fields - stored - {ID_FIELD})
-    if unknown:
-        if not stored:
-            raise FilterError(f"filter[{json.dumps(unknown[0])}]: this index has no stored fields (only \"id\" "
-                              "can be filtered); add them with Index.add(..., fields=[...]) or "
-                              "encode_corpus(..., fields=[...])")
-        raise FilterError(f"filter[{json.dumps(unknown[0])}]: unknown field; the index stores "
-                          f"{', '.join(sorted(stored))} (and \"id\")")
-    return [filter.mask(segment) for segment in segments]
+        raise FilterError(f"filter must be a dict (the JSON operator form), a fastret.filters.Filter, a "
+                          f"bool numpy array or Filter.masks(segments), got {type(filter).__name__}")
+    return filter.masks(segments)

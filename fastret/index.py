@@ -235,8 +235,9 @@ class Index(SearchableBase):
             rescore_factor: candidates per result kept for rescoring (>= 1).
             filter: only rows that pass it may be returned (fastret.filters): a dict in the JSON
                 operator form ({"year": {"$gte": 2018}, "mesh": {"$in": ["Humans"]}}), a
-                `fastret.filters.Filter` (for `$under`, with a MeSH tree), or a bool array over
-                the rows of `segments` one after another. Results are exactly those of an index
+                `fastret.filters.Filter` (for `$under`, with a MeSH tree), a bool array over
+                the rows of `segments` one after another, or `Filter.masks(index.segments)`
+                (evaluated once beforehand, e.g. to time it apart). Results are exactly those of an index
                 holding only the passing rows; when fewer than k pass, the rest is padded with
                 score -inf and id -1.
 
@@ -265,7 +266,8 @@ class Index(SearchableBase):
         live = []
         for number, segment in enumerate(segments):
             rows = segment.live_rows_of(unique)
-            live.append(segment.ids[rows if allowed is None else rows[allowed[number][rows]]])
+            mask = None if allowed is None else allowed[number]
+            live.append(segment.ids[rows if mask is None else rows[mask[rows]]])
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
 
     def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None):

@@ -66,6 +66,14 @@ class Segment:
             return self.live_count
         return int(np.count_nonzero(allowed & ~self.deleted_mask()))
 
+    def gathered(self, rows: np.ndarray, float16: bool) -> "Segment":
+        """A compact in-memory segment of `rows` (int64, ascending): their codes, scales and ids (and
+        float16 copies with `float16`), no deletions, nothing else. Searching it gives exactly what
+        searching those rows of this segment gives (same codes, scales and ids: same scores, same
+        ties); a mapped segment reads only the pages of those rows."""
+        return Segment(np.take(self.codes, rows, axis=0), np.take(self.scales, rows), np.take(self.ids, rows),
+                       np.take(self.float16, rows, axis=0) if float16 else None)
+
     def max_scale(self) -> float:
         """The largest scale (computed once; a search reads every scale anyway)."""
         if "max_scale" not in self.cache:
