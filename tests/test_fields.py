@@ -3,7 +3,7 @@ import pyarrow as pa
 import pytest
 
 import fastret
-from fastret.fields import StoredFields, concatenate, fields_path, read_fields, write_fields
+from fastret.fields import ColumnStats, StoredFields, concatenate, fields_path, read_fields, write_fields
 from fastret.index_file import IndexFileError
 from fastret.store import StoreError
 
@@ -116,3 +116,34 @@ def test_concatenate_fills_missing_columns_with_nulls():
     assert joined.rows(np.arange(5)) == [{"a": 1}, {}, {}, {"b": ["x"]}, {}]
     assert concatenate([None, None], [1, 2]) is None
     assert concatenate([StoredFields(None, 2)], [2]).table is None
+
+
+def test_numeric_statistics_are_written_with_the_fields_and_survive_save_load_and_merge(rng, tmp_path, monkeypatch):
+    records = [{"year": 2001, "score": 0.5, "title": "a"}, {"year": 1999, "score": float("nan")},
+               {"score": 0.25, "mesh": ["X"]}, {"year": 2010, "score": None}]
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 4, 8), fields=records)
+    fields = index.segments[0].fields
+    assert fields.stats("year") == ColumnStats(1999, 2010, 1, 0)
+    assert fields.stats("score") == ColumnStats(0.25, 0.5, 1, 1)
+    assert fields.stats("title") is None and fields.stats("mesh") is None and fields.stats("absent") is None
+    index.delete([3])
+    (tmp_path / "store").mkdir()
+    index.save(tmp_path / "store")
+    more = fastret.Index.load(tmp_path / "store")
+    more.add(unit_rows(rng, 2, 8), fields=[{"year": 2020}, {"year": 1980}])
+    more.merge()  # deleted row 3 dropped: the merged statistics are those of the rows kept
+    assert more.segments[0].fields.stats("year") == ColumnStats(1980, 2020, 1, 0)
+    more.save(tmp_path / "store")
+    more.save(tmp_path / "one.frt")
+    monkeypatch.setattr(pa.compute, "min_max", lambda *a, **k: pytest.fail("statistics recomputed"))
+    for path in (tmp_path / "store", tmp_path / "one.frt"):
+        loaded = fastret.Index.load(path).segments[0].fields
+        assert loaded.stats("year") == ColumnStats(1980, 2020, 1, 0)
+        assert loaded.stats("score") == ColumnStats(0.25, 0.5, 2, 1)  # the two added rows lack it
+        assert loaded.stats("title") is None
+
+
+def test_a_column_of_nulls_and_nans_has_no_range(rng):
+    fields = StoredFields.from_records([{"score": float("nan")}, {"score": None}])
+    assert fields.stats("score") == ColumnStats(None, None, 1, 1)

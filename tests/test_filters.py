@@ -3,11 +3,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pyarrow as pa
 import torch
 
 import fastret
-from fastret.filters import MAX_IN_VALUES, Filter, FilterError, allowed_rows
-from fastret.search import device_arrays, pad, query_codes, segment_candidates
+import fastret.search
+import fastret.segment
+from fastret.fields import StoredFields
+from fastret.filters import MAX_IN_VALUES, Filter, FilterError, SegmentMasks, allowed_rows
+from fastret.search import GATHER_FRACTION, device_arrays, pad, query_codes, segment_candidates
 
 from conftest import needs_cuda, unit_rows
 
@@ -306,3 +310,136 @@ def test_malformed_json_and_an_index_without_fields(rng):
     assert sorted(found[0, :2].tolist()) == [0, 4] and (found[0, 2:] == -1).all()
     with pytest.raises(FilterError, match="filter must be a dict"):
         index.search(unit_rows(rng, 1, DIM), 2, filter="year > 3")
+
+
+# ------------------------------------------------------------------ selective filters: the paths taken
+
+
+def spy_core(monkeypatch):
+    """Record the row counts of the segments each `core_candidates` call is handed."""
+    calls = []
+    real = fastret.search.core_candidates
+
+    def spy(segments, *args, **kwargs):
+        calls.append([len(s) for s in segments])
+        return real(segments, *args, **kwargs)
+
+    monkeypatch.setattr(fastret.search, "core_candidates", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+@pytest.mark.parametrize("rescore", [False, True])
+def test_selective_filters_gather_their_rows_and_equal_a_sub_index(simd_path, rng, tmp_path, mapped, rescore,
+                                                                   monkeypatch):
+    index, vectors, ids, records, live = build(rng, tmp_path, mapped, store_float16=rescore)
+    queries = unit_rows(rng, 5, DIM)
+    queries[0] = vectors[10]
+    calls = spy_core(monkeypatch)
+    # a few ids per segment, the tied rows 200..219 and 10 among them, deleted ones too
+    chosen = [int(i) for i in ids[[3, 10, 57, 118, 130, 201, 205, 210, 240, 251, 300, 359]]]
+    for spec in ({"id": {"$in": chosen}}, {"$and": [{"id": {"$in": chosen}}, {"year": {"$gte": 2000}}]}):
+        passing = live & np.array([reference_match(spec, r, int(i)) for r, i in zip(records, ids)])
+        sizes = [int(passing[a:b].sum()) for a, b in ((0, 120), (120, 250), (250, 360))]
+        assert all(size < GATHER_FRACTION * n for size, n in zip(sizes, (120, 130, 110))) and sizes[0] > 0
+        gathered = [[size for size in sizes if size]]  # segments without a passing row left out
+        for k in (1, 5, 30):
+            expected = expected_results(vectors, ids, passing, queries, k, rescore=rescore)
+            calls.clear()
+            got = index.search(queries, k, filter=spec, rescore=rescore)
+            np.testing.assert_array_equal(got[1], expected[1], err_msg=json.dumps(spec))
+            np.testing.assert_array_equal(got[0], expected[0], err_msg=json.dumps(spec))
+            assert calls == gathered  # compact segments of the passing live rows, nothing else
+
+
+def test_segments_without_passing_rows_are_skipped_and_whole_ones_searched_as_they_are(rng, tmp_path, monkeypatch):
+    index, vectors, ids, records, live = build(rng, tmp_path, True)
+    segments = index.segments
+    queries = unit_rows(rng, 3, DIM)
+    calls = spy_core(monkeypatch)
+    rows = np.concatenate([s.ids for s in segments])
+    # segment 0: none; segment 1: every row (deleted ones too); segment 2: most rows (the bitmap)
+    mask = np.zeros(len(rows), bool)
+    mask[120:250] = True
+    mask[250:] = rows[250:] % 5 != 0
+    views = []
+    real_view = fastret.segment.Segment.core_view
+    monkeypatch.setattr(fastret.segment.Segment, "core_view",
+                        lambda self, allowed=None: views.append(allowed is None) or real_view(self, allowed))
+    for k in (1, 10, 100):
+        passing = live & np.isin(ids, rows[mask])
+        expected = expected_results(vectors, ids, passing, queries, k)
+        calls.clear()
+        views.clear()
+        got = index.search(queries, k, filter=mask)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+        assert calls == [[130, 110]]  # segment 0 left out
+        assert views == [True, False]  # segment 1 with its plain deletion bitmap, segment 2 with the mask
+
+
+def year_ordered_store(rng, tmp_path):
+    """A store of three shards holding the years 2000-2004, 2005-2009 and 2010-2014 in order."""
+    vectors = unit_rows(rng, 150, DIM)
+    years = np.repeat(np.arange(2000, 2015), 10)
+    index = fastret.Index(DIM)
+    (tmp_path / "store").mkdir()
+    for start in (0, 50, 100):
+        index.add(vectors[start:start + 50], fields=[{"year": int(y)} for y in years[start:start + 50]])
+        index.save(tmp_path / "store")  # one shard per save
+    loaded = fastret.Index.load(tmp_path / "store")
+    assert loaded.segment_count == 3
+    return loaded, vectors, years
+
+
+def test_a_year_range_reads_only_the_shards_that_straddle_it(rng, tmp_path, monkeypatch):
+    index, vectors, years = year_ordered_store(rng, tmp_path)
+    read = []
+    real_column = StoredFields.column
+    monkeypatch.setattr(StoredFields, "column", lambda self, name: read.append(self.count) or real_column(self, name))
+    # the statistics come from the fields files: computing them again would read the columns
+    monkeypatch.setattr(pa.compute, "min_max", lambda *a, **k: pytest.fail("statistics recomputed"))
+    queries = unit_rows(rng, 2, DIM)
+    for spec, columns_read in (({"year": {"$gte": 2005, "$lt": 2010}}, 0),  # one whole shard, two skipped
+                               ({"year": {"$in": [2006, 2008]}}, 1),
+                               ({"$and": [{"year": {"$gt": 2007}}, {"year": {"$lte": 2011}}]}, 2),
+                               ({"$not": {"year": {"$lt": 2010}}}, 0),
+                               ({"year": {"$gte": 2003}}, 1)):
+        read.clear()
+        passing = np.array([reference_match(spec, {"year": int(y)}, 0) for y in years])
+        expected = expected_results(vectors, np.arange(150), passing, queries, 7)
+        got = index.search(queries, 7, filter=spec)
+        np.testing.assert_array_equal(got[1], expected[1], err_msg=json.dumps(spec))
+        np.testing.assert_array_equal(got[0], expected[0], err_msg=json.dumps(spec))
+        assert len(read) == columns_read, json.dumps(spec)
+
+
+def test_statistics_keep_wrong_types_and_nan_rows_honest(rng):
+    index = fastret.Index(DIM)
+    index.add(unit_rows(rng, 6, DIM), fields=[{"year": 2000, "journal": "Cell", "score": s}
+                                              for s in (0.5, float("nan"), 0.7, None, 0.9, 0.6)])
+    queries = unit_rows(rng, 1, DIM)
+    # the year decides "none" from the statistics, yet the string field's wrong type is still refused
+    with pytest.raises(FilterError, match=r'filter\["journal"\]\["\$lt"\]: field \'journal\' holds strings'):
+        index.search(queries, 2, filter={"year": {"$gt": 3000}, "journal": {"$lt": 3}})
+    # min 0.5 >= 0.5, but the NaN and the null row fail: not every row passes
+    assert np.flatnonzero(Filter({"score": {"$gte": 0.5}}).mask(index.segments[0])).tolist() == [0, 2, 4, 5]
+    assert np.flatnonzero(Filter({"$not": {"score": {"$lt": 0.5}}}).mask(index.segments[0])).tolist() == list(range(6))
+    assert Filter({"year": {"$exists": False}}).masks(index.segments)[0].tolist() == [False] * 6
+    assert Filter({"year": 2000, "score": {"$exists": True}}).masks(index.segments)[0].tolist() == [True] * 3 + [
+        False] + [True] * 2
+
+
+def test_filter_masks_are_evaluated_once_and_searched_as_the_filter(rng, tmp_path):
+    index, vectors, ids, records, live = build(rng, tmp_path, True)
+    queries = unit_rows(rng, 3, DIM)
+    spec = {"$or": [{"year": {"$lt": 1995}}, {"journal": "Cell"}]}
+    masks = Filter(spec).masks(index.segments)
+    assert isinstance(masks, SegmentMasks) and len(masks) == 3
+    expected = index.search(queries, 9, filter=spec)
+    got = index.search(queries, 9, filter=masks)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+    index.add(unit_rows(rng, 2, DIM))
+    with pytest.raises(FilterError, match=r"filter masks must hold one bool mask .* Filter.masks\(index.segments\)"):
+        index.search(queries, 9, filter=masks)
