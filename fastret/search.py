@@ -44,10 +44,10 @@ _CANDIDATE_GROUP = 128
 _MAX_PRODUCT = 127 * 128
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # A segment whose passing live rows are fewer than this fraction of its rows is searched by
-# gathering them (`Segment.gathered`), not by scanning it with a bitmap. Measured on 1M x 384
-# rows, one query, 2 threads: gathering 1/16 of the rows and searching them takes ~0.4x an
-# unfiltered scan and the bitmap scan ~1x; the two meet between 1/8 and 1/4 (gathering copies
-# rows at random, a scan streams them), so 1/16 keeps a margin for cold mapped pages.
+# gathering them (`Segment.gathered`), not by scanning it with a bitmap. Measured on 1M x 384 rows
+# in memory, one query, 2 threads: a scan (with or without a bitmap) 14.1 ms; gathering and
+# searching 1/100 of the rows 0.05x that, 1/16 0.43x, 1/8 1.16x: the paths meet between 1/16 and
+# 1/8, and 1/16 keeps a margin for mapped pages not in memory yet (docs/search.md, Filters).
 GATHER_FRACTION = 1 / 16
 
 
