@@ -7,7 +7,9 @@ import torch
 
 import fastret
 from fastret import _core
-from fastret.search import core_candidates, device_arrays, query_codes, topk_int8_torch, torch_candidates
+from fastret.search import (GATHER_FRACTION, core_candidates, device_arrays, narrowed, query_codes, segment_candidates,
+                            topk_int8_torch, torch_candidates)
+from fastret.segment import Segment
 
 from conftest import needs_cuda, unit_rows
 
@@ -265,6 +267,35 @@ def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact, devic
     assert device_arrays(renewed[1], device) is copies[1]
     assert len(device_arrays(renewed[0], device)[0]) == 247
     compare(renewed)
+
+
+def test_narrowed_skips_keeps_gathers_or_masks_each_segment(rng):
+    vectors = unit_rows(rng, 800, 16)
+    codes, scales = (np.asarray(a) for a in fastret.quantize_int8(vectors))
+    segments = [Segment(codes[a:a + 160], scales[a:a + 160], np.arange(a, a + 160, dtype=np.int64),
+                        vectors[a:a + 160].astype(np.float16)).with_deleted(np.array([0, 7], np.int64))
+                for a in range(0, 800, 160)]
+    few = np.zeros(160, bool)
+    few[[0, 3, 9, 50, 151]] = True  # 4 live rows pass (row 0 is deleted): below 160 / 16
+    many = rng.random(160) < 0.5
+    allowed = [np.zeros(160, bool), None, np.ones(160, bool), few, many]
+    kept, masks, passing = narrowed(segments, allowed, gather=True, float16=True)
+    assert passing == 0 + 158 + 158 + 4 + int((many & ~segments[4].deleted_mask()).sum())
+    assert kept[0] is segments[1] and kept[1] is segments[2] and kept[3] is segments[4]  # the empty one left out
+    assert masks[0] is None and masks[1] is None and masks[2] is None and masks[3] is not None
+    assert kept[2].ids.tolist() == segments[3].ids[[3, 9, 50, 151]].tolist() and kept[2].deleted is None
+    np.testing.assert_array_equal(kept[2].float16, segments[3].float16[[3, 9, 50, 151]])
+    assert 4 < GATHER_FRACTION * 160
+    kept, masks, _ = narrowed(segments, allowed, gather=False, float16=False)
+    assert kept[2] is segments[3] and masks[2] is not None  # the torch backend picks its rows itself
+    queries = unit_rows(rng, 3, 16)
+    q_codes, q_scales, q_floats = query_codes(queries, 16)
+    for c in (1, 5, 400):
+        expected = segment_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
+        got = segment_candidates(segments, *(torch.from_numpy(a) for a in (q_codes, q_scales)), c,
+                                 torch.from_numpy(q_floats), allowed)
+        assert_same(got[:2], expected[:2])
+        np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-7)
 
 
 def test_query_codes_on_a_torch_device_equal_the_numpy_ones(rng):

@@ -47,3 +47,16 @@ def test_builder_snapshots_stay_valid_while_appending_and_deleting():
     assert len(after) == 304 and after.deleted_count == 3 and after.live_count == 301
     assert after.is_deleted(np.array([0, 1, 2, 250, 303])).tolist() == [True, False, True, True, False]
     assert after.max_scale() == 1.0
+
+
+def test_gathered_holds_the_rows_and_nothing_else(rng):
+    codes = rng.integers(-127, 128, (70, 8)).astype(np.int8)
+    segment = Segment(codes, rng.random(70).astype(np.float32), np.arange(100, 170, dtype=np.int64),
+                      rng.random((70, 8)).astype(np.float16)).with_deleted(np.array([3], np.int64))
+    rows = np.array([3, 4, 65], np.int64)
+    small = segment.gathered(rows, float16=True)
+    np.testing.assert_array_equal(small.codes, codes[rows])
+    np.testing.assert_array_equal(small.scales, segment.scales[rows])
+    np.testing.assert_array_equal(small.float16, segment.float16[rows])
+    assert small.ids.tolist() == [103, 104, 165] and small.deleted is None and small.live_count == 3
+    assert segment.gathered(rows, float16=False).float16 is None
