@@ -14,6 +14,8 @@ search that took the old one finishes on a consistent state.
 
 A search may narrow a segment further by a filter's allowed rows (bool [n]): `core_view(allowed)`
 hands the core deleted | not allowed as one bitmap for that call only; the segment is unchanged.
+When few rows pass, `gathered(rows)` copies just those rows into a compact segment instead, so a
+search of them costs what they do (fastret.search.narrowed picks between the two).
 """
 
 from __future__ import annotations

@@ -412,6 +412,7 @@ def test_a_year_range_reads_only_the_shards_that_straddle_it(rng, tmp_path, monk
         np.testing.assert_array_equal(got[1], expected[1], err_msg=json.dumps(spec))
         np.testing.assert_array_equal(got[0], expected[0], err_msg=json.dumps(spec))
         assert len(read) == columns_read, json.dumps(spec)
+        assert index.contains(np.arange(150), filter=spec).tolist() == passing.tolist()
 
 
 def test_statistics_keep_wrong_types_and_nan_rows_honest(rng):
