@@ -147,3 +147,18 @@ def test_numeric_statistics_are_written_with_the_fields_and_survive_save_load_an
 def test_a_column_of_nulls_and_nans_has_no_range(rng):
     fields = StoredFields.from_records([{"score": float("nan")}, {"score": None}])
     assert fields.stats("score") == ColumnStats(None, None, 1, 1)
+
+
+def test_a_fields_file_without_statistics_computes_them_on_first_use(rng, tmp_path):
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 3, 8), fields=[{"year": 2003}, {"year": 2001}, {}])
+    index.save(tmp_path / "one.frt")
+    path = fields_path(tmp_path / "one.frt")
+    table = pa.ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()  # not mapped: rewritten below
+    metadata = {k: v for k, v in table.schema.metadata.items() if k != b"fastret.stats"}
+    assert len(metadata) == len(table.schema.metadata) - 1  # as written before statistics were kept
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema.with_metadata(metadata)) as writer:
+        writer.write_table(table.replace_schema_metadata(metadata))
+    loaded = fastret.Index.load(tmp_path / "one.frt")
+    assert loaded.segments[0].fields.stats("year") == ColumnStats(2001, 2003, 1, 0)
+    assert loaded.search(unit_rows(rng, 1, 8), 2, filter={"year": {"$lt": 2002}})[1][0].tolist() == [1, -1]
