@@ -241,5 +241,9 @@ def read_fields(segment_path: str | os.PathLike, mmap: bool = True) -> StoredFie
                              "differs); remove the fields file or restore the segment")
     stats = {}
     if _STATS in metadata:  # files written before statistics were kept compute them on first use
-        stats = {name: ColumnStats(**values) for name, values in json.loads(metadata[_STATS]).items()}
+        try:
+            stats = {name: ColumnStats(**values) for name, values in json.loads(metadata[_STATS]).items()}
+        except (ValueError, TypeError, AttributeError):
+            raise IndexFileError(f"{path}: its column statistics are unreadable; remove the fields file, or "
+                                 "rewrite it with Index.save") from None
     return StoredFields(table.replace_schema_metadata(None), header.count, stats)

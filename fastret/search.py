@@ -390,9 +390,11 @@ def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], 
     score.
 
     Args:
-        segments: the segments searched. allowed: per segment a bool mask over its rows, or None.
+        segments: the segments searched.
+        allowed: per segment a bool mask over its rows, or None (every row).
         gather: make compact segments (the C++ core; the torch backend picks rows from its
-            device copies instead). float16: gather the float16 copies too (rescoring).
+            device copies instead).
+        float16: gather the float16 copies too (rescoring).
     """
     kept: list[Segment] = []
     masks: list[np.ndarray | None] = []

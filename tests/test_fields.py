@@ -154,11 +154,20 @@ def test_a_fields_file_without_statistics_computes_them_on_first_use(rng, tmp_pa
     index.add(unit_rows(rng, 3, 8), fields=[{"year": 2003}, {"year": 2001}, {}])
     index.save(tmp_path / "one.frt")
     path = fields_path(tmp_path / "one.frt")
-    table = pa.ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()  # not mapped: rewritten below
+    table = pa.ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()
+
+    def rewrite(metadata):  # a new file renamed over the old one: a table mapped from it stays valid
+        with pa.OSFile(str(tmp_path / "new"), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema.with_metadata(metadata)) as writer:
+            writer.write_table(table.replace_schema_metadata(metadata))
+        (tmp_path / "new").replace(path)
+
     metadata = {k: v for k, v in table.schema.metadata.items() if k != b"fastret.stats"}
-    assert len(metadata) == len(table.schema.metadata) - 1  # as written before statistics were kept
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema.with_metadata(metadata)) as writer:
-        writer.write_table(table.replace_schema_metadata(metadata))
+    assert len(metadata) == len(table.schema.metadata) - 1
+    rewrite(metadata)  # as written before statistics were kept
     loaded = fastret.Index.load(tmp_path / "one.frt")
     assert loaded.segments[0].fields.stats("year") == ColumnStats(2001, 2003, 1, 0)
     assert loaded.search(unit_rows(rng, 1, 8), 2, filter={"year": {"$lt": 2002}})[1][0].tolist() == [1, -1]
+    rewrite({**metadata, b"fastret.stats": b'{"year": [1, 2]}'})
+    with pytest.raises(IndexFileError, match="column statistics are unreadable"):
+        read_fields(tmp_path / "one.frt")
