@@ -60,7 +60,8 @@ class Segment:
         """
         if allowed is None:
             return (self.codes, self.scales, self.ids, self.deleted)
-        return (self.codes, self.scales, self.ids, bitmap(self.deleted_mask() | ~allowed))
+        skipped = ~allowed if self.deleted is None else self.deleted_mask() | ~allowed
+        return (self.codes, self.scales, self.ids, bitmap(skipped))
 
     def passing_count(self, allowed: np.ndarray | None) -> int:
         """Live rows among `allowed` (bool [n]; None: every row)."""
