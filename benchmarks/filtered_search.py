@@ -10,9 +10,10 @@ selectivity, in one run on this machine.
    [0, 10000): rows selected at random). Vectors are random with a per-dimension mean (embedding
    models' vectors are not centred), unit length, int8 with per-vector scales.
 2. Per filter (none; 1% and 50% of rows scattered at random; a year range on the ordered store):
-   the filter's evaluation into row masks (`fastret.filters.allowed_rows`) is timed apart from the
-   search, which then takes the masks; fastret `Index.search` single queries (median latency) and
-   a batch of --queries; every result is checked to pass the filter, and k results come back.
+   the filter's evaluation into row masks (`Filter.masks`: segments that the statistics decide
+   are not read) is timed apart from the search, which then takes the masks; fastret
+   `Index.search` single queries (median latency) and a batch of --queries; every result is
+   checked to pass the filter, and k results come back.
 3. faiss IndexFlatIP (float32, the exact float reference) and faiss SQ8 direct signed (int8 codes
    of the vectors times one global scale), each searched with SearchParameters(sel=
    IDSelectorBitmap) at the same selectivity; built one at a time (IndexFlatIP needs 4 x N x dim
@@ -41,7 +42,7 @@ import pyarrow as pa  # noqa: E402
 import fastret  # noqa: E402
 from fastret import store  # noqa: E402
 from fastret.fields import StoredFields, write_fields  # noqa: E402
-from fastret.filters import Filter, allowed_rows  # noqa: E402
+from fastret.filters import Filter  # noqa: E402
 from harness import cpu_info, finish  # noqa: E402
 
 SEED = 20261204
@@ -128,13 +129,15 @@ def measure_fastret(index, queries: np.ndarray, args: argparse.Namespace) -> dic
     out = {}
     for name, spec in FILTERS.items():
         start = time.perf_counter()
-        masks = allowed_rows(Filter(spec), index.segments) if spec is not None else None
+        masks = Filter(spec).masks(index.segments) if spec is not None else None
         evaluate = time.perf_counter() - start
-        mask = np.concatenate(masks) if masks is not None else None
+        mask = None  # the passing rows of the whole store, for the check and for faiss
+        if masks is not None:  # a segment whose every row passes has no mask (None)
+            mask = np.concatenate([np.ones(len(s), bool) if m is None else m for s, m in zip(index.segments, masks)])
         passing = int(mask.sum()) if mask is not None else len(index)
 
-        def search(q, mask=mask):
-            return index.search(q, args.k, filter=mask)
+        def search(q, masks=masks):
+            return index.search(q, args.k, filter=masks)
 
         search(queries[:1])  # pages in what this filter reads
         single = median_latency(search, queries[: args.singles])
