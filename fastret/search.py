@@ -27,6 +27,9 @@ so no input it is handed can make it return fewer than k rows or a made-up one.
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -398,6 +401,7 @@ def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], 
     """
     kept: list[Segment] = []
     masks: list[np.ndarray | None] = []
+    to_gather: list[tuple] = []  # (position in kept, segment, rows)
     passing = 0
     for segment, mask in zip(segments, allowed):
         if mask is None:
@@ -412,12 +416,29 @@ def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], 
             kept.append(segment)
             masks.append(None)
         elif gather and count < GATHER_FRACTION * len(segment):
-            kept.append(segment.gathered(np.flatnonzero(mask), float16))
+            to_gather.append((len(kept), segment, np.flatnonzero(mask)))
+            kept.append(segment)  # replaced by its compact segment below
             masks.append(None)
         else:
             kept.append(segment)
             masks.append(mask)
+    for (position, _, _), compact in zip(to_gather, gathered(to_gather, float16)):
+        kept[position] = compact
     return kept, masks, passing
+
+
+def gathered(parts: Sequence[tuple], float16: bool) -> list[Segment]:
+    """`Segment.gathered` of each (position, segment, rows) in `parts`, in order; on threads when
+    there are several: a copy of rows at random mostly waits on memory, and copies of several
+    segments overlap those waits (numpy releases the GIL while it copies)."""
+    if len(parts) < 2:
+        return [segment.gathered(rows, float16) for _, segment, rows in parts]
+    return list(_gather_pool().map(lambda part: part[1].gathered(part[2], float16), parts))
+
+
+@functools.cache
+def _gather_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="fastret-gather")
 
 
 def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
