@@ -166,9 +166,16 @@ def faiss_engines(index, scale_rows: int = 1 << 16):
                 yield codes * np.asarray(segment.scales[start:start + scale_rows])[:, None]
 
     def flat():
+        # sized once and filled in place: add() in parts grows a std::vector, which may briefly
+        # hold twice the 4 x N x dim bytes (more than this machine has at 10M x 384)
         built = faiss.IndexFlatIP(dim)
+        built.codes.resize(len(index) * dim * 4)
+        floats = faiss.rev_swig_ptr(built.codes.data(), len(index) * dim * 4).view(np.float32).reshape(-1, dim)
+        start = 0
         for part in vectors():
-            built.add(part)
+            floats[start:start + len(part)] = part
+            start += len(part)
+        built.ntotal = len(index)
         return built
 
     def sq8_direct():
