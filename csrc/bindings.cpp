@@ -37,13 +37,15 @@ Array<T> exact_array(const py::handle& object, const std::string& what, std::vec
 }
 
 // One segment from Python: (codes int8 [n, dim], scales float32 [n], ids int64 [n],
-// deleted uint64 [ceil(n / 64)] or None). Its arrays are held in `keep` for the call.
+// deleted uint64 [ceil(n / 64)] or None[, picked int64 [m] or None]). Its arrays are held in `keep`
+// for the call.
 fastret::Segment segment_from(const py::handle& item, size_t position, size_t dim,
                               std::vector<py::object>& keep) {
   const std::string where = "segment " + std::to_string(position);
   require(py::isinstance<py::tuple>(item), where + ": expected a tuple (codes, scales, ids, deleted or None)");
   const auto parts = py::reinterpret_borrow<py::tuple>(item);
-  require(parts.size() == 4, where + ": expected (codes, scales, ids, deleted or None)");
+  require(parts.size() == 4 || parts.size() == 5,
+          where + ": expected (codes, scales, ids, deleted or None[, picked rows or None])");
   const auto codes = exact_array<int8_t>(parts[0], where + " codes", keep);
   const auto scales = exact_array<float>(parts[1], where + " scales", keep);
   const auto ids = exact_array<int64_t>(parts[2], where + " ids", keep);
@@ -61,7 +63,21 @@ fastret::Segment segment_from(const py::handle& item, size_t position, size_t di
             where + ": the deleted bitmap must be uint64 [" + std::to_string((n + 63) / 64) + "]");
     deleted = bits.data();
   }
-  return fastret::Segment{codes.data(), scales.data(), ids.data(), deleted, n};
+  fastret::Segment segment{codes.data(), scales.data(), ids.data(), deleted, n};
+  if (parts.size() == 5 && !parts[4].is_none()) {
+    const auto picked = exact_array<int64_t>(parts[4], where + " picked rows", keep);
+    require(picked.ndim() == 1, where + ": picked rows must be 1-D int64");
+    const int64_t* rows = picked.data();
+    const size_t m = picked.shape(0);
+    for (size_t i = 0; i < m; ++i)
+      if (rows[i] < 0 || static_cast<size_t>(rows[i]) >= n || (i > 0 && rows[i] <= rows[i - 1]))
+        throw std::invalid_argument(where + ": picked rows must be strictly ascending rows in [0, " +
+                                    std::to_string(n) + "), got " + std::to_string(rows[i]) + " at position " +
+                                    std::to_string(i));
+    segment.picked = rows;
+    segment.n_picked = m;
+  }
+  return segment;
 }
 
 py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scales,

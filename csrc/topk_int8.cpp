@@ -4,7 +4,9 @@
 //   the block uses the path's narrow batch kernel when it has one and every query code of the
 //   block lies in [-kNarrowQueryCode, kNarrowQueryCode], else its full batch kernel;
 //   the segments are cut into kTile-vector tiles (a segment's last tile may be short), numbered
-//   across segments; threads take contiguous ranges of tiles;
+//   across segments; a segment with picked rows is cut into tiles of kTile picked rows, which the
+//   thread copies into its own buffer first (asking memory for the next tile's rows meanwhile);
+//   threads take contiguous ranges of tiles;
 //   each thread packs a tile once (L2-resident), then scores every query of the block against it,
 //   query_rows queries per kernel call, and offers scores that reach a query's current k-th best to
 //   that query's private heap; at the end the per-thread heaps of each query are merged.
@@ -120,6 +122,9 @@ std::unique_ptr<T[], AlignedFree> aligned_buffer(size_t count) {
 struct Scratch {
   std::unique_ptr<uint8_t[], AlignedFree> packed;
   std::unique_ptr<int32_t[], AlignedFree> dots;
+  std::unique_ptr<int8_t[], AlignedFree> picked_rows;  // [kTile, dim] one picked tile's codes
+  float picked_scales[kTile];
+  int64_t picked_ids[kTile];
   std::vector<TopK> heaps;
 };
 
@@ -154,8 +159,12 @@ struct TileSource {
   const int64_t* ids;      // [n_rows] or nullptr
   const uint64_t* deleted; // the segment's bitmap, or nullptr
   size_t n_rows;
-  size_t segment_row;      // row of rows[0] within its segment
-  size_t global_row;       // row of rows[0] across all segments
+  size_t segment_row;      // row of rows[0] within its segment (no picked rows)
+  const int64_t* picked;   // [n_rows] the segment rows of a picked tile, or nullptr
+  size_t first_row;        // the global row (across all segments) of the segment's row 0
+
+  size_t segment_row_of(size_t j) const { return picked ? static_cast<size_t>(picked[j]) : segment_row + j; }
+  int64_t global_row_of(size_t j) const { return static_cast<int64_t>(first_row + segment_row_of(j)); }
 };
 
 // The smallest and largest scale of a tile's rows, for offer_tile's cheap rejection; `bounded`
@@ -203,8 +212,8 @@ inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_sc
   for (size_t j = 0; j < tile.n_rows; ++j) any |= scores[j] >= threshold;
   if (!any) return;
   for (size_t j = 0; j < tile.n_rows; ++j) {
-    if (scores[j] >= heap.threshold() && !is_deleted(tile.deleted, tile.segment_row + j)) {
-      const int64_t row = static_cast<int64_t>(tile.global_row + j);
+    if (scores[j] >= heap.threshold() && !is_deleted(tile.deleted, tile.segment_row_of(j))) {
+      const int64_t row = tile.global_row_of(j);
       heap.offer(scores[j], tile.ids ? tile.ids[j] : row, row);
     }
   }
@@ -221,7 +230,8 @@ struct TileMap {
     first_tile.assign(n_segments + 1, 0);
     first_row.assign(n_segments + 1, 0);
     for (size_t s = 0; s < n_segments; ++s) {
-      first_tile[s + 1] = first_tile[s] + (segs[s].count + kTile - 1) / kTile;
+      const size_t scored = segs[s].picked ? segs[s].n_picked : segs[s].count;
+      first_tile[s + 1] = first_tile[s] + (scored + kTile - 1) / kTile;
       first_row[s + 1] = first_row[s] + segs[s].count;
     }
   }
@@ -234,13 +244,43 @@ struct TileMap {
     return hint;
   }
 
+  // A picked tile's rows, scales and ids are left null: gather_picked fills them.
   TileSource source(size_t tile, size_t segment) const {
     const Segment& seg = segments[segment];
     const size_t row = (tile - first_tile[segment]) * kTile;
+    if (seg.picked)
+      return TileSource{nullptr, nullptr, nullptr, seg.deleted, std::min(kTile, seg.n_picked - row), 0,
+                        seg.picked + row, first_row[segment]};
     return TileSource{seg.codes + row * dim, seg.scales + row, seg.ids ? seg.ids + row : nullptr, seg.deleted,
-                      std::min(kTile, seg.count - row), row, first_row[segment] + row};
+                      std::min(kTile, seg.count - row), row, nullptr, first_row[segment]};
   }
 };
+
+// Asks memory for `row`'s cache lines (a picked row is somewhere at random: no hardware
+// prefetcher can guess it).
+inline void prefetch_row(const int8_t* row, size_t dim) {
+  for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(row + byte, 0, 2);
+  __builtin_prefetch(row + dim - 1, 0, 2);
+}
+
+// Copies a picked tile's codes, scales and ids into the thread's buffers and points `tile` at them,
+// after asking for the rows of the segment's next picked tile, which then arrive while this one is
+// scored.
+void gather_picked(const Segment& seg, size_t dim, TileSource& tile, Scratch& mine) {
+  const int64_t* next_end = seg.picked + std::min<size_t>(seg.n_picked, (tile.picked - seg.picked) + 2 * kTile);
+  for (const int64_t* next = tile.picked + tile.n_rows; next < next_end; ++next)
+    prefetch_row(seg.codes + *next * dim, dim);
+  int8_t* rows = mine.picked_rows.get();
+  for (size_t j = 0; j < tile.n_rows; ++j) {
+    const size_t row = static_cast<size_t>(tile.picked[j]);
+    std::memcpy(rows + j * dim, seg.codes + row * dim, dim);
+    mine.picked_scales[j] = seg.scales[row];
+    if (seg.ids) mine.picked_ids[j] = seg.ids[row];
+  }
+  tile.rows = rows;
+  tile.scales = mine.picked_scales;
+  tile.ids = seg.ids ? mine.picked_ids : nullptr;
+}
 
 // Scores one block of queries (zero padded to dim_padded columns and to a multiple of
 // query_rows rows) against every tile of every segment.
@@ -265,7 +305,8 @@ void search_block(const SimdPath& path, const BatchKernel& kernel, const int8_t*
     size_t segment = 0;
     for (size_t tile = t * n_tiles / team; tile < (t + 1) * n_tiles / team; ++tile) {
       segment = tiles.segment_of(tile, segment);
-      const TileSource source = tiles.source(tile, segment);
+      TileSource source = tiles.source(tile, segment);
+      if (source.picked) gather_picked(tiles.segments[segment], dim, source, mine);
       const ScaleRange range = scale_range(source);
       if (direct) {  // dots_direct prefetches as it reads
         for (size_t q = 0; q < n_block; ++q) {
@@ -275,12 +316,14 @@ void search_block(const SimdPath& path, const BatchKernel& kernel, const int8_t*
         continue;
       }
       // Fetch the next tile while this one is scored: packing reads 16 rows at a stride of dim,
-      // a pattern the hardware prefetcher follows poorly.
-      const size_t count = tiles.segments[segment].count;
-      const int8_t* next_end =
-          tiles.segments[segment].codes + std::min(source.segment_row + 2 * kTile, count) * dim;
-      for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
-        __builtin_prefetch(line, 0, 3);
+      // a pattern the hardware prefetcher follows poorly (gather_picked did it for picked rows).
+      if (!source.picked) {
+        const size_t count = tiles.segments[segment].count;
+        const int8_t* next_end =
+            tiles.segments[segment].codes + std::min(source.segment_row + 2 * kTile, count) * dim;
+        for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
+          __builtin_prefetch(line, 0, 3);
+      }
       kernel.pack(source.rows, source.n_rows, dim, dim_padded, mine.packed.get());
       for (size_t r0 = 0; r0 < n_block; r0 += rows_per_call) {
         const size_t n_rows = std::min(rows_per_call, n_block - r0);
@@ -316,6 +359,7 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
   for (Scratch& s : scratch) {
     s.packed = aligned_buffer<uint8_t>(packed_bytes);
     s.dots = aligned_buffer<int32_t>(kMaxQueryRows * kTile);
+    s.picked_rows = aligned_buffer<int8_t>(kTile * dim);
   }
   std::vector<int8_t> padded(block * dim_padded);
   std::vector<int32_t> biases(block);

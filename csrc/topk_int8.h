@@ -24,6 +24,10 @@ struct Segment {
   const int64_t* ids;      // int64 [count] or nullptr (then the id of a row is its global row)
   const uint64_t* deleted; // bitmap [ceil(count / 64)] (bit r of word r / 64: row r is deleted) or nullptr
   size_t count;
+  // Optional: score only these rows of the segment (a filter's few passing rows), so the cost
+  // follows them, not count. Strictly ascending, each in [0, count) (bindings.cpp checks).
+  const int64_t* picked = nullptr;  // int64 [n_picked] or nullptr (every row)
+  size_t n_picked = 0;
 };
 
 // Top-k for every query over all segments at once: one thread pool, one bounded heap per query,
@@ -33,7 +37,9 @@ struct Segment {
 //   segments     [n_segments]
 //   out_scores   float [n_queries, k]
 //   out_rows     int64 [n_queries, k]   global rows (map them to ids and segments in the caller)
-// Deleted rows are never returned. A score that is NaN (an overflowing product times a zero scale)
+// Deleted rows are never returned. A segment with `picked` rows is read only at those rows: each
+// thread copies a tile of them into an L1-resident buffer (prefetching the next tile's rows) and
+// scores it with the same kernels, so the result equals that of a segment of just those rows. A score that is NaN (an overflowing product times a zero scale)
 // ranks as -inf. When fewer than k rows are live, the tail of a result holds score -inf and row -1.
 // Throws std::invalid_argument for an empty query batch, an empty corpus, dim == 0 or k == 0.
 void topk_int8(const int8_t* queries, const float* query_scales, size_t n_queries,

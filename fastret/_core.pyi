@@ -5,8 +5,13 @@ from typing import Optional, Sequence
 import numpy as np
 import numpy.typing as npt
 
-# (codes int8 [n, d], scales float32 [n], ids int64 [n], deleted bitmap uint64 [ceil(n / 64)] or None)
-Segment = tuple[npt.NDArray[np.int8], npt.NDArray[np.float32], npt.NDArray[np.int64], Optional[npt.NDArray[np.uint64]]]
+# (codes int8 [n, d], scales float32 [n], ids int64 [n], deleted bitmap uint64 [ceil(n / 64)] or None
+#  [, picked rows int64 [m] strictly ascending, or None: only those rows are scored])
+Segment = (
+    tuple[npt.NDArray[np.int8], npt.NDArray[np.float32], npt.NDArray[np.int64], Optional[npt.NDArray[np.uint64]]]
+    | tuple[npt.NDArray[np.int8], npt.NDArray[np.float32], npt.NDArray[np.int64], Optional[npt.NDArray[np.uint64]],
+            Optional[npt.NDArray[np.int64]]]
+)
 
 def topk_int8(
     queries: npt.NDArray[np.int8],

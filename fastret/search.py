@@ -12,9 +12,9 @@ every consumer (HybridSearcher, the CLI, the server, evaluation) takes. A search
 turns those into `search` results, rescoring with `rescored` when asked and padding results that
 a filter left short, for every searchable alike. A filter (fastret.filters) reaches the backends as
 a bool mask of allowed rows per segment (None: every row), and `narrowed` picks each segment's
-path: skipped when no live row passes, searched as it is when every live row does, its passing
-rows gathered into a compact segment when they are few (below GATHER_FRACTION of its rows, so the
-cost follows them), else searched with deleted | not-allowed as its bitmap. Never a post-filter.
+path: skipped when no live row passes, searched as it is when every live row does, only its
+passing rows read when they are few (below PICK_FRACTION of its rows: the core's picked rows, so
+the cost follows them), else searched with deleted | not-allowed as its bitmap. Never a post-filter.
 `merge_candidates` joins the candidates of segments or shards by the same rule. Two backends search
 a list of segments: `core_candidates` (the C++ core, one call over every segment) and
 `torch_candidates` (torch on the queries' device: each segment's live rows are copied there once
@@ -27,9 +27,6 @@ so no input it is handed can make it return fewer than k rows or a made-up one.
 
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -46,12 +43,12 @@ _CANDIDATE_GROUP = 128
 # The largest |<q8, d8>| per dimension: query codes in [-127, 127], corpus codes in [-128, 127].
 _MAX_PRODUCT = 127 * 128
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-# A segment whose passing live rows are fewer than this fraction of its rows is searched by
-# gathering them (`Segment.gathered`), not by scanning it with a bitmap. Measured on 1M x 384 rows
-# in memory, one query, 2 threads: a scan (with or without a bitmap) 14.1 ms; gathering and
-# searching 1/100 of the rows 0.05x that, 1/16 0.43x, 1/8 1.16x: the paths meet between 1/16 and
-# 1/8, and 1/16 keeps a margin for mapped pages not in memory yet (docs/search.md, Filters).
-GATHER_FRACTION = 1 / 16
+# A segment whose passing live rows are fewer than this fraction of its rows is searched by reading
+# only those rows (the core's picked rows), not by scanning it with a bitmap. Measured on 1M x 384
+# rows in memory, one query, 2 threads, AVX-512 VNNI (Zen 4): a scan (with or without a bitmap)
+# 13-18 ms; picking 1/100 of the rows at random 0.011x a scan, 1/16 0.12x, 1/4 0.53x, 1/2 0.91x:
+# 1/4 keeps a margin for mapped pages not in memory yet, which a picked row faults in one by one.
+PICK_FRACTION = 1 / 4
 
 
 def check_score_range(query_scales: np.ndarray, max_corpus_scale: float, dim: int) -> None:
@@ -361,13 +358,12 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
     torch on the queries' device for torch ones (`torch_candidates`); same arguments and results.
 
     `allowed` (a filter's bool mask per segment or None for every row, see fastret.filters)
-    narrows the search to those rows (`narrowed` picks each segment's path): the results are those
+    narrows the search to those rows (`narrowed` picks each segment's way): the results are those
     of an index holding only the allowed live rows, with min(c, such rows) columns (none when no
     row passes).
     """
     if allowed is not None:
-        segments, allowed, passing = narrowed(segments, allowed, gather=not checks.is_torch(q_codes),
-                                              float16=q_floats is not None)
+        segments, allowed, passing = narrowed(segments, allowed, pick=not checks.is_torch(q_codes))
         c = min(c, passing)
         if c == 0:
             q = len(q_codes)
@@ -380,28 +376,25 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
     return core_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
 
 
-def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], *, gather: bool,
-             float16: bool) -> tuple[list[Segment], list[np.ndarray | None], int]:
-    """The segments a filtered search reads, and how: (segments, their masks, passing live rows).
+def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], *,
+             pick: bool) -> tuple[list[Segment], list[np.ndarray | None], int]:
+    """The segments a filtered search reads, and how: (segments, their selections, passing live rows).
 
-    A segment without a passing live row is left out; one whose every live row passes keeps its
-    plain deletion bitmap (mask None: no per-call bitmap); with `gather`, one whose passing live
-    rows are fewer than GATHER_FRACTION of its rows becomes a compact segment of those rows
-    (`Segment.gathered`, with float16 copies when `float16`), so the search's cost follows them;
-    the others keep their mask (deleted | not allowed skipped by the core). Results over the
-    segments returned are those over the allowed live rows of `segments`, id for id and score for
-    score.
+    A segment without a passing live row is left out; one whose every live row passes is searched
+    with its plain deletion bitmap (selection None); with `pick`, one whose passing live rows are
+    fewer than PICK_FRACTION of its rows gets those rows (int64, ascending: the core reads only
+    them, so the search's cost follows them); the others keep their bool mask (deleted | not
+    allowed skipped by the core). Results over the segments returned are those over the allowed
+    live rows of `segments`, id for id and score for score.
 
     Args:
         segments: the segments searched.
         allowed: per segment a bool mask over its rows, or None (every row).
-        gather: make compact segments (the C++ core; the torch backend picks rows from its
-            device copies instead).
-        float16: gather the float16 copies too (rescoring).
+        pick: give few passing rows as a row list (the C++ core; the torch backend picks rows
+            from its device copies with the mask instead).
     """
     kept: list[Segment] = []
-    masks: list[np.ndarray | None] = []
-    to_gather: list[tuple] = []  # (position in kept, segment, rows)
+    selections: list[np.ndarray | None] = []
     passing = 0
     for segment, mask in zip(segments, allowed):
         if mask is None:
@@ -412,33 +405,14 @@ def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], 
         passing += count
         if count == 0:
             continue
+        kept.append(segment)
         if count == segment.live_count:
-            kept.append(segment)
-            masks.append(None)
-        elif gather and count < GATHER_FRACTION * len(segment):
-            to_gather.append((len(kept), segment, np.flatnonzero(mask)))
-            kept.append(segment)  # replaced by its compact segment below
-            masks.append(None)
+            selections.append(None)
+        elif pick and count < PICK_FRACTION * len(segment):
+            selections.append(np.flatnonzero(mask).astype(np.int64, copy=False))
         else:
-            kept.append(segment)
-            masks.append(mask)
-    for (position, _, _), compact in zip(to_gather, gathered(to_gather, float16)):
-        kept[position] = compact
-    return kept, masks, passing
-
-
-def gathered(parts: Sequence[tuple], float16: bool) -> list[Segment]:
-    """`Segment.gathered` of each (position, segment, rows) in `parts`, in order; on threads when
-    there are several: a copy of rows at random mostly waits on memory, and copies of several
-    segments overlap those waits (numpy releases the GIL while it copies)."""
-    if len(parts) < 2:
-        return [segment.gathered(rows, float16) for _, segment, rows in parts]
-    return list(_gather_pool().map(lambda part: part[1].gathered(part[2], float16), parts))
-
-
-@functools.cache
-def _gather_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="fastret-gather")
+            selections.append(mask)
+    return kept, selections, passing
 
 
 def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
@@ -451,8 +425,9 @@ def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: 
         c: candidates per query, 1 <= c <= the segments' live (and allowed) rows.
         q_floats: float32 [q, dim] queries: also compute the float dot products with the
             candidates' float16 copies (which the segments must have).
-        allowed: optional bool mask (or None: every row) per segment: rows outside it are
-            skipped like deleted ones (one bitmap per segment for this call, `Segment.core_view`).
+        allowed: optional selection per segment (`narrowed`): None (every live row), a bool mask
+            (rows outside it are skipped like deleted ones) or int64 ascending live rows (only
+            those are read); see `Segment.core_view`.
 
     Returns:
         (int8 scores float32 [q, c], ids int64 [q, c], float dot products float32 [q, c] or None).

@@ -12,10 +12,10 @@ search that took the old one finishes on a consistent state.
     deleted  uint64  [ceil(n / 64)] bitmap, bit r of word r // 64 set when row r is deleted; or None
     fields   stored fields of the n rows (fastret.fields.StoredFields), optional
 
-A search may narrow a segment further by a filter's allowed rows (bool [n]): `core_view(allowed)`
-hands the core deleted | not allowed as one bitmap for that call only; the segment is unchanged.
-When few rows pass, `gathered(rows)` copies just those rows into a compact segment instead, so a
-search of them costs what they do (fastret.search.narrowed picks between the two).
+A search may narrow a segment further by a filter's allowed rows: `core_view(allowed)` hands the
+core deleted | not allowed as one bitmap for that call only (a bool mask), or, when few rows pass,
+just those rows (int64), which the core then reads alone, so a search of them costs what they do
+(fastret.search.narrowed picks between the two). The segment is unchanged.
 """
 
 from __future__ import annotations
@@ -52,14 +52,18 @@ class Segment:
         return len(self.codes) - self.deleted_count
 
     def core_view(self, allowed: np.ndarray | None = None) -> tuple:
-        """(codes, scales, ids, skipped-rows bitmap or None): what `fastret._core.topk_int8` takes.
+        """(codes, scales, ids, skipped-rows bitmap or None[, picked rows]): what
+        `fastret._core.topk_int8` takes.
 
         Args:
-            allowed: optional bool [n], a filter's rows for one search: the bitmap then skips the
-                deleted rows and those not allowed.
+            allowed: optional, a filter's rows for one search: a bool [n] mask (the bitmap then
+                skips the deleted rows and those not allowed), or int64 rows, strictly ascending
+                (the core reads only those; deleted ones among them are still skipped).
         """
         if allowed is None:
             return (self.codes, self.scales, self.ids, self.deleted)
+        if allowed.dtype != np.bool_:
+            return (self.codes, self.scales, self.ids, self.deleted, allowed)
         skipped = ~allowed if self.deleted is None else self.deleted_mask() | ~allowed
         return (self.codes, self.scales, self.ids, bitmap(skipped))
 
@@ -68,14 +72,6 @@ class Segment:
         if allowed is None:
             return self.live_count
         return int(np.count_nonzero(allowed & ~self.deleted_mask()))
-
-    def gathered(self, rows: np.ndarray, float16: bool) -> "Segment":
-        """A compact in-memory segment of `rows` (int64, ascending): their codes, scales and ids (and
-        float16 copies with `float16`), no deletions, nothing else. Searching it gives exactly what
-        searching those rows of this segment gives (same codes, scales and ids: same scores, same
-        ties); a mapped segment reads only the pages of those rows."""
-        return Segment(np.take(self.codes, rows, axis=0), np.take(self.scales, rows), np.take(self.ids, rows),
-                       np.take(self.float16, rows, axis=0) if float16 else None)
 
     def max_scale(self) -> float:
         """The largest scale (computed once; a search reads every scale anyway)."""

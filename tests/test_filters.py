@@ -11,7 +11,7 @@ import fastret.search
 import fastret.segment
 from fastret.fields import StoredFields
 from fastret.filters import MAX_IN_VALUES, Filter, FilterError, SegmentMasks, allowed_rows
-from fastret.search import GATHER_FRACTION, device_arrays, pad, query_codes, segment_candidates
+from fastret.search import PICK_FRACTION, device_arrays, pad, query_codes, segment_candidates
 
 from conftest import needs_cuda, unit_rows
 
@@ -316,13 +316,16 @@ def test_malformed_json_and_an_index_without_fields(rng):
 
 
 def spy_core(monkeypatch):
-    """Record the row counts of the segments each `core_candidates` call is handed."""
+    """Record, per `core_candidates` call, how each segment it is handed is read: the number of
+    picked rows (int), "bitmap" (a mask for the call) or "whole"."""
     calls = []
     real = fastret.search.core_candidates
 
-    def spy(segments, *args, **kwargs):
-        calls.append([len(s) for s in segments])
-        return real(segments, *args, **kwargs)
+    def spy(segments, q_codes, q_scales, c, q_floats=None, allowed=None):
+        selections = [None] * len(segments) if allowed is None else allowed
+        calls.append(["whole" if rows is None else "bitmap" if rows.dtype == bool else len(rows)
+                      for rows in selections])
+        return real(segments, q_codes, q_scales, c, q_floats, allowed)
 
     monkeypatch.setattr(fastret.search, "core_candidates", spy)
     return calls
@@ -330,7 +333,7 @@ def spy_core(monkeypatch):
 
 @pytest.mark.parametrize("mapped", [False, True])
 @pytest.mark.parametrize("rescore", [False, True])
-def test_selective_filters_gather_their_rows_and_equal_a_sub_index(simd_path, rng, tmp_path, mapped, rescore,
+def test_selective_filters_read_only_their_rows_and_equal_a_sub_index(simd_path, rng, tmp_path, mapped, rescore,
                                                                    monkeypatch):
     index, vectors, ids, records, live = build(rng, tmp_path, mapped, store_float16=rescore)
     queries = unit_rows(rng, 5, DIM)
@@ -341,15 +344,15 @@ def test_selective_filters_gather_their_rows_and_equal_a_sub_index(simd_path, rn
     for spec in ({"id": {"$in": chosen}}, {"$and": [{"id": {"$in": chosen}}, {"year": {"$gte": 2000}}]}):
         passing = live & np.array([reference_match(spec, r, int(i)) for r, i in zip(records, ids)])
         sizes = [int(passing[a:b].sum()) for a, b in ((0, 120), (120, 250), (250, 360))]
-        assert all(size < GATHER_FRACTION * n for size, n in zip(sizes, (120, 130, 110))) and sizes[0] > 0
-        gathered = [[size for size in sizes if size]]  # segments without a passing row left out
+        assert all(size < PICK_FRACTION * n for size, n in zip(sizes, (120, 130, 110))) and sizes[0] > 0
+        picked = [[size for size in sizes if size]]  # segments without a passing row left out
         for k in (1, 5, 30):
             expected = expected_results(vectors, ids, passing, queries, k, rescore=rescore)
             calls.clear()
             got = index.search(queries, k, filter=spec, rescore=rescore)
             np.testing.assert_array_equal(got[1], expected[1], err_msg=json.dumps(spec))
             np.testing.assert_array_equal(got[0], expected[0], err_msg=json.dumps(spec))
-            assert calls == gathered  # compact segments of the passing live rows, nothing else
+            assert calls == picked  # the passing live rows are read, nothing else
 
 
 def test_segments_without_passing_rows_are_skipped_and_whole_ones_searched_as_they_are(rng, tmp_path, monkeypatch):
@@ -374,7 +377,7 @@ def test_segments_without_passing_rows_are_skipped_and_whole_ones_searched_as_th
         got = index.search(queries, k, filter=mask)
         np.testing.assert_array_equal(got[1], expected[1])
         np.testing.assert_array_equal(got[0], expected[0])
-        assert calls == [[130, 110]]  # segment 0 left out
+        assert calls == [["whole", "bitmap"]]  # segment 0 left out
         assert views == [True, False]  # segment 1 with its plain deletion bitmap, segment 2 with the mask
 
 

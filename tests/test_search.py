@@ -7,7 +7,7 @@ import torch
 
 import fastret
 from fastret import _core
-from fastret.search import (GATHER_FRACTION, core_candidates, device_arrays, narrowed, query_codes, segment_candidates,
+from fastret.search import (PICK_FRACTION, core_candidates, device_arrays, narrowed, query_codes, segment_candidates,
                             topk_int8_torch, torch_candidates)
 from fastret.segment import Segment
 
@@ -269,25 +269,25 @@ def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact, devic
     compare(renewed)
 
 
-def test_narrowed_skips_keeps_gathers_or_masks_each_segment(rng):
+def test_narrowed_skips_keeps_picks_or_masks_each_segment(rng):
     vectors = unit_rows(rng, 800, 16)
     codes, scales = (np.asarray(a) for a in fastret.quantize_int8(vectors))
     segments = [Segment(codes[a:a + 160], scales[a:a + 160], np.arange(a, a + 160, dtype=np.int64),
                         vectors[a:a + 160].astype(np.float16)).with_deleted(np.array([0, 7], np.int64))
                 for a in range(0, 800, 160)]
     few = np.zeros(160, bool)
-    few[[0, 3, 9, 50, 151]] = True  # 4 live rows pass (row 0 is deleted): below 160 / 16
-    many = rng.random(160) < 0.5
+    few[[0, 3, 9, 50, 151]] = True  # 4 live rows pass (row 0 is deleted): below 160 * PICK_FRACTION
+    many = rng.random(160) < 0.7
     allowed = [np.zeros(160, bool), None, np.ones(160, bool), few, many]
-    kept, masks, passing = narrowed(segments, allowed, gather=True, float16=True)
+    kept, masks, passing = narrowed(segments, allowed, pick=True)
     assert passing == 0 + 158 + 158 + 4 + int((many & ~segments[4].deleted_mask()).sum())
-    assert kept[0] is segments[1] and kept[1] is segments[2] and kept[3] is segments[4]  # the empty one left out
-    assert masks[0] is None and masks[1] is None and masks[2] is None and masks[3] is not None
-    assert kept[2].ids.tolist() == segments[3].ids[[3, 9, 50, 151]].tolist() and kept[2].deleted is None
-    np.testing.assert_array_equal(kept[2].float16, segments[3].float16[[3, 9, 50, 151]])
-    assert 4 < GATHER_FRACTION * 160
-    kept, masks, _ = narrowed(segments, allowed, gather=False, float16=False)
-    assert kept[2] is segments[3] and masks[2] is not None  # the torch backend picks its rows itself
+    assert [s.ids[0] for s in kept] == [160, 320, 480, 640]  # the empty one left out, the others as they are
+    assert masks[0] is None and masks[1] is None  # every live row passes: the plain deletion bitmap
+    assert masks[2].dtype == np.int64 and masks[2].tolist() == [3, 9, 50, 151]  # few: the core reads just these
+    assert masks[3].dtype == bool and (masks[3] == many & ~segments[4].deleted_mask()).all()
+    assert 4 < PICK_FRACTION * 160 < int(masks[3].sum())
+    kept, masks, _ = narrowed(segments, allowed, pick=False)
+    assert kept[2] is segments[3] and masks[2].dtype == bool  # the torch backend picks its rows itself
     queries = unit_rows(rng, 3, 16)
     q_codes, q_scales, q_floats = query_codes(queries, 16)
     for c in (1, 5, 400):

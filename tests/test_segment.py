@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from fastret import _core
 from fastret.segment import Segment, SegmentBuilder, bitmap
 
 
@@ -49,14 +50,17 @@ def test_builder_snapshots_stay_valid_while_appending_and_deleting():
     assert after.max_scale() == 1.0
 
 
-def test_gathered_holds_the_rows_and_nothing_else(rng):
+def test_core_view_hands_the_core_a_bitmap_or_picked_rows(rng):
     codes = rng.integers(-127, 128, (70, 8)).astype(np.int8)
-    segment = Segment(codes, rng.random(70).astype(np.float32), np.arange(100, 170, dtype=np.int64),
-                      rng.random((70, 8)).astype(np.float16)).with_deleted(np.array([3], np.int64))
-    rows = np.array([3, 4, 65], np.int64)
-    small = segment.gathered(rows, float16=True)
-    np.testing.assert_array_equal(small.codes, codes[rows])
-    np.testing.assert_array_equal(small.scales, segment.scales[rows])
-    np.testing.assert_array_equal(small.float16, segment.float16[rows])
-    assert small.ids.tolist() == [103, 104, 165] and small.deleted is None and small.live_count == 3
-    assert segment.gathered(rows, float16=False).float16 is None
+    segment = Segment(codes, rng.random(70).astype(np.float32), np.arange(100, 170, dtype=np.int64)
+                      ).with_deleted(np.array([3], np.int64))
+    assert segment.core_view()[3] is segment.deleted and len(segment.core_view()) == 4
+    allowed = np.zeros(70, bool)
+    allowed[[3, 4, 65]] = True
+    skipped = np.unpackbits(segment.core_view(allowed)[3].view(np.uint8), bitorder="little")[:70].astype(bool)
+    assert np.flatnonzero(~skipped).tolist() == [4, 65]  # deleted | not allowed
+    rows = np.array([3, 4, 65], np.int64)  # row 3 is deleted: still skipped
+    view = segment.core_view(rows)
+    assert view[3] is segment.deleted and view[4] is rows
+    _, found = _core.topk_int8(codes[:1], np.ones(1, np.float32), [view], 5)
+    assert sorted(found[0, :2].tolist()) == [4, 65] and found[0, 2:].tolist() == [-1, -1, -1]

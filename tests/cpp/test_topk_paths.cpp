@@ -2,7 +2,8 @@
 // return the same scores (bit for bit) and rows as a brute-force reference on random inputs,
 // dims 1..1024 (odd ones and every remainder of the kernels' widths), ties, extreme codes,
 // k = 1 / 10 / n, one query (the direct kernels) and batches (the packed kernels), with query codes
-// over all of [-127, 127] (the full batch kernels) and within [-63, 63] (the narrow ones).
+// over all of [-127, 127] (the full batch kernels) and within [-63, 63] (the narrow ones); and a
+// segment read only at picked rows, against the reference over just the rows searched.
 //
 // Built and run by tests/test_simd_cross.py, natively and, for the NEON path, cross-compiled for
 // aarch64 and run under qemu-user. Prints the paths it ran; exits 1 on the first difference.
@@ -69,6 +70,43 @@ Result search(const Case& c) {
        c.n_corpus - cut}};
   fastret::topk_int8(c.queries.data(), c.query_scales.data(), c.n_queries, segments, 2, c.dim, c.k,
                      out.scores.data(), out.rows.data());
+  return out;
+}
+
+// Segment 0 whole and segment 1 read only at its rows r with r % 3 != 1 (picked rows), with
+// k = min(k, rows searched). `searched` receives the global rows searched, ascending.
+Result search_picked(const Case& c, std::vector<int64_t>& searched) {
+  const size_t cut = c.n_corpus / 3;
+  std::vector<int64_t> picked;
+  for (size_t r = 0; r < c.n_corpus - cut; ++r)
+    if (r % 3 != 1) picked.push_back(static_cast<int64_t>(r));
+  searched.resize(cut);
+  std::iota(searched.begin(), searched.end(), 0);
+  for (int64_t r : picked) searched.push_back(static_cast<int64_t>(cut) + r);
+  const size_t k = std::min(c.k, searched.size());
+  Result out{std::vector<float>(c.n_queries * k), std::vector<int64_t>(c.n_queries * k)};
+  const int64_t* ids = c.ids.empty() ? nullptr : c.ids.data();
+  fastret::Segment segments[2] = {
+      {c.corpus.data(), c.corpus_scales.data(), ids, nullptr, cut},
+      {c.corpus.data() + cut * c.dim, c.corpus_scales.data() + cut, ids ? ids + cut : nullptr, nullptr,
+       c.n_corpus - cut}};
+  segments[1].picked = picked.data();
+  segments[1].n_picked = picked.size();
+  fastret::topk_int8(c.queries.data(), c.query_scales.data(), c.n_queries, segments, 2, c.dim, k,
+                     out.scores.data(), out.rows.data());
+  return out;
+}
+
+// The reference over only the `searched` rows of c (each keeping its id), as rows of c.
+Result reference_of_rows(const Case& c, const std::vector<int64_t>& searched) {
+  Case sub{c.n_queries, searched.size(), c.dim, std::min(c.k, searched.size()), c.queries, {}, c.query_scales, {}, {}};
+  for (int64_t row : searched) {
+    sub.corpus.insert(sub.corpus.end(), c.corpus.begin() + row * c.dim, c.corpus.begin() + (row + 1) * c.dim);
+    sub.corpus_scales.push_back(c.corpus_scales[row]);
+    sub.ids.push_back(c.ids.empty() ? row : c.ids[row]);
+  }
+  Result out = reference(sub);
+  for (int64_t& row : out.rows) row = searched[row];
   return out;
 }
 
@@ -142,13 +180,17 @@ int main() {
           const size_t k = ks[(dim + n_corpus + n_queries + variant) % 3];
           const Case c = make_case(rng, n_queries, n_corpus, dim, k, ties, extreme, max_query_code);
           const Result expected = reference(c);
+          std::vector<int64_t> searched;
           for (const std::string& path : paths) {
             fastret::set_simd_path(path);
-            if (!same(search(c), expected)) {
+            const bool whole_ok = same(search(c), expected);
+            const Result picked = search_picked(c, searched);
+            if (!whole_ok || !same(picked, reference_of_rows(c, searched))) {
               std::printf("FAIL: path %s, dim %zu, n_corpus %zu, n_queries %zu, k %zu, %s, query codes "
-                          "within +-%d\n",
+                          "within +-%d%s\n",
                           path.c_str(), dim, n_corpus, n_queries, k,
-                          ties ? "ties" : extreme ? "extreme codes" : "random codes", max_query_code);
+                          ties ? "ties" : extreme ? "extreme codes" : "random codes", max_query_code,
+                          whole_ok ? ", picked rows" : "");
               return 1;
             }
           }
