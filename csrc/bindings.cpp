@@ -112,6 +112,39 @@ py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scal
   return py::make_tuple(scores, rows);
 }
 
+// Per bool mask, its set rows when fewer than its limit are, else None (fastret.search.narrowed);
+// the masks are scanned on the search's threads.
+py::list picked_rows(const py::sequence& masks, const std::vector<size_t>& limits) {
+  require(masks.size() == limits.size(), "picked_rows: one limit per mask");
+  std::vector<py::object> keep;
+  std::vector<const uint8_t*> data;
+  std::vector<size_t> sizes;
+  std::vector<std::vector<int64_t>> rows(masks.size());
+  for (size_t i = 0; i < masks.size(); ++i) {
+    const auto mask = exact_array<bool>(masks[i], "mask " + std::to_string(i), keep);
+    require(mask.ndim() == 1, "mask " + std::to_string(i) + " must be 1-D");
+    require(limits[i] >= 1, "picked_rows: limits must be at least 1");
+    data.push_back(reinterpret_cast<const uint8_t*>(mask.data()));
+    sizes.push_back(mask.shape(0));
+  }
+  std::vector<char> few(masks.size());
+  {
+    py::gil_scoped_release release;
+    fastret::picked_rows_of(data.data(), sizes.data(), limits.data(), masks.size(), rows, few);
+  }
+  py::list out;
+  for (size_t i = 0; i < masks.size(); ++i) {
+    if (!few[i]) {
+      out.append(py::none());
+      continue;
+    }
+    Array<int64_t> picked(static_cast<py::ssize_t>(rows[i].size()));
+    std::copy(rows[i].begin(), rows[i].end(), picked.mutable_data());
+    out.append(std::move(picked));
+  }
+  return out;
+}
+
 // The n and k of packed weights (std::invalid_argument unless pack_int8_weights made them).
 std::pair<size_t, size_t> packed_shape(const Array<uint8_t>& packed) {
   require(packed.ndim() == 1, "packed weights must be 1-D uint8 (from pack_int8_weights)");
@@ -183,6 +216,8 @@ PYBIND11_MODULE(_core, m) {
         "bitmap or None)], ties to the lower id, deleted rows skipped; returns (scores float32\n"
         "[q, k], global rows int64 [q, k]); a short result ends in (-inf, -1). Query codes in\n"
         "[-127, 127]; a block whose codes all lie in [-63, 63] may take a faster kernel.");
+  m.def("picked_rows", &picked_rows, py::arg("masks"), py::arg("limits"),
+        "Per bool mask, its set rows (int64, ascending) when fewer than its limit are, else None.");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");
   m.def("set_simd_path", &fastret::set_simd_path, py::arg("name"),
         "Force a SIMD path: 'avx512vnni', 'avx2', 'neon' or 'scalar'.");

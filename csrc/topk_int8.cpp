@@ -256,20 +256,28 @@ struct TileMap {
   }
 };
 
-// Asks memory for `row`'s cache lines (a picked row is somewhere at random: no hardware
-// prefetcher can guess it).
-inline void prefetch_row(const int8_t* row, size_t dim) {
-  for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(row + byte, 0, 2);
-  __builtin_prefetch(row + dim - 1, 0, 2);
+// Picked tiles whose rows are asked for ahead of the one being copied: rows at random wait on
+// memory (and on page walks: a picked row rarely shares a page with another), and only many
+// requests in flight hide that (measured on 10M x 384 mapped rows, 1% picked: 1 tile ahead
+// 6.7 ms, 2 or 4 tiles 5.0 ms, 8 tiles 7.8 ms).
+constexpr size_t kPickAhead = 2;
+
+// Asks memory for a picked row's code lines, scale and id (no hardware prefetcher can guess them).
+inline void prefetch_picked(const Segment& seg, size_t row, size_t dim) {
+  const int8_t* codes = seg.codes + row * dim;
+  for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 2);
+  __builtin_prefetch(codes + dim - 1, 0, 2);
+  __builtin_prefetch(seg.scales + row, 0, 2);
+  if (seg.ids) __builtin_prefetch(seg.ids + row, 0, 2);
 }
 
 // Copies a picked tile's codes, scales and ids into the thread's buffers and points `tile` at them,
-// after asking for the rows of the segment's next picked tile, which then arrive while this one is
-// scored.
+// after asking for the rows of the segment's next kPickAhead picked tiles, which then arrive while
+// this one and the next are scored.
 void gather_picked(const Segment& seg, size_t dim, TileSource& tile, Scratch& mine) {
-  const int64_t* next_end = seg.picked + std::min<size_t>(seg.n_picked, (tile.picked - seg.picked) + 2 * kTile);
-  for (const int64_t* next = tile.picked + tile.n_rows; next < next_end; ++next)
-    prefetch_row(seg.codes + *next * dim, dim);
+  const size_t at = static_cast<size_t>(tile.picked - seg.picked);
+  const size_t ahead_end = std::min(seg.n_picked, at + (kPickAhead + 1) * kTile);
+  for (size_t i = at + tile.n_rows; i < ahead_end; ++i) prefetch_picked(seg, static_cast<size_t>(seg.picked[i]), dim);
   int8_t* rows = mine.picked_rows.get();
   for (size_t j = 0; j < tile.n_rows; ++j) {
     const size_t row = static_cast<size_t>(tile.picked[j]);
@@ -402,6 +410,39 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
       std::fill(rows + found, rows + k, int64_t(-1));
     }
   }
+}
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "picked_rows reads 8 mask bytes as one word");
+
+bool picked_rows(const uint8_t* mask, size_t n, size_t limit, std::vector<int64_t>& rows) {
+  constexpr uint64_t kLowBits = 0x0101010101010101ull;
+  size_t row = 0;
+  for (; row + 8 <= n; row += 8) {
+    uint64_t word;
+    std::memcpy(&word, mask + row, 8);
+    if (word == 0) continue;  // most words of a selective mask
+    word |= word >> 4;        // any nonzero byte -> its lowest bit set
+    word |= word >> 2;
+    word |= word >> 1;
+    word &= kLowBits;
+    for (; word != 0; word &= word - 1) {
+      if (rows.size() + 1 >= limit) return false;
+      rows.push_back(static_cast<int64_t>(row + static_cast<size_t>(__builtin_ctzll(word)) / 8));
+    }
+  }
+  for (; row < n; ++row) {
+    if (mask[row] == 0) continue;
+    if (rows.size() + 1 >= limit) return false;
+    rows.push_back(static_cast<int64_t>(row));
+  }
+  return true;
+}
+
+void picked_rows_of(const uint8_t* const* masks, const size_t* sizes, const size_t* limits, size_t n_masks,
+                    std::vector<std::vector<int64_t>>& rows, std::vector<char>& few) {
+  const int n_threads = static_cast<int>(std::max<size_t>(1, std::min<size_t>(resolved_threads(), n_masks)));
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic)
+  for (long i = 0; i < static_cast<long>(n_masks); ++i) few[i] = picked_rows(masks[i], sizes[i], limits[i], rows[i]);
 }
 
 std::vector<std::string> simd_paths_compiled() {

@@ -396,22 +396,28 @@ def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], 
     kept: list[Segment] = []
     selections: list[np.ndarray | None] = []
     passing = 0
-    for segment, mask in zip(segments, allowed):
+    allowed = [mask if mask is None or not segment.deleted_count else mask & ~segment.deleted_mask()
+               for segment, mask in zip(segments, allowed)]
+    masked = [number for number, mask in enumerate(allowed) if mask is not None]
+    picked: list = [None] * len(segments)  # the rows of masks that pass fewer than the fraction
+    if pick and masked:
+        found = _core.picked_rows([np.ascontiguousarray(allowed[i], bool) for i in masked],
+                                  [max(1, int(PICK_FRACTION * len(segments[i]))) for i in masked])
+        for number, rows in zip(masked, found):
+            picked[number] = rows
+    for segment, mask, rows in zip(segments, allowed, picked):
         if mask is None:
             count = segment.live_count
         else:
-            mask = mask & ~segment.deleted_mask() if segment.deleted_count else mask
-            count = int(np.count_nonzero(mask))
+            count = len(rows) if rows is not None else int(np.count_nonzero(mask))
         passing += count
         if count == 0:
             continue
         kept.append(segment)
         if count == segment.live_count:
             selections.append(None)
-        elif pick and count < PICK_FRACTION * len(segment):
-            selections.append(np.flatnonzero(mask).astype(np.int64, copy=False))
         else:
-            selections.append(mask)
+            selections.append(rows if rows is not None else mask)
     return kept, selections, passing
 
 
