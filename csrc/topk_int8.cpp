@@ -124,7 +124,6 @@ struct Scratch {
   std::unique_ptr<int32_t[], AlignedFree> dots;
   std::unique_ptr<int8_t[], AlignedFree> picked_rows;  // [kTile, dim] one picked tile's codes
   float picked_scales[kTile];
-  int64_t picked_ids[kTile];
   std::vector<TopK> heaps;
 };
 
@@ -156,7 +155,7 @@ inline bool is_deleted(const uint64_t* deleted, size_t row) {
 struct TileSource {
   const int8_t* rows;      // [n_rows, dim]
   const float* scales;     // [n_rows]
-  const int64_t* ids;      // [n_rows] or nullptr
+  const int64_t* ids;      // the segment's ids [count] (read only for rows that enter a heap) or nullptr
   const uint64_t* deleted; // the segment's bitmap, or nullptr
   size_t n_rows;
   size_t segment_row;      // row of rows[0] within its segment (no picked rows)
@@ -165,6 +164,7 @@ struct TileSource {
 
   size_t segment_row_of(size_t j) const { return picked ? static_cast<size_t>(picked[j]) : segment_row + j; }
   int64_t global_row_of(size_t j) const { return static_cast<int64_t>(first_row + segment_row_of(j)); }
+  int64_t id_of(size_t j) const { return ids ? ids[segment_row_of(j)] : global_row_of(j); }
 };
 
 // The smallest and largest scale of a tile's rows, for offer_tile's cheap rejection; `bounded`
@@ -214,7 +214,7 @@ inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_sc
   for (size_t j = 0; j < tile.n_rows; ++j) {
     if (scores[j] >= heap.threshold() && !is_deleted(tile.deleted, tile.segment_row_of(j))) {
       const int64_t row = tile.global_row_of(j);
-      heap.offer(scores[j], tile.ids ? tile.ids[j] : row, row);
+      heap.offer(scores[j], tile.id_of(j), row);
     }
   }
 }
@@ -244,14 +244,14 @@ struct TileMap {
     return hint;
   }
 
-  // A picked tile's rows, scales and ids are left null: gather_picked fills them.
+  // A picked tile's rows and scales are left null: gather_picked fills them.
   TileSource source(size_t tile, size_t segment) const {
     const Segment& seg = segments[segment];
     const size_t row = (tile - first_tile[segment]) * kTile;
     if (seg.picked)
-      return TileSource{nullptr, nullptr, nullptr, seg.deleted, std::min(kTile, seg.n_picked - row), 0,
+      return TileSource{nullptr, nullptr, seg.ids, seg.deleted, std::min(kTile, seg.n_picked - row), 0,
                         seg.picked + row, first_row[segment]};
-    return TileSource{seg.codes + row * dim, seg.scales + row, seg.ids ? seg.ids + row : nullptr, seg.deleted,
+    return TileSource{seg.codes + row * dim, seg.scales + row, seg.ids, seg.deleted,
                       std::min(kTile, seg.count - row), row, nullptr, first_row[segment]};
   }
 };
@@ -262,16 +262,15 @@ struct TileMap {
 // 6.7 ms, 2 or 4 tiles 5.0 ms, 8 tiles 7.8 ms).
 constexpr size_t kPickAhead = 2;
 
-// Asks memory for a picked row's code lines, scale and id (no hardware prefetcher can guess them).
+// Asks memory for a picked row's code lines and scale (no hardware prefetcher can guess them).
 inline void prefetch_picked(const Segment& seg, size_t row, size_t dim) {
   const int8_t* codes = seg.codes + row * dim;
   for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 2);
   __builtin_prefetch(codes + dim - 1, 0, 2);
   __builtin_prefetch(seg.scales + row, 0, 2);
-  if (seg.ids) __builtin_prefetch(seg.ids + row, 0, 2);
 }
 
-// Copies a picked tile's codes, scales and ids into the thread's buffers and points `tile` at them,
+// Copies a picked tile's codes and scales into the thread's buffers and points `tile` at them,
 // after asking for the rows of the segment's next kPickAhead picked tiles, which then arrive while
 // this one and the next are scored.
 void gather_picked(const Segment& seg, size_t dim, TileSource& tile, Scratch& mine) {
@@ -283,11 +282,9 @@ void gather_picked(const Segment& seg, size_t dim, TileSource& tile, Scratch& mi
     const size_t row = static_cast<size_t>(tile.picked[j]);
     std::memcpy(rows + j * dim, seg.codes + row * dim, dim);
     mine.picked_scales[j] = seg.scales[row];
-    if (seg.ids) mine.picked_ids[j] = seg.ids[row];
   }
   tile.rows = rows;
   tile.scales = mine.picked_scales;
-  tile.ids = seg.ids ? mine.picked_ids : nullptr;
 }
 
 // Scores one block of queries (zero padded to dim_padded columns and to a multiple of
