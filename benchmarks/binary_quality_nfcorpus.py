@@ -17,6 +17,9 @@ and each query is scored against the bits (ties to the lower row):
     hamming         d - popcount(bits(q) xor b)      (the query binarized the same way)
     asymmetric      sum_i q_i * (2 b_i - 1)           (the float query, uncentered: q . mean is the
                                                       same for every document of a query)
+    B-bit query     sum_i v_i * (2 b_i - 1)           v: the query on 2^B odd levels (B = 1 is the
+                                                      Hamming score), what fastret's kernels
+                                                      compute (fastret.binary.query_planes)
 
 The best oversample * 10 documents of the first stage are re-ranked by their exact int8 scores.
 Reported per split (dev chooses, test confirms), oversample 1, 2, 4, 10, 20: nDCG@10 (trec_eval)
@@ -33,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 import fastret  # noqa: E402
+from fastret import binary  # noqa: E402
 from fastret.evaluate import as_run, trec_metrics  # noqa: E402
 from fastret.search import rank  # noqa: E402
 
@@ -40,6 +44,9 @@ from harness import cpu_info, embedded_nfcorpus, finish, json_argument, recall_a
 
 K = 10
 OVERSAMPLES = (1, 2, 4, 10, 20)
+# The B-bit queries go with plain sign bits only (fastret's bits are the signs of the int8 codes).
+METHODS = {"sign": ("hamming", "asymmetric", "2-bit query", "3-bit query", "4-bit query", "5-bit query"),
+           "centered sign": ("hamming", "asymmetric")}
 
 
 def binarize(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
@@ -52,6 +59,9 @@ def first_stage_scores(queries: np.ndarray, doc_bits: np.ndarray, mean: np.ndarr
     signs = np.where(doc_bits, 1.0, -1.0)
     if method == "asymmetric":
         return queries.astype(np.float64) @ signs.T
+    if method.endswith("-bit query"):
+        levels = binary.query_levels(queries, int(method.split("-")[0])).astype(np.float64)
+        return levels @ signs.T
     query_signs = np.where(binarize(queries, mean), 1.0, -1.0)
     return (query_signs @ signs.T + doc_bits.shape[1]) / 2  # agreements = d - Hamming distance
 
@@ -94,7 +104,7 @@ def main() -> int:
                                                        np.take_along_axis(exact, reference_rows, 1), reference_rows))
         rows_out = {}
         for bits_name, (doc_bits, bits_mean) in bits.items():
-            for method in ("hamming", "asymmetric"):
+            for method in METHODS[bits_name]:
                 first = first_stage_scores(vectors, doc_bits, bits_mean, method)
                 for oversample in OVERSAMPLES:
                     found_scores, found_rows = two_stage(first, exact, oversample * K)
@@ -108,7 +118,7 @@ def main() -> int:
         print("| bits | first-stage score | " + " | ".join(f"x{o}" for o in OVERSAMPLES) + " |")
         print("|---|---|" + "---:|" * len(OVERSAMPLES))
         for bits_name in bits:
-            for method in ("hamming", "asymmetric"):
+            for method in METHODS[bits_name]:
                 cells = [rows_out[f"{bits_name}, {method}, oversample {o}"] for o in OVERSAMPLES]
                 print(f"| {bits_name} | {method} | " + " | ".join(
                     f"{c['nDCG@10']:.4f} ({c['recall@10_vs_int8']:.3f})" for c in cells) + " |")

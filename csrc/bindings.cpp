@@ -12,6 +12,7 @@
 
 #include "machine_limits.h"
 #include "gemm_int8.h"
+#include "topk_binary.h"
 #include "topk_int8.h"
 
 namespace py = pybind11;
@@ -145,6 +146,45 @@ py::list picked_rows(const py::sequence& masks, const std::vector<size_t>& limit
   return out;
 }
 
+py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_scales, const Array<uint64_t>& planes,
+                      const py::sequence& segments, const py::sequence& bits, size_t k, size_t candidates) {
+  require(queries.ndim() == 2, "queries must be 2-D [n_queries, dim], got ndim=" + std::to_string(queries.ndim()));
+  const size_t n_queries = queries.shape(0), dim = queries.shape(1), words = (dim + 63) / 64;
+  require(query_scales.ndim() == 1 && static_cast<size_t>(query_scales.shape(0)) == n_queries,
+          "query_scales must be 1-D with one scale per query (" + std::to_string(n_queries) + ")");
+  require(planes.ndim() == 3 && static_cast<size_t>(planes.shape(0)) == n_queries &&
+              static_cast<size_t>(planes.shape(2)) == words,
+          "planes must be uint64 [n_queries, query_bits, " + std::to_string(words) + "] (fastret.binary.query_planes)");
+  require(bits.size() == segments.size(), "topk_binary: one bits array per segment");
+  std::vector<py::object> keep;
+  std::vector<fastret::Segment> parts;
+  std::vector<const uint64_t*> bit_rows;
+  size_t n_corpus = 0;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    parts.push_back(segment_from(segments[s], s, dim, keep));
+    const auto segment_bits = exact_array<uint64_t>(bits[s], "segment " + std::to_string(s) + " bits", keep);
+    require(segment_bits.ndim() == 2 && static_cast<size_t>(segment_bits.shape(0)) == parts.back().count &&
+                static_cast<size_t>(segment_bits.shape(1)) == words,
+            "segment " + std::to_string(s) + ": bits must be uint64 [" + std::to_string(parts.back().count) + ", " +
+                std::to_string(words) + "]");
+    bit_rows.push_back(segment_bits.data());
+    n_corpus += parts.back().count;
+  }
+  require(k >= 1 && k <= n_corpus && n_queries > 0,
+          "k must be in [1, " + std::to_string(n_corpus) + "] and the query batch non-empty, got k=" +
+              std::to_string(k) + ", n_queries=" + std::to_string(n_queries));
+  Array<float> scores({n_queries, k});
+  Array<int64_t> rows({n_queries, k});
+  float* scores_data = scores.mutable_data();
+  int64_t* rows_data = rows.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fastret::topk_binary(queries.data(), query_scales.data(), planes.data(), n_queries, planes.shape(1),
+                         parts.data(), bit_rows.data(), parts.size(), dim, k, candidates, scores_data, rows_data);
+  }
+  return py::make_tuple(scores, rows);
+}
+
 // The n and k of packed weights (std::invalid_argument unless pack_int8_weights made them).
 std::pair<size_t, size_t> packed_shape(const Array<uint8_t>& packed) {
   require(packed.ndim() == 1, "packed weights must be 1-D uint8 (from pack_int8_weights)");
@@ -216,6 +256,10 @@ PYBIND11_MODULE(_core, m) {
         "bitmap or None)], ties to the lower id, deleted rows skipped; returns (scores float32\n"
         "[q, k], global rows int64 [q, k]); a short result ends in (-inf, -1). Query codes in\n"
         "[-127, 127]; a block whose codes all lie in [-63, 63] may take a faster kernel.");
+  m.def("topk_binary", &topk_binary, py::arg("queries").noconvert(), py::arg("query_scales").noconvert(),
+        py::arg("planes").noconvert(), py::arg("segments"), py::arg("bits"), py::arg("k"), py::arg("candidates"),
+        "Binary first stage (the `candidates` best rows by sign bits against the query planes), re-ranked by "
+        "exact int8 score: (int8 scores float32 [q, k], global rows int64 [q, k]), as topk_int8's.");
   m.def("picked_rows", &picked_rows, py::arg("masks"), py::arg("limits"),
         "Per bool mask, its set rows (int64, ascending) when fewer than its limit are, else None.");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");

@@ -40,6 +40,23 @@
 #define FASTRET_AVX2 __attribute__((target("avx2")))
 
 namespace fastret {
+
+__attribute__((target("popcnt"))) void binary_distances_popcnt(const uint64_t* rows, size_t n_rows, size_t words,
+                                                                const uint64_t* planes, size_t query_bits,
+                                                                uint32_t* out) {
+  for (size_t j = 0; j < n_rows; ++j) {
+    const uint64_t* row = rows + j * words;
+    uint32_t total = 0;
+    for (size_t p = query_bits; p-- > 0;) {  // Horner: total = sum_p count_p * 2^p
+      const uint64_t* plane = planes + p * words;
+      uint32_t count = 0;
+      for (size_t w = 0; w < words; ++w) count += static_cast<uint32_t>(_mm_popcnt_u64(plane[w] ^ row[w]));
+      total = 2 * total + count;
+    }
+    out[j] = total;
+  }
+}
+
 namespace {
 
 constexpr size_t kRows = 4;      // queries per dots call: 8 int16 + 2 corpus + 1 query registers
@@ -313,12 +330,19 @@ FASTRET_AVX2 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, con
     out[v] = sum_lanes(row_dots(rows + v * dim, query, dim, q_tail, end, ones)) + _mm256_cvtsi256_si32(bias);
 }
 
+// The binary first stage with the popcnt instruction (every AVX2 CPU has it): no vector
+// popcount before AVX-512, and 64-bit popcnt runs on several ports of current cores.
+void binary_distances(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+                      size_t query_bits, uint32_t* out) {
+  binary_distances_popcnt(rows, n_rows, words, planes, query_bits, out);
+}
+
 }  // namespace
 
 const SimdPath kAvx2Path = {"avx2", true, supported,
                             {kRows, packed_bytes, pack, dots_tile<false>},
                             {kNarrowRows, narrow_packed_bytes, narrow_pack, dots_tile<true>},
-                            dots_direct};
+                            dots_direct, binary_distances};
 
 }  // namespace fastret
 

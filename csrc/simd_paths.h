@@ -41,6 +41,23 @@ struct BatchKernel {
                int32_t* out);
 };
 
+// The binary first stage's kernel (fastret/binary.py): for each of n_rows rows of `words` uint64
+// sign bits,
+//   out[j] = sum_p popcount(planes[p] xor rows[j]) << p      p < query_bits <= 8
+//   rows uint64 [n_rows, words], planes uint64 [query_bits, words] -> out uint32 [n_rows]
+// (the score is dim * (2^query_bits - 1) - 2 * out[j]: a lower out is a better row).
+using BinaryDistances = void (*)(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+                                 size_t query_bits, uint32_t* out);
+
+// The portable kernel, which the paths without a faster one use.
+void binary_distances_portable(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+                               size_t query_bits, uint32_t* out);
+#if defined(__x86_64__) || defined(_M_X64)
+// With the popcnt instruction (simd_avx2.cpp): the AVX2 path's, and AVX-512's without VPOPCNTDQ.
+void binary_distances_popcnt(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+                             size_t query_bits, uint32_t* out);
+#endif
+
 struct SimdPath {
   const char* name;
   bool corpus_bias;
@@ -49,6 +66,7 @@ struct SimdPath {
   BatchKernel narrow_batch;  // query codes in [-kNarrowQueryCode, kNarrowQueryCode]; dots nullptr: none
   void (*dots_direct)(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
                       int32_t* out);  // nullptr: use pack + dots
+  BinaryDistances binary_distances;
 };
 
 // The path topk_int8 uses now (chosen on first use; see set_simd_path in topk_int8.h).

@@ -22,6 +22,7 @@
 #include <stdexcept>
 
 #include "simd_paths.h"
+#include "topk_heap.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -67,46 +68,6 @@ const SimdPath* active_path() {
 
 size_t round_up(size_t x, size_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
-struct Candidate {
-  float score;
-  int64_t id;   // ranks ties
-  int64_t row;  // returned
-};
-
-// Ranking rule shared by every path: higher score first, then lower id.
-inline bool better(const Candidate& a, const Candidate& b) {
-  return a.score > b.score || (a.score == b.score && a.id < b.id);
-}
-
-// The k best candidates offered so far; the heap's root is the worst of them.
-class TopK {
- public:
-  explicit TopK(size_t k) : k_(k) {}
-
-  // Scores below this can never enter; equal scores may (lower id wins).
-  float threshold() const {
-    return items_.size() < k_ ? -std::numeric_limits<float>::infinity() : items_.front().score;
-  }
-
-  void offer(float score, int64_t id, int64_t row) {
-    const Candidate c{score, id, row};
-    if (items_.size() < k_) {
-      items_.push_back(c);
-      std::push_heap(items_.begin(), items_.end(), better);
-    } else if (better(c, items_.front())) {
-      std::pop_heap(items_.begin(), items_.end(), better);
-      items_.back() = c;
-      std::push_heap(items_.begin(), items_.end(), better);
-    }
-  }
-
-  const std::vector<Candidate>& items() const { return items_; }
-
- private:
-  size_t k_;
-  std::vector<Candidate> items_;
-};
-
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
 };
@@ -145,10 +106,6 @@ void check_arguments(size_t n_queries, size_t n_corpus, size_t dim, size_t k) {
     throw std::invalid_argument("topk_int8: dim " + std::to_string(dim) + " exceeds the supported " +
                                 std::to_string(kMaxDim) + " (int32 accumulators would overflow)");
   if (k == 0) throw std::invalid_argument("topk_int8: k must be at least 1");
-}
-
-inline bool is_deleted(const uint64_t* deleted, size_t row) {
-  return deleted != nullptr && ((deleted[row >> 6] >> (row & 63)) & 1) != 0;
 }
 
 // Where one tile of a segment lives, and how its rows are named.

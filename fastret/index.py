@@ -26,7 +26,7 @@ from .fields import StoredFields, concatenate, write_fields
 from .filters import allowed_rows
 from .index_file import IndexArrays, write
 from .quant import quantized_vectors
-from .search import (EMPTY_ID, SearchableBase, check_rescore, query_codes, search_by_candidates,
+from .search import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates,
                      segment_candidates)
 from .segment import Segment, SegmentBuilder
 
@@ -220,7 +220,7 @@ class Index(SearchableBase):
     # ------------------------------------------------------------------ searching
 
     def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
-               filter: Any = None):
+               filter: Any = None, first_stage: str = "int8", oversample: int | None = None):
         """Exact top-k by int8 inner product, optionally re-ranked with float dot products.
 
         Args:
@@ -240,6 +240,13 @@ class Index(SearchableBase):
                 (evaluated once beforehand, e.g. to time it apart). Results are exactly those of an index
                 holding only the passing rows; when fewer than k pass, the rest is padded with
                 score -inf and id -1.
+            first_stage: "int8" (exact: every int8 code is read) or "binary": the rows' sign bits
+                (an eighth of the codes) are scanned for the best k x oversample by the binary
+                score (fastret.binary), and only those rows' int8 codes are read and ranked
+                exactly; numpy queries only (the C++ core).
+            oversample: binary candidates per result (int >= 1; default
+                fastret.binary.DEFAULT_OVERSAMPLE, chosen on NFCorpus dev). With rescoring, the
+                binary stage keeps k x rescore_factor x oversample rows.
 
         Returns:
             (scores float32 [q, k], ids int64 [q, k]), best first; ties go to the lower id.
@@ -250,9 +257,10 @@ class Index(SearchableBase):
                 values so large that scores would overflow float32.
             fastret.filters.FilterError (a ValueError): a bad filter, naming the part.
         """
+        oversample = check_first_stage(first_stage, oversample)
         segments = self._snapshot()
         allowed = allowed_rows(filter, segments)
-        return search_by_candidates(lambda q, c, exact: self._candidates(segments, q, c, exact, allowed),
+        return search_by_candidates(lambda q, c, exact: self._candidates(segments, q, c, exact, allowed, oversample),
                                     _live(segments), self.store_float16, queries, k, rescore=rescore,
                                     rescore_factor=rescore_factor)
 
@@ -270,7 +278,8 @@ class Index(SearchableBase):
             live.append(segment.ids[rows if mask is None else rows[mask[rows]]])
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
 
-    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None):
+    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None,
+                   first_stage: str = "int8", oversample: int | None = None):
         """The c best vectors of each query by int8 score, optionally with their float dot products.
 
         What `search(..., rescore=True)` re-ranks, exposed so that a sharded index
@@ -284,6 +293,7 @@ class Index(SearchableBase):
             exact: also return the dot products of the float queries with the stored float16
                 copies (needs store_float16=True and float queries).
             filter: as `search`; then min(c, passing rows) columns come back.
+            first_stage, oversample: as `search` (the binary stage keeps c x oversample rows).
 
         Returns:
             (int8 scores float32 [q, c], ids int64 [q, c], float32 [q, c] dot products or None),
@@ -292,16 +302,18 @@ class Index(SearchableBase):
         Raises:
             TypeError, ValueError: as `search`.
         """
+        oversample = check_first_stage(first_stage, oversample)
         segments = self._snapshot()
-        return self._candidates(segments, queries, c, exact, allowed_rows(filter, segments))
+        return self._candidates(segments, queries, c, exact, allowed_rows(filter, segments), oversample)
 
     def _candidates(self, segments: tuple[Segment, ...], queries: Any, c: int, exact: bool,
-                    allowed: list[np.ndarray] | None):
+                    allowed: list[np.ndarray] | None, oversample: int | None = None):
         c = checks.check_k(c, _live(segments))
         if exact:
             check_rescore(self.store_float16, queries, 1)
         q_codes, q_scales, q_floats = query_codes(queries, self.dim)
-        return segment_candidates(segments, q_codes, q_scales, c, q_floats if exact else None, allowed)
+        return segment_candidates(segments, q_codes, q_scales, c, q_floats if exact else None, allowed,
+                                  oversample=oversample)
 
     def documents(self, ids: Any) -> np.ndarray:
         """The document ids (str) of `ids`, e.g. search results: an object array of the same shape.

@@ -31,7 +31,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from . import _core, checks
+from . import _core, binary, checks
 from .index_file import IndexFileError
 from .quant import quantize_queries, quantized_vectors
 from .segment import Segment
@@ -352,18 +352,49 @@ def float_products(float16: Any, queries: Any):
     return (vectors * queries[:, None, :]).sum(-1)
 
 
+FIRST_STAGES = ("int8", "binary")
+
+
+def check_first_stage(first_stage: Any, oversample: Any) -> int | None:
+    """The oversample a search with `first_stage` uses (None for "int8"), or a clear error.
+
+    Raises:
+        ValueError, TypeError: an unknown first stage, an oversample that is not an int >= 1, or
+            one given without first_stage="binary".
+    """
+    if first_stage not in FIRST_STAGES:
+        raise ValueError(f"first_stage must be one of {', '.join(map(repr, FIRST_STAGES))}, got {first_stage!r}")
+    if first_stage == "int8":
+        if oversample is not None:
+            raise ValueError("oversample applies to first_stage='binary' only; drop it or pass first_stage='binary'")
+        return None
+    if oversample is None:
+        return binary.DEFAULT_OVERSAMPLE
+    if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)):
+        raise TypeError(f"oversample must be an int >= 1 (binary candidates per result), got {oversample!r}")
+    if oversample < 1:
+        raise ValueError(f"oversample must be >= 1 (binary candidates per result), got {oversample}")
+    return int(oversample)
+
+
 def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any, c: int, q_floats: Any = None,
-                       allowed: Sequence[np.ndarray] | None = None):
-    """The top c of every segment together: the C++ core for numpy queries (`core_candidates`),
-    torch on the queries' device for torch ones (`torch_candidates`); same arguments and results.
+                       allowed: Sequence[np.ndarray] | None = None, *, oversample: int | None = None):
+    """The top c of every segment together: the C++ core for numpy queries (`core_candidates`, or
+    `binary_candidates` with an `oversample` from `check_first_stage`), torch on the queries'
+    device for torch ones (`torch_candidates`); same arguments and results.
 
     `allowed` (a filter's bool mask per segment or None for every row, see fastret.filters)
     narrows the search to those rows (`narrowed` picks each segment's way): the results are those
     of an index holding only the allowed live rows, with min(c, such rows) columns (none when no
     row passes).
     """
+    if oversample is not None and checks.is_torch(q_codes):
+        raise ValueError("first_stage='binary' runs in the C++ core on the CPU: pass CPU queries, or search "
+                         "GPU queries with first_stage='int8'")
     if allowed is not None:
-        segments, allowed, passing = narrowed(segments, allowed, pick=not checks.is_torch(q_codes))
+        # the binary first stage reads every row's bits, skipping those a filter leaves out
+        pick = oversample is None and not checks.is_torch(q_codes)
+        segments, allowed, passing = narrowed(segments, allowed, pick=pick)
         c = min(c, passing)
         if c == 0:
             q = len(q_codes)
@@ -373,6 +404,8 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
             allowed = None
     if checks.is_torch(q_codes):
         return torch_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
+    if oversample is not None:
+        return binary_candidates(segments, q_codes, q_scales, c, q_floats, allowed, oversample=oversample)
     return core_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
 
 
@@ -398,18 +431,17 @@ def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], 
     passing = 0
     allowed = [mask if mask is None or not segment.deleted_count else mask & ~segment.deleted_mask()
                for segment, mask in zip(segments, allowed)]
-    masked = [number for number, mask in enumerate(allowed) if mask is not None]
-    picked: list = [None] * len(segments)  # the rows of masks that pass fewer than the fraction
-    if pick and masked:
-        found = _core.picked_rows([np.ascontiguousarray(allowed[i], bool) for i in masked],
-                                  [max(1, int(PICK_FRACTION * len(segments[i]))) for i in masked])
-        for number, rows in zip(masked, found):
+    counts = [segment.live_count if mask is None else int(np.count_nonzero(mask))
+              for segment, mask in zip(segments, allowed)]
+    few = [number for number, (segment, mask, count) in enumerate(zip(segments, allowed, counts))
+           if pick and mask is not None and 0 < count < PICK_FRACTION * len(segment)]
+    picked: list = [None] * len(segments)  # the rows of the masks that pass few
+    if few:
+        found = _core.picked_rows([np.ascontiguousarray(allowed[i], bool) for i in few],
+                                  [counts[i] + 1 for i in few])
+        for number, rows in zip(few, found):
             picked[number] = rows
-    for segment, mask, rows in zip(segments, allowed, picked):
-        if mask is None:
-            count = segment.live_count
-        else:
-            count = len(rows) if rows is not None else int(np.count_nonzero(mask))
+    for segment, mask, rows, count in zip(segments, allowed, picked, counts):
         passing += count
         if count == 0:
             continue
@@ -444,6 +476,26 @@ def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: 
     check_score_range(q_scales, _max_scale(segments), q_codes.shape[1])
     masks = [None] * len(segments) if allowed is None else allowed
     scores, rows = _core.topk_int8(q_codes, q_scales, [s.core_view(a) for s, a in zip(segments, masks)], c)
+    return _found(segments, scores, rows, q_floats)
+
+
+def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
+                      q_floats: np.ndarray | None = None, allowed: Sequence[np.ndarray] | None = None, *,
+                      oversample: int, query_bits: int = binary.DEFAULT_QUERY_BITS):
+    """The top c by int8 score among the top c x oversample by the binary first stage's score
+    (fastret.binary), one call of the C++ core: the same arguments and results as
+    `core_candidates`, and `allowed` as bool masks or None only (no picked rows)."""
+    check_score_range(q_scales, _max_scale(segments), q_codes.shape[1])
+    masks = [None] * len(segments) if allowed is None else allowed
+    live = sum(s.passing_count(mask) for s, mask in zip(segments, masks))
+    planes = binary.query_planes(q_codes, query_bits)
+    scores, rows = _core.topk_binary(q_codes, q_scales, planes, [s.core_view(a) for s, a in zip(segments, masks)],
+                                     [s.sign_bits() for s in segments], c, max(c, min(live, c * oversample)))
+    return _found(segments, scores, rows, q_floats)
+
+
+def _found(segments: Sequence[Segment], scores: np.ndarray, rows: np.ndarray, q_floats: np.ndarray | None) -> tuple:
+    """The core's (scores, global rows) as candidates: (scores, ids, float dot products or None)."""
     starts = np.cumsum([0] + [len(s) for s in segments])
     which = np.searchsorted(starts, rows, side="right") - 1
     local = rows - starts[which]

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import binary
 from .doc_ids import ListDocIds
 from .fields import StoredFields, concatenate
 
@@ -72,6 +73,13 @@ class Segment:
         if allowed is None:
             return self.live_count
         return int(np.count_nonzero(allowed & ~self.deleted_mask()))
+
+    def sign_bits(self) -> np.ndarray:
+        """uint64 [n, words]: the rows' sign bits for the binary first stage (fastret.binary),
+        computed from the codes once (shared by every version of this segment)."""
+        if "sign_bits" not in self.cache:
+            self.cache["sign_bits"] = binary.sign_bits(self.codes)
+        return self.cache["sign_bits"]
 
     def max_scale(self) -> float:
         """The largest scale (computed once; a search reads every scale anyway)."""

@@ -3,7 +3,8 @@
 // dims 1..1024 (odd ones and every remainder of the kernels' widths), ties, extreme codes,
 // k = 1 / 10 / n, one query (the direct kernels) and batches (the packed kernels), with query codes
 // over all of [-127, 127] (the full batch kernels) and within [-63, 63] (the narrow ones); and a
-// segment read only at picked rows, against the reference over just the rows searched.
+// segment read only at picked rows, against the reference over just the rows searched. Also each
+// path's binary first-stage kernel against a bit-by-bit count, for 1..13 words and 1..8 query bits.
 //
 // Built and run by tests/test_simd_cross.py, natively and, for the NEON path, cross-compiled for
 // aarch64 and run under qemu-user. Prints the paths it ran; exits 1 on the first difference.
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "simd_paths.h"
 #include "topk_int8.h"
 
 namespace {
@@ -147,6 +149,43 @@ bool same(const Result& a, const Result& b) {
          std::memcmp(a.scores.data(), b.scores.data(), a.scores.size() * sizeof(float)) == 0;
 }
 
+// sum_p 2^p * popcount(planes[p] xor row), one bit at a time.
+uint32_t binary_distance_reference(const uint64_t* row, const uint64_t* planes, size_t words, size_t query_bits) {
+  uint32_t total = 0;
+  for (size_t p = 0; p < query_bits; ++p)
+    for (size_t w = 0; w < words; ++w)
+      for (size_t b = 0; b < 64; ++b) total += static_cast<uint32_t>(((planes[p * words + w] ^ row[w]) >> b) & 1) << p;
+  return total;
+}
+
+// Every path's binary_distances against the reference; returns false (and says where) on a difference.
+bool binary_kernels_agree(const std::vector<std::string>& paths, std::mt19937& rng) {
+  std::uniform_int_distribution<uint64_t> word;
+  for (size_t words = 1; words <= 13; ++words) {
+    for (size_t query_bits = 1; query_bits <= 8; ++query_bits) {
+      const size_t n_rows = 1 + (words * 7 + query_bits) % 70;
+      std::vector<uint64_t> rows(n_rows * words), planes(query_bits * words);
+      for (uint64_t& x : rows) x = word(rng);
+      for (uint64_t& x : planes) x = word(rng);
+      rows[0] = 0;  // extremes: nothing and everything differs
+      for (size_t w = 0; w < words; ++w) rows[(n_rows - 1) * words + w] = ~planes[w];
+      std::vector<uint32_t> got(n_rows);
+      for (const std::string& path : paths) {
+        fastret::set_simd_path(path);
+        fastret::active_simd_path().binary_distances(rows.data(), n_rows, words, planes.data(), query_bits, got.data());
+        for (size_t j = 0; j < n_rows; ++j) {
+          if (got[j] != binary_distance_reference(&rows[j * words], planes.data(), words, query_bits)) {
+            std::printf("FAIL: path %s binary_distances, words %zu, query_bits %zu, row %zu\n", path.c_str(), words,
+                        query_bits, j);
+            return false;
+          }
+        }
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 int main() {
@@ -199,6 +238,7 @@ int main() {
       }
     }
   }
-  std::printf("OK: %zu cases, each path equal to the reference\n", cases);
+  if (!binary_kernels_agree(paths, rng)) return 1;
+  std::printf("OK: %zu cases, each path equal to the reference; binary kernels too\n", cases);
   return 0;
 }

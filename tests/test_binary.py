@@ -1,0 +1,172 @@
+"""The binary first stage: sign bits, query planes, the core's two stages against numpy, and the
+search API's checks."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastret
+from fastret import _core, binary
+from fastret.search import rank, topk_int8_ref
+
+from conftest import needs_cuda, unit_rows
+
+
+@pytest.mark.parametrize("dim", [1, 7, 63, 64, 65, 384])
+@pytest.mark.parametrize("query_bits", [1, 2, 4, 8])
+def test_the_planes_score_is_the_query_levels_against_the_signs(rng, dim, query_bits):
+    queries = rng.standard_normal((5, dim))
+    queries[0] = 0.0  # a zero query has levels too
+    codes = rng.integers(-128, 128, (40, dim)).astype(np.int8)
+    levels = binary.query_levels(queries, query_bits)
+    top = (1 << query_bits) - 1
+    assert levels.min() >= -top and levels.max() <= top and (levels % 2 == 1).all()
+    assert (np.sign(levels[1:]) == np.sign(queries[1:])).all()  # levels keep the sign of each value
+    signs = np.where(codes > 0, 1, -1)
+    expected = levels.astype(np.int64) @ signs.T
+    bits = binary.sign_bits(codes)
+    assert bits.dtype == np.uint64 and bits.shape == (40, binary.words(dim))
+    got = binary.binary_scores_ref(binary.query_planes(queries, query_bits), bits, dim)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_one_query_bit_is_the_hamming_score(rng):
+    queries = rng.standard_normal((3, 100))
+    codes = rng.integers(-128, 128, (20, 100)).astype(np.int8)
+    hamming = ((queries[:, None, :] > 0) != (codes[None, :, :] > 0)).sum(-1)
+    got = binary.binary_scores_ref(binary.query_planes(queries, 1), binary.sign_bits(codes), 100)
+    np.testing.assert_array_equal(got, 100 - 2 * hamming)
+
+
+def test_sign_bits_of_large_inputs_are_made_in_blocks(rng, monkeypatch):
+    codes = rng.integers(-128, 128, (1000, 70)).astype(np.int8)
+    whole = binary.sign_bits(codes)
+    monkeypatch.setattr(binary, "_SIGN_BLOCK", 64)
+    np.testing.assert_array_equal(binary.sign_bits(codes), whole)
+
+
+def test_query_bits_are_checked():
+    with pytest.raises(ValueError, match=r"query_bits must be in \[1, 8\], got 9"):
+        binary.query_planes(np.ones((1, 4)), 9)
+    with pytest.raises(TypeError, match="query_bits must be an int"):
+        binary.query_planes(np.ones((1, 4)), 2.0)
+    with pytest.raises(TypeError, match="codes must be int8"):
+        binary.sign_bits(np.ones((2, 4), np.float32))
+
+
+def two_stage_reference(q_codes, q_scales, planes, codes, scales, ids, deleted, dim, k, candidates):
+    """The binary top `candidates` (ties to the lower id) re-ranked by exact int8 score, in numpy."""
+    first = binary.binary_scores_ref(planes, binary.sign_bits(codes), dim).astype(np.float64)
+    first[:, deleted] = -np.inf
+    live = int((~deleted).sum())
+    out_scores, out_rows = [], []
+    for q in range(len(q_codes)):
+        order = rank(first[q][None], ids[None], min(candidates, live))[0]
+        chosen = np.sort(order)
+        scores, found = topk_int8_ref((q_codes[q:q + 1], q_scales[q:q + 1]), codes[chosen], scales[chosen], min(k, live), ids=ids[chosen])
+        rows = np.array([chosen[np.flatnonzero(ids[chosen] == i)[0]] if i >= 0 else -1 for i in found[0]])
+        out_scores.append(scores[0])
+        out_rows.append(rows)
+    return np.array(out_scores), np.array(out_rows)
+
+
+@pytest.mark.parametrize("dim", [5, 64, 130, 384])
+@pytest.mark.parametrize("n_queries", [1, 3])
+def test_core_two_stages_equal_the_reference(simd_path, rng, dim, n_queries):
+    n = 700
+    vectors = unit_rows(rng, n, dim)
+    vectors[300:320] = vectors[5]  # ties in both stages: the lower id wins
+    codes, scales = (np.asarray(a) for a in fastret.quantize_int8(vectors))
+    ids = rng.permutation(n).astype(np.int64) + 1000
+    deleted = np.zeros(n, bool)
+    deleted[rng.choice(n, 40, replace=False)] = True
+    deleted[5] = True
+    queries = unit_rows(rng, n_queries, dim)
+    queries[0] = vectors[5]
+    q_codes, q_scales = (np.asarray(a) for a in fastret.quantize_queries(queries))
+    cut = 250  # two segments, the second with its own deletion bitmap
+    segments = [(codes[:cut], scales[:cut], ids[:cut], fastret.segment.bitmap(deleted[:cut])),
+                (codes[cut:], scales[cut:], ids[cut:], fastret.segment.bitmap(deleted[cut:]))]
+    bits = [binary.sign_bits(codes[:cut]), binary.sign_bits(codes[cut:])]
+    for query_bits in (1, 4, 8):
+        planes = binary.query_planes(q_codes, query_bits)
+        for k, candidates in ((1, 1), (10, 10), (10, 40), (5, n)):
+            got = _core.topk_binary(q_codes, q_scales, planes, segments, bits, k, candidates)
+            expected = two_stage_reference(q_codes, q_scales, planes, codes, scales, ids, deleted, dim, k, candidates)
+            np.testing.assert_array_equal(got[1], expected[1], err_msg=f"bits {query_bits} k {k} c {candidates}")
+            np.testing.assert_array_equal(got[0], expected[0])
+
+
+def test_core_refuses_bad_binary_arguments(rng):
+    codes = rng.integers(-127, 128, (10, 8)).astype(np.int8)
+    segment = (codes, np.ones(10, np.float32), np.arange(10, dtype=np.int64), None)
+    bits = binary.sign_bits(codes)
+    q = codes[:1]
+    planes = binary.query_planes(q, 2)
+    with pytest.raises(ValueError, match=r"candidates \(2\) must be at least k \(3\)"):
+        _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [bits], 3, 2)
+    with pytest.raises(ValueError, match="bits must be uint64"):
+        _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [bits[:5]], 3, 4)
+    with pytest.raises(ValueError, match="has picked rows"):
+        _core.topk_binary(q, np.ones(1, np.float32), planes, [segment + (np.array([1, 2]),)], [bits], 1, 2)
+    with pytest.raises(ValueError, match="query_bits must be in"):
+        _core.topk_binary(q, np.ones(1, np.float32), np.zeros((1, 9, 1), np.uint64), [segment], [bits], 1, 2)
+
+
+def test_index_binary_search_with_every_row_as_candidate_is_exact(rng, tmp_path):
+    vectors = unit_rows(rng, 500, 48)
+    index = fastret.Index(48)
+    index.add(vectors[:300])
+    index.save(tmp_path / "part")
+    index = fastret.Index.load(tmp_path / "part")  # a mapped segment and an in-memory one
+    index.add(vectors[300:])
+    index.delete(np.arange(0, 500, 7))
+    queries = unit_rows(rng, 4, 48)
+    exact = index.search(queries, 10)
+    binary_all = index.search(queries, 10, first_stage="binary", oversample=50)
+    np.testing.assert_array_equal(binary_all[1], exact[1])
+    np.testing.assert_array_equal(binary_all[0], exact[0])
+    few = index.search(queries, 10, first_stage="binary", oversample=1)
+    assert not np.isin(few[1], np.arange(0, 500, 7)).any()  # deleted rows never come back
+
+
+def test_index_binary_search_under_a_filter_returns_only_passing_rows(rng):
+    vectors = unit_rows(rng, 400, 32)
+    index = fastret.Index(32)
+    index.add(vectors, fields=[{"year": 2000 + i % 10} for i in range(400)])
+    queries = unit_rows(rng, 3, 32)
+    passing = np.flatnonzero(np.arange(400) % 10 >= 7)
+    _, ids = index.search(queries, 5, first_stage="binary", oversample=100, filter={"year": {"$gte": 2007}})
+    assert np.isin(ids, passing).all()
+    sub = fastret.Index(32)
+    sub.add(vectors[passing], ids=passing)
+    np.testing.assert_array_equal(ids, sub.search(queries, 5)[1])  # every passing row a candidate: exact
+
+
+def test_first_stage_arguments_are_checked(rng):
+    index = fastret.Index(16)
+    index.add(unit_rows(rng, 20, 16))
+    q = unit_rows(rng, 1, 16)
+    with pytest.raises(ValueError, match="first_stage must be one of 'int8', 'binary', got 'bits'"):
+        index.search(q, 3, first_stage="bits")
+    with pytest.raises(ValueError, match="oversample must be >= 1"):
+        index.search(q, 3, first_stage="binary", oversample=0)
+    with pytest.raises(TypeError, match="oversample must be an int"):
+        index.search(q, 3, first_stage="binary", oversample=2.5)
+    with pytest.raises(TypeError, match="oversample must be an int"):
+        index.search(q, 3, first_stage="binary", oversample=True)
+    with pytest.raises(ValueError, match="oversample applies to first_stage='binary' only"):
+        index.search(q, 3, oversample=4)
+    on_cpu = index.search(torch.from_numpy(q), 3, first_stage="binary")  # CPU tensors: the core, torch back
+    assert isinstance(on_cpu[1], torch.Tensor)
+    np.testing.assert_array_equal(on_cpu[1].numpy(), index.search(q, 3, first_stage="binary")[1])
+    scores, ids = index.search(q, 3, first_stage="binary")  # the default oversample
+    assert ids.shape == (1, 3) and np.isfinite(scores).all()
+
+
+@needs_cuda
+def test_binary_first_stage_refuses_gpu_queries(rng):
+    index = fastret.Index(16)
+    index.add(unit_rows(rng, 20, 16))
+    with pytest.raises(ValueError, match="runs in the C\\+\\+ core on the CPU"):
+        index.search(torch.from_numpy(unit_rows(rng, 1, 16)).cuda(), 3, first_stage="binary")
