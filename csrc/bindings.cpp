@@ -81,25 +81,38 @@ fastret::Segment segment_from(const py::handle& item, size_t position, size_t di
   return segment;
 }
 
-py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scales,
-                    const py::sequence& segments, size_t k) {
+// (n_queries, dim) of a search call's queries [n_queries, dim] and their scales [n_queries].
+std::pair<size_t, size_t> query_shape(const Array<int8_t>& queries, const Array<float>& query_scales) {
   require(queries.ndim() == 2, "queries must be 2-D [n_queries, dim], got ndim=" +
                                    std::to_string(queries.ndim()));
-  const size_t n_queries = queries.shape(0), dim = queries.shape(1);
+  const size_t n_queries = queries.shape(0);
   require(query_scales.ndim() == 1 && static_cast<size_t>(query_scales.shape(0)) == n_queries,
           "query_scales must be 1-D with one scale per query (" + std::to_string(n_queries) + ")");
-  // Exact dtypes only (the strict casts below refuse float64 scales, say): the Python layer converts.
-  std::vector<py::object> keep;
+  return {n_queries, static_cast<size_t>(queries.shape(1))};
+}
+
+// The segments of a search call (segment_from each), with k checked against their rows before the
+// outputs, whose size depends on k, are allocated.
+std::vector<fastret::Segment> searched_segments(const py::sequence& segments, size_t dim, size_t k,
+                                                size_t n_queries, std::vector<py::object>& keep) {
   std::vector<fastret::Segment> parts;
   size_t n_corpus = 0;
   for (size_t s = 0; s < segments.size(); ++s) {
     parts.push_back(segment_from(segments[s], s, dim, keep));
     n_corpus += parts.back().count;
   }
-  // Checked before allocating the outputs, whose size depends on k.
   require(k >= 1 && k <= n_corpus && n_queries > 0,
           "k must be in [1, " + std::to_string(n_corpus) + "] and the query batch non-empty, got k=" +
               std::to_string(k) + ", n_queries=" + std::to_string(n_queries));
+  return parts;
+}
+
+py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scales,
+                    const py::sequence& segments, size_t k) {
+  const auto [n_queries, dim] = query_shape(queries, query_scales);
+  // Exact dtypes only (the strict casts below refuse float64 scales, say): the Python layer converts.
+  std::vector<py::object> keep;
+  const std::vector<fastret::Segment> parts = searched_segments(segments, dim, k, n_queries, keep);
 
   Array<float> scores({n_queries, k});
   Array<int64_t> rows({n_queries, k});
@@ -113,10 +126,9 @@ py::tuple topk_int8(const Array<int8_t>& queries, const Array<float>& query_scal
   return py::make_tuple(scores, rows);
 }
 
-// Per bool mask, its set rows when fewer than its limit are, else None (fastret.search.narrowed);
-// the masks are scanned on the search's threads.
-py::list picked_rows(const py::sequence& masks, const std::vector<size_t>& limits) {
-  require(masks.size() == limits.size(), "picked_rows: one limit per mask");
+// The set rows of each bool mask (fastret.search.narrowed); the masks are scanned on the search's
+// threads.
+py::list picked_rows(const py::sequence& masks) {
   std::vector<py::object> keep;
   std::vector<const uint8_t*> data;
   std::vector<size_t> sizes;
@@ -124,21 +136,15 @@ py::list picked_rows(const py::sequence& masks, const std::vector<size_t>& limit
   for (size_t i = 0; i < masks.size(); ++i) {
     const auto mask = exact_array<bool>(masks[i], "mask " + std::to_string(i), keep);
     require(mask.ndim() == 1, "mask " + std::to_string(i) + " must be 1-D");
-    require(limits[i] >= 1, "picked_rows: limits must be at least 1");
     data.push_back(reinterpret_cast<const uint8_t*>(mask.data()));
     sizes.push_back(mask.shape(0));
   }
-  std::vector<char> few(masks.size());
   {
     py::gil_scoped_release release;
-    fastret::picked_rows_of(data.data(), sizes.data(), limits.data(), masks.size(), rows, few);
+    fastret::picked_rows_of(data.data(), sizes.data(), masks.size(), rows);
   }
   py::list out;
   for (size_t i = 0; i < masks.size(); ++i) {
-    if (!few[i]) {
-      out.append(py::none());
-      continue;
-    }
     Array<int64_t> picked(static_cast<py::ssize_t>(rows[i].size()));
     std::copy(rows[i].begin(), rows[i].end(), picked.mutable_data());
     out.append(std::move(picked));
@@ -148,31 +154,23 @@ py::list picked_rows(const py::sequence& masks, const std::vector<size_t>& limit
 
 py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_scales, const Array<uint64_t>& planes,
                       const py::sequence& segments, const py::sequence& bits, size_t k, size_t candidates) {
-  require(queries.ndim() == 2, "queries must be 2-D [n_queries, dim], got ndim=" + std::to_string(queries.ndim()));
-  const size_t n_queries = queries.shape(0), dim = queries.shape(1), words = (dim + 63) / 64;
-  require(query_scales.ndim() == 1 && static_cast<size_t>(query_scales.shape(0)) == n_queries,
-          "query_scales must be 1-D with one scale per query (" + std::to_string(n_queries) + ")");
+  const auto [n_queries, dim] = query_shape(queries, query_scales);
+  const size_t words = (dim + 63) / 64;
   require(planes.ndim() == 3 && static_cast<size_t>(planes.shape(0)) == n_queries &&
               static_cast<size_t>(planes.shape(2)) == words,
           "planes must be uint64 [n_queries, query_bits, " + std::to_string(words) + "] (fastret.binary.query_planes)");
   require(bits.size() == segments.size(), "topk_binary: one bits array per segment");
   std::vector<py::object> keep;
-  std::vector<fastret::Segment> parts;
+  const std::vector<fastret::Segment> parts = searched_segments(segments, dim, k, n_queries, keep);
   std::vector<const uint64_t*> bit_rows;
-  size_t n_corpus = 0;
-  for (size_t s = 0; s < segments.size(); ++s) {
-    parts.push_back(segment_from(segments[s], s, dim, keep));
+  for (size_t s = 0; s < parts.size(); ++s) {
     const auto segment_bits = exact_array<uint64_t>(bits[s], "segment " + std::to_string(s) + " bits", keep);
-    require(segment_bits.ndim() == 2 && static_cast<size_t>(segment_bits.shape(0)) == parts.back().count &&
+    require(segment_bits.ndim() == 2 && static_cast<size_t>(segment_bits.shape(0)) == parts[s].count &&
                 static_cast<size_t>(segment_bits.shape(1)) == words,
-            "segment " + std::to_string(s) + ": bits must be uint64 [" + std::to_string(parts.back().count) + ", " +
+            "segment " + std::to_string(s) + ": bits must be uint64 [" + std::to_string(parts[s].count) + ", " +
                 std::to_string(words) + "]");
     bit_rows.push_back(segment_bits.data());
-    n_corpus += parts.back().count;
   }
-  require(k >= 1 && k <= n_corpus && n_queries > 0,
-          "k must be in [1, " + std::to_string(n_corpus) + "] and the query batch non-empty, got k=" +
-              std::to_string(k) + ", n_queries=" + std::to_string(n_queries));
   Array<float> scores({n_queries, k});
   Array<int64_t> rows({n_queries, k});
   float* scores_data = scores.mutable_data();
@@ -260,8 +258,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("planes").noconvert(), py::arg("segments"), py::arg("bits"), py::arg("k"), py::arg("candidates"),
         "Binary first stage (the `candidates` best rows by sign bits against the query planes), re-ranked by "
         "exact int8 score: (int8 scores float32 [q, k], global rows int64 [q, k]), as topk_int8's.");
-  m.def("picked_rows", &picked_rows, py::arg("masks"), py::arg("limits"),
-        "Per bool mask, its set rows (int64, ascending) when fewer than its limit are, else None.");
+  m.def("picked_rows", &picked_rows, py::arg("masks"), "The set rows (int64, ascending) of each bool mask.");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");
   m.def("set_simd_path", &fastret::set_simd_path, py::arg("name"),
         "Force a SIMD path: 'avx512vnni', 'avx2', 'neon' or 'scalar'.");

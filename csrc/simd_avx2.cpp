@@ -41,20 +41,11 @@
 
 namespace fastret {
 
+// The portable kernel compiled for the popcnt instruction.
 __attribute__((target("popcnt"))) void binary_distances_popcnt(const uint64_t* rows, size_t n_rows, size_t words,
                                                                 const uint64_t* planes, size_t query_bits,
                                                                 uint32_t* out) {
-  for (size_t j = 0; j < n_rows; ++j) {
-    const uint64_t* row = rows + j * words;
-    uint32_t total = 0;
-    for (size_t p = query_bits; p-- > 0;) {  // Horner: total = sum_p count_p * 2^p
-      const uint64_t* plane = planes + p * words;
-      uint32_t count = 0;
-      for (size_t w = 0; w < words; ++w) count += static_cast<uint32_t>(_mm_popcnt_u64(plane[w] ^ row[w]));
-      total = 2 * total + count;
-    }
-    out[j] = total;
-  }
+  binary_distances_with(DifferingWords{}, rows, n_rows, words, planes, query_bits, out);
 }
 
 namespace {

@@ -146,28 +146,27 @@ FASTRET_DOTPROD void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, 
   }
 }
 
-// vcnt counts the bits of each byte; the byte counts of a plane add up in 8-bit lanes (at most
-// 8 per step, flushed every 16 steps) and are summed across lanes once per plane.
+// vcnt counts the bits of each byte; the byte counts add up in 8-bit lanes (at most 8 per step,
+// flushed every 16 steps) and are summed across lanes.
+struct DifferingVectors {
+  inline __attribute__((always_inline)) uint32_t operator()(const uint64_t* plane, const uint64_t* row,
+                                                            size_t words) const {
+    uint32_t count = 0;
+    size_t w = 0;
+    while (w + 2 <= words) {
+      uint8x16_t counts = vdupq_n_u8(0);
+      for (size_t step = 0; step < 16 && w + 2 <= words; ++step, w += 2)
+        counts = vaddq_u8(counts, vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(row + w), vld1q_u64(plane + w)))));
+      count += vaddlvq_u8(counts);
+    }
+    if (w < words) count += static_cast<uint32_t>(__builtin_popcountll(row[w] ^ plane[w]));
+    return count;
+  }
+};
+
 void binary_distances(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
                       size_t query_bits, uint32_t* out) {
-  for (size_t j = 0; j < n_rows; ++j) {
-    const uint64_t* row = rows + j * words;
-    uint32_t total = 0;
-    for (size_t p = query_bits; p-- > 0;) {  // Horner: total = sum_p count_p * 2^p
-      const uint64_t* plane = planes + p * words;
-      uint32_t count = 0;
-      size_t w = 0;
-      while (w + 2 <= words) {
-        uint8x16_t counts = vdupq_n_u8(0);
-        for (size_t step = 0; step < 16 && w + 2 <= words; ++step, w += 2)
-          counts = vaddq_u8(counts, vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(row + w), vld1q_u64(plane + w)))));
-        count += vaddlvq_u8(counts);
-      }
-      if (w < words) count += static_cast<uint32_t>(__builtin_popcountll(row[w] ^ plane[w]));
-      total = 2 * total + count;
-    }
-    out[j] = total;
-  }
+  binary_distances_with(DifferingVectors{}, rows, n_rows, words, planes, query_bits, out);
 }
 
 }  // namespace

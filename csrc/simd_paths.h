@@ -49,6 +49,31 @@ struct BatchKernel {
 using BinaryDistances = void (*)(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
                                  size_t query_bits, uint32_t* out);
 
+// What every binary kernel but AVX-512's does: for each row, the planes' counts combined by Horner's
+// rule, highest plane first; `differing(plane, row, words)` counts the bits where they differ.
+// Inlined into each kernel, so that the kernel's target (popcnt, say) compiles the counting.
+template <typename CountDiffering>
+inline __attribute__((always_inline)) void binary_distances_with(CountDiffering differing, const uint64_t* rows,
+                                                                 size_t n_rows, size_t words, const uint64_t* planes,
+                                                                 size_t query_bits, uint32_t* out) {
+  for (size_t j = 0; j < n_rows; ++j) {
+    const uint64_t* row = rows + j * words;
+    uint32_t total = 0;
+    for (size_t p = query_bits; p-- > 0;) total = 2 * total + differing(planes + p * words, row, words);
+    out[j] = total;
+  }
+}
+
+// Differing bits one 64-bit word at a time (a popcnt instruction where the caller's target has it).
+struct DifferingWords {
+  inline __attribute__((always_inline)) uint32_t operator()(const uint64_t* plane, const uint64_t* row,
+                                                            size_t words) const {
+    uint32_t count = 0;
+    for (size_t w = 0; w < words; ++w) count += static_cast<uint32_t>(__builtin_popcountll(plane[w] ^ row[w]));
+    return count;
+  }
+};
+
 // The portable kernel, which the paths without a faster one use.
 void binary_distances_portable(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
                                size_t query_bits, uint32_t* out);

@@ -109,13 +109,12 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
   }
 }
 
-// The int8 score of a global row, exactly as topk_int8 computes it (NaN ranks as -inf).
-float int8_score(const int8_t* query, float query_scale, const Segment& seg, size_t row, size_t dim) {
+// The int8 score of a segment's row, exactly as topk_int8 computes it.
+float row_score(const int8_t* query, float query_scale, const Segment& seg, size_t row, size_t dim) {
   const int8_t* codes = seg.codes + row * dim;
   int32_t dot = 0;
   for (size_t i = 0; i < dim; ++i) dot += int32_t(query[i]) * int32_t(codes[i]);
-  const float score = static_cast<float>(dot) * query_scale * seg.scales[row];
-  return score == score ? score : -std::numeric_limits<float>::infinity();
+  return int8_score(dot, query_scale, seg.scales[row]);
 }
 
 // Second stage for one query: its candidates' exact scores, the k best into out.
@@ -130,7 +129,7 @@ void rerank(const std::vector<Candidate>& chosen, const int8_t* query, float que
   for (const Candidate& c : chosen) {
     const size_t s = tiles.segment_of_row(static_cast<size_t>(c.row));
     const size_t row = static_cast<size_t>(c.row) - tiles.first_row[s];
-    best.offer(int8_score(query, query_scale, segments[s], row, dim), c.id, c.row);
+    best.offer(row_score(query, query_scale, segments[s], row, dim), c.id, c.row);
   }
   std::vector<Candidate> top = best.items();
   std::sort(top.begin(), top.end(), better);

@@ -1,5 +1,5 @@
-// What the search drivers (topk_int8.cpp, topk_binary.cpp) share: the ranking rule, the bounded
-// heap of the best candidates, and the deletion bitmap's test.
+// What the search drivers (topk_int8.cpp, topk_binary.cpp) share: the int8 score, the ranking
+// rule, the bounded heap of the best candidates, and the deletion bitmap's test.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +9,13 @@
 #include <vector>
 
 namespace fastret {
+
+// The int8 score of topk_int8.h, (float(<q8, d8>) * s_q) * s_d evaluated in that order, with NaN
+// (an overflowing product times a zero scale) ranked as -inf.
+inline float int8_score(int32_t dot, float query_scale, float scale) {
+  const float score = static_cast<float>(dot) * query_scale * scale;
+  return score == score ? score : -std::numeric_limits<float>::infinity();
+}
 
 struct Candidate {
   float score;

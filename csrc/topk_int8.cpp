@@ -152,7 +152,6 @@ ScaleRange scale_range(const TileSource& tile) {
 // (an infinite scale) rejects nothing, and a negative or NaN query scale skips the check.
 inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_scale,
                        const TileSource& tile, const ScaleRange& range) {
-  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
   const float threshold = heap.threshold();
   if (range.bounded && q_scale >= 0) {
     int32_t best = dots[0];
@@ -161,10 +160,7 @@ inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_sc
     if (top * (top >= 0 ? range.max : range.min) < threshold) return;
   }
   float scores[kTile];
-  for (size_t j = 0; j < tile.n_rows; ++j) {
-    const float score = static_cast<float>(dots[j] - bias) * q_scale * tile.scales[j];
-    scores[j] = score == score ? score : kMinusInf;
-  }
+  for (size_t j = 0; j < tile.n_rows; ++j) scores[j] = int8_score(dots[j] - bias, q_scale, tile.scales[j]);
   bool any = false;
   for (size_t j = 0; j < tile.n_rows; ++j) any |= scores[j] >= threshold;
   if (!any) return;
@@ -368,7 +364,7 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "picked_rows reads 8 mask bytes as one word");
 
-bool picked_rows(const uint8_t* mask, size_t n, size_t limit, std::vector<int64_t>& rows) {
+void picked_rows(const uint8_t* mask, size_t n, std::vector<int64_t>& rows) {
   constexpr uint64_t kLowBits = 0x0101010101010101ull;
   size_t row = 0;
   for (; row + 8 <= n; row += 8) {
@@ -379,24 +375,18 @@ bool picked_rows(const uint8_t* mask, size_t n, size_t limit, std::vector<int64_
     word |= word >> 2;
     word |= word >> 1;
     word &= kLowBits;
-    for (; word != 0; word &= word - 1) {
-      if (rows.size() + 1 >= limit) return false;
+    for (; word != 0; word &= word - 1)
       rows.push_back(static_cast<int64_t>(row + static_cast<size_t>(__builtin_ctzll(word)) / 8));
-    }
   }
-  for (; row < n; ++row) {
-    if (mask[row] == 0) continue;
-    if (rows.size() + 1 >= limit) return false;
-    rows.push_back(static_cast<int64_t>(row));
-  }
-  return true;
+  for (; row < n; ++row)
+    if (mask[row] != 0) rows.push_back(static_cast<int64_t>(row));
 }
 
-void picked_rows_of(const uint8_t* const* masks, const size_t* sizes, const size_t* limits, size_t n_masks,
-                    std::vector<std::vector<int64_t>>& rows, std::vector<char>& few) {
+void picked_rows_of(const uint8_t* const* masks, const size_t* sizes, size_t n_masks,
+                    std::vector<std::vector<int64_t>>& rows) {
   const int n_threads = static_cast<int>(std::max<size_t>(1, std::min<size_t>(resolved_threads(), n_masks)));
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic)
-  for (long i = 0; i < static_cast<long>(n_masks); ++i) few[i] = picked_rows(masks[i], sizes[i], limits[i], rows[i]);
+  for (long i = 0; i < static_cast<long>(n_masks); ++i) picked_rows(masks[i], sizes[i], rows[i]);
 }
 
 std::vector<std::string> simd_paths_compiled() {

@@ -46,16 +46,13 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
                const Segment* segments, size_t n_segments, size_t dim, size_t k,
                float* out_scores, int64_t* out_rows);
 
-// The rows of a filter's bool mask [n] that are set, ascending, when fewer than `limit` are: appends
-// them to `rows` and returns true; returns false (rows then undefined) as soon as `limit` set
-// entries are seen. One pass, 8 bytes at a time: what a search needs to decide between picked rows
-// and a bitmap, and the picked rows themselves.
-bool picked_rows(const uint8_t* mask, size_t n, size_t limit, std::vector<int64_t>& rows);
+// The rows of a filter's bool mask [n] that are set (any nonzero byte), ascending, appended to
+// `rows`: a segment's picked rows. One pass, 8 bytes at a time.
+void picked_rows(const uint8_t* mask, size_t n, std::vector<int64_t>& rows);
 
-// picked_rows of n_masks masks at once, on the search's threads: few[i] = picked_rows(masks[i],
-// sizes[i], limits[i], rows[i]).
-void picked_rows_of(const uint8_t* const* masks, const size_t* sizes, const size_t* limits, size_t n_masks,
-                    std::vector<std::vector<int64_t>>& rows, std::vector<char>& few);
+// picked_rows of n_masks masks at once, on the search's threads, into rows[i].
+void picked_rows_of(const uint8_t* const* masks, const size_t* sizes, size_t n_masks,
+                    std::vector<std::vector<int64_t>>& rows);
 
 // The SIMD paths this build knows, best first, and which of them this CPU can run.
 std::vector<std::string> simd_paths_compiled();

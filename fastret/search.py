@@ -437,8 +437,7 @@ def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], 
            if pick and mask is not None and 0 < count < PICK_FRACTION * len(segment)]
     picked: list = [None] * len(segments)  # the rows of the masks that pass few
     if few:
-        found = _core.picked_rows([np.ascontiguousarray(allowed[i], bool) for i in few],
-                                  [counts[i] + 1 for i in few])
+        found = _core.picked_rows([np.ascontiguousarray(allowed[i], bool) for i in few])
         for number, rows in zip(few, found):
             picked[number] = rows
     for segment, mask, rows, count in zip(segments, allowed, picked, counts):
@@ -487,10 +486,10 @@ def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales
     `core_candidates`, and `allowed` as bool masks or None only (no picked rows)."""
     check_score_range(q_scales, _max_scale(segments), q_codes.shape[1])
     masks = [None] * len(segments) if allowed is None else allowed
-    live = sum(s.passing_count(mask) for s, mask in zip(segments, masks))
     planes = binary.query_planes(q_codes, query_bits)
+    # c x oversample beyond the live rows keeps every live row, as an exact search would
     scores, rows = _core.topk_binary(q_codes, q_scales, planes, [s.core_view(a) for s, a in zip(segments, masks)],
-                                     [s.sign_bits() for s in segments], c, max(c, min(live, c * oversample)))
+                                     [s.sign_bits() for s in segments], c, c * oversample)
     return _found(segments, scores, rows, q_floats)
 
 

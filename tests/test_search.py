@@ -270,23 +270,14 @@ def test_torch_backend_over_segments_equals_the_core(rng, tmp_path, exact, devic
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 63, 64, 1000])
-def test_picked_rows_are_the_set_rows_when_fewer_than_the_limit(rng, n):
+def test_picked_rows_are_the_set_rows(rng, n):
     masks = [rng.random(n) < p for p in (0.0, 0.01, 0.3, 1.0)]
-    limits = [1, 5, n // 2 + 1, n + 1]
-    for mask in masks:
-        got = _core.picked_rows([mask] * len(limits), limits)
-        for limit, rows in zip(limits, got):
-            expected = np.flatnonzero(mask)
-            if len(expected) < limit:
-                assert rows.dtype == np.int64 and rows.tolist() == expected.tolist()
-            else:
-                assert rows is None  # as many set rows as the limit, or more: not picked
+    for mask, rows in zip(masks, _core.picked_rows(masks)):
+        assert rows.dtype == np.int64 and rows.tolist() == np.flatnonzero(mask).tolist()
     odd_bytes = np.array([0, 2, 0, 0, 0, 0, 0, 0, 255, 0, 1], np.uint8).view(bool)  # any nonzero byte is set
-    assert _core.picked_rows([odd_bytes], [10])[0].tolist() == [1, 8, 10]
+    assert _core.picked_rows([odd_bytes])[0].tolist() == [1, 8, 10]
     with pytest.raises(TypeError, match="mask 0 must be a C-contiguous numpy array of bool"):
-        _core.picked_rows([np.zeros(4, np.uint8)], [2])
-    with pytest.raises(ValueError, match="one limit per mask"):
-        _core.picked_rows([np.zeros(4, bool)], [2, 3])
+        _core.picked_rows([np.zeros(4, np.uint8)])
 
 
 def test_narrowed_skips_keeps_picks_or_masks_each_segment(rng):
