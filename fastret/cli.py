@@ -97,15 +97,22 @@ def _encoder(args: argparse.Namespace):
 
 def _add_index(commands) -> None:
     parser = commands.add_parser(
-        "index", help="build one index file from a store or from float vectors (.npy); or a store's BM25 index",
+        "index", help="build one index file from a store or from float vectors (.npy); or a store's BM25 index "
+                      "or sign bits",
         description="Write one index file (int8 codes, scales, ids; document ids from a store; optional "
-                    "float16 copies) that Index.load maps from disk. Deleted vectors are left out. "
-                    "With --bm25 --corpus, build the BM25 index of a store (for `fastret search --hybrid`) "
-                    "from the corpus it was encoded from.")
-    parser.add_argument("source", type=Path, help="a store directory (fastret encode) or float vectors [n, d] (.npy)")
+                    "float16 copies; sign bits for binary search) that Index.load maps from disk. Deleted "
+                    "vectors are left out. With --bm25 --corpus, build the BM25 index of a store (for "
+                    "`fastret search --hybrid`) from the corpus it was encoded from. With --binary, write the "
+                    "sign bits (for `fastret search --binary`) of a store or index file written before "
+                    "fastret kept them.")
+    parser.add_argument("source", type=Path, help="a store directory (fastret encode) or float vectors [n, d] (.npy); "
+                        "with --binary, a store directory or an index file")
     parser.add_argument("out", type=Path, nargs="?", default=None, help="index file to write")
     parser.add_argument("--bm25", action="store_true", help="build the store's BM25 index (needs --corpus)")
     parser.add_argument("--corpus", type=Path, default=None, help="the corpus the store was encoded from")
+    parser.add_argument("--binary", action="store_true",
+                        help="write the sign bits beside each shard of the store (or beside the index file) "
+                             "where they are missing or stale")
     parser.add_argument("--float16", action="store_true", help="keep float16 copies (.npy input) for rescoring")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.set_defaults(run=_run_index)
@@ -116,12 +123,18 @@ def _run_index(args: argparse.Namespace) -> int:
 
     from .index import Index
 
-    if args.out is None and not args.bm25:
-        raise ValueError("nothing to do: pass an output index file, or --bm25 --corpus CORPUS for a store")
+    if args.binary and args.out is not None:
+        raise ValueError("--binary writes the sign bits of SOURCE in place (an index file written with OUT gets "
+                         "them anyway): drop OUT, or drop --binary")
+    if args.out is None and not args.bm25 and not args.binary:
+        raise ValueError("nothing to do: pass an output index file, --bm25 --corpus CORPUS for a store, or --binary "
+                         "for a store's or index file's sign bits")
     if args.bm25:
         _run_index_bm25(args)
-        if args.out is None:
-            return 0
+    if args.binary:
+        _run_index_binary(args)
+    if args.out is None:
+        return 0
     if args.source.is_dir():
         index = Index.load(args.source)
     elif args.source.suffix == ".npy" and args.source.is_file():
@@ -135,6 +148,19 @@ def _run_index(args: argparse.Namespace) -> int:
     print(json.dumps(summary) if args.json else f"{len(index)} x {index.dim} -> {args.out} "
           f"({summary['bytes'] / 2**20:.1f} MiB)")
     return 0
+
+
+def _run_index_binary(args: argparse.Namespace) -> None:
+    from .store import write_missing_bits
+
+    if not args.source.exists():
+        raise FileNotFoundError(f"{args.source}: no such store directory or index file")
+    written = write_missing_bits(args.source, show_progress_bar=not args.json)
+    if args.json:
+        print(json.dumps({"source": str(args.source), "bits_written": [str(p) for p in written]}))
+    else:
+        print(f"sign bits written for {len(written)} segment file(s) of {args.source}"
+              + ("" if written else " (all had them already)"))
 
 
 def _run_index_bm25(args: argparse.Namespace) -> None:

@@ -21,10 +21,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import checks, store
+from .binary import words
 from .doc_ids import PackedDocIds
 from .fields import StoredFields, concatenate, write_fields
 from .filters import allowed_rows
-from .index_file import IndexArrays, write
+from .index_file import IndexArrays
 from .quant import quantized_vectors
 from .search import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates,
                      segment_candidates)
@@ -417,9 +418,9 @@ class Index(SearchableBase):
         doc_ids = merged.doc_ids
         if doc_ids is not None and not isinstance(doc_ids, PackedDocIds):
             doc_ids = doc_ids.subset(np.arange(len(merged)))
-        write(path, IndexArrays(merged.codes, merged.scales, merged.ids, merged.float16,
-                                None if doc_ids is None else doc_ids.offsets,
-                                None if doc_ids is None else doc_ids.blob))
+        store.write_segment_file(path, IndexArrays(merged.codes, merged.scales, merged.ids, merged.float16,
+                                                   None if doc_ids is None else doc_ids.offsets,
+                                                   None if doc_ids is None else doc_ids.blob), merged.bits)
         write_fields(path, merged.fields)
 
     @classmethod
@@ -472,4 +473,7 @@ def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> 
         doc_ids = PackedDocIds.from_list([d for s, r in zip(segments, lives) for d in s.documents(r)])
     fields = concatenate([None if s.fields is None else s.fields.take(r) for s, r in zip(segments, lives)],
                          [len(r) for r in lives])
-    return Segment(codes, scales, ids, float16, doc_ids, fields=fields)
+    bits = None  # kept when every segment has them at hand; else made from the codes when needed
+    if all(s.bits is not None for s in segments):
+        bits = np.concatenate([np.empty((0, words(dim)), np.uint64)] + [s.bits[r] for s, r in zip(segments, lives)])
+    return Segment(codes, scales, ids, float16, doc_ids, fields=fields, bits=bits)

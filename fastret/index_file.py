@@ -98,7 +98,8 @@ def _sections(dim: int, count: int, has_float16: bool, doc_bytes: int | None = N
     return placed, offset
 
 
-def _crc(array: np.ndarray, crc: int) -> int:
+def checksum(array: np.ndarray, crc: int = 0) -> int:
+    """CRC-32 of an array's bytes (in chunks: mapped arrays are not read whole), continuing `crc`."""
     flat = array.reshape(-1).view(np.uint8)
     for start in range(0, len(flat), _CRC_CHUNK):
         crc = zlib.crc32(flat[start : start + _CRC_CHUNK], crc)
@@ -120,7 +121,7 @@ def write(path: str | os.PathLike, arrays: IndexArrays) -> None:
         for name, dtype, shape, offset in placed:
             array = np.ascontiguousarray(getattr(arrays, name), dtype=dtype).reshape(shape)
             f.write(b"\0" * (offset - f.tell()))
-            data_crc = _crc(array, data_crc)
+            data_crc = checksum(array, data_crc)
             f.write(memoryview(array.reshape(-1).view(np.uint8)))
         flags = (FLAG_FLOAT16 if arrays.float16 is not None else 0) | (FLAG_DOC_IDS if has_doc_ids else 0)
         head = _HEADS[VERSION].pack(MAGIC, VERSION, flags, dim, count, DTYPE_INT8, doc_bytes or 0)
@@ -205,7 +206,7 @@ def read(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Ind
 def _verify(path: Path, header: Header, arrays: dict) -> None:
     crc = 0
     for name, *_ in header.sections:
-        crc = _crc(np.asarray(arrays[name]), crc)
+        crc = checksum(np.asarray(arrays[name]), crc)
     if crc != header.data_crc:
         raise IndexFileError(f"{path}: the data is corrupted (checksum mismatch); rebuild or restore the index")
     scales = np.asarray(arrays["scales"])

@@ -11,6 +11,10 @@ search that took the old one finishes on a consistent state.
     doc_ids  n document-id strings, optional (fastret.doc_ids)
     deleted  uint64  [ceil(n / 64)] bitmap, bit r of word r // 64 set when row r is deleted; or None
     fields   stored fields of the n rows (fastret.fields.StoredFields), optional
+    bits     uint64  [n, words(dim)] sign bits for the binary first stage (fastret.binary):
+             mapped from the file beside an index file (fastret.bits_file), kept by the in-memory
+             segment as rows are added, or None (then made from the codes when first needed,
+             except for a segment file, whose bits `fastret index --binary` writes)
 
 A search may narrow a segment further by a filter's allowed rows: `core_view(allowed)` hands the
 core deleted | not allowed as one bitmap for that call only (a bool mask), or, when few rows pass,
@@ -44,6 +48,7 @@ class Segment:
     # Caches shared by every version of this segment (the arrays never change).
     cache: dict = dataclasses.field(default_factory=dict)
     fields: StoredFields | None = None
+    bits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -75,9 +80,21 @@ class Segment:
         return int(np.count_nonzero(allowed & ~self.deleted_mask()))
 
     def sign_bits(self) -> np.ndarray:
-        """uint64 [n, words]: the rows' sign bits for the binary first stage (fastret.binary),
-        computed from the codes once (shared by every version of this segment)."""
-        if "sign_bits" not in self.cache:
+        """uint64 [n, words(dim)]: the rows' sign bits for the binary first stage (fastret.binary).
+
+        Raises:
+            ValueError: a segment file without its bits file (written before bits were kept, or
+                by a write killed in between): reading all its codes to make them would defeat a
+                binary search, so the message names `fastret index --binary`, which writes them.
+        """
+        if self.bits is not None:
+            return self.bits
+        if self.path is not None:
+            raise ValueError(f"{self.path} has no sign bits for first_stage='binary' (no {self.path.name}.bits "
+                             "beside it: written before fastret kept them, or a write stopped before them); "
+                             "run `fastret index --binary` on its store directory or index file once, or "
+                             "search with first_stage='int8'")
+        if "sign_bits" not in self.cache:  # arrays in memory: made once, shared by every version
             self.cache["sign_bits"] = binary.sign_bits(self.codes)
         return self.cache["sign_bits"]
 
@@ -172,6 +189,7 @@ class SegmentBuilder:
         self.scales = np.empty(0, np.float32)
         self.ids = np.empty(0, np.int64)
         self.float16 = np.empty((0, dim), np.float16) if store_float16 else None
+        self.bits = np.empty((0, binary.words(dim)), np.uint64)
         self.deleted: np.ndarray | None = None  # uint64 bitmap of `capacity` bits, from the first delete
         self.deleted_count = 0
         self.max_scale = 0.0
@@ -197,6 +215,7 @@ class SegmentBuilder:
         self.codes[start : start + n] = codes
         self.scales[start : start + n] = scales
         self.ids[start : start + n] = ids
+        self.bits[start : start + n] = binary.sign_bits(codes)
         if self.float16 is not None:
             self.float16[start : start + n] = floats
         self.max_scale = max(self.max_scale, float(scales.max(initial=0.0)))
@@ -214,6 +233,7 @@ class SegmentBuilder:
             return fresh
 
         self.codes, self.scales, self.ids = grown(self.codes), grown(self.scales), grown(self.ids)
+        self.bits = grown(self.bits)
         if self.float16 is not None:
             self.float16 = grown(self.float16)
         if self.deleted is not None:
@@ -228,7 +248,7 @@ class SegmentBuilder:
                                      None if self.float16 is None else self.float16[:n],
                                      None if self.doc_ids is None else ListDocIds(self.doc_ids, n), None,
                                      deleted, self.deleted_count, {"max_scale": self.max_scale},
-                                     self.fields)
+                                     self.fields, self.bits[:n])
         return self._snapshot
 
     def delete_rows(self, rows: np.ndarray) -> None:

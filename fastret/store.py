@@ -6,6 +6,7 @@
                                 runs over the same corpus write identical bytes)
       shard-00000.frt           a fastret index file (index_file.py): int8 codes, scales, global row
                                 numbers as ids, document ids, optional float16 copies
+      shard-00000.frt.bits      the shard's sign bits, for the binary first stage (fastret.bits_file)
       shard-00000.frt.deleted   optional: the shard's deleted rows (index_file.write_deleted)
       shard-00000.frt.fields.arrow  optional: the shard's stored fields (fastret.fields), mapped
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, index_file
+from .bits_file import bits_path, read_bits, write_bits
 from .doc_ids import LazyDocIds, PackedDocIds, pack_doc_ids
 from .fields import fields_path, read_fields, write_fields
 from .segment import Segment, bitmap
@@ -49,11 +51,57 @@ def shard_name(number: int) -> str:
 
 def write_shard(directory: Path, number: int, doc_ids: list[str], first_row: int, codes: np.ndarray,
                 scales: np.ndarray, float16: np.ndarray | None) -> None:
-    """Write shard `number` (one index file; its existence marks the shard finished)."""
+    """Write shard `number` (one index file; its existence marks the shard finished), then its
+    sign bits (a run killed in between makes them when it resumes: `write_missing_bits`)."""
     rows = np.arange(first_row, first_row + len(codes), dtype=np.int64)
     offsets, blob = pack_doc_ids(doc_ids)
-    index_file.write(directory / f"{shard_name(number)}.frt",
-                     index_file.IndexArrays(codes, scales, rows, float16, offsets, blob))
+    write_segment_file(directory / f"{shard_name(number)}.frt",
+                       index_file.IndexArrays(codes, scales, rows, float16, offsets, blob))
+
+
+def write_segment_file(path: Path, arrays: index_file.IndexArrays, bits: np.ndarray | None = None) -> None:
+    """Write one index file and then its sign bits beside it (fastret.bits_file), each atomically.
+
+    Args:
+        path: the index file.
+        arrays: what it holds.
+        bits: the rows' sign bits when already made (uint64 [n, words]); else made from the codes.
+    """
+    index_file.write(path, arrays)
+    write_bits(path, arrays.codes, bits)
+
+
+def write_missing_bits(path: str | os.PathLike, show_progress_bar: bool = False) -> list[Path]:
+    """Make the sign bits of a store's shards, or of one index file, where they are missing or do
+    not match (`fastret index --binary`); returns the segment files whose bits were written.
+
+    Args:
+        path: a store directory (its finished shards) or an index file.
+        show_progress_bar: a tqdm bar over the segment files.
+
+    Raises:
+        FileNotFoundError: no such file or directory.
+        StoreError, IndexFileError (ValueErrors): not a store or index file, or a corrupted one.
+    """
+    path = Path(path)
+    if path.is_dir():
+        read_manifest(path)
+        files = [path / f"{shard_name(number)}.frt" for number in finished_shards(path)]
+    else:
+        files = [path]
+    from tqdm.auto import tqdm
+
+    written = []
+    for file in tqdm(files, unit="segment", desc="sign bits", disable=not show_progress_bar):
+        header = index_file.read_header(file)
+        try:
+            if read_bits(file, header, verify=True) is not None:
+                continue
+        except index_file.IndexFileError:
+            pass  # a stale or damaged bits file: made again below
+        write_bits(file, index_file.read(file, mmap=True, verify=False).codes)
+        written.append(file)
+    return written
 
 
 def finished_shards(directory: Path) -> list[int]:
@@ -153,6 +201,7 @@ class Store:
                 header = index_file.read_header(path)
                 deleted_rows = index_file.read_deleted(path, header)
                 fields = read_fields(path, mmap=mmap)
+                bits = read_bits(path, header, mmap=mmap, verify=verify)
             except FileNotFoundError:
                 raise StoreError(f"{path}: shard listed in {MANIFEST} is missing; restore it or re-encode") from None
             except index_file.IndexFileError as error:
@@ -160,7 +209,7 @@ class Store:
             if header.dim != self.dim or header.count != entry["count"]:
                 raise StoreError(f"{path}: {header.count} x {header.dim} vectors, but {MANIFEST} says "
                                  f"{entry['count']} x {self.dim}")
-            segments.append(_segment(path, arrays, deleted_rows, self._json_doc_ids(entry), fields))
+            segments.append(_segment(path, arrays, deleted_rows, self._json_doc_ids(entry), fields, bits))
         return segments
 
     def _json_doc_ids(self, entry: dict) -> LazyDocIds | None:
@@ -179,7 +228,7 @@ class Store:
 
 
 def _segment(path: Path, arrays: index_file.IndexArrays, deleted_rows: np.ndarray,
-             fallback_doc_ids: LazyDocIds | None, fields) -> Segment:
+             fallback_doc_ids: LazyDocIds | None, fields, bits: np.ndarray | None) -> Segment:
     doc_ids = fallback_doc_ids
     if arrays.doc_offsets is not None:
         doc_ids = PackedDocIds(arrays.doc_offsets, arrays.doc_blob, str(path))
@@ -189,15 +238,17 @@ def _segment(path: Path, arrays: index_file.IndexArrays, deleted_rows: np.ndarra
         mask[deleted_rows] = True
         deleted = bitmap(mask)
     return Segment(arrays.codes, arrays.scales, arrays.ids, arrays.float16, doc_ids, path, deleted,
-                   len(deleted_rows), fields=fields)
+                   len(deleted_rows), fields=fields, bits=bits)
 
 
 def open_segment_file(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Segment:
-    """One index file (and its deletion and fields files, if any) as a `Segment`."""
+    """One index file (and its deletion, fields and bits files, if any) as a `Segment`."""
     path = Path(path)
     arrays = index_file.read(path, mmap=mmap, verify=verify)
-    deleted_rows = index_file.read_deleted(path, index_file.read_header(path))
-    return _segment(path, arrays, deleted_rows, None, read_fields(path, mmap=mmap))
+    header = index_file.read_header(path)
+    deleted_rows = index_file.read_deleted(path, header)
+    return _segment(path, arrays, deleted_rows, None, read_fields(path, mmap=mmap),
+                    read_bits(path, header, mmap=mmap, verify=verify))
 
 
 def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: int, float16: bool) -> list[Segment]:
@@ -227,10 +278,11 @@ def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: in
         path = directory / f"{shard_name(next_number)}.frt"
         live = segment.live_rows()
         doc_ids = segment.doc_ids.subset(live) if segment.doc_ids is not None else None
-        index_file.write(path, index_file.IndexArrays(
+        write_segment_file(path, index_file.IndexArrays(
             segment.codes[live], segment.scales[live], segment.ids[live],
             None if segment.float16 is None or not float16 else segment.float16[live],
-            None if doc_ids is None else doc_ids.offsets, None if doc_ids is None else doc_ids.blob))
+            None if doc_ids is None else doc_ids.offsets, None if doc_ids is None else doc_ids.blob),
+            None if segment.bits is None else segment.bits[live])
         write_fields(path, None if segment.fields is None else segment.fields.take(live))
         numbers.append(next_number)
         saved.append(open_segment_file(path, verify=False))
@@ -242,5 +294,6 @@ def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: in
         shard.unlink(missing_ok=True)
         index_file.deleted_path(shard).unlink(missing_ok=True)
         fields_path(shard).unlink(missing_ok=True)
+        bits_path(shard).unlink(missing_ok=True)
         (directory / f"{shard_name(number)}.ids.json").unlink(missing_ok=True)
     return saved

@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 from .atomic import remove_temporaries_in
+from .bits_file import bits_path
 from .corpus import count_documents, iter_document_records, iter_documents, stored_fields
 from .encode_batches import warn_about_inputs
 from .fields import StoredFields, fields_path, write_fields
 from .lexical import LexicalIndex
-from .store import Store, StoreError, finished_shards, read_manifest, shard_name, write_manifest, write_shard
+from .store import (Store, StoreError, finished_shards, read_manifest, shard_name, write_manifest, write_missing_bits,
+                    write_shard)
 
 DEFAULT_SHARD_SIZE = 65536
 
@@ -72,8 +74,10 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
                 write_shard(out_dir, number, ids, number * shard_size, codes.numpy(), scales.numpy(),
                             vectors.numpy().astype(np.float16) if store_float16 else None)
             shard = out_dir / f"{shard_name(number)}.frt"
-            # a shard is finished when its .frt exists: its fields follow it, and a run killed in
-            # between writes them when it resumes
+            # a shard is finished when its .frt exists: its bits and fields follow it, and a run
+            # killed in between writes them when it resumes
+            if not mine and number % world == rank and not bits_path(shard).exists():
+                write_missing_bits(shard)
             if fields and number % world == rank and (mine or not fields_path(shard).exists()):
                 records = [stored_fields(record, names) for _, _, record in documents]
                 write_fields(shard, StoredFields.from_records(records, f"the fields of shard {number}"))

@@ -155,6 +155,23 @@ def test_index_from_npy(tmp_path, capsys):
     assert "expected a store directory or a .npy file" in capsys.readouterr().err
 
 
+def test_index_binary_writes_missing_sign_bits_of_a_store_or_file(store, tmp_path, capsys):
+    from fastret.bits_file import bits_path
+
+    shards = sorted(store.glob("shard-*.frt"))
+    for shard in shards:
+        bits_path(shard).unlink()  # as a store written before bits were kept
+    assert cli.main(["index", str(store), "--binary", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bits_written"] == [str(s) for s in shards]
+    assert all(bits_path(s).is_file() for s in shards)
+    assert cli.main(["index", str(store), "--binary"]) == 0
+    assert "sign bits written for 0 segment file(s)" in capsys.readouterr().out
+    assert cli.main(["index", str(store), str(tmp_path / "x.frt"), "--binary"]) == 2
+    assert "--binary writes the sign bits of SOURCE in place" in capsys.readouterr().err
+    assert cli.main(["index", str(tmp_path / "missing"), "--binary"]) == 2
+    assert "no such store directory or index file" in capsys.readouterr().err
+
+
 def test_eval_prints_metrics(tmp_path, tiny_bert, capsys):
     (tmp_path / "d").mkdir()
     topics = ["statins cholesterol", "asthma children", "fish oil", "coffee liver"]

@@ -104,14 +104,14 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(saved, rng, mon
     bigger = fastret.Index(16)
     bigger.add(unit_rows(rng, 100, 16))
 
-    def broken_crc(array, crc):
+    def broken_checksum(array, crc):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_file, "_crc", broken_crc)
+    monkeypatch.setattr(index_file, "checksum", broken_checksum)
     with pytest.raises(OSError, match="disk full"):
         bigger.save(saved)
     assert saved.read_bytes() == before
-    assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+    assert sorted(p.name for p in saved.parent.iterdir()) == [saved.name, saved.name + ".bits"]
 
 
 def test_header_sizes_that_would_wrap_int64_are_refused(rng, tmp_path):

@@ -55,7 +55,7 @@ def test_deletes_persist_beside_the_shards_and_compaction_drops_them(rng, tmp_pa
     reloaded.add(unit_rows(rng, 2, 8), documents=["new0", "new1"])
     reloaded.merge()
     reloaded.save(directory)
-    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "shard-00003.frt"]
+    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "shard-00003.frt", "shard-00003.frt.bits"]
     final = fastret.Index.load(directory)
     assert (len(final), final.segment_count) == (14, 1)
     assert final.documents([0, 15, 16]).tolist() == ["doc0", "new0", "new1"]

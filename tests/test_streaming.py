@@ -104,7 +104,16 @@ KILL_SCRIPT = textwrap.dedent("""
     import fastret
     from fastret import streaming, store
     from fastret.atomic import atomic_write
+    from fastret.bits_file import bits_path
     real = store.write_shard
+    real_bits = store.write_bits
+    def bits_then_die(path, *args):
+        if path.name == store.shard_name(int(sys.argv[4])) + ".frt" and sys.argv[5] == "bits":
+            with atomic_write(bits_path(path)) as f:  # killed between the shard and its bits
+                f.write(b"half the bits")
+                os.kill(os.getpid(), signal.SIGKILL)
+        real_bits(path, *args)
+    store.write_bits = bits_then_die
     def write_then_die(directory, number, *args):
         if number == int(sys.argv[4]) and sys.argv[5] == "during":  # killed inside the write
             with atomic_write(directory / store.shard_name(number)) as f:
@@ -119,16 +128,18 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("when", ["after", "during"])
+@pytest.mark.parametrize("when", ["after", "during", "bits"])
 def test_killed_process_resumes_to_identical_bytes_and_no_debris(encoder, tiny_bert, tmp_path, when):
     corpus = write_corpus(tmp_path / "corpus.jsonl", 40)
     encoder.encode_corpus(corpus, tmp_path / "whole", shard_size=8, show_progress_bar=False)
     killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tiny_bert), str(corpus),
                              str(tmp_path / "killed"), "2", when], capture_output=True, timeout=300)
     assert killed.returncode == -9
-    finished = ["shard-00000.frt", "shard-00001.frt"] + (["shard-00002.frt"] if when == "after" else [])
+    finished = ["shard-00000.frt", "shard-00001.frt"] + (["shard-00002.frt"] if when != "during" else [])
     assert sorted(p.name for p in (tmp_path / "killed").glob("*.frt")) == finished
-    assert bool(list((tmp_path / "killed").glob(".*.tmp"))) == (when == "during")
+    with_bits = finished if when != "bits" else finished[:-1]
+    assert sorted(p.name[: -len(".bits")] for p in (tmp_path / "killed").glob("*.frt.bits")) == with_bits
+    assert bool(list((tmp_path / "killed").glob(".*.tmp"))) == (when != "after")
     encoder.encode_corpus(corpus, tmp_path / "killed", shard_size=8, show_progress_bar=False)
     assert directory_bytes(tmp_path / "killed") == directory_bytes(tmp_path / "whole")  # dotfiles too
 
@@ -139,7 +150,7 @@ def test_corrupt_line_names_file_and_line_and_leaves_no_partial_shard(encoder, t
         encoder.encode_corpus(corpus, tmp_path / "out", shard_size=8, show_progress_bar=False)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "shard-00000.frt", "shard-00001.frt"]
+        "manifest.json", "shard-00000.frt", "shard-00000.frt.bits", "shard-00001.frt", "shard-00001.frt.bits"]
 
 
 def test_resuming_with_other_settings_is_refused(encoder, tmp_path):

@@ -1,0 +1,138 @@
+"""The sign bits of a segment file, kept beside it for the binary first stage (`<file>.bits`).
+
+A segment file's rows carry one bit per dimension, the sign of each int8 code (fastret.binary).
+A binary search scans only these bits (an eighth of the codes), so they live in their own file,
+mapped, and a mapped store searched that way keeps just the bits resident, plus the pages of the
+rows it re-ranks.
+
+Layout (little-endian):
+
+    header, 64 bytes
+      magic        8s   b"FRTBITS\\0"
+      version      u32  1
+      rule         u32  1 = the sign of the int8 code (bit set when code > 0)
+      segment_crc  u32  the segment file's data checksum (fastret.index_file)
+      segment_count u64 its rows
+      dim          u64  its dimension
+      bits_crc     u32  CRC-32 of the bits
+      header_crc   u32  CRC-32 of the bytes above
+      (zeros up to 64 bytes)
+    bits   uint64 [segment_count, words(dim)]   row r's bits, bit i of word i // 64
+
+Like the deletion file, it names its segment's checksum and size, so it is never applied to
+another segment (or another version of it); unlike it, it can always be made again from the
+codes (`write_bits`, `fastret index --binary`). Written to a temporary name and renamed
+(fastret.atomic); a segment written before this file existed, or a write killed between the
+segment and its bits, leaves no bits file: `read_bits` then gives None and a binary search says
+how to make them.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+from .binary import sign_bits, words
+from .index_file import Header, IndexFileError, checksum, read_header
+
+BITS_SUFFIX = ".bits"
+MAGIC = b"FRTBITS\0"
+VERSION = 1
+RULE_SIGN = 1
+HEADER_SIZE = 64
+_HEAD = struct.Struct("<8sIIIQQI")  # magic, version, rule, segment crc, segment count, dim, bits crc
+_ROWS_PER_WRITE = 1 << 16
+
+
+def bits_path(segment_path: str | os.PathLike) -> Path:
+    """Where the sign bits of the segment file `segment_path` are kept."""
+    segment_path = Path(segment_path)
+    return segment_path.with_name(segment_path.name + BITS_SUFFIX)
+
+
+def write_bits(segment_path: str | os.PathLike, codes: np.ndarray, bits: np.ndarray | None = None) -> None:
+    """Write the sign bits of the segment file `segment_path` beside it, atomically.
+
+    Args:
+        segment_path: a segment (index) file, already written.
+        codes: its int8 codes [count, dim] (mapped is fine: they are read in blocks).
+        bits: optional, the bits already made (uint64 [count, words(dim)]), written as they are.
+
+    Raises:
+        IndexFileError: `codes` (or `bits`) of another shape than the segment file's.
+    """
+    segment_path = Path(segment_path)
+    header = read_header(segment_path)
+    shape = (header.count, words(header.dim))
+    if codes.shape != (header.count, header.dim) or (bits is not None and bits.shape != shape):
+        raise IndexFileError(f"{segment_path} holds {header.count} x {header.dim} vectors; codes of shape "
+                             f"{codes.shape} cannot be its bits")
+    with atomic_write(bits_path(segment_path)) as f:
+        f.write(b"\0" * HEADER_SIZE)
+        crc = 0
+        for start in range(0, header.count, _ROWS_PER_WRITE):
+            stop = min(start + _ROWS_PER_WRITE, header.count)
+            block = sign_bits(codes[start:stop]) if bits is None else np.ascontiguousarray(bits[start:stop], np.uint64)
+            data = memoryview(block.reshape(-1).view(np.uint8))
+            crc = zlib.crc32(data, crc)
+            f.write(data)
+        head = _HEAD.pack(MAGIC, VERSION, RULE_SIGN, header.data_crc, header.count, header.dim, crc)
+        f.seek(0)
+        f.write(head + struct.pack("<I", zlib.crc32(head)))
+
+
+def read_bits(segment_path: str | os.PathLike, header: Header, mmap: bool = True,
+              verify: bool = True) -> np.ndarray | None:
+    """The sign bits (uint64 [count, words(dim)]) of a segment file, mapped with `mmap`; None when
+    it has no bits file.
+
+    Args:
+        segment_path: the segment file.
+        header: its header (`fastret.index_file.read_header`).
+        mmap: map the bits (read-only) instead of reading them.
+        verify: check the bits' checksum (reads them once); without it only the header and the
+            size are checked.
+
+    Raises:
+        IndexFileError: a bits file that is truncated, corrupted, of an unknown version or rule, or
+            made for another segment (or another version of it); the message names the file and
+            `fastret index --binary`, which makes it again.
+    """
+    path = bits_path(segment_path)
+    if not path.exists():
+        return None
+    remake = "remove it, or run `fastret index --binary` on the store or index file to make it again"
+    with open(path, "rb") as f:
+        head = f.read(HEADER_SIZE)
+    if len(head) < HEADER_SIZE or not head.startswith(MAGIC):
+        raise IndexFileError(f"{path} is not a fastret bits file; {remake}")
+    magic, version, rule, segment_crc, segment_count, dim, bits_crc = _HEAD.unpack_from(head)
+    (header_crc,) = struct.unpack_from("<I", head, _HEAD.size)
+    if zlib.crc32(head[: _HEAD.size]) != header_crc or any(head[_HEAD.size + 4:]):
+        raise IndexFileError(f"{path}: the header is corrupted (checksum mismatch); {remake}")
+    if version != VERSION or rule != RULE_SIGN:
+        raise IndexFileError(f"{path}: bits file version {version}, rule {rule}; this fastret reads version "
+                             f"{VERSION}, rule {RULE_SIGN} (sign bits); {remake}")
+    if segment_crc != header.data_crc or segment_count != header.count or dim != header.dim:
+        raise IndexFileError(f"{path} belongs to another version of {Path(segment_path).name} (its checksum "
+                             f"or size differs); {remake}")
+    shape = (header.count, words(header.dim))
+    expected = HEADER_SIZE + shape[0] * shape[1] * 8
+    if path.stat().st_size != expected:
+        raise IndexFileError(f"{path} is {path.stat().st_size} bytes but the bits of {header.count} x "
+                             f"{header.dim} need {expected}: truncated or corrupted; {remake}")
+    if header.count == 0:
+        return np.zeros(shape, np.uint64)
+    if mmap:
+        bits = np.memmap(path, dtype=np.uint64, mode="r", offset=HEADER_SIZE, shape=shape)
+    else:
+        bits = np.fromfile(path, dtype=np.uint64, count=shape[0] * shape[1], offset=HEADER_SIZE).reshape(shape)
+    if verify:
+        if checksum(bits) != bits_crc:
+            raise IndexFileError(f"{path}: the bits are corrupted (checksum mismatch); {remake}")
+    return bits
