@@ -162,14 +162,16 @@ py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_sc
   require(bits.size() == segments.size(), "topk_binary: one bits array per segment");
   std::vector<py::object> keep;
   const std::vector<fastret::Segment> parts = searched_segments(segments, dim, k, n_queries, keep);
-  std::vector<const uint64_t*> bit_rows;
+  std::vector<const uint64_t*> bit_blocks;
   for (size_t s = 0; s < parts.size(); ++s) {
     const auto segment_bits = exact_array<uint64_t>(bits[s], "segment " + std::to_string(s) + " bits", keep);
-    require(segment_bits.ndim() == 2 && static_cast<size_t>(segment_bits.shape(0)) == parts[s].count &&
-                static_cast<size_t>(segment_bits.shape(1)) == words,
-            "segment " + std::to_string(s) + ": bits must be uint64 [" + std::to_string(parts[s].count) + ", " +
-                std::to_string(words) + "]");
-    bit_rows.push_back(segment_bits.data());
+    const size_t blocks = (parts[s].count + fastret::kBitBlock - 1) / fastret::kBitBlock;
+    require(segment_bits.ndim() == 3 && static_cast<size_t>(segment_bits.shape(0)) == blocks &&
+                static_cast<size_t>(segment_bits.shape(1)) == words &&
+                static_cast<size_t>(segment_bits.shape(2)) == fastret::kBitBlock,
+            "segment " + std::to_string(s) + ": bits must be uint64 [" + std::to_string(blocks) + ", " +
+                std::to_string(words) + ", " + std::to_string(fastret::kBitBlock) + "] (fastret.binary.sign_bits)");
+    bit_blocks.push_back(segment_bits.data());
   }
   Array<float> scores({n_queries, k});
   Array<int64_t> rows({n_queries, k});
@@ -178,7 +180,7 @@ py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_sc
   {
     py::gil_scoped_release release;
     fastret::topk_binary(queries.data(), query_scales.data(), planes.data(), n_queries, planes.shape(1),
-                         parts.data(), bit_rows.data(), parts.size(), dim, k, candidates, scores_data, rows_data);
+                         parts.data(), bit_blocks.data(), parts.size(), dim, k, candidates, scores_data, rows_data);
   }
   return py::make_tuple(scores, rows);
 }

@@ -183,33 +183,42 @@ bool has_vpopcntdq() {
   return yes;
 }
 
-// Up to 8 words of a row per register (a 384-dim row is 6 words: one masked load); the planes'
-// counts are combined by Horner's rule in the lanes, then the lanes are added.
-FASTRET_VPOPCNTDQ void binary_distances_vpopcntdq(const uint64_t* rows, size_t n_rows, size_t words,
-                                                  const uint64_t* planes, size_t query_bits, uint32_t* out) {
-  for (size_t j = 0; j < n_rows; ++j) {
-    const uint64_t* row = rows + j * words;
-    __m512i total = _mm512_setzero_si512();
-    for (size_t w = 0; w < words; w += 8) {
-      const __mmask8 lanes = words - w >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << (words - w)) - 1);
-      const __m512i bits = _mm512_maskz_loadu_epi64(lanes, row + w);
-      __m512i chunk = _mm512_setzero_si512();
-      for (size_t p = query_bits; p-- > 0;) {
-        const __m512i plane = _mm512_maskz_loadu_epi64(lanes, planes + p * words + w);
-        chunk = _mm512_add_epi64(_mm512_slli_epi64(chunk, 1), _mm512_popcnt_epi64(_mm512_xor_si512(plane, bits)));
-      }
-      total = _mm512_add_epi64(total, chunk);
+// One register holds word w of a block's 8 rows (simd_paths.h): per word, each plane's differing
+// bits are counted for the 8 rows at once, in one accumulator per plane (QueryBits of them, in
+// registers); the planes' counts are combined by Horner's rule at the end of the block.
+template <size_t QueryBits>
+FASTRET_VPOPCNTDQ void binary_distances_vpopcntdq(const uint64_t* blocks, size_t n_rows, size_t words,
+                                                  const uint64_t* planes, uint32_t* out) {
+  static_assert(kBitBlock == 8, "one 512-bit register per word of a block");
+  for (size_t j = 0; j < n_rows; j += kBitBlock) {
+    const uint64_t* block = blocks + (j / kBitBlock) * words * kBitBlock;
+    __m512i counts[QueryBits];
+    for (size_t p = 0; p < QueryBits; ++p) counts[p] = _mm512_setzero_si512();
+    for (size_t w = 0; w < words; ++w) {
+      const __m512i bits = _mm512_loadu_si512(block + w * kBitBlock);
+      for (size_t p = 0; p < QueryBits; ++p)
+        counts[p] = _mm512_add_epi64(
+            counts[p], _mm512_popcnt_epi64(_mm512_xor_si512(bits, _mm512_set1_epi64(planes[p * words + w]))));
     }
-    out[j] = static_cast<uint32_t>(_mm512_reduce_add_epi64(total));
+    __m512i total = counts[QueryBits - 1];
+    for (size_t p = QueryBits - 1; p-- > 0;) total = _mm512_add_epi64(_mm512_slli_epi64(total, 1), counts[p]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm512_cvtepi64_epi32(total));
   }
 }
 
-void binary_distances(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+using VpopcntdqKernel = void (*)(const uint64_t*, size_t, size_t, const uint64_t*, uint32_t*);
+constexpr VpopcntdqKernel kVpopcntdqKernels[] = {
+    binary_distances_vpopcntdq<1>, binary_distances_vpopcntdq<2>, binary_distances_vpopcntdq<3>,
+    binary_distances_vpopcntdq<4>, binary_distances_vpopcntdq<5>, binary_distances_vpopcntdq<6>,
+    binary_distances_vpopcntdq<7>, binary_distances_vpopcntdq<8>};
+static_assert(sizeof(kVpopcntdqKernels) / sizeof(kVpopcntdqKernels[0]) == kMaxQueryBits, "one kernel per B");
+
+void binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                       size_t query_bits, uint32_t* out) {
   if (has_vpopcntdq())
-    binary_distances_vpopcntdq(rows, n_rows, words, planes, query_bits, out);
+    kVpopcntdqKernels[query_bits - 1](blocks, n_rows, words, planes, out);
   else
-    binary_distances_popcnt(rows, n_rows, words, planes, query_bits, out);
+    binary_distances_popcnt(blocks, n_rows, words, planes, query_bits, out);
 }
 
 }  // namespace

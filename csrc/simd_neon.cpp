@@ -146,27 +146,26 @@ FASTRET_DOTPROD void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, 
   }
 }
 
-// vcnt counts the bits of each byte; the byte counts add up in 8-bit lanes (at most 8 per step,
-// flushed every 16 steps) and are summed across lanes.
-struct DifferingVectors {
-  inline __attribute__((always_inline)) uint32_t operator()(const uint64_t* plane, const uint64_t* row,
-                                                            size_t words) const {
-    uint32_t count = 0;
-    size_t w = 0;
-    while (w + 2 <= words) {
-      uint8x16_t counts = vdupq_n_u8(0);
-      for (size_t step = 0; step < 16 && w + 2 <= words; ++step, w += 2)
-        counts = vaddq_u8(counts, vcntq_u8(vreinterpretq_u8_u64(veorq_u64(vld1q_u64(row + w), vld1q_u64(plane + w)))));
-      count += vaddlvq_u8(counts);
-    }
-    if (w < words) count += static_cast<uint32_t>(__builtin_popcountll(row[w] ^ plane[w]));
-    return count;
-  }
-};
-
-void binary_distances(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+// Two rows at a time: one 128-bit register holds word w of rows j and j + 1 (the blocked layout,
+// simd_paths.h); vcnt counts each byte's bits and pairwise widening adds sum them per row.
+void binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                       size_t query_bits, uint32_t* out) {
-  binary_distances_with(DifferingVectors{}, rows, n_rows, words, planes, query_bits, out);
+  for (size_t j = 0; j < n_rows; j += 2) {  // kBitBlock is even: rows j and j + 1 share a block
+    const uint64_t* lanes = bit_lane(blocks, j, words);
+    uint64x2_t total = vdupq_n_u64(0);
+    for (size_t p = query_bits; p-- > 0;) {
+      const uint64_t* plane = planes + p * words;
+      uint64x2_t count = vdupq_n_u64(0);
+      for (size_t w = 0; w < words; ++w) {
+        const uint8x16_t bytes = vcntq_u8(
+            vreinterpretq_u8_u64(veorq_u64(vld1q_u64(lanes + w * kBitBlock), vdupq_n_u64(plane[w]))));
+        count = vpadalq_u32(count, vpaddlq_u16(vpaddlq_u8(bytes)));
+      }
+      total = vaddq_u64(vshlq_n_u64(total, 1), count);
+    }
+    out[j] = static_cast<uint32_t>(vgetq_lane_u64(total, 0));
+    out[j + 1] = static_cast<uint32_t>(vgetq_lane_u64(total, 1));  // a padding row's when j + 1 == n_rows
+  }
 }
 
 }  // namespace

@@ -41,45 +41,61 @@ struct BatchKernel {
                int32_t* out);
 };
 
+// Sign bits are stored in blocks of kBitBlock rows, word-major within a block, so that one vector
+// register holds word w of several rows and no row needs a sum across lanes:
+//   word w of row r at bits[((r / kBitBlock) * words + w) * kBitBlock + r % kBitBlock]
+// A segment's last block is padded to kBitBlock rows (fastret/binary.py: sign_bits).
+constexpr size_t kBitBlock = 8;
+// The largest query_bits the binary kernels and topk_binary take (fastret.binary.MAX_QUERY_BITS).
+constexpr size_t kMaxQueryBits = 8;
+
 // The binary first stage's kernel (fastret/binary.py): for each of n_rows rows of `words` uint64
-// sign bits,
-//   out[j] = sum_p popcount(planes[p] xor rows[j]) << p      p < query_bits <= 8
-//   rows uint64 [n_rows, words], planes uint64 [query_bits, words] -> out uint32 [n_rows]
+// sign bits, from the first row of a block on,
+//   out[j] = sum_p popcount(planes[p] xor row_j) << p      p < query_bits <= 8
+//   blocks uint64 [ceil(n_rows / kBitBlock), words, kBitBlock], planes uint64 [query_bits, words]
+//   -> out uint32 [n_rows rounded up to kBitBlock]   (the padding rows' entries are scratch)
 // (the score is dim * (2^query_bits - 1) - 2 * out[j]: a lower out is a better row).
-using BinaryDistances = void (*)(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+using BinaryDistances = void (*)(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                                  size_t query_bits, uint32_t* out);
 
-// What every binary kernel but AVX-512's does: for each row, the planes' counts combined by Horner's
-// rule, highest plane first; `differing(plane, row, words)` counts the bits where they differ.
-// Inlined into each kernel, so that the kernel's target (popcnt, say) compiles the counting.
+// Word w of row j (of a tile that starts at a block) is lane(j)[w * kBitBlock].
+inline const uint64_t* bit_lane(const uint64_t* blocks, size_t j, size_t words) {
+  return blocks + (j / kBitBlock) * words * kBitBlock + j % kBitBlock;
+}
+
+// What the kernels without a vector popcount do: for each row, the planes' counts combined by
+// Horner's rule, highest plane first; `differing(plane, lane, words)` counts the bits where the
+// plane and the row (lane[w * kBitBlock], w < words) differ. Inlined into each kernel, so that the
+// kernel's target (popcnt, say) compiles the counting.
 template <typename CountDiffering>
-inline __attribute__((always_inline)) void binary_distances_with(CountDiffering differing, const uint64_t* rows,
+inline __attribute__((always_inline)) void binary_distances_with(CountDiffering differing, const uint64_t* blocks,
                                                                  size_t n_rows, size_t words, const uint64_t* planes,
                                                                  size_t query_bits, uint32_t* out) {
   for (size_t j = 0; j < n_rows; ++j) {
-    const uint64_t* row = rows + j * words;
+    const uint64_t* lane = bit_lane(blocks, j, words);
     uint32_t total = 0;
-    for (size_t p = query_bits; p-- > 0;) total = 2 * total + differing(planes + p * words, row, words);
+    for (size_t p = query_bits; p-- > 0;) total = 2 * total + differing(planes + p * words, lane, words);
     out[j] = total;
   }
 }
 
 // Differing bits one 64-bit word at a time (a popcnt instruction where the caller's target has it).
 struct DifferingWords {
-  inline __attribute__((always_inline)) uint32_t operator()(const uint64_t* plane, const uint64_t* row,
+  inline __attribute__((always_inline)) uint32_t operator()(const uint64_t* plane, const uint64_t* lane,
                                                             size_t words) const {
     uint32_t count = 0;
-    for (size_t w = 0; w < words; ++w) count += static_cast<uint32_t>(__builtin_popcountll(plane[w] ^ row[w]));
+    for (size_t w = 0; w < words; ++w)
+      count += static_cast<uint32_t>(__builtin_popcountll(plane[w] ^ lane[w * kBitBlock]));
     return count;
   }
 };
 
 // The portable kernel, which the paths without a faster one use.
-void binary_distances_portable(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+void binary_distances_portable(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                                size_t query_bits, uint32_t* out);
 #if defined(__x86_64__) || defined(_M_X64)
 // With the popcnt instruction (simd_avx2.cpp): the AVX2 path's, and AVX-512's without VPOPCNTDQ.
-void binary_distances_popcnt(const uint64_t* rows, size_t n_rows, size_t words, const uint64_t* planes,
+void binary_distances_popcnt(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                              size_t query_bits, uint32_t* out);
 #endif
 

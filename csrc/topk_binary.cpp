@@ -3,7 +3,8 @@
 // Work layout for one block of queries:
 //   the rows of all segments are cut into kBitTile-row tiles (a segment's last tile may be short),
 //   numbered across segments; threads take contiguous ranges of tiles;
-//   for each tile (kBitTile x 48 bytes at 384 dims: L1-resident) the path's binary kernel computes
+//   for each tile (kBitTile x 48 bytes at 384 dims: L1-resident; whole blocks of kBitBlock rows, so
+//   row0 * words is where its bits start) the path's binary kernel computes
 //   every query's distances, and rows whose score reaches a query's current worst candidate are
 //   offered to that query's private heap of `candidates`;
 //   the threads' heaps of each query are merged into its candidates, whose int8 rows are then
@@ -27,6 +28,7 @@ namespace fastret {
 namespace {
 
 constexpr size_t kBitTile = 256;
+static_assert(kBitTile % kBitBlock == 0, "tiles start at a block");
 constexpr size_t kMaxDim = 65536;  // |first-stage score| <= dim * 255 stays exact in float32
 // Candidate heap entries held at once (threads x queries in a block x candidates).
 constexpr size_t kHeapBudget = size_t(1) << 22;
@@ -69,6 +71,14 @@ struct BitTiles {
   }
 };
 
+// The largest kernel output whose score (base - 2 * distance) can still enter a heap whose worst
+// score is `threshold` (-inf while it is not full: every row can). Scores are integers, exact in
+// float, so the limit is exact and a tie with the threshold is offered (the heap breaks it by id).
+uint32_t distance_limit(float threshold, float base) {
+  if (threshold == -std::numeric_limits<float>::infinity()) return std::numeric_limits<uint32_t>::max();
+  return static_cast<uint32_t>((base - threshold) / 2.0f);
+}
+
 // First stage for one block of queries: each thread's heaps (heaps[t][q]) hold its tiles' best
 // `candidates` rows per query.
 void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, size_t query_bits, const Segment* segments,
@@ -85,7 +95,7 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
 #else
     const size_t t = 0, team = 1;
 #endif
-    uint32_t distances[kBitTile];
+    uint32_t distances[kBitTile];  // kernels fill whole blocks: kBitTile is a multiple of kBitBlock
     size_t segment = 0;
     for (size_t tile = t * n_tiles / team; tile < (t + 1) * n_tiles / team; ++tile) {
       while (tiles.first_tile[segment + 1] <= tile) ++segment;
@@ -96,13 +106,12 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
       for (size_t q = 0; q < n_block; ++q) {
         path.binary_distances(rows, n_rows, words, planes + q * query_bits * words, query_bits, distances);
         TopK& heap = heaps[t][q];
-        float threshold = heap.threshold();
+        uint32_t limit = distance_limit(heap.threshold(), base);
         for (size_t j = 0; j < n_rows; ++j) {
-          const float score = base - 2.0f * static_cast<float>(distances[j]);
-          if (score < threshold || is_deleted(seg.deleted, row0 + j)) continue;
+          if (distances[j] > limit || is_deleted(seg.deleted, row0 + j)) continue;  // most rows: one compare
           const int64_t row = static_cast<int64_t>(tiles.first_row[segment] + row0 + j);
-          heap.offer(score, seg.ids ? seg.ids[row0 + j] : row, row);
-          threshold = heap.threshold();
+          heap.offer(base - 2.0f * static_cast<float>(distances[j]), seg.ids ? seg.ids[row0 + j] : row, row);
+          limit = distance_limit(heap.threshold(), base);
         }
       }
     }

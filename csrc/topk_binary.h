@@ -10,19 +10,18 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "simd_paths.h"
 #include "topk_int8.h"
 
 namespace fastret {
-
-// The largest query_bits topk_binary takes (fastret.binary.MAX_QUERY_BITS).
-constexpr size_t kMaxQueryBits = 8;
 
 // For every query: the `candidates` best live rows of all segments by the first-stage score, then
 // the k best of those by exact int8 score.
 //   queries      int8  [n_queries, dim]   query_scales float [n_queries]
 //   planes       uint64 [n_queries, query_bits, words]   words = ceil(dim / 64)
 //   segments     [n_segments] codes, scales, ids and deleted as for topk_int8 (no picked rows)
-//   bits         [n_segments] uint64 [count, words] sign bits of each segment's rows
+//   bits         [n_segments] uint64 [ceil(count / kBitBlock), words, kBitBlock] sign bits of each
+//                segment's rows, in blocks (simd_paths.h)
 //   out_scores   float [n_queries, k]   int8 scores
 //   out_rows     int64 [n_queries, k]   global rows, as topk_int8's
 // When fewer than k rows are live, the tail of a result holds score -inf and row -1.

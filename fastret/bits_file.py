@@ -17,7 +17,8 @@ Layout (little-endian):
       bits_crc     u32  CRC-32 of the bits
       header_crc   u32  CRC-32 of the bytes above
       (zeros up to 64 bytes)
-    bits   uint64 [segment_count, words(dim)]   row r's bits, bit i of word i // 64
+    bits   uint64 [ceil(segment_count / 8), words(dim), 8]   in the kernels' blocked layout
+           (fastret.binary): row r's word w at [r // 8, w, r % 8], bit i of word i // 64
 
 Like the deletion file, it names its segment's checksum and size, so it is never applied to
 another segment (or another version of it); unlike it, it can always be made again from the
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .binary import sign_bits, words
+from .binary import BLOCK_ROWS, sign_bits, words
 from .index_file import Header, IndexFileError, checksum, read_header
 
 BITS_SUFFIX = ".bits"
@@ -46,7 +47,7 @@ VERSION = 1
 RULE_SIGN = 1
 HEADER_SIZE = 64
 _HEAD = struct.Struct("<8sIIIQQI")  # magic, version, rule, segment crc, segment count, dim, bits crc
-_ROWS_PER_WRITE = 1 << 16
+_ROWS_PER_WRITE = 1 << 16  # a multiple of BLOCK_ROWS: each part is whole blocks
 
 
 def bits_path(segment_path: str | os.PathLike) -> Path:
@@ -61,14 +62,14 @@ def write_bits(segment_path: str | os.PathLike, codes: np.ndarray, bits: np.ndar
     Args:
         segment_path: a segment (index) file, already written.
         codes: its int8 codes [count, dim] (mapped is fine: they are read in blocks).
-        bits: optional, the bits already made (uint64 [count, words(dim)]), written as they are.
+        bits: optional, the bits already made (blocked, `fastret.binary.sign_bits`), written as they are.
 
     Raises:
         IndexFileError: `codes` (or `bits`) of another shape than the segment file's.
     """
     segment_path = Path(segment_path)
     header = read_header(segment_path)
-    shape = (header.count, words(header.dim))
+    shape = _shape(header)
     if codes.shape != (header.count, header.dim) or (bits is not None and bits.shape != shape):
         raise IndexFileError(f"{segment_path} holds {header.count} x {header.dim} vectors; codes of shape "
                              f"{codes.shape} cannot be its bits")
@@ -77,7 +78,10 @@ def write_bits(segment_path: str | os.PathLike, codes: np.ndarray, bits: np.ndar
         crc = 0
         for start in range(0, header.count, _ROWS_PER_WRITE):
             stop = min(start + _ROWS_PER_WRITE, header.count)
-            block = sign_bits(codes[start:stop]) if bits is None else np.ascontiguousarray(bits[start:stop], np.uint64)
+            if bits is None:
+                block = sign_bits(codes[start:stop])
+            else:
+                block = np.ascontiguousarray(bits[start // BLOCK_ROWS : -(-stop // BLOCK_ROWS)], np.uint64)
             data = memoryview(block.reshape(-1).view(np.uint8))
             crc = zlib.crc32(data, crc)
             f.write(data)
@@ -88,8 +92,8 @@ def write_bits(segment_path: str | os.PathLike, codes: np.ndarray, bits: np.ndar
 
 def read_bits(segment_path: str | os.PathLike, header: Header, mmap: bool = True,
               verify: bool = True) -> np.ndarray | None:
-    """The sign bits (uint64 [count, words(dim)]) of a segment file, mapped with `mmap`; None when
-    it has no bits file.
+    """The sign bits (blocked: uint64 [ceil(count / 8), words(dim), 8]) of a segment file, mapped
+    with `mmap`; None when it has no bits file.
 
     Args:
         segment_path: the segment file.
@@ -121,18 +125,23 @@ def read_bits(segment_path: str | os.PathLike, header: Header, mmap: bool = True
     if segment_crc != header.data_crc or segment_count != header.count or dim != header.dim:
         raise IndexFileError(f"{path} belongs to another version of {Path(segment_path).name} (its checksum "
                              f"or size differs); {remake}")
-    shape = (header.count, words(header.dim))
-    expected = HEADER_SIZE + shape[0] * shape[1] * 8
+    shape = _shape(header)
+    expected = HEADER_SIZE + shape[0] * shape[1] * shape[2] * 8
     if path.stat().st_size != expected:
         raise IndexFileError(f"{path} is {path.stat().st_size} bytes but the bits of {header.count} x "
                              f"{header.dim} need {expected}: truncated or corrupted; {remake}")
-    if header.count == 0:
+    if shape[0] == 0:
         return np.zeros(shape, np.uint64)
     if mmap:
         bits = np.memmap(path, dtype=np.uint64, mode="r", offset=HEADER_SIZE, shape=shape)
     else:
-        bits = np.fromfile(path, dtype=np.uint64, count=shape[0] * shape[1], offset=HEADER_SIZE).reshape(shape)
+        bits = np.fromfile(path, dtype=np.uint64, count=shape[0] * shape[1] * shape[2], offset=HEADER_SIZE).reshape(shape)
     if verify:
         if checksum(bits) != bits_crc:
             raise IndexFileError(f"{path}: the bits are corrupted (checksum mismatch); {remake}")
     return bits
+
+
+def _shape(header: Header) -> tuple[int, int, int]:
+    """The blocked bits' shape for a segment of header.count x header.dim."""
+    return (-(-header.count // BLOCK_ROWS), words(header.dim), BLOCK_ROWS)

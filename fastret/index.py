@@ -20,8 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import checks, store
-from .binary import words
+from . import binary, checks, store
 from .doc_ids import PackedDocIds
 from .fields import StoredFields, concatenate, write_fields
 from .filters import allowed_rows
@@ -475,5 +474,6 @@ def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> 
                          [len(r) for r in lives])
     bits = None  # kept when every segment has them at hand; else made from the codes when needed
     if all(s.bits is not None for s in segments):
-        bits = np.concatenate([np.empty((0, words(dim)), np.uint64)] + [s.bits[r] for s, r in zip(segments, lives)])
+        bits = binary.blocked(np.concatenate([np.empty((0, binary.words(dim)), np.uint64)]
+                                             + [binary.bit_rows(s.bits, r) for s, r in zip(segments, lives)]))
     return Segment(codes, scales, ids, float16, doc_ids, fields=fields, bits=bits)

@@ -11,7 +11,8 @@ search that took the old one finishes on a consistent state.
     doc_ids  n document-id strings, optional (fastret.doc_ids)
     deleted  uint64  [ceil(n / 64)] bitmap, bit r of word r // 64 set when row r is deleted; or None
     fields   stored fields of the n rows (fastret.fields.StoredFields), optional
-    bits     uint64  [n, words(dim)] sign bits for the binary first stage (fastret.binary):
+    bits     uint64  [ceil(n / 8), words(dim), 8] sign bits for the binary first stage, in the
+             kernels' blocked layout (fastret.binary):
              mapped from the file beside an index file (fastret.bits_file), kept by the in-memory
              segment as rows are added, or None (then made from the codes when first needed,
              except for a segment file, whose bits `fastret index --binary` writes)
@@ -80,7 +81,8 @@ class Segment:
         return int(np.count_nonzero(allowed & ~self.deleted_mask()))
 
     def sign_bits(self) -> np.ndarray:
-        """uint64 [n, words(dim)]: the rows' sign bits for the binary first stage (fastret.binary).
+        """uint64 [ceil(n / 8), words(dim), 8]: the rows' sign bits for the binary first stage, blocked
+        (fastret.binary).
 
         Raises:
             ValueError: a segment file without its bits file (written before bits were kept, or
@@ -189,7 +191,7 @@ class SegmentBuilder:
         self.scales = np.empty(0, np.float32)
         self.ids = np.empty(0, np.int64)
         self.float16 = np.empty((0, dim), np.float16) if store_float16 else None
-        self.bits = np.empty((0, binary.words(dim)), np.uint64)
+        self.bits = np.zeros((0, binary.words(dim), binary.BLOCK_ROWS), np.uint64)  # blocked
         self.deleted: np.ndarray | None = None  # uint64 bitmap of `capacity` bits, from the first delete
         self.deleted_count = 0
         self.max_scale = 0.0
@@ -215,7 +217,8 @@ class SegmentBuilder:
         self.codes[start : start + n] = codes
         self.scales[start : start + n] = scales
         self.ids[start : start + n] = ids
-        self.bits[start : start + n] = binary.sign_bits(codes)
+        rows = np.arange(start, start + n)
+        self.bits[rows // binary.BLOCK_ROWS, :, rows % binary.BLOCK_ROWS] = binary.sign_bit_rows(codes)
         if self.float16 is not None:
             self.float16[start : start + n] = floats
         self.max_scale = max(self.max_scale, float(scales.max(initial=0.0)))
@@ -233,7 +236,9 @@ class SegmentBuilder:
             return fresh
 
         self.codes, self.scales, self.ids = grown(self.codes), grown(self.scales), grown(self.ids)
-        self.bits = grown(self.bits)
+        bits = np.zeros((-(-new_capacity // binary.BLOCK_ROWS), *self.bits.shape[1:]), np.uint64)
+        bits[: len(self.bits)] = self.bits
+        self.bits = bits
         if self.float16 is not None:
             self.float16 = grown(self.float16)
         if self.deleted is not None:
@@ -248,7 +253,7 @@ class SegmentBuilder:
                                      None if self.float16 is None else self.float16[:n],
                                      None if self.doc_ids is None else ListDocIds(self.doc_ids, n), None,
                                      deleted, self.deleted_count, {"max_scale": self.max_scale},
-                                     self.fields, self.bits[:n])
+                                     self.fields, self.bits[: -(-n // binary.BLOCK_ROWS)])
         return self._snapshot
 
     def delete_rows(self, rows: np.ndarray) -> None:

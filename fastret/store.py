@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, index_file
+from . import atomic, binary, index_file
 from .bits_file import bits_path, read_bits, write_bits
 from .doc_ids import LazyDocIds, PackedDocIds, pack_doc_ids
 from .fields import fields_path, read_fields, write_fields
@@ -65,7 +65,7 @@ def write_segment_file(path: Path, arrays: index_file.IndexArrays, bits: np.ndar
     Args:
         path: the index file.
         arrays: what it holds.
-        bits: the rows' sign bits when already made (uint64 [n, words]); else made from the codes.
+        bits: the rows' sign bits when already made (blocked, fastret.binary); else made from the codes.
     """
     index_file.write(path, arrays)
     write_bits(path, arrays.codes, bits)
@@ -282,7 +282,7 @@ def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: in
             segment.codes[live], segment.scales[live], segment.ids[live],
             None if segment.float16 is None or not float16 else segment.float16[live],
             None if doc_ids is None else doc_ids.offsets, None if doc_ids is None else doc_ids.blob),
-            None if segment.bits is None else segment.bits[live])
+            None if segment.bits is None else binary.blocked(binary.bit_rows(segment.bits, live)))
         write_fields(path, None if segment.fields is None else segment.fields.take(live))
         numbers.append(next_number)
         saved.append(open_segment_file(path, verify=False))

@@ -24,23 +24,40 @@ def test_the_planes_score_is_the_query_levels_against_the_signs(rng, dim, query_
     assert (np.sign(levels[1:]) == np.sign(queries[1:])).all()  # levels keep the sign of each value
     signs = np.where(codes > 0, 1, -1)
     expected = levels.astype(np.int64) @ signs.T
-    bits = binary.sign_bits(codes)
+    bits = binary.sign_bit_rows(codes)
     assert bits.dtype == np.uint64 and bits.shape == (40, binary.words(dim))
     got = binary.binary_scores_ref(binary.query_planes(queries, query_bits), bits, dim)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000])
+def test_blocked_bits_hold_row_r_word_w_at_block_r_div_8_lane_r_mod_8(rng, n):
+    codes = rng.integers(-128, 128, (n, 130)).astype(np.int8)
+    rows = binary.sign_bit_rows(codes)
+    bits = binary.sign_bits(codes)
+    assert bits.shape == (-(-n // 8), 3, 8)
+    for r in range(min(n, 20)):
+        for w in range(3):
+            assert bits[r // 8, w, r % 8] == rows[r, w]
+    assert not bits.reshape(-1, 3, 8).transpose(0, 2, 1).reshape(-1, 3)[n:].any()  # padding rows are zero
+    np.testing.assert_array_equal(binary.blocked(rows), bits)
+    np.testing.assert_array_equal(binary.bit_rows(bits)[:n], rows)
+    picked = rng.permutation(n)[: n // 2]
+    np.testing.assert_array_equal(binary.bit_rows(bits, picked), rows[picked])
 
 
 def test_one_query_bit_is_the_hamming_score(rng):
     queries = rng.standard_normal((3, 100))
     codes = rng.integers(-128, 128, (20, 100)).astype(np.int8)
     hamming = ((queries[:, None, :] > 0) != (codes[None, :, :] > 0)).sum(-1)
-    got = binary.binary_scores_ref(binary.query_planes(queries, 1), binary.sign_bits(codes), 100)
+    got = binary.binary_scores_ref(binary.query_planes(queries, 1), binary.sign_bit_rows(codes), 100)
     np.testing.assert_array_equal(got, 100 - 2 * hamming)
 
 
 def test_sign_bits_of_large_inputs_are_made_in_blocks(rng, monkeypatch):
-    codes = rng.integers(-128, 128, (1000, 70)).astype(np.int8)
+    codes = rng.integers(-128, 128, (1001, 70)).astype(np.int8)
     whole = binary.sign_bits(codes)
+    np.testing.assert_array_equal(binary.bit_rows(whole)[:1001], binary.sign_bit_rows(codes))
     monkeypatch.setattr(binary, "_SIGN_BLOCK", 64)
     np.testing.assert_array_equal(binary.sign_bits(codes), whole)
 
@@ -56,7 +73,7 @@ def test_query_bits_are_checked():
 
 def two_stage_reference(q_codes, q_scales, planes, codes, scales, ids, deleted, dim, k, candidates):
     """The binary top `candidates` (ties to the lower id) re-ranked by exact int8 score, in numpy."""
-    first = binary.binary_scores_ref(planes, binary.sign_bits(codes), dim).astype(np.float64)
+    first = binary.binary_scores_ref(planes, binary.sign_bit_rows(codes), dim).astype(np.float64)
     first[:, deleted] = -np.inf
     live = int((~deleted).sum())
     out_scores, out_rows = [], []
@@ -106,7 +123,9 @@ def test_core_refuses_bad_binary_arguments(rng):
     with pytest.raises(ValueError, match=r"candidates \(2\) must be at least k \(3\)"):
         _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [bits], 3, 2)
     with pytest.raises(ValueError, match="bits must be uint64"):
-        _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [bits[:5]], 3, 4)
+        _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [bits[:1]], 3, 4)  # 10 rows: 2 blocks
+    with pytest.raises(ValueError, match=r"bits must be uint64 \[2, 1, 8\]"):
+        _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [binary.sign_bit_rows(codes)], 3, 4)
     with pytest.raises(ValueError, match="has picked rows"):
         _core.topk_binary(q, np.ones(1, np.float32), planes, [segment + (np.array([1, 2]),)], [bits], 1, 2)
     with pytest.raises(ValueError, match="query_bits must be in"):

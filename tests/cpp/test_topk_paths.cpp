@@ -158,21 +158,32 @@ uint32_t binary_distance_reference(const uint64_t* row, const uint64_t* planes, 
   return total;
 }
 
+// Row-major sign bits [n_rows, words] in the kernels' blocked layout (simd_paths.h), padding zero.
+std::vector<uint64_t> blocked(const std::vector<uint64_t>& rows, size_t n_rows, size_t words) {
+  const size_t block = fastret::kBitBlock;
+  std::vector<uint64_t> out((n_rows + block - 1) / block * words * block, 0);
+  for (size_t j = 0; j < n_rows; ++j)
+    for (size_t w = 0; w < words; ++w) out[((j / block) * words + w) * block + j % block] = rows[j * words + w];
+  return out;
+}
+
 // Every path's binary_distances against the reference; returns false (and says where) on a difference.
 bool binary_kernels_agree(const std::vector<std::string>& paths, std::mt19937& rng) {
   std::uniform_int_distribution<uint64_t> word;
   for (size_t words = 1; words <= 13; ++words) {
-    for (size_t query_bits = 1; query_bits <= 8; ++query_bits) {
+    for (size_t query_bits = 1; query_bits <= fastret::kMaxQueryBits; ++query_bits) {
       const size_t n_rows = 1 + (words * 7 + query_bits) % 70;
       std::vector<uint64_t> rows(n_rows * words), planes(query_bits * words);
       for (uint64_t& x : rows) x = word(rng);
       for (uint64_t& x : planes) x = word(rng);
       rows[0] = 0;  // extremes: nothing and everything differs
       for (size_t w = 0; w < words; ++w) rows[(n_rows - 1) * words + w] = ~planes[w];
-      std::vector<uint32_t> got(n_rows);
+      const std::vector<uint64_t> blocks = blocked(rows, n_rows, words);
+      std::vector<uint32_t> got(blocks.size() / words);  // whole blocks: kernels may fill the padding
       for (const std::string& path : paths) {
         fastret::set_simd_path(path);
-        fastret::active_simd_path().binary_distances(rows.data(), n_rows, words, planes.data(), query_bits, got.data());
+        fastret::active_simd_path().binary_distances(blocks.data(), n_rows, words, planes.data(), query_bits,
+                                                     got.data());
         for (size_t j = 0; j < n_rows; ++j) {
           if (got[j] != binary_distance_reference(&rows[j * words], planes.data(), words, query_bits)) {
             std::printf("FAIL: path %s binary_distances, words %zu, query_bits %zu, row %zu\n", path.c_str(), words,
