@@ -153,7 +153,8 @@ py::list picked_rows(const py::sequence& masks) {
 }
 
 py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_scales, const Array<uint64_t>& planes,
-                      const py::sequence& segments, const py::sequence& bits, size_t k, size_t candidates) {
+                      const py::sequence& segments, const py::sequence& bits, size_t k, size_t candidates,
+                      const py::object& codes_files) {
   const auto [n_queries, dim] = query_shape(queries, query_scales);
   const size_t words = (dim + 63) / 64;
   require(planes.ndim() == 3 && static_cast<size_t>(planes.shape(0)) == n_queries &&
@@ -173,6 +174,17 @@ py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_sc
                 std::to_string(words) + ", " + std::to_string(fastret::kBitBlock) + "] (fastret.binary.sign_bits)");
     bit_blocks.push_back(segment_bits.data());
   }
+  std::vector<fastret::CodesFile> files(parts.size());
+  if (!codes_files.is_none()) {
+    const auto given = codes_files.cast<py::sequence>();
+    require(given.size() == segments.size(), "topk_binary: codes_files must hold one (fd, offset) or None per segment");
+    for (size_t s = 0; s < files.size(); ++s) {
+      if (given[s].is_none()) continue;
+      const auto [fd, offset] = given[s].cast<std::pair<int, uint64_t>>();
+      require(fd >= 0, "topk_binary: segment " + std::to_string(s) + ": a codes file needs an open descriptor");
+      files[s] = fastret::CodesFile{fd, offset};
+    }
+  }
   Array<float> scores({n_queries, k});
   Array<int64_t> rows({n_queries, k});
   float* scores_data = scores.mutable_data();
@@ -180,7 +192,8 @@ py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_sc
   {
     py::gil_scoped_release release;
     fastret::topk_binary(queries.data(), query_scales.data(), planes.data(), n_queries, planes.shape(1),
-                         parts.data(), bit_blocks.data(), parts.size(), dim, k, candidates, scores_data, rows_data);
+                         parts.data(), bit_blocks.data(), files.data(), parts.size(), dim, k, candidates,
+                         scores_data, rows_data);
   }
   return py::make_tuple(scores, rows);
 }
@@ -258,8 +271,10 @@ PYBIND11_MODULE(_core, m) {
         "[-127, 127]; a block whose codes all lie in [-63, 63] may take a faster kernel.");
   m.def("topk_binary", &topk_binary, py::arg("queries").noconvert(), py::arg("query_scales").noconvert(),
         py::arg("planes").noconvert(), py::arg("segments"), py::arg("bits"), py::arg("k"), py::arg("candidates"),
+        py::arg("codes_files") = py::none(),
         "Binary first stage (the `candidates` best rows by sign bits against the query planes), re-ranked by "
-        "exact int8 score: (int8 scores float32 [q, k], global rows int64 [q, k]), as topk_int8's.");
+        "exact int8 score: (int8 scores float32 [q, k], global rows int64 [q, k]), as topk_int8's. codes_files: "
+        "per segment None or (fd, offset): its candidates' codes are read with pread at offset + row * dim.");
   m.def("picked_rows", &picked_rows, py::arg("masks"), "The set rows (int64, ascending) of each bool mask.");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");
   m.def("set_simd_path", &fastret::set_simd_path, py::arg("name"),

@@ -8,11 +8,18 @@
 //   every query's distances, and rows whose score reaches a query's current worst candidate are
 //   offered to that query's private heap of `candidates`;
 //   the threads' heaps of each query are merged into its candidates, whose int8 rows are then
-//   read (prefetched, at random) and scored exactly, in parallel over the queries.
+//   read (prefetched through the codes pointer, or with pread from the codes file) and scored
+//   exactly, in parallel over the queries.
 #include "topk_binary.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -118,27 +125,54 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
   }
 }
 
-// The int8 score of a segment's row, exactly as topk_int8 computes it.
-float row_score(const int8_t* query, float query_scale, const Segment& seg, size_t row, size_t dim) {
-  const int8_t* codes = seg.codes + row * dim;
+// The int8 score of a row's codes, exactly as topk_int8 computes it.
+float row_score(const int8_t* query, float query_scale, const int8_t* codes, float scale, size_t dim) {
   int32_t dot = 0;
   for (size_t i = 0; i < dim; ++i) dot += int32_t(query[i]) * int32_t(codes[i]);
-  return int8_score(dot, query_scale, seg.scales[row]);
+  return int8_score(dot, query_scale, scale);
 }
 
-// Second stage for one query: its candidates' exact scores, the k best into out.
-void rerank(const std::vector<Candidate>& chosen, const int8_t* query, float query_scale, const Segment* segments,
-            const BitTiles& tiles, size_t dim, size_t k, float* out_scores, int64_t* out_rows) {
-  for (const Candidate& c : chosen) {  // rows at random: ask for all of them first
+// Reads `dim` bytes of row `row` from a codes file into `buffer`; an empty string, or what failed.
+std::string read_row(const CodesFile& file, size_t row, size_t dim, int8_t* buffer) {
+  size_t done = 0;
+  while (done < dim) {
+    const ssize_t got = pread(file.fd, buffer + done, dim - done, static_cast<off_t>(file.offset + row * dim + done));
+    if (got > 0) {
+      done += static_cast<size_t>(got);
+    } else if (got == 0) {
+      return "the file ends before it";
+    } else if (errno != EINTR) {
+      return std::strerror(errno);
+    }
+  }
+  return {};
+}
+
+// Second stage for one query: its candidates' exact scores, the k best into out. Returns what failed
+// reading a codes file ("" when nothing did).
+std::string rerank(const std::vector<Candidate>& chosen, const int8_t* query, float query_scale,
+                   const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim, size_t k,
+                   float* out_scores, int64_t* out_rows) {
+  for (const Candidate& c : chosen) {  // rows at random: ask for the mapped ones first
     const size_t s = tiles.segment_of_row(static_cast<size_t>(c.row));
+    if (codes_files != nullptr && codes_files[s].fd >= 0) continue;
     const int8_t* codes = segments[s].codes + (static_cast<size_t>(c.row) - tiles.first_row[s]) * dim;
     for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 3);
   }
+  std::vector<int8_t> buffer(dim);
   TopK best(k);
   for (const Candidate& c : chosen) {
     const size_t s = tiles.segment_of_row(static_cast<size_t>(c.row));
     const size_t row = static_cast<size_t>(c.row) - tiles.first_row[s];
-    best.offer(row_score(query, query_scale, segments[s], row, dim), c.id, c.row);
+    const int8_t* codes = segments[s].codes + row * dim;
+    if (codes_files != nullptr && codes_files[s].fd >= 0) {
+      const std::string failed = read_row(codes_files[s], row, dim, buffer.data());
+      if (!failed.empty())
+        return "could not read row " + std::to_string(row) + " of segment " + std::to_string(s) + "'s codes file: " +
+               failed;
+      codes = buffer.data();
+    }
+    best.offer(row_score(query, query_scale, codes, segments[s].scales[row], dim), c.id, c.row);
   }
   std::vector<Candidate> top = best.items();
   std::sort(top.begin(), top.end(), better);
@@ -146,13 +180,15 @@ void rerank(const std::vector<Candidate>& chosen, const int8_t* query, float que
     out_scores[i] = i < top.size() ? top[i].score : -std::numeric_limits<float>::infinity();
     out_rows[i] = i < top.size() ? top[i].row : -1;
   }
+  return {};
 }
 
 }  // namespace
 
 void topk_binary(const int8_t* queries, const float* query_scales, const uint64_t* planes, size_t n_queries,
-                 size_t query_bits, const Segment* segments, const uint64_t* const* bits, size_t n_segments,
-                 size_t dim, size_t k, size_t candidates, float* out_scores, int64_t* out_rows) {
+                 size_t query_bits, const Segment* segments, const uint64_t* const* bits,
+                 const CodesFile* codes_files, size_t n_segments, size_t dim, size_t k, size_t candidates,
+                 float* out_scores, int64_t* out_rows) {
   const BitTiles tiles(segments, n_segments);
   check_arguments(n_queries, tiles.n_rows(), dim, k, candidates, query_bits, segments, n_segments);
   const SimdPath& path = active_simd_path();
@@ -176,12 +212,21 @@ void topk_binary(const int8_t* queries, const float* query_scales, const uint64_
       merged.resize(found);
     }
     const int rerank_threads = static_cast<int>(std::min(n_threads, n_block));
+    std::atomic<bool> failed{false};
+    std::string failure;
+    std::mutex failure_lock;
 #pragma omp parallel for num_threads(rerank_threads) schedule(dynamic)
     for (long q = 0; q < static_cast<long>(n_block); ++q) {
+      if (failed.load(std::memory_order_relaxed)) continue;  // no exception may leave the parallel region
       const size_t query = q0 + static_cast<size_t>(q);
-      rerank(chosen[q], queries + query * dim, query_scales[query], segments, tiles, dim, k, out_scores + query * k,
-             out_rows + query * k);
+      std::string error = rerank(chosen[q], queries + query * dim, query_scales[query], segments, codes_files, tiles,
+                                 dim, k, out_scores + query * k, out_rows + query * k);
+      if (!error.empty()) {
+        std::lock_guard<std::mutex> hold(failure_lock);
+        if (!failed.exchange(true)) failure = std::move(error);
+      }
     }
+    if (failed) throw std::runtime_error("topk_binary: " + failure);
   }
 }
 

@@ -203,6 +203,11 @@ def read(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Ind
                        arrays.get("doc_offsets"), arrays.get("doc_blob"))
 
 
+def section_offset(header: Header, name: str) -> int:
+    """Where section `name` ("codes", "scales", ...) of an index file starts, in bytes."""
+    return next(offset for section, _, _, offset in header.sections if section == name)
+
+
 def _verify(path: Path, header: Header, arrays: dict) -> None:
     crc = 0
     for name, *_ in header.sections:

@@ -488,8 +488,10 @@ def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales
     masks = [None] * len(segments) if allowed is None else allowed
     planes = binary.query_planes(q_codes, query_bits)
     # c x oversample beyond the live rows keeps every live row, as an exact search would
+    # mapped segments' candidate rows are read with pread: only those rows, no page mapped in
     scores, rows = _core.topk_binary(q_codes, q_scales, planes, [s.core_view(a) for s, a in zip(segments, masks)],
-                                     [s.sign_bits() for s in segments], c, c * oversample)
+                                     [s.sign_bits() for s in segments], c, c * oversample,
+                                     [s.codes_file() for s in segments])
     return _found(segments, scores, rows, q_floats)
 
 

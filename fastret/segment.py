@@ -26,12 +26,13 @@ just those rows (int64), which the core then reads alone, so a search of them co
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import binary
+from . import binary, index_file
 from .doc_ids import ListDocIds
 from .fields import StoredFields, concatenate
 
@@ -99,6 +100,26 @@ class Segment:
         if "sign_bits" not in self.cache:  # arrays in memory: made once, shared by every version
             self.cache["sign_bits"] = binary.sign_bits(self.codes)
         return self.cache["sign_bits"]
+
+    def codes_file(self) -> tuple[int, int] | None:
+        """(open file descriptor, byte offset of the codes) of a mapped segment file, for reading a
+        few rows with pread (the binary first stage's candidates): unlike a read through the
+        mapping, which makes the row's whole page cache folio resident in this process (megabytes
+        on current kernels), this copies the row alone. None for codes in memory.
+
+        The file is opened once and stays open while this segment (or a version of it) lives; the
+        OS is told not to read ahead (posix_fadvise RANDOM, where there is one).
+        """
+        if self.path is None or not isinstance(self.codes, np.memmap):
+            return None
+        if "codes_file" not in self.cache:
+            opened = open(self.path, "rb", buffering=0)  # noqa: SIM115 (kept open in the cache)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(opened.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+            offset = index_file.section_offset(index_file.read_header(self.path), "codes")
+            self.cache["codes_file"] = (opened, offset)
+        opened, offset = self.cache["codes_file"]
+        return opened.fileno(), offset
 
     def max_scale(self) -> float:
         """The largest scale (computed once; a search reads every scale anyway)."""

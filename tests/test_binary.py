@@ -1,6 +1,8 @@
 """The binary first stage: sign bits, query planes, the core's two stages against numpy, and the
 search API's checks."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -189,3 +191,41 @@ def test_binary_first_stage_refuses_gpu_queries(rng):
     index.add(unit_rows(rng, 20, 16))
     with pytest.raises(ValueError, match="runs in the C\\+\\+ core on the CPU"):
         index.search(torch.from_numpy(unit_rows(rng, 1, 16)).cuda(), 3, first_stage="binary")
+
+
+def test_core_reads_the_candidates_codes_from_a_codes_file_and_names_a_failed_read(rng, tmp_path):
+    codes = rng.integers(-127, 128, (50, 16)).astype(np.int8)
+    scales = rng.uniform(0.5, 1.0, 50).astype(np.float32)
+    ids = np.arange(50, dtype=np.int64)
+    bits = binary.sign_bits(codes)
+    q = codes[:3].copy()
+    q_scales = np.ones(3, np.float32)
+    planes = binary.query_planes(q, 4)
+    expected = _core.topk_binary(q, q_scales, planes, [(codes, scales, ids, None)], [bits], 5, 20)
+    path = tmp_path / "codes.bin"
+    path.write_bytes(b"header!" + codes.tobytes())
+    blank = (np.zeros_like(codes), scales, ids, None)  # the codes pointer says nothing: the file must
+    with open(path, "rb") as f:
+        got = _core.topk_binary(q, q_scales, planes, [blank], [bits], 5, 20, [(f.fileno(), 7)])
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+    path.write_bytes(b"header!" + codes[:10].tobytes())  # truncated
+    with open(path, "rb") as f, pytest.raises(RuntimeError, match=r"could not read row \d+ of segment 0's codes "
+                                                                  r"file: the file ends before it"):
+        _core.topk_binary(q, q_scales, planes, [blank], [bits], 5, 50, [(f.fileno(), 7)])
+    with pytest.raises(ValueError, match="one .fd, offset. or None per segment"):
+        _core.topk_binary(q, q_scales, planes, [blank], [bits], 5, 20, [None, None])
+
+
+def test_a_mapped_segment_reads_its_candidates_with_pread(rng, tmp_path):
+    index = fastret.Index(32)
+    index.add(unit_rows(rng, 100, 32))
+    index.save(tmp_path / "i.frt")
+    loaded = fastret.Index.load(tmp_path / "i.frt")
+    fd, offset = loaded.segments[0].codes_file()
+    assert os.pread(fd, 32, offset) == np.asarray(loaded.segments[0].codes[0]).tobytes()
+    assert fastret.Index.load(tmp_path / "i.frt", mmap=False).segments[0].codes_file() is None
+    assert index.segments[0].codes_file() is None
+    queries = unit_rows(rng, 3, 32)
+    for got, want in zip(loaded.search(queries, 5, first_stage="binary"), index.search(queries, 5, first_stage="binary")):
+        np.testing.assert_array_equal(got, want)
