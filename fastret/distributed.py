@@ -10,6 +10,18 @@ them with `merge_candidates` (higher score first, then lower id); `search` is
 score for score, to one `Index` over the same vectors: the merged top c by int8 score is the
 global top c, and rescoring re-ranks the global top k x factor as `Index` does.
 
+The binary first stage (`first_stage="binary"`) is where shards differ from one index. One
+`Index` keeps the global top c x oversample rows by the binary score; here each shard keeps its
+own top c x oversample, which holds every row of the global ones that lies in that shard (both
+stages rank by score, then by lower id, the same order everywhere). So the merged candidates are
+the top c by int8 score of a superset of one index's binary candidates:
+- identical to one `Index` over the same vectors when there is one shard, and when c x
+  oversample is at least the live rows that pass the filter (every such row a candidate in both);
+- otherwise, rank by rank, at least as good as one `Index`'s by the tie rule (a higher int8
+  score, or the same score and a lower id), and exactly the merge of each shard's own
+  `Index.candidates(..., first_stage="binary")`. With rescoring, the float16 re-ranking runs on
+  those candidates, so its results may differ from one `Index`'s either way.
+
 State and failures. The caller keeps a log of every `add` and `delete` since the files were
 loaded, numbered; each actor counts the entries it has applied. Every call carries the count the
 caller expects, and an actor that is behind (Ray restarted it after a crash: it reloaded its files
@@ -39,8 +51,8 @@ from .cpu import set_num_threads
 from .fields import fields_path
 from .filters import Filter, FilterError
 from .index import Index
-from .search import (EMPTY_ID, SearchableBase, check_rescore, merge_candidates, query_codes, rank,
-                     search_by_candidates)
+from .search import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, merge_candidates, query_codes,
+                     rank, search_by_candidates)
 
 DEFAULT_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 600.0
@@ -94,13 +106,15 @@ class ShardServer:
             self.applied += 1
         return self.applied, results
 
-    def candidates(self, expected: int, queries: Any, c: int, exact: bool,
-                   filter: Filter | None = None) -> tuple[int, tuple | None]:
-        """(entries applied, `Index.candidates(queries, c, exact=exact, filter=filter)`), or
-        (entries applied, None) without searching when that is not `expected`."""
+    def candidates(self, expected: int, queries: Any, c: int, exact: bool, filter: Filter | None = None,
+                   first_stage: str = "int8", oversample: int | None = None) -> tuple[int, tuple | None]:
+        """(entries applied, `Index.candidates(queries, c, exact=exact, filter=filter,
+        first_stage=first_stage, oversample=oversample)`), or (entries applied, None) without
+        searching when that is not `expected`."""
         if self.applied != expected:
             return self.applied, None
-        return self.applied, self.index.candidates(queries, c, exact=exact, filter=filter)
+        return self.applied, self.index.candidates(queries, c, exact=exact, filter=filter, first_stage=first_stage,
+                                                   oversample=oversample)
 
     def contains(self, expected: int, ids: np.ndarray, filter: Filter | None = None) -> tuple[int, np.ndarray | None]:
         """(entries applied, `Index.contains(ids, filter=filter)`)."""
@@ -276,23 +290,31 @@ class ShardedIndex(SearchableBase):
 
     @_serialized
     def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
-               filter: Any = None):
+               filter: Any = None, first_stage: str = "int8", oversample: int | None = None):
         """Exact top-k over every shard, identical to `Index.search` over the same vectors.
 
         Args, Returns: as `Index.search` (CPU queries only); a filter is a dict or a
         `fastret.filters.Filter` (a row mask has no meaning across shards), evaluated on the shards.
+        With first_stage="binary" each shard keeps its own top k x oversample binary candidates:
+        identical to `Index.search` for one shard, else at least as good rank by rank (see the
+        module's docstring).
 
         Raises:
-            TypeError, ValueError: bad queries, k, rescoring arguments or filter (as `Index.search`).
+            TypeError, ValueError: bad queries, k, rescoring arguments, first stage or filter (as
+                `Index.search`), before any shard is asked.
             ShardUnavailableError: a shard had no replica answer within `timeout_s`.
         """
         checked = _shard_filter(filter)
-        return search_by_candidates(lambda q, c, exact: self._candidates(q, c, exact, checked), sum(self._live),
-                                    self.store_float16, queries, k, rescore=rescore, rescore_factor=rescore_factor)
+        oversample = check_first_stage(first_stage, oversample)
+        return search_by_candidates(lambda q, c, exact: self._candidates(q, c, exact, checked, first_stage, oversample),
+                                    sum(self._live), self.store_float16, queries, k, rescore=rescore,
+                                    rescore_factor=rescore_factor)
 
     @_serialized
-    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None):
-        """Every shard's top candidates merged: identical to `Index.candidates` over the same vectors.
+    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None,
+                   first_stage: str = "int8", oversample: int | None = None):
+        """Every shard's top candidates merged: identical to `Index.candidates` over the same vectors
+        (with first_stage="binary", as `search` says).
 
         Args, Returns: as `Index.candidates` (CPU queries only; a filter as in `search`).
 
@@ -300,9 +322,11 @@ class ShardedIndex(SearchableBase):
             TypeError, ValueError: as `Index.candidates`.
             ShardUnavailableError: a shard had no replica answer within `timeout_s`.
         """
-        return self._candidates(queries, c, exact, _shard_filter(filter))
+        checked = _shard_filter(filter)
+        return self._candidates(queries, c, exact, checked, first_stage, check_first_stage(first_stage, oversample))
 
-    def _candidates(self, queries: Any, c: int, exact: bool, filter: Filter | None):
+    def _candidates(self, queries: Any, c: int, exact: bool, filter: Filter | None, first_stage: str,
+                    oversample: int | None):
         c = checks.check_k(c, sum(self._live))
         if exact:
             check_rescore(self.store_float16, queries, 1)
@@ -313,8 +337,8 @@ class ShardedIndex(SearchableBase):
         # The float queries when the shards compute float dot products; else the codes (a quarter of the bytes).
         sent = ray.put(q_floats if exact else (q_codes, q_scales))
         per_shard = [min(c, n) for n in self._live]
-        found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], exact, filter),
-                              skip=[n == 0 for n in per_shard])
+        found = self._fan_out("candidates", lambda shard: (sent, per_shard[shard], exact, filter, first_stage,
+                                                           oversample), skip=[n == 0 for n in per_shard])
         return merge_candidates([f for f in found if f is not None], c)
 
     @_serialized

@@ -2,8 +2,8 @@
 
 Each side returns its top `candidates` per query (the dense side is the `search` of any
 `fastret.search.Searchable`: an `Index`, or a `ShardedIndex` on Ray, with rescoring when it keeps
-float16 copies; the lexical side `LexicalIndex.search`, run here, on the caller, restricted to ids
-that are live in the dense side). Then, per query:
+float16 copies, and the binary first stage when asked; the lexical side `LexicalIndex.search`,
+run here, on the caller, restricted to ids that are live in the dense side). Then, per query:
 
 - reciprocal rank fusion ("rrf"): score(d) = sum over the sides that found d of 1 / (rrf_k + rank),
   rank counted from 1, rrf_k = 60 (Cormack et al., 2009);
@@ -113,7 +113,7 @@ class HybridSearcher:
 
     def search(self, texts: Sequence[str], vectors: Any, k: int = 10, *, method: str = DEFAULT_METHOD,
                alpha: float = DEFAULT_ALPHA, candidates: int = DEFAULT_CANDIDATES, rescore: bool | None = None,
-               filter: Any = None):
+               filter: Any = None, first_stage: str = "int8", oversample: int | None = None):
         """Hybrid top-k for queries given both as text (BM25) and as vectors (dense).
 
         Args:
@@ -123,14 +123,18 @@ class HybridSearcher:
             rescore: rescore the dense side with float16 copies (default: when the index has them).
             filter: as the dense side's `search` (fastret.filters): both sides search only the
                 documents that pass it.
+            first_stage, oversample: as the dense side's `search`: "binary" picks the dense
+                candidates by the binary first stage (`Index.search`).
 
         Returns:
             (fused scores float32 [q, k], ids int64 [q, k]); rows end in (-inf, -1) when both sides
             together found fewer than k documents.
 
         Raises:
-            ValueError: unknown method, alpha outside [0, 1], candidates < k, or as the dense side's `search`.
-            TypeError: texts that are not str.
+            ValueError: unknown method, alpha outside [0, 1], candidates < k, or as the dense side's `search`
+                (a bad first_stage or oversample among them).
+            TypeError: texts that are not str, or as the dense side's `search` (an oversample that is
+                not an int).
         """
         if method not in METHODS:
             raise ValueError(f"unknown fusion method {method!r}; expected one of {', '.join(METHODS)}")
@@ -139,7 +143,8 @@ class HybridSearcher:
             raise ValueError(f"candidates must be an int >= k ({k}), got {candidates!r}")
         rescore = self.index.store_float16 if rescore is None else rescore
         depth = min(candidates, len(self.index))
-        dense = self.index.search(vectors, depth, rescore=rescore, filter=filter)
+        dense = self.index.search(vectors, depth, rescore=rescore, filter=filter, first_stage=first_stage,
+                                  oversample=oversample)
         if len(dense[1]) != len(texts):
             raise ValueError(f"{len(texts)} query texts but {len(dense[1])} query vectors")
         allowed = None if filter is None else self.index.contains(self.lexical.ids, filter=filter)

@@ -19,6 +19,8 @@ the cost follows them), else searched with deleted | not-allowed as its bitmap. 
 a list of segments: `core_candidates` (the C++ core, one call over every segment) and
 `torch_candidates` (torch on the queries' device: each segment's live rows are copied there once
 and reused until its deletions change; a filter's rows are picked from that copy per call).
+The binary first stage is a third way to pick candidates (`binary_candidates`): every searchable
+takes `first_stage` and `oversample`, checked once by `check_first_stage`.
 
 Scores must stay finite: a query whose scale could push a score past float32's range is refused
 (`check_score_range`) rather than ranked by inf and NaN. The core itself ranks a NaN score as -inf,
@@ -156,9 +158,10 @@ class Searchable(Protocol):
     """What every searcher offers (`fastret.Index`, `fastret.distributed.ShardedIndex`), and what
     HybridSearcher, `fastret search`, `fastret serve` and evaluation take.
 
-    `search` and `candidates` follow `Index.search` and `Index.candidates` (same arguments, same
-    results and errors, filters included); `contains`, `documents` and `fields` follow
-    `Index.contains`, `Index.documents` and `Index.fields`.
+    `search` and `candidates` follow `Index.search` and `Index.candidates` (same arguments and
+    errors, filters and the binary first stage included; the results are those of `Index`, except
+    where a searcher's own docstring says how they may differ); `contains`, `documents` and
+    `fields` follow `Index.contains`, `Index.documents` and `Index.fields`.
     """
 
     @property
@@ -173,9 +176,10 @@ class Searchable(Protocol):
     def __len__(self) -> int: ...
 
     def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
-               filter: Any = None): ...
+               filter: Any = None, first_stage: str = "int8", oversample: int | None = None): ...
 
-    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None): ...
+    def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None,
+                   first_stage: str = "int8", oversample: int | None = None): ...
 
     def contains(self, ids: Any, *, filter: Any = None) -> np.ndarray: ...
 
@@ -487,11 +491,12 @@ def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales
     check_score_range(q_scales, _max_scale(segments), q_codes.shape[1])
     masks = [None] * len(segments) if allowed is None else allowed
     planes = binary.query_planes(q_codes, query_bits)
-    # c x oversample beyond the live rows keeps every live row, as an exact search would
+    # c x oversample beyond the live rows keeps every live row, as an exact search would; capped at
+    # the rows, so that no oversample, however large, overflows the core's sizes
+    kept = min(c * oversample, sum(len(s) for s in segments))
     # mapped segments' candidate rows are read with pread: only those rows, no page mapped in
     scores, rows = _core.topk_binary(q_codes, q_scales, planes, [s.core_view(a) for s, a in zip(segments, masks)],
-                                     [s.sign_bits() for s in segments], c, c * oversample,
-                                     [s.codes_file() for s in segments])
+                                     [s.sign_bits() for s in segments], c, kept, [s.codes_file() for s in segments])
     return _found(segments, scores, rows, q_floats)
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import fastret
 from fastret.hybrid import HybridSearcher
 from fastret.lexical import LexicalIndex
+from fastret.search import merge_candidates, rescored
 
 from conftest import unit_rows
 
@@ -213,6 +214,88 @@ def test_candidates_and_contains_are_those_of_index(tied):
     np.testing.assert_array_equal(sharded.contains(asked), reference.contains(asked))
     assert sharded.contains(asked).sum() == live.sum()
     assert isinstance(sharded, fastret.search.Searchable) and isinstance(reference, fastret.search.Searchable)
+
+
+def shard_indexes(sharded, deleted):
+    """Each shard of `sharded` as its own Index over the same files, `deleted` ids deleted."""
+    indexes = []
+    for files in sharded.shard_files:
+        segments = [segment for path in files for segment in fastret.Index.load(path).segments]
+        indexes.append(fastret.Index.from_segments(segments, sharded.dim, sharded.store_float16))
+        indexes[-1].delete(deleted)
+    return indexes
+
+
+def assert_not_worse(got, one):
+    """Rank by rank, each of `got` ranks at or above `one`'s by the tie rule (score, then lower id)."""
+    (got_scores, got_ids), (one_scores, one_ids) = got, one
+    assert ((got_scores > one_scores) | ((got_scores == one_scores) & (got_ids <= one_ids))).all()
+
+
+@pytest.mark.parametrize("k", [10, 40])
+@pytest.mark.parametrize("rescore", [False, True])
+def test_binary_first_stage_keeps_each_shards_own_candidates(tied, k, rescore):
+    """first_stage="binary" reaches the shards: each keeps its own top c x oversample by the binary
+    score, and the result is exactly the merge of each shard's Index.candidates (ties everywhere);
+    its int8 candidates are rank by rank at least as good as one Index's."""
+    vectors, ids, live, reference, sharded, _ = tied
+    queries = np.concatenate([unit_rows(np.random.default_rng(k), 4, DIM), vectors[:3]])
+    stage = dict(first_stage="binary", oversample=1)
+    c = k * 2 if rescore else k
+    parts = [shard.candidates(queries, min(c, len(shard)), exact=rescore, **stage)
+             for shard in shard_indexes(sharded, ids[~live])]
+    merged = merge_candidates(parts, c)
+    got = sharded.search(queries, k, rescore=rescore, rescore_factor=2, **stage)
+    assert_same(got, rescored(merged, k) if rescore else merged[:2])
+    exact = sharded.search(queries, k, rescore=rescore, rescore_factor=2)
+    assert not np.array_equal(got[1], exact[1])  # the bits did pick the candidates
+    got_candidates = sharded.candidates(queries, c, exact=rescore, **stage)
+    assert_same(got_candidates[:2], merged[:2])
+    assert_not_worse(got_candidates[:2], reference.candidates(queries, c, **stage)[:2])
+
+
+def test_binary_first_stage_on_one_shard_is_identical_to_index(tied):
+    vectors, ids, live, reference, sharded, _ = tied
+    one = distributed.ShardedIndex([sum(sharded.shard_files, [])], num_cpus=0, timeout_s=120)
+    try:
+        one.delete(ids[~live])
+        queries = np.concatenate([unit_rows(np.random.default_rng(8), 4, DIM), vectors[:3]])
+        for rescore in (False, True):
+            for oversample in (1, 3, None):
+                options = dict(rescore=rescore, first_stage="binary", oversample=oversample)
+                assert_same(one.search(queries, 12, **options), reference.search(queries, 12, **options))
+        got = one.candidates(queries, 30, exact=True, first_stage="binary", oversample=2)
+        expected = reference.candidates(queries, 30, exact=True, first_stage="binary", oversample=2)
+        assert_same(got[:2], expected[:2])
+        np.testing.assert_array_equal(got[2], expected[2])
+    finally:
+        ray.kill(one.shard_actors(0)[0], no_restart=True)
+
+
+def test_binary_first_stage_under_a_filter_on_shards(sharded, corpus):
+    _, reference, vectors = corpus
+    queries = np.concatenate([unit_rows(np.random.default_rng(13), 6, DIM), vectors[[0, 5]]])
+    spec = {"year": {"$gte": 2005}}
+    passing = reference.contains(np.concatenate([s.ids for s in reference.segments]), filter=spec).sum()
+    # every passing row a candidate: the exact filtered search, on shards as in one index
+    every = sharded.search(queries, 10, filter=spec, first_stage="binary", oversample=int(passing))
+    assert_same(every, reference.search(queries, 10, filter=spec))
+    few = sharded.search(queries, 10, filter=spec, first_stage="binary", oversample=1)
+    assert reference.contains(few[1], filter=spec).all()
+    assert not np.array_equal(few[1], every[1])
+    assert_not_worse(few, reference.search(queries, 10, filter=spec, first_stage="binary", oversample=1))
+
+
+def test_bad_first_stage_arguments_get_the_errors_of_index(sharded):
+    query = np.ones((1, DIM), np.float32)
+    with pytest.raises(ValueError, match="oversample must be >= 1"):
+        sharded.search(query, 3, first_stage="binary", oversample=0)
+    with pytest.raises(TypeError, match="oversample must be an int"):
+        sharded.search(query, 3, first_stage="binary", oversample="x")
+    with pytest.raises(ValueError, match="oversample applies to first_stage='binary' only"):
+        sharded.search(query, 3, oversample=4)
+    with pytest.raises(ValueError, match="first_stage must be one of 'int8', 'binary', got 'bits'"):
+        sharded.candidates(query, 3, first_stage="bits")
 
 
 def test_adds_and_deletes_are_routed(sharded, corpus):

@@ -78,6 +78,31 @@ def test_bad_hybrid_arguments(searcher):
         hybrid.search(["a", "b"], vectors[:1], 2)
     with pytest.raises(TypeError, match=r"needs a Searchable \(fastret.Index, .*got LexicalIndex and Index"):
         HybridSearcher(hybrid.lexical, hybrid.index)
+    with pytest.raises(ValueError, match="oversample must be >= 1"):
+        hybrid.search(["a"], vectors[:1], 2, first_stage="binary", oversample=0)
+    with pytest.raises(TypeError, match="oversample must be an int"):
+        hybrid.search(["a"], vectors[:1], 2, first_stage="binary", oversample="x")
+    with pytest.raises(ValueError, match="oversample applies to first_stage='binary' only"):
+        hybrid.search(["a"], vectors[:1], 2, oversample=3)
+
+
+def test_the_binary_first_stage_picks_the_dense_candidates(rng):
+    words = ["statins", "asthma", "cancer", "tea", "salt", "heart", "vitamin"]
+    texts = [" ".join(rng.choice(words, 3)) for _ in range(300)]
+    index = fastret.Index(32)
+    index.add(unit_rows(rng, 300, 32))
+    lexical = LexicalIndex.build(texts)
+    hybrid = HybridSearcher(index, lexical)
+    query_texts, queries = [" ".join(rng.choice(words, 2)) for _ in range(6)], unit_rows(rng, 6, 32)
+    stage = dict(first_stage="binary", oversample=1)
+    dense, lex = index.search(queries, 10, **stage), lexical.search(query_texts, 10)
+    expected = {"rrf": reciprocal_rank_fusion([dense[1], lex[1]], 5), "weighted": weighted_fusion(dense, lex, 5)}
+    for method in ("rrf", "weighted"):
+        got = hybrid.search(query_texts, queries, 5, method=method, candidates=10, **stage)
+        np.testing.assert_array_equal(got[1], expected[method][1])
+        np.testing.assert_array_equal(got[0], expected[method][0])
+        exact = hybrid.search(query_texts, queries, 5, method=method, candidates=10)
+        assert not np.array_equal(got[1], exact[1])  # the bits did pick the dense candidates
 
 
 def test_a_filter_limits_both_sides_before_they_rank(rng):

@@ -7,8 +7,8 @@ import torch
 
 import fastret
 from fastret import _core
-from fastret.search import (PICK_FRACTION, core_candidates, device_arrays, narrowed, query_codes, segment_candidates,
-                            topk_int8_torch, torch_candidates)
+from fastret.search import (PICK_FRACTION, binary_candidates, core_candidates, device_arrays, narrowed, query_codes,
+                            segment_candidates, topk_int8_torch, torch_candidates)
 from fastret.segment import Segment
 
 from conftest import needs_cuda, unit_rows
@@ -307,6 +307,19 @@ def test_narrowed_skips_keeps_picks_or_masks_each_segment(rng):
                                  torch.from_numpy(q_floats), allowed)
         assert_same(got[:2], expected[:2])
         np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-7)
+
+
+def test_binary_candidates_take_any_oversample(rng):
+    """c x oversample past the rows keeps every row (the exact search), however large the oversample:
+    no size past the core's range."""
+    vectors = unit_rows(rng, 60, 16)
+    codes, scales = (np.asarray(a) for a in fastret.quantize_int8(vectors))
+    segments = [Segment(codes[a:a + 30], scales[a:a + 30], np.arange(a, a + 30, dtype=np.int64), None)
+                for a in (0, 30)]
+    q_codes, q_scales, _ = query_codes(unit_rows(rng, 2, 16), 16)
+    expected = core_candidates(segments, q_codes, q_scales, 5)
+    for oversample in (12, 2**62, 10**30):
+        assert_same(binary_candidates(segments, q_codes, q_scales, 5, oversample=oversample)[:2], expected[:2])
 
 
 def test_query_codes_on_a_torch_device_equal_the_numpy_ones(rng):
