@@ -208,15 +208,24 @@ def _run_clean(args: argparse.Namespace) -> int:
 
 
 def _add_search(commands) -> None:
+    from .binary import DEFAULT_OVERSAMPLE
+
     parser = commands.add_parser(
         "search", help="search an index or store with text queries",
-        description="Embed the queries with the model that built the index, then exact int8 search.")
+        description="Embed the queries with the model that built the index, then exact int8 search "
+                    "(with --binary, of the candidates the rows' sign bits pick).")
     parser.add_argument("index", type=Path, help="a store directory or an index file")
     parser.add_argument("queries", nargs="*", help="query texts (or use --queries-file)")
     parser.add_argument("--queries-file", type=Path, default=None,
                         help="JSONL with {\"_id\", \"text\"} per line (BEIR queries.jsonl)")
     parser.add_argument("-k", type=_positive_int, default=10, help="results per query")
     parser.add_argument("--rescore", action="store_true", help="re-rank with float16 copies (if stored)")
+    parser.add_argument("--binary", action="store_true",
+                        help="binary first stage: scan the rows' sign bits for k x oversample candidates, then "
+                             "rank only those by exact int8 score (fastret.binary)")
+    parser.add_argument("--oversample", type=_positive_int, default=None,
+                        help=f"binary candidates per result, with --binary (default {DEFAULT_OVERSAMPLE}, "
+                             "chosen on NFCorpus dev)")
     parser.add_argument("--hybrid", action="store_true",
                         help="fuse with the store's BM25 index (fastret encode --bm25 / fastret index --bm25)")
     parser.add_argument("--fusion", choices=("rrf", "weighted"), default=None,
@@ -256,6 +265,10 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError("no queries: pass query texts or --queries-file")
     if args.mesh is not None and args.filter is None:
         raise ValueError("--mesh is for $under in --filter; pass --filter too")
+    if args.oversample is not None and not args.binary:
+        raise ValueError("--oversample sets the binary first stage's candidates per result; pass --binary too, "
+                         "or drop --oversample")
+    first_stage = "binary" if args.binary else "int8"
     mesh = MeshTree.from_file(args.mesh) if args.mesh is not None else None
     spec = None if args.filter is None else Filter.from_json(args.filter, mesh=mesh)  # bad filters fail first
     show = None if args.show is None else _comma_list(args.show)
@@ -277,9 +290,10 @@ def _run_search(args: argparse.Namespace) -> int:
             list(texts.values()), vectors, k, method=args.fusion or hybrid.DEFAULT_METHOD,
             alpha=hybrid.DEFAULT_ALPHA if args.alpha is None else args.alpha,
             candidates=max(k, args.candidates or hybrid.DEFAULT_CANDIDATES), rescore=args.rescore or None,
-            filter=spec)
+            filter=spec, first_stage=first_stage, oversample=args.oversample)
     else:
-        scores, ids = index.search(vectors, k, rescore=args.rescore, filter=spec)
+        scores, ids = index.search(vectors, k, rescore=args.rescore, filter=spec, first_stage=first_stage,
+                                   oversample=args.oversample)
     for (qid, text), q_scores, q_ids in zip(texts.items(), scores, ids):
         found = q_ids >= 0  # a filter or a hybrid search may find fewer than k documents
         names = index.documents(q_ids[found]).tolist() if index.has_documents else q_ids[found].tolist()
@@ -307,8 +321,9 @@ def _add_eval(commands) -> None:
                         help="BEIR directory (default: the bundled NFCorpus)")
     parser.add_argument("--split", default="test", help="qrels split (default test)")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated: float32, int8, int8+rescore, bm25, hybrid (default: float32, int8, "
-                             "int8+rescore, bm25; with --index: int8, int8+rescore if it has float16 copies, bm25)")
+                        help="comma-separated: float32, int8, int8+rescore, binary (int8 behind the binary first "
+                             "stage), bm25, hybrid (default: float32, int8, int8+rescore, bm25; with --index: int8, "
+                             "int8+rescore if it has float16 copies, bm25)")
     parser.add_argument("--index", type=Path, default=None,
                         help="search this store of the dataset's corpus (fastret encode) instead of embedding it")
     parser.add_argument("--shards", type=_positive_int, default=None,

@@ -2,11 +2,13 @@
 
 Metrics are trec_eval's own (through pytrec-eval-terrier): nDCG@10, Recall@100 and MRR@10 (the
 reciprocal rank of the first relevant document within the top 10, 0 past it). Every dense run
-searches the same embeddings three ways: exact float32, fastret int8, int8 + float16 rescoring;
-beside them BM25 (fastret.lexical, bm25s) and the hybrid of int8 + rescore and BM25
-(fastret.hybrid, with its dev-chosen defaults). The int8 and hybrid runs search any
-`fastret.search.Searchable`: one built here from the embeddings, or one given (a store of the
-corpus written by `fastret encode`, searched here or on Ray).
+searches the same embeddings up to four ways: exact float32, fastret int8, int8 + float16
+rescoring, and "binary" (the int8 index behind the binary first stage, `first_stage="binary"` at
+fastret.binary's default oversample; not among `default_methods`); beside them BM25
+(fastret.lexical, bm25s) and the hybrid of int8 + rescore and BM25 (fastret.hybrid, with its
+dev-chosen defaults). The int8, binary and hybrid runs search any `fastret.search.Searchable`:
+one built here from the embeddings, or one given (a store of the corpus written by `fastret
+encode`, searched here or on Ray).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ INSTRUCTIONS = {
     "trec-covid": "Given a query on COVID-19, retrieve documents that answer the query",
     "scidocs": "Given a scientific paper title, retrieve paper abstracts that are cited by the given paper",
 }
-METHODS = ("float32", "int8", "int8+rescore", "bm25", "hybrid")
+METHODS = ("float32", "int8", "int8+rescore", "binary", "bm25", "hybrid")
 MEASURES = {"nDCG@10": "ndcg_cut_10", "Recall@100": "recall_100", "MRR@10": "recip_rank"}
 
 
@@ -121,7 +123,8 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
     Args:
         encoder: a `fastret.Encoder`.
         dataset: a BEIR directory (corpus, queries, qrels/<split>.tsv) or a loaded `BeirDataset`.
-        methods: any of "float32", "int8", "int8+rescore", "bm25", "hybrid".
+        methods: any of "float32", "int8", "int8+rescore", "binary", "bm25", "hybrid" ("binary":
+            int8 search behind the binary first stage at its default oversample).
         k: results per query (Recall@100 needs k >= 100).
         name: the dataset's name, for per-dataset instructions (default: the directory name).
         index: search this `Searchable` (an `Index`, a `ShardedIndex`: see
@@ -170,6 +173,7 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
             "float32": lambda: exact_float_search(queries, docs, k),
             "int8": lambda: index.search(queries, k),
             "int8+rescore": lambda: index.search(queries, k, rescore=True, rescore_factor=rescore_factor),
+            "binary": lambda: index.search(queries, k, first_stage="binary"),
             "hybrid": lambda: HybridSearcher(index, lexical).search(
                 query_texts, queries, k, candidates=max(k, DEFAULT_CANDIDATES)),
         }

@@ -4,7 +4,8 @@ Endpoints:
   POST /embed            TEI-compatible: {"inputs", "normalize", "truncate", "prompt_name"} -> [[float]]
   POST /v1/embeddings    OpenAI-compatible: {"input", "model", "encoding_format"} -> {"object": "list", ...}
                          (unit-length rows, as OpenAI's)
-  POST /search           {"query" | "queries", "k", "rescore", "filter", "fields", "hybrid"}
+  POST /search           {"query" | "queries", "k", "rescore", "filter", "fields", "hybrid", "binary",
+                          "oversample"}
                          -> {"results": [[{"id", "score", "fields"}]]} ("fields" when asked for)
   GET  /health, /info, /metrics (Prometheus text)
 
@@ -111,6 +112,8 @@ class SearchRequest(_Body):
     filter: Optional[Dict[str, Any]] = None  # the JSON operator form (fastret.filters)
     fields: Optional[List[str]] = None  # stored fields to return with each result
     hybrid: bool = False  # fuse with the store's BM25 index (fastret.hybrid defaults)
+    binary: bool = False  # the binary first stage (Index.search(..., first_stage="binary"))
+    oversample: Optional[int] = Field(None, ge=1)  # its candidates per result (default fastret.binary's)
 
 
 # ---------------------------------------------------------------------------------- the service
@@ -189,12 +192,13 @@ class _Service:
             ServeError: 422 for a bad filter (naming its part).
         """
         k = min(body.k, len(self.index))
+        stage = {"first_stage": "binary" if body.binary else "int8", "oversample": body.oversample}
         try:
             spec = None if body.filter is None else Filter(body.filter, mesh=self.mesh)
             if body.hybrid:
                 return HybridSearcher(self.index, self.lexical()).search(
-                    texts, vectors, k, rescore=body.rescore or None, filter=spec)
-            return self.index.search(vectors, k, rescore=body.rescore, filter=spec)
+                    texts, vectors, k, rescore=body.rescore or None, filter=spec, **stage)
+            return self.index.search(vectors, k, rescore=body.rescore, filter=spec, **stage)
         except FilterError as error:
             raise ServeError(422, str(error)) from None
 
@@ -344,6 +348,9 @@ def _add_search_route(app: FastAPI, service: _Service) -> None:
         if body.rescore and not index.store_float16:
             raise ServeError(422, "rescore=true needs float16 copies in the index; encode the store with "
                                   "--float16, or search without rescore")
+        if body.oversample is not None and not body.binary:
+            raise ServeError(422, "oversample sets the binary first stage's candidates per result; send "
+                                  "\"binary\": true too, or drop oversample")
         field = "query" if body.queries is None else "queries"
         texts = [body.query] if body.queries is None else body.queries
         vectors, _ = await service.embed(texts, body.truncate, body.prompt_name, field)

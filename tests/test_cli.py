@@ -123,6 +123,31 @@ def test_search_with_a_filter_shows_stored_fields(tmp_path, tiny_bert, capsys):
     assert "--mesh is for $under in --filter" in capsys.readouterr().err
 
 
+def test_search_with_the_binary_first_stage(store, tiny_bert, capsys):
+    """--binary [--oversample N]: the results of Index.search(..., first_stage="binary"), id for id."""
+    texts = ["T text number 7", "text number 2", "number 11 T", "T"]
+    common = ["search", str(store), *texts, "-k", "3", "--model", str(tiny_bert), "--device", "cpu", "--json"]
+    index = fastret.Index.load(store)
+    vectors = fastret.Encoder(tiny_bert, device="cpu").encode(texts)
+    capsys.readouterr()
+    for extra, options in ((["--oversample", "1"], {"oversample": 1}), ([], {}),
+                           (["--oversample", "1", "--rescore"], {"oversample": 1, "rescore": True})):
+        assert cli.main(common + ["--binary", *extra]) == 0
+        printed = [json.loads(line)["results"] for line in capsys.readouterr().out.splitlines()]
+        scores, ids = index.search(vectors, 3, first_stage="binary", **options)
+        assert [[hit["id"] for hit in hits] for hits in printed] == index.documents(ids).tolist()
+        np.testing.assert_allclose([[hit["score"] for hit in hits] for hits in printed], scores, rtol=1e-6)
+    exact = index.search(vectors, 3)[1]
+    assert not np.array_equal(index.search(vectors, 3, first_stage="binary", oversample=1)[1], exact)
+    assert cli.main(common + ["--oversample", "4"]) == 2
+    assert "--oversample sets the binary first stage's candidates per result; pass --binary too" in (
+        capsys.readouterr().err)
+    for bad, shown in (("0", "0"), ("x", "'x'")):
+        with pytest.raises(SystemExit):
+            cli.main(common + ["--binary", "--oversample", bad])
+        assert f"--oversample: expected a positive integer, got {shown}" in capsys.readouterr().err
+
+
 def test_search_on_ray_shards_prints_what_one_index_prints(store, tiny_bert, ray_session, capsys):
     """`--shards 2` spreads the store's 3 files over 2 Ray actors; the output is the same, line for line."""
     capsys.readouterr()
@@ -181,10 +206,10 @@ def test_eval_prints_metrics(tmp_path, tiny_bert, capsys):
     (tmp_path / "d" / "qrels").mkdir()
     (tmp_path / "d" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td2\t1\n")
     status = cli.main(["eval", str(tmp_path / "d"), "--model", str(tiny_bert), "--device", "cpu",
-                       "--methods", "int8,bm25", "--no-progress", "--json"])
+                       "--methods", "int8,binary,bm25", "--no-progress", "--json"])
     assert status == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["metrics"]) == {"int8", "bm25"} and report["queries"] == 1
+    assert list(report["metrics"]) == ["int8", "binary", "bm25"] and report["queries"] == 1
     assert report["metrics"]["bm25"]["MRR@10"] == 1.0
 
 
@@ -274,6 +299,21 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, ray_session, 
     assert json.loads(capsys.readouterr().out)["documents"] == 12
     assert cli.main(["search", str(tmp_path / "plain"), "T text number 3", "--hybrid", "--json", *common]) == 0
     assert cli.main(["index", str(tmp_path / "plain")]) == 2
+    # --hybrid --binary: the dense side behind the binary first stage
+    from fastret.hybrid import HybridSearcher
+    from fastret.lexical import LexicalIndex
+
+    texts = ["T text number 3", "number 8", "T"]
+    capsys.readouterr()
+    assert cli.main(["search", str(tmp_path / "plain"), *texts, "-k", "4", "--candidates", "4", "--hybrid",
+                     "--fusion", "rrf", "--binary", "--oversample", "1", "--json", *common]) == 0
+    printed = [[hit["id"] for hit in json.loads(line)["results"]] for line in capsys.readouterr().out.splitlines()]
+    index = fastret.Index.load(tmp_path / "plain")
+    vectors = fastret.Encoder(tiny_bert, device="cpu").encode(texts)
+    searcher = HybridSearcher(index, LexicalIndex.load(tmp_path / "plain"))
+    ids = searcher.search(texts, vectors, 4, method="rrf", candidates=4, first_stage="binary", oversample=1)[1]
+    assert printed == index.documents(ids).tolist()
+    assert not np.array_equal(ids, searcher.search(texts, vectors, 4, method="rrf", candidates=4)[1])
 
 
 def test_serve_options_mirror_serve_config(monkeypatch):

@@ -74,6 +74,26 @@ def test_evaluate_retrieval_searches_a_given_index(tiny_bert, self_retrieval_dat
     assert not evaluate.holds_corpus(shuffled, [f"d{i}" for i in range(6)])
 
 
+class RecordingIndex(fastret.Index):
+    """An Index that notes the options of each search."""
+
+    def search(self, queries, k=10, **options):
+        self.asked.append(options)
+        return super().search(queries, k, **options)
+
+
+def test_the_binary_method_searches_behind_the_binary_first_stage(tiny_bert, self_retrieval_dataset, tmp_path):
+    encoder = fastret.Encoder(tiny_bert, device="cpu", normalize=True)
+    encoder.encode_corpus(self_retrieval_dataset / "corpus.jsonl", tmp_path / "store", show_progress_bar=False)
+    index = RecordingIndex.load(tmp_path / "store")
+    index.asked = []
+    report = evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=("int8", "binary"),
+                                         show_progress_bar=False, index=index)
+    assert index.asked == [{}, {"first_stage": "binary"}]  # binary: the default oversample
+    assert report.metrics["binary"]["MRR@10"] == 1.0
+    assert "binary" in evaluate.METHODS and "binary" not in evaluate.default_methods()
+
+
 def test_instructions_for_instruction_presets(tiny_neox, tiny_bert):
     bm = fastret.Encoder(tiny_neox, device="cpu", preset="bmretriever")
     assert evaluate.query_prompt(bm, "NFCorpus") == (

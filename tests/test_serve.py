@@ -19,6 +19,8 @@ import pytest
 
 import fastret
 from fastret.corpus import BUNDLED_NFCORPUS, find_file, iter_corpus, load_queries
+from fastret.hybrid import HybridSearcher
+from fastret.lexical import LexicalIndex
 
 httpx = pytest.importorskip("httpx", reason="the server tests talk HTTP with httpx (pip install httpx)")
 pytest.importorskip("fastapi", reason="fastret serve needs FastAPI (pip install 'fastret[serve]')")
@@ -214,6 +216,27 @@ def test_search_answers_with_the_store_document_ids(client, store, queries):
     assert all(hit["id"].startswith("MED-") for hit in single[0])
 
 
+def test_search_with_the_binary_first_stage(client, store, queries):
+    """"binary": true (with "oversample"): the results of Index.search(..., first_stage="binary")."""
+    index = fastret.Index.load(store)
+    names = fastret.Store.open(store).doc_ids()
+    texts = queries[:6]
+    vectors = embed(client, texts)
+    for options in ({"oversample": 1}, {}, {"oversample": 1, "rescore": True}):
+        scores, ids = index.search(vectors, 3, first_stage="binary", **options)
+        answer = client.post("/search", json={"queries": texts, "k": 3, "binary": True, **options})
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert [[hit["id"] for hit in hits] for hits in results] == [[names[i] for i in row] for row in ids]
+        np.testing.assert_allclose([[hit["score"] for hit in hits] for hits in results], scores, rtol=1e-6)
+    assert not np.array_equal(index.search(vectors, 3, first_stage="binary", oversample=1)[1],
+                              index.search(vectors, 3)[1])
+    searcher = HybridSearcher(index, LexicalIndex.load(store))
+    _, ids = searcher.search(texts, vectors, 3, first_stage="binary", oversample=1)
+    answer = client.post("/search", json={"queries": texts, "k": 3, "hybrid": True, "binary": True, "oversample": 1})
+    assert [[hit["id"] for hit in hits] for hits in answer.json()["results"]] == [[names[i] for i in row] for row in ids]
+
+
 def test_search_filters_and_returns_stored_fields(client, store, queries):
     index = fastret.Index.load(store)
     names = fastret.Store.open(store).doc_ids()
@@ -330,6 +353,13 @@ BAD_REQUESTS = [
     ("POST", "/search", {"query": "x", "filter": {"year": {"$near": 1}}}, None, 422, "unknown operator '\\$near'"),
     ("POST", "/search", {"query": "x", "filter": {"mesh": {"$under": "C04"}}}, None, 422, r"\$under needs the MeSH tree"),
     ("POST", "/search", {"query": "x", "filter": [1]}, None, 422, "filter: Input should be a valid dictionary"),
+    ("POST", "/search", {"query": "x", "binary": True, "oversample": 0}, None, 422,
+     "oversample: Input should be greater than or equal to 1"),
+    ("POST", "/search", {"query": "x", "binary": True, "oversample": "x"}, None, 422,
+     "oversample: Input should be a valid integer"),
+    ("POST", "/search", {"query": "x", "oversample": 4}, None, 422,
+     "oversample sets the binary first stage's candidates per result; send \"binary\": true too"),
+    ("POST", "/search", {"query": "x", "binary": "yes"}, None, 422, "binary: Input should be a valid boolean"),
     ("GET", "/embed", None, None, 405, "Method Not Allowed"),
     ("POST", "/nothing", {}, None, 404, "Not Found"),
 ]
