@@ -47,6 +47,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from . import checks, index_file, store
+from .bits_file import bits_path
 from .cpu import set_num_threads
 from .fields import fields_path
 from .filters import Filter, FilterError
@@ -467,6 +468,7 @@ class ShardedIndex(SearchableBase):
             for part in parts:
                 part.unlink(missing_ok=True)
                 fields_path(part).unlink(missing_ok=True)
+                bits_path(part).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ calls to the shards
 
