@@ -3,13 +3,13 @@ subtracting the corpus's per-dimension mean, scored symmetrically (Hamming) or a
 float query against the bits), then re-ranked exactly by int8 score.
 
     .venv/bin/python benchmarks/binary_quality_nfcorpus.py \
-        --json benchmarks/results/2026-12-04-cpu-binary-quality-nfcorpus.json
+        --json benchmarks/results/2026-12-06-cpu-binary-quality-nfcorpus.json
 
 all-MiniLM-L6-v2 (fp32, fastret.Encoder) embeds the bundled NFCorpus once (cached under
 benchmarks/.cache/). The documents' int8 codes (fastret.Index) give the reference ranking: exact
 int8 search, as Index.search does it. Each document also gets one bit per dimension:
 
-    sign            b_i = [x_i > 0]
+    sign            b_i = [code_i > 0]  (the int8 code of x_i, as fastret stores them)
     centered sign   b_i = [x_i - mean_i > 0], mean over the corpus's documents (stored beside the bits)
 
 and each query is scored against the bits (ties to the lower row):
@@ -17,13 +17,22 @@ and each query is scored against the bits (ties to the lower row):
     hamming         d - popcount(bits(q) xor b)      (the query binarized the same way)
     asymmetric      sum_i q_i * (2 b_i - 1)           (the float query, uncentered: q . mean is the
                                                       same for every document of a query)
-    B-bit query     sum_i v_i * (2 b_i - 1)           v: the query on 2^B odd levels (B = 1 is the
-                                                      Hamming score), what fastret's kernels
+    B-bit query     sum_i v_i * (2 b_i - 1)           v: the query's int8 codes (as Index.search
+                                                      makes them) on 2^B odd levels (B = 1 is the
+                                                      Hamming score but for codes of 0, which
+                                                      count as positive), what fastret's kernels
                                                       compute (fastret.binary.query_planes)
 
 The best oversample * 10 documents of the first stage are re-ranked by their exact int8 scores.
 Reported per split (dev chooses, test confirms), oversample 1, 2, 4, 10, 20: nDCG@10 (trec_eval)
 and recall@10 against exact int8 search.
+
+The defaults (fastret.binary.DEFAULT_QUERY_BITS, DEFAULT_OVERSAMPLE) are chosen on dev by this
+rule: the fewest query bits (the scan's cost grows with them) whose nDCG@10 comes within 0.5% of
+exact int8 at an oversample of at most 20, with the smallest such oversample. The script applies
+it, checks that the library's defaults are what it picks, runs `Index.search(...,
+first_stage="binary")` with them (the kernels themselves, equal to the table's row), and checks
+that test keeps >= 0.99x exact int8's nDCG@10.
 """
 
 from __future__ import annotations
@@ -40,13 +49,15 @@ from fastret import binary  # noqa: E402
 from fastret.evaluate import as_run, trec_metrics  # noqa: E402
 from fastret.search import rank  # noqa: E402
 
-from harness import cpu_info, embedded_nfcorpus, finish, json_argument, recall_at_k  # noqa: E402
+from harness import cpu_info, embedded_nfcorpus, finish, json_argument, recall_at_k, verdict  # noqa: E402
 
 K = 10
 OVERSAMPLES = (1, 2, 4, 10, 20)
 # The B-bit queries go with plain sign bits only (fastret's bits are the signs of the int8 codes).
-METHODS = {"sign": ("hamming", "asymmetric", "2-bit query", "3-bit query", "4-bit query", "5-bit query"),
+QUERY_BITS = (1, 2, 3, 4, 5)
+METHODS = {"sign": ("hamming", "asymmetric", *(f"{b}-bit query" for b in QUERY_BITS)),
            "centered sign": ("hamming", "asymmetric")}
+WITHIN = 0.995  # the rule's nDCG@10 against exact int8, on dev
 
 
 def binarize(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
@@ -60,7 +71,8 @@ def first_stage_scores(queries: np.ndarray, doc_bits: np.ndarray, mean: np.ndarr
     if method == "asymmetric":
         return queries.astype(np.float64) @ signs.T
     if method.endswith("-bit query"):
-        levels = binary.query_levels(queries, int(method.split("-")[0])).astype(np.float64)
+        q_codes, _ = fastret.quantize_queries(queries)
+        levels = binary.query_levels(np.asarray(q_codes), int(method.split("-")[0])).astype(np.float64)
         return levels @ signs.T
     query_signs = np.where(binarize(queries, mean), 1.0, -1.0)
     return (query_signs @ signs.T + doc_bits.shape[1]) / 2  # agreements = d - Hamming distance
@@ -92,7 +104,8 @@ def main() -> int:
     doc_ids = splits["test"].corpus.ids
     codes, scales = fastret.quantize_int8(doc_vectors)
     mean = doc_vectors.mean(axis=0)
-    bits = {"sign": (binarize(doc_vectors, None), None), "centered sign": (binarize(doc_vectors, mean), mean)}
+    # fastret's bits are the signs of the stored int8 codes (a value rounding to code 0 counts as negative)
+    bits = {"sign": (np.asarray(codes) > 0, None), "centered sign": (binarize(doc_vectors, mean), mean)}
 
     results: dict = {}
     for split, dataset in splits.items():
@@ -123,9 +136,38 @@ def main() -> int:
                 print(f"| {bits_name} | {method} | " + " | ".join(
                     f"{c['nDCG@10']:.4f} ({c['recall@10_vs_int8']:.3f})" for c in cells) + " |")
 
+    query_bits, oversample = choose_defaults(results["dev"]["two_stage"])
+    index = fastret.Index(doc_vectors.shape[1])
+    index.add(doc_vectors)
+    checks = [(verdict((query_bits, oversample) == (binary.DEFAULT_QUERY_BITS, binary.DEFAULT_OVERSAMPLE)),
+               f"dev picks {query_bits}-bit queries at oversample {oversample}; fastret's defaults: "
+               f"{binary.DEFAULT_QUERY_BITS}-bit, oversample {binary.DEFAULT_OVERSAMPLE}")]
+    for split, dataset in splits.items():
+        query_ids, _, vectors = queries[split]
+        scores, rows = index.search(vectors, K, first_stage="binary")
+        metrics = trec_metrics(dataset.qrels, as_run(query_ids, doc_ids, scores, rows))
+        table = results[split]["two_stage"][f"sign, {query_bits}-bit query, oversample {oversample}"]
+        ratio = metrics["nDCG@10"] / results[split]["exact_int8"]["nDCG@10"]
+        results[split]["fastret_binary_defaults"] = {"nDCG@10": metrics["nDCG@10"], "nDCG@10_vs_int8": ratio}
+        checks.append((verdict(abs(metrics["nDCG@10"] - table["nDCG@10"]) < 1e-12),
+                       f"{split}: Index.search(first_stage='binary') nDCG@10 {metrics['nDCG@10']:.4f} equals the "
+                       f"table's {table['nDCG@10']:.4f}"))
+        if split == "test":
+            checks.append((verdict(ratio >= 0.99), f"test: nDCG@10 {ratio:.4f}x exact int8 (>= 0.99x)"))
     report = {"command": " ".join(sys.argv), "machine": cpu_info(), "model": str(encoder.model_dir),
-              "documents": len(doc_ids), "k": K, "results": results}
-    return finish([], json_path, report)
+              "documents": len(doc_ids), "k": K, "rule": f"fewest query bits within {WITHIN} of exact int8 "
+              "nDCG@10 on dev at oversample <= 20, smallest oversample",
+              "chosen": {"query_bits": query_bits, "oversample": oversample}, "results": results}
+    return finish(checks, json_path, report)
+
+
+def choose_defaults(dev: dict) -> tuple[int, int]:
+    """(query bits, oversample) by the rule of the module docstring, from dev's two-stage rows."""
+    for bits in QUERY_BITS:
+        for oversample in OVERSAMPLES:
+            if dev[f"sign, {bits}-bit query, oversample {oversample}"]["nDCG@10_vs_int8"] >= WITHIN:
+                return bits, oversample
+    raise SystemExit(f"no query bits in {QUERY_BITS} come within {WITHIN} of exact int8 on dev")
 
 
 if __name__ == "__main__":

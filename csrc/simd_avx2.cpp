@@ -42,10 +42,10 @@
 namespace fastret {
 
 // The portable kernel compiled for the popcnt instruction.
-__attribute__((target("popcnt"))) void binary_distances_popcnt(const uint64_t* blocks, size_t n_rows, size_t words,
+__attribute__((target("popcnt"))) uint32_t binary_distances_popcnt(const uint64_t* blocks, size_t n_rows, size_t words,
                                                                 const uint64_t* planes, size_t query_bits,
                                                                 uint32_t* out) {
-  binary_distances_with(DifferingWords{}, blocks, n_rows, words, planes, query_bits, out);
+  return binary_distances_with(DifferingWords{}, blocks, n_rows, words, planes, query_bits, out);
 }
 
 namespace {
@@ -323,9 +323,9 @@ FASTRET_AVX2 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, con
 
 // The binary first stage with the popcnt instruction (every AVX2 CPU has it): no vector
 // popcount before AVX-512, and 64-bit popcnt runs on several ports of current cores.
-void binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+uint32_t binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                       size_t query_bits, uint32_t* out) {
-  binary_distances_popcnt(blocks, n_rows, words, planes, query_bits, out);
+  return binary_distances_popcnt(blocks, n_rows, words, planes, query_bits, out);
 }
 
 }  // namespace

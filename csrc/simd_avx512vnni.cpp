@@ -185,40 +185,62 @@ bool has_vpopcntdq() {
 
 // One register holds word w of a block's 8 rows (simd_paths.h): per word, each plane's differing
 // bits are counted for the 8 rows at once, in one accumulator per plane (QueryBits of them, in
-// registers); the planes' counts are combined by Horner's rule at the end of the block.
+// registers); the planes' counts are combined by Horner's rule at the end of the block. Two blocks
+// go together: each plane's broadcast word serves both, and their sums are independent chains.
 template <size_t QueryBits>
-FASTRET_VPOPCNTDQ void binary_distances_vpopcntdq(const uint64_t* blocks, size_t n_rows, size_t words,
-                                                  const uint64_t* planes, uint32_t* out) {
-  static_assert(kBitBlock == 8, "one 512-bit register per word of a block");
-  for (size_t j = 0; j < n_rows; j += kBitBlock) {
-    const uint64_t* block = blocks + (j / kBitBlock) * words * kBitBlock;
-    __m512i counts[QueryBits];
-    for (size_t p = 0; p < QueryBits; ++p) counts[p] = _mm512_setzero_si512();
-    for (size_t w = 0; w < words; ++w) {
-      const __m512i bits = _mm512_loadu_si512(block + w * kBitBlock);
-      for (size_t p = 0; p < QueryBits; ++p)
-        counts[p] = _mm512_add_epi64(
-            counts[p], _mm512_popcnt_epi64(_mm512_xor_si512(bits, _mm512_set1_epi64(planes[p * words + w]))));
+FASTRET_VPOPCNTDQ inline void count_block_pair(const uint64_t* first, const uint64_t* second, size_t words,
+                                              const uint64_t* planes, __m512i* totals) {
+  __m512i counts[2][QueryBits];
+  for (size_t p = 0; p < QueryBits; ++p) counts[0][p] = counts[1][p] = _mm512_setzero_si512();
+  for (size_t w = 0; w < words; ++w) {
+    const __m512i bits0 = _mm512_loadu_si512(first + w * kBitBlock);
+    const __m512i bits1 = _mm512_loadu_si512(second + w * kBitBlock);
+    for (size_t p = 0; p < QueryBits; ++p) {
+      const __m512i plane = _mm512_set1_epi64(static_cast<long long>(planes[p * words + w]));
+      counts[0][p] = _mm512_add_epi64(counts[0][p], _mm512_popcnt_epi64(_mm512_xor_si512(bits0, plane)));
+      counts[1][p] = _mm512_add_epi64(counts[1][p], _mm512_popcnt_epi64(_mm512_xor_si512(bits1, plane)));
     }
-    __m512i total = counts[QueryBits - 1];
-    for (size_t p = QueryBits - 1; p-- > 0;) total = _mm512_add_epi64(_mm512_slli_epi64(total, 1), counts[p]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm512_cvtepi64_epi32(total));
+  }
+  for (size_t half = 0; half < 2; ++half) {
+    __m512i total = counts[half][QueryBits - 1];
+    for (size_t p = QueryBits - 1; p-- > 0;) total = _mm512_add_epi64(_mm512_slli_epi64(total, 1), counts[half][p]);
+    totals[half] = total;
   }
 }
 
-using VpopcntdqKernel = void (*)(const uint64_t*, size_t, size_t, const uint64_t*, uint32_t*);
+template <size_t QueryBits>
+FASTRET_VPOPCNTDQ uint32_t binary_distances_vpopcntdq(const uint64_t* blocks, size_t n_rows, size_t words,
+                                                      const uint64_t* planes, uint32_t* out) {
+  static_assert(kBitBlock == 8, "one 512-bit register per word of a block");
+  const size_t n_blocks = (n_rows + kBitBlock - 1) / kBitBlock;
+  __m512i nearest = _mm512_set1_epi64(UINT32_MAX);
+  for (size_t b = 0; b < n_blocks; b += 2) {
+    const uint64_t* first = blocks + b * words * kBitBlock;
+    const bool pair = b + 1 < n_blocks;  // an odd last block is counted twice, kept once
+    __m512i totals[2];
+    count_block_pair<QueryBits>(first, pair ? first + words * kBitBlock : first, words, planes, totals);
+    for (size_t half = 0; half < (pair ? 2u : 1u); ++half) {
+      const size_t j = (b + half) * kBitBlock;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm512_cvtepi64_epi32(totals[half]));
+      const __mmask8 rows =
+          n_rows - j >= kBitBlock ? __mmask8(0xFF) : static_cast<__mmask8>((1u << (n_rows - j)) - 1);
+      nearest = _mm512_mask_min_epu64(nearest, rows, nearest, totals[half]);  // the padding rows left out
+    }
+  }
+  return static_cast<uint32_t>(_mm512_reduce_min_epu64(nearest));
+}
+
+using VpopcntdqKernel = uint32_t (*)(const uint64_t*, size_t, size_t, const uint64_t*, uint32_t*);
 constexpr VpopcntdqKernel kVpopcntdqKernels[] = {
     binary_distances_vpopcntdq<1>, binary_distances_vpopcntdq<2>, binary_distances_vpopcntdq<3>,
     binary_distances_vpopcntdq<4>, binary_distances_vpopcntdq<5>, binary_distances_vpopcntdq<6>,
     binary_distances_vpopcntdq<7>, binary_distances_vpopcntdq<8>};
 static_assert(sizeof(kVpopcntdqKernels) / sizeof(kVpopcntdqKernels[0]) == kMaxQueryBits, "one kernel per B");
 
-void binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                      size_t query_bits, uint32_t* out) {
-  if (has_vpopcntdq())
-    kVpopcntdqKernels[query_bits - 1](blocks, n_rows, words, planes, out);
-  else
-    binary_distances_popcnt(blocks, n_rows, words, planes, query_bits, out);
+uint32_t binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+                          size_t query_bits, uint32_t* out) {
+  if (has_vpopcntdq()) return kVpopcntdqKernels[query_bits - 1](blocks, n_rows, words, planes, out);
+  return binary_distances_popcnt(blocks, n_rows, words, planes, query_bits, out);
 }
 
 }  // namespace

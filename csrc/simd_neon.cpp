@@ -11,6 +11,7 @@
 
 #include <arm_neon.h>
 
+#include <algorithm>
 #include <cstring>
 
 #if defined(__linux__)
@@ -148,8 +149,9 @@ FASTRET_DOTPROD void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, 
 
 // Two rows at a time: one 128-bit register holds word w of rows j and j + 1 (the blocked layout,
 // simd_paths.h); vcnt counts each byte's bits and pairwise widening adds sum them per row.
-void binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                      size_t query_bits, uint32_t* out) {
+uint32_t binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+                          size_t query_bits, uint32_t* out) {
+  uint32_t nearest = UINT32_MAX;
   for (size_t j = 0; j < n_rows; j += 2) {  // kBitBlock is even: rows j and j + 1 share a block
     const uint64_t* lanes = bit_lane(blocks, j, words);
     uint64x2_t total = vdupq_n_u64(0);
@@ -165,7 +167,9 @@ void binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const
     }
     out[j] = static_cast<uint32_t>(vgetq_lane_u64(total, 0));
     out[j + 1] = static_cast<uint32_t>(vgetq_lane_u64(total, 1));  // a padding row's when j + 1 == n_rows
+    nearest = std::min(nearest, j + 1 < n_rows ? std::min(out[j], out[j + 1]) : out[j]);
   }
+  return nearest;
 }
 
 }  // namespace

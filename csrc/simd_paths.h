@@ -54,9 +54,10 @@ constexpr size_t kMaxQueryBits = 8;
 //   out[j] = sum_p popcount(planes[p] xor row_j) << p      p < query_bits <= 8
 //   blocks uint64 [ceil(n_rows / kBitBlock), words, kBitBlock], planes uint64 [query_bits, words]
 //   -> out uint32 [n_rows rounded up to kBitBlock]   (the padding rows' entries are scratch)
-// (the score is dim * (2^query_bits - 1) - 2 * out[j]: a lower out is a better row).
-using BinaryDistances = void (*)(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                                 size_t query_bits, uint32_t* out);
+// and returns min(out[0 .. n_rows)), so that a tile none of whose rows can enter a heap is skipped
+// with one compare (the score is dim * (2^query_bits - 1) - 2 * out[j]: a lower out is a better row).
+using BinaryDistances = uint32_t (*)(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+                                     size_t query_bits, uint32_t* out);
 
 // Word w of row j (of a tile that starts at a block) is lane(j)[w * kBitBlock].
 inline const uint64_t* bit_lane(const uint64_t* blocks, size_t j, size_t words) {
@@ -68,15 +69,19 @@ inline const uint64_t* bit_lane(const uint64_t* blocks, size_t j, size_t words) 
 // plane and the row (lane[w * kBitBlock], w < words) differ. Inlined into each kernel, so that the
 // kernel's target (popcnt, say) compiles the counting.
 template <typename CountDiffering>
-inline __attribute__((always_inline)) void binary_distances_with(CountDiffering differing, const uint64_t* blocks,
-                                                                 size_t n_rows, size_t words, const uint64_t* planes,
-                                                                 size_t query_bits, uint32_t* out) {
+inline __attribute__((always_inline)) uint32_t binary_distances_with(CountDiffering differing, const uint64_t* blocks,
+                                                                     size_t n_rows, size_t words,
+                                                                     const uint64_t* planes, size_t query_bits,
+                                                                     uint32_t* out) {
+  uint32_t nearest = UINT32_MAX;
   for (size_t j = 0; j < n_rows; ++j) {
     const uint64_t* lane = bit_lane(blocks, j, words);
     uint32_t total = 0;
     for (size_t p = query_bits; p-- > 0;) total = 2 * total + differing(planes + p * words, lane, words);
     out[j] = total;
+    nearest = total < nearest ? total : nearest;
   }
+  return nearest;
 }
 
 // Differing bits one 64-bit word at a time (a popcnt instruction where the caller's target has it).
@@ -91,11 +96,11 @@ struct DifferingWords {
 };
 
 // The portable kernel, which the paths without a faster one use.
-void binary_distances_portable(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+uint32_t binary_distances_portable(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                                size_t query_bits, uint32_t* out);
 #if defined(__x86_64__) || defined(_M_X64)
 // With the popcnt instruction (simd_avx2.cpp): the AVX2 path's, and AVX-512's without VPOPCNTDQ.
-void binary_distances_popcnt(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+uint32_t binary_distances_popcnt(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                              size_t query_bits, uint32_t* out);
 #endif
 

@@ -33,9 +33,9 @@ void dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_
 
 }  // namespace
 
-void binary_distances_portable(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+uint32_t binary_distances_portable(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                                size_t query_bits, uint32_t* out) {
-  binary_distances_with(DifferingWords{}, blocks, n_rows, words, planes, query_bits, out);
+  return binary_distances_with(DifferingWords{}, blocks, n_rows, words, planes, query_bits, out);
 }
 
 const SimdPath kScalarPath = {"scalar", false, always, {kRows, packed_bytes, pack, dots}, {}, nullptr,

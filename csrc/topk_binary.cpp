@@ -111,9 +111,11 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
       const size_t n_rows = std::min(kBitTile, seg.count - row0);
       const uint64_t* rows = bits[segment] + row0 * words;
       for (size_t q = 0; q < n_block; ++q) {
-        path.binary_distances(rows, n_rows, words, planes + q * query_bits * words, query_bits, distances);
+        const uint32_t nearest =
+            path.binary_distances(rows, n_rows, words, planes + q * query_bits * words, query_bits, distances);
         TopK& heap = heaps[t][q];
         uint32_t limit = distance_limit(heap.threshold(), base);
+        if (nearest > limit) continue;  // once the heap is full, most tiles: no row can enter it
         for (size_t j = 0; j < n_rows; ++j) {
           if (distances[j] > limit || is_deleted(seg.deleted, row0 + j)) continue;  // most rows: one compare
           const int64_t row = static_cast<int64_t>(tiles.first_row[segment] + row0 + j);

@@ -22,10 +22,11 @@ Layout (little-endian):
 
 Like the deletion file, it names its segment's checksum and size, so it is never applied to
 another segment (or another version of it); unlike it, it can always be made again from the
-codes (`write_bits`, `fastret index --binary`). Written to a temporary name and renamed
-(fastret.atomic); a segment written before this file existed, or a write killed between the
-segment and its bits, leaves no bits file: `read_bits` then gives None and a binary search says
-how to make them.
+codes (`write_bits`, `fastret index --binary`), so one that names another version is stale, not
+an error: the segment loads without bits. Written to a temporary name and renamed
+(fastret.atomic); a segment written before this file existed leaves no bits file, and a save
+killed between the segment and its bits a stale one: `read_bits` gives None for both, and a
+binary search says how to make them.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def write_bits(segment_path: str | os.PathLike, codes: np.ndarray, bits: np.ndar
 def read_bits(segment_path: str | os.PathLike, header: Header, mmap: bool = True,
               verify: bool = True) -> np.ndarray | None:
     """The sign bits (blocked: uint64 [ceil(count / 8), words(dim), 8]) of a segment file, mapped
-    with `mmap`; None when it has no bits file.
+    with `mmap`; None when it has no bits file, or a stale one: made for another version of the
+    segment (a save killed between a segment file and its bits leaves that; the segment loads, and a
+    binary search of it says to run `fastret index --binary`).
 
     Args:
         segment_path: the segment file.
@@ -103,9 +106,8 @@ def read_bits(segment_path: str | os.PathLike, header: Header, mmap: bool = True
             size are checked.
 
     Raises:
-        IndexFileError: a bits file that is truncated, corrupted, of an unknown version or rule, or
-            made for another segment (or another version of it); the message names the file and
-            `fastret index --binary`, which makes it again.
+        IndexFileError: a bits file that is truncated, corrupted, or of an unknown version or rule;
+            the message names the file and `fastret index --binary`, which makes it again.
     """
     path = bits_path(segment_path)
     if not path.exists():
@@ -123,8 +125,7 @@ def read_bits(segment_path: str | os.PathLike, header: Header, mmap: bool = True
         raise IndexFileError(f"{path}: bits file version {version}, rule {rule}; this fastret reads version "
                              f"{VERSION}, rule {RULE_SIGN} (sign bits); {remake}")
     if segment_crc != header.data_crc or segment_count != header.count or dim != header.dim:
-        raise IndexFileError(f"{path} belongs to another version of {Path(segment_path).name} (its checksum "
-                             f"or size differs); {remake}")
+        return None  # stale: the segment was rewritten and the write of its bits did not follow
     shape = _shape(header)
     expected = HEADER_SIZE + shape[0] * shape[1] * shape[2] * 8
     if path.stat().st_size != expected:

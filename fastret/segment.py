@@ -94,7 +94,8 @@ class Segment:
             return self.bits
         if self.path is not None:
             raise ValueError(f"{self.path} has no sign bits for first_stage='binary' (no {self.path.name}.bits "
-                             "beside it: written before fastret kept them, or a write stopped before them); "
+                             "beside it that matches it: written before fastret kept them, or a save stopped "
+                             "between the file and its bits); "
                              "run `fastret index --binary` on its store directory or index file once, or "
                              "search with first_stage='int8'")
         if "sign_bits" not in self.cache:  # arrays in memory: made once, shared by every version

@@ -89,7 +89,7 @@ def test_a_store_without_bits_names_fastret_index_binary_until_they_are_made(rng
     np.testing.assert_array_equal(found[1][:, 0], exact[1][:, 0])  # each query's own vector first
 
 
-def test_corrupted_truncated_and_foreign_bits_files_are_refused_by_name(rng, tmp_path):
+def test_corrupted_and_truncated_bits_files_are_refused_by_name_and_stale_ones_ignored(rng, tmp_path):
     directory = tmp_path / "s"
     make_store(directory, rng)
     first, second = bits_path(directory / "shard-00000.frt"), bits_path(directory / "shard-00001.frt")
@@ -109,7 +109,11 @@ def test_corrupted_truncated_and_foreign_bits_files_are_refused_by_name(rng, tmp
     damaged(bytes(head), r"shard-00001.frt.bits: the header is corrupted")
     damaged(good[:-8], r"shard-00001.frt.bits is \d+ bytes but the bits of 70 x 40 need \d+: truncated")
     damaged(b"not bits" * 10, r"shard-00001.frt.bits is not a fastret bits file")
-    damaged(first.read_bytes(), r"shard-00001.frt.bits belongs to another version of shard-00001.frt")
+    second.write_bytes(first.read_bytes())  # stale (another segment's): the store loads without those bits
+    index = fastret.Index.load(directory)
+    assert index.segments[1].bits is None
+    with pytest.raises(ValueError, match=r"shard-00001.frt has no sign bits .* that matches it"):
+        binary_search(index, unit_rows(rng, 2, 40))
     # without verify only the header and size are checked: a flipped data bit loads (and never crashes)
     second.write_bytes(bytes(flipped))
     index = fastret.Index.load(directory, verify=False)

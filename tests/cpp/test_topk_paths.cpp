@@ -182,14 +182,22 @@ bool binary_kernels_agree(const std::vector<std::string>& paths, std::mt19937& r
       std::vector<uint32_t> got(blocks.size() / words);  // whole blocks: kernels may fill the padding
       for (const std::string& path : paths) {
         fastret::set_simd_path(path);
-        fastret::active_simd_path().binary_distances(blocks.data(), n_rows, words, planes.data(), query_bits,
-                                                     got.data());
+        const uint32_t nearest = fastret::active_simd_path().binary_distances(blocks.data(), n_rows, words,
+                                                                              planes.data(), query_bits, got.data());
+        uint32_t expected_nearest = UINT32_MAX;
         for (size_t j = 0; j < n_rows; ++j) {
-          if (got[j] != binary_distance_reference(&rows[j * words], planes.data(), words, query_bits)) {
+          const uint32_t expected = binary_distance_reference(&rows[j * words], planes.data(), words, query_bits);
+          expected_nearest = std::min(expected_nearest, expected);
+          if (got[j] != expected) {
             std::printf("FAIL: path %s binary_distances, words %zu, query_bits %zu, row %zu\n", path.c_str(), words,
                         query_bits, j);
             return false;
           }
+        }
+        if (nearest != expected_nearest) {  // the padding rows (zero bits: often the nearest) must not count
+          std::printf("FAIL: path %s binary_distances returned %u, the nearest row is at %u (words %zu, bits %zu)\n",
+                      path.c_str(), nearest, expected_nearest, words, query_bits);
+          return false;
         }
       }
     }
