@@ -216,6 +216,12 @@ def query_sign_bits(queries: np.ndarray) -> np.ndarray:
     return np.packbits(queries > 0, axis=1, bitorder="little")
 
 
+def faiss_timings(built, dataset: np.ndarray, q_bits: np.ndarray, candidates: int, singles: int) -> dict:
+    """`timings` of a faiss binary index holding `dataset` (freed when this returns)."""
+    built.add(dataset)
+    return timings(lambda q: built.search(q, candidates), q_bits, singles)
+
+
 def measure_baselines(index, queries: np.ndarray, candidates: int, singles: int, usearch_batch: int) -> dict:
     import faiss
     from usearch.index import MetricKind
@@ -223,15 +229,8 @@ def measure_baselines(index, queries: np.ndarray, candidates: int, singles: int,
 
     dataset = packed_sign_bits(index)
     q_bits = query_sign_bits(queries)
-    out = {}
-    built = faiss.IndexBinaryFlat(index.dim)
-    built.add(dataset)
-
-    def faiss_search(q):
-        return built.search(q, candidates)
-
-    out["faiss IndexBinaryFlat"] = timings(faiss_search, q_bits, singles)
-    del built
+    out = {"faiss IndexBinaryFlat": faiss_timings(faiss.IndexBinaryFlat(index.dim), dataset, q_bits, candidates,
+                                                  singles)}
     threads = len(os.sched_getaffinity(0))
 
     def usearch_exact(q):
