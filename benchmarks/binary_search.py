@@ -76,6 +76,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline-batch", type=int, default=20,
                         help="usearch's batch (default 20: its exact search of 1,000 queries at 10M ran out of memory)")
     parser.add_argument("--skip-baselines", action="store_true", help="leave faiss and usearch out")
+    parser.add_argument("--simd-path", default=None,
+                        help="run fastret on this SIMD path (fastret.available_simd_paths(); default: the best)")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -199,6 +201,8 @@ def rss_child(args: argparse.Namespace) -> int:
 def measure_rss(args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--rss-child", "--dir", str(args.dir), "--dim", str(args.dim),
                "--rss-queries", str(args.rss_queries), "--k", str(args.k)]
+    if args.simd_path:
+        command += ["--simd-path", args.simd_path]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -268,6 +272,8 @@ def measure_scale(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     args = parse_args()
+    if args.simd_path:
+        fastret.set_simd_path(args.simd_path)
     if args.rss_child:
         return rss_child(args)
     from filtered_search import write_store

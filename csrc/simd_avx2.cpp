@@ -41,11 +41,55 @@
 
 namespace fastret {
 
-// The portable kernel compiled for the popcnt instruction.
-__attribute__((target("popcnt"))) uint32_t binary_distances_popcnt(const uint64_t* blocks, size_t n_rows, size_t words,
-                                                                const uint64_t* planes, size_t query_bits,
-                                                                uint32_t* out) {
-  return binary_distances_with(DifferingWords{}, blocks, n_rows, words, planes, query_bits, out);
+// The bits set in each byte of x, by two 16-entry lookups (vpshufb) on its nibbles.
+static FASTRET_AVX2 inline __m256i count_bytes(__m256i x, __m256i bit_counts, __m256i nibble) {
+  return _mm256_add_epi8(_mm256_shuffle_epi8(bit_counts, _mm256_and_si256(x, nibble)),
+                         _mm256_shuffle_epi8(bit_counts, _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble)));
+}
+
+// The binary first stage without a vector popcount (before AVX-512 VPOPCNTDQ): one register holds
+// word w of 4 rows of a block (simd_paths.h), and each byte's bits are counted by two 16-entry
+// table lookups (vpshufb on its nibbles). Byte counts add up over at most 31 words (31 * 8 < 256)
+// before vpsadbw sums each 64-bit lane's bytes: one row's count per lane, no shuffle across rows.
+FASTRET_AVX2 uint32_t binary_distances_avx2(const uint64_t* blocks, size_t n_rows, size_t words,
+                                            const uint64_t* planes, size_t query_bits, uint32_t* out) {
+  constexpr size_t kWordsPerSum = 31;
+  const __m256i nibble = _mm256_set1_epi8(0x0f);
+  const __m256i bit_counts = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
+                                              0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i interleaved = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  __m256i nearest = _mm256_set1_epi32(-1);  // UINT32_MAX in each lane
+  for (size_t j = 0; j < n_rows; j += kBitBlock) {
+    const uint64_t* block = blocks + (j / kBitBlock) * words * kBitBlock;
+    __m256i total[2] = {zero, zero};  // uint64 lanes: rows 0-3, rows 4-7
+    for (size_t p = query_bits; p-- > 0;) {
+      __m256i count[2] = {zero, zero};
+      for (size_t w0 = 0; w0 < words; w0 += kWordsPerSum) {
+        __m256i bytes[2] = {zero, zero};
+        for (size_t w = w0; w < std::min(words, w0 + kWordsPerSum); ++w) {
+          const __m256i plane = _mm256_set1_epi64x(static_cast<long long>(planes[p * words + w]));
+          for (size_t half = 0; half < 2; ++half) {
+            const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + w * kBitBlock + 4 * half));
+            bytes[half] = _mm256_add_epi8(bytes[half], count_bytes(_mm256_xor_si256(bits, plane), bit_counts, nibble));
+          }
+        }
+        for (size_t half = 0; half < 2; ++half) count[half] = _mm256_add_epi64(count[half], _mm256_sad_epu8(bytes[half], zero));
+      }
+      for (size_t half = 0; half < 2; ++half) total[half] = _mm256_add_epi64(_mm256_slli_epi64(total[half], 1), count[half]);
+    }
+    // rows 0-3 in the low halves of total[0]'s lanes, 4-7 in total[1]'s: [r0 r4 r1 r5 r2 r6 r3 r7] -> in order
+    const __m256i mixed = _mm256_blend_epi32(total[0], _mm256_slli_epi64(total[1], 32), 0xAA);
+    const __m256i rows = _mm256_permutevar8x32_epi32(mixed, interleaved);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), rows);
+    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min(n_rows - j, kBitBlock))),
+                                             lane_index);  // the padding rows left out
+    nearest = _mm256_min_epu32(nearest, _mm256_blendv_epi8(_mm256_set1_epi32(-1), rows, valid));
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), nearest);
+  return *std::min_element(lanes, lanes + 8);
 }
 
 namespace {
@@ -321,19 +365,12 @@ FASTRET_AVX2 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, con
     out[v] = sum_lanes(row_dots(rows + v * dim, query, dim, q_tail, end, ones)) + _mm256_cvtsi256_si32(bias);
 }
 
-// The binary first stage with the popcnt instruction (every AVX2 CPU has it): no vector
-// popcount before AVX-512, and 64-bit popcnt runs on several ports of current cores.
-uint32_t binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                      size_t query_bits, uint32_t* out) {
-  return binary_distances_popcnt(blocks, n_rows, words, planes, query_bits, out);
-}
-
 }  // namespace
 
 const SimdPath kAvx2Path = {"avx2", true, supported,
                             {kRows, packed_bytes, pack, dots_tile<false>},
                             {kNarrowRows, narrow_packed_bytes, narrow_pack, dots_tile<true>},
-                            dots_direct, binary_distances};
+                            dots_direct, binary_distances_avx2};
 
 }  // namespace fastret
 

@@ -177,7 +177,7 @@ FASTRET_AVX512 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, c
 
 #define FASTRET_VPOPCNTDQ __attribute__((target("avx512f,avx512vpopcntdq")))
 
-// VPOPCNTDQ (Ice Lake, Zen 4 on; not Skylake-X or Cascade Lake, which fall back to popcnt).
+// VPOPCNTDQ (Ice Lake, Zen 4 on; not Skylake-X or Cascade Lake, which take the AVX2 kernel).
 bool has_vpopcntdq() {
   static const bool yes = __builtin_cpu_supports("avx512vpopcntdq");
   return yes;
@@ -240,7 +240,7 @@ static_assert(sizeof(kVpopcntdqKernels) / sizeof(kVpopcntdqKernels[0]) == kMaxQu
 uint32_t binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
                           size_t query_bits, uint32_t* out) {
   if (has_vpopcntdq()) return kVpopcntdqKernels[query_bits - 1](blocks, n_rows, words, planes, out);
-  return binary_distances_popcnt(blocks, n_rows, words, planes, query_bits, out);
+  return binary_distances_avx2(blocks, n_rows, words, planes, query_bits, out);
 }
 
 }  // namespace

@@ -64,44 +64,13 @@ inline const uint64_t* bit_lane(const uint64_t* blocks, size_t j, size_t words) 
   return blocks + (j / kBitBlock) * words * kBitBlock + j % kBitBlock;
 }
 
-// What the kernels without a vector popcount do: for each row, the planes' counts combined by
-// Horner's rule, highest plane first; `differing(plane, lane, words)` counts the bits where the
-// plane and the row (lane[w * kBitBlock], w < words) differ. Inlined into each kernel, so that the
-// kernel's target (popcnt, say) compiles the counting.
-template <typename CountDiffering>
-inline __attribute__((always_inline)) uint32_t binary_distances_with(CountDiffering differing, const uint64_t* blocks,
-                                                                     size_t n_rows, size_t words,
-                                                                     const uint64_t* planes, size_t query_bits,
-                                                                     uint32_t* out) {
-  uint32_t nearest = UINT32_MAX;
-  for (size_t j = 0; j < n_rows; ++j) {
-    const uint64_t* lane = bit_lane(blocks, j, words);
-    uint32_t total = 0;
-    for (size_t p = query_bits; p-- > 0;) total = 2 * total + differing(planes + p * words, lane, words);
-    out[j] = total;
-    nearest = total < nearest ? total : nearest;
-  }
-  return nearest;
-}
-
-// Differing bits one 64-bit word at a time (a popcnt instruction where the caller's target has it).
-struct DifferingWords {
-  inline __attribute__((always_inline)) uint32_t operator()(const uint64_t* plane, const uint64_t* lane,
-                                                            size_t words) const {
-    uint32_t count = 0;
-    for (size_t w = 0; w < words; ++w)
-      count += static_cast<uint32_t>(__builtin_popcountll(plane[w] ^ lane[w * kBitBlock]));
-    return count;
-  }
-};
-
 // The portable kernel, which the paths without a faster one use.
 uint32_t binary_distances_portable(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                               size_t query_bits, uint32_t* out);
+                                   size_t query_bits, uint32_t* out);
 #if defined(__x86_64__) || defined(_M_X64)
-// With the popcnt instruction (simd_avx2.cpp): the AVX2 path's, and AVX-512's without VPOPCNTDQ.
-uint32_t binary_distances_popcnt(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                             size_t query_bits, uint32_t* out);
+// With AVX2 table lookups (simd_avx2.cpp): the AVX2 path's, and AVX-512's without VPOPCNTDQ.
+uint32_t binary_distances_avx2(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+                               size_t query_bits, uint32_t* out);
 #endif
 
 struct SimdPath {

@@ -33,9 +33,24 @@ void dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_
 
 }  // namespace
 
+// Each row's planes counted one 64-bit word at a time and combined by Horner's rule, highest plane
+// first (the row's word w at lane[w * kBitBlock]: simd_paths.h).
 uint32_t binary_distances_portable(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                               size_t query_bits, uint32_t* out) {
-  return binary_distances_with(DifferingWords{}, blocks, n_rows, words, planes, query_bits, out);
+                                   size_t query_bits, uint32_t* out) {
+  uint32_t nearest = UINT32_MAX;
+  for (size_t j = 0; j < n_rows; ++j) {
+    const uint64_t* lane = bit_lane(blocks, j, words);
+    uint32_t total = 0;
+    for (size_t p = query_bits; p-- > 0;) {
+      uint32_t differing = 0;
+      for (size_t w = 0; w < words; ++w)
+        differing += static_cast<uint32_t>(__builtin_popcountll(planes[p * words + w] ^ lane[w * kBitBlock]));
+      total = 2 * total + differing;
+    }
+    out[j] = total;
+    nearest = total < nearest ? total : nearest;
+  }
+  return nearest;
 }
 
 const SimdPath kScalarPath = {"scalar", false, always, {kRows, packed_bytes, pack, dots}, {}, nullptr,
