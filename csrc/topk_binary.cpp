@@ -12,6 +12,7 @@
 //   exactly, in parallel over the queries.
 #include "topk_binary.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -155,10 +156,16 @@ std::string read_row(const CodesFile& file, size_t row, size_t dim, int8_t* buff
 std::string rerank(const std::vector<Candidate>& chosen, const int8_t* query, float query_scale,
                    const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim, size_t k,
                    float* out_scores, int64_t* out_rows) {
-  for (const Candidate& c : chosen) {  // rows at random: ask for the mapped ones first
+  for (const Candidate& c : chosen) {  // rows at random: ask for all of them first
     const size_t s = tiles.segment_of_row(static_cast<size_t>(c.row));
-    if (codes_files != nullptr && codes_files[s].fd >= 0) continue;
-    const int8_t* codes = segments[s].codes + (static_cast<size_t>(c.row) - tiles.first_row[s]) * dim;
+    const size_t row = static_cast<size_t>(c.row) - tiles.first_row[s];
+    if (codes_files != nullptr && codes_files[s].fd >= 0) {
+      // the OS starts reading the rows not in its page cache, all at once (the reads below wait less)
+      posix_fadvise(codes_files[s].fd, static_cast<off_t>(codes_files[s].offset + row * dim),
+                    static_cast<off_t>(dim), POSIX_FADV_WILLNEED);
+      continue;
+    }
+    const int8_t* codes = segments[s].codes + row * dim;
     for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 3);
   }
   std::vector<int8_t> buffer(dim);
