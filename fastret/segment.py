@@ -51,6 +51,7 @@ class Segment:
     cache: dict = dataclasses.field(default_factory=dict)
     fields: StoredFields | None = None
     bits: np.ndarray | None = None
+    mapped_file: tuple[int, int] | None = None  # (st_dev, st_ino) of `path` when its codes were mapped
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -106,7 +107,8 @@ class Segment:
         """(open file descriptor, byte offset of the codes) of a mapped segment file, for reading a
         few rows with pread (the binary first stage's candidates): unlike a read through the
         mapping, which makes the row's whole page cache folio resident in this process (megabytes
-        on current kernels), this copies the row alone. None for codes in memory.
+        on current kernels), this copies the row alone. None for codes in memory, and when the file
+        at `path` is no longer the one mapped (replaced by a later save: the mapping is then read).
 
         The file is opened once and stays open while this segment (or a version of it) lives; the
         OS is told not to read ahead (posix_fadvise RANDOM, where there is one).
@@ -114,13 +116,23 @@ class Segment:
         if self.path is None or not isinstance(self.codes, np.memmap):
             return None
         if "codes_file" not in self.cache:
+            self.cache["codes_file"] = self._open_codes_file()
+        found = self.cache["codes_file"]
+        return None if found is None else (found[0].fileno(), found[1])
+
+    def _open_codes_file(self):
+        """(open file, codes offset), or None when `path` is not the file that was mapped."""
+        try:
             opened = open(self.path, "rb", buffering=0)  # noqa: SIM115 (kept open in the cache)
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(opened.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-            offset = index_file.section_offset(index_file.read_header(self.path), "codes")
-            self.cache["codes_file"] = (opened, offset)
-        opened, offset = self.cache["codes_file"]
-        return opened.fileno(), offset
+        except OSError:
+            return None
+        status = os.fstat(opened.fileno())
+        if self.mapped_file is not None and (status.st_dev, status.st_ino) != self.mapped_file:
+            opened.close()
+            return None
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(opened.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        return opened, index_file.section_offset(index_file.read_header(self.path), "codes")
 
     def max_scale(self) -> float:
         """The largest scale (computed once; a search reads every scale anyway)."""

@@ -237,8 +237,9 @@ def _segment(path: Path, arrays: index_file.IndexArrays, deleted_rows: np.ndarra
         mask = np.zeros(len(arrays.codes), bool)
         mask[deleted_rows] = True
         deleted = bitmap(mask)
+    status = path.stat()
     return Segment(arrays.codes, arrays.scales, arrays.ids, arrays.float16, doc_ids, path, deleted,
-                   len(deleted_rows), fields=fields, bits=bits)
+                   len(deleted_rows), fields=fields, bits=bits, mapped_file=(status.st_dev, status.st_ino))
 
 
 def open_segment_file(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Segment:

@@ -229,3 +229,17 @@ def test_a_mapped_segment_reads_its_candidates_with_pread(rng, tmp_path):
     queries = unit_rows(rng, 3, 32)
     for got, want in zip(loaded.search(queries, 5, first_stage="binary"), index.search(queries, 5, first_stage="binary")):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_mapped_file_replaced_after_loading_is_not_read_for_candidates(rng, tmp_path):
+    index = fastret.Index(32)
+    index.add(unit_rows(rng, 100, 32))
+    index.save(tmp_path / "i.frt")
+    loaded = fastret.Index.load(tmp_path / "i.frt")
+    other = fastret.Index(32)
+    other.add(unit_rows(rng, 150, 32))
+    other.save(tmp_path / "i.frt")  # renamed over the mapped file: the mapping keeps the old one
+    assert loaded.segments[0].codes_file() is None
+    queries = unit_rows(rng, 3, 32)
+    for got, want in zip(loaded.search(queries, 5, first_stage="binary"), index.search(queries, 5, first_stage="binary")):
+        np.testing.assert_array_equal(got, want)
