@@ -160,9 +160,11 @@ std::string rerank(const std::vector<Candidate>& chosen, const int8_t* query, fl
     const size_t s = tiles.segment_of_row(static_cast<size_t>(c.row));
     const size_t row = static_cast<size_t>(c.row) - tiles.first_row[s];
     if (codes_files != nullptr && codes_files[s].fd >= 0) {
+#ifdef POSIX_FADV_WILLNEED  // (not on macOS: there each read waits for its own row)
       // the OS starts reading the rows not in its page cache, all at once (the reads below wait less)
       posix_fadvise(codes_files[s].fd, static_cast<off_t>(codes_files[s].offset + row * dim),
                     static_cast<off_t>(dim), POSIX_FADV_WILLNEED);
+#endif
       continue;
     }
     const int8_t* codes = segments[s].codes + row * dim;
