@@ -43,7 +43,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -54,7 +53,7 @@ import numpy as np  # noqa: E402
 
 import fastret  # noqa: E402
 from fastret import binary, store  # noqa: E402
-from harness import cpu_info, finish, recall_at_k, verdict  # noqa: E402
+from harness import batch_seconds, cpu_info, finish, median_latency, recall_at_k, verdict  # noqa: E402
 
 OVERSAMPLES = (1, 2, 4, 10, 20)
 
@@ -127,22 +126,6 @@ def make_queries(count: int, dim: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- timing
-
-
-def median_latency(search: Callable[[np.ndarray], object], queries: np.ndarray) -> float:
-    """Median seconds of one-query searches."""
-    times = []
-    for query in queries:
-        start = time.perf_counter()
-        search(query[None])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def batch_seconds(search: Callable[[np.ndarray], object], queries: np.ndarray) -> float:
-    start = time.perf_counter()
-    search(queries)
-    return time.perf_counter() - start
 
 
 def timings(search: Callable[[np.ndarray], object], queries: np.ndarray, singles: int) -> dict:

@@ -30,11 +30,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import shlex  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -43,7 +41,7 @@ import fastret  # noqa: E402
 from fastret import store  # noqa: E402
 from fastret.fields import StoredFields, write_fields  # noqa: E402
 from fastret.filters import Filter  # noqa: E402
-from harness import cpu_info, finish  # noqa: E402
+from harness import batch_seconds, cpu_info, finish, median_latency  # noqa: E402
 
 SEED = 20261204
 YEARS = (1990, 2025)
@@ -106,22 +104,6 @@ def write_store(directory: Path, n: int, dim: int, shards: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------- timing
-
-
-def median_latency(search: Callable[[np.ndarray], object], queries: np.ndarray) -> float:
-    """Median seconds of one-query searches."""
-    times = []
-    for query in queries:
-        start = time.perf_counter()
-        search(query[None])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def batch_seconds(search: Callable[[np.ndarray], object], queries: np.ndarray) -> float:
-    start = time.perf_counter()
-    search(queries)
-    return time.perf_counter() - start
 
 
 def measure_fastret(index, queries: np.ndarray, args: argparse.Namespace) -> dict:

@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 import platform
+import statistics
+import time
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -30,6 +32,23 @@ def cpu_info() -> dict:
         "ram_gib": round(mem_kb / 2**20, 1),
         "python": platform.python_version(),
     }
+
+
+def median_latency(search: Callable, queries) -> float:
+    """Median seconds of one-query searches: search(query[None]) for each query (numpy rows)."""
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        search(query[None])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def batch_seconds(search: Callable, queries) -> float:
+    """Seconds of one search(queries) call."""
+    start = time.perf_counter()
+    search(queries)
+    return time.perf_counter() - start
 
 
 def timed(fn):
