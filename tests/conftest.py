@@ -16,7 +16,7 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import fastret  # noqa: E402  (after TRITON_INTERPRET is set)
-from fastret import _core  # noqa: E402
+from fastret import _core, store  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
@@ -42,6 +42,20 @@ def unit_rows(rng, n, d, dtype=np.float32):
     x = rng.standard_normal((n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(dtype)
+
+
+def make_store(directory, rng, sizes=(5, 7, 3), dim=8):
+    """A store as encode_corpus writes it, from random vectors; returns the float vectors."""
+    directory.mkdir()
+    vectors = unit_rows(rng, sum(sizes), dim)
+    first = 0
+    for number, size in enumerate(sizes):
+        codes, scales = fastret.quantize_int8(vectors[first : first + size])
+        store.write_shard(directory, number, [f"doc{first + i}" for i in range(size)], first, codes, scales,
+                          vectors[first : first + size].astype(np.float16))
+        first += size
+    store.write_manifest(directory, {"dim": dim, "float16": True, "model": "m"}, complete=True)
+    return vectors
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from fastret.bits_file import bits_path, read_bits, write_bits
 from fastret.index_file import IndexFileError
 from fastret.store import StoreError
 
-from conftest import unit_rows
+from conftest import make_store, unit_rows
 
 
 def saved_index(path, rng, n=300, dim=70):
@@ -18,16 +18,9 @@ def saved_index(path, rng, n=300, dim=70):
     return index
 
 
-def make_store(directory, rng, sizes=(50, 70, 30), dim=40):
-    directory.mkdir()
-    vectors = unit_rows(rng, sum(sizes), dim)
-    first = 0
-    for number, size in enumerate(sizes):
-        codes, scales = fastret.quantize_int8(vectors[first : first + size])
-        store.write_shard(directory, number, [f"doc{first + i}" for i in range(size)], first, codes, scales, None)
-        first += size
-    store.write_manifest(directory, {"dim": dim, "float16": False}, complete=True)
-    return vectors
+def make_bits_store(directory, rng):
+    """A store of 3 shards (50, 70 and 30 rows of 40 dimensions), with their bits."""
+    return make_store(directory, rng, sizes=(50, 70, 30), dim=40)
 
 
 def binary_search(index, queries, k=5):
@@ -61,7 +54,7 @@ def test_bits_are_kept_by_add_delete_merge_and_save(rng, tmp_path):
     np.testing.assert_array_equal(merged.bits, binary.sign_bits(merged.codes))
 
     directory = tmp_path / "s"
-    make_store(directory, rng)
+    make_bits_store(directory, rng)
     loaded = fastret.Index.load(directory)
     before = {p.name: p.read_bytes() for p in directory.glob("*.bits")}
     assert sorted(before) == ["shard-00000.frt.bits", "shard-00001.frt.bits", "shard-00002.frt.bits"]
@@ -77,7 +70,7 @@ def test_bits_are_kept_by_add_delete_merge_and_save(rng, tmp_path):
 
 def test_a_store_without_bits_names_fastret_index_binary_until_they_are_made(rng, tmp_path):
     directory = tmp_path / "s"
-    vectors = make_store(directory, rng)
+    vectors = make_bits_store(directory, rng)
     bits_path(directory / "shard-00001.frt").unlink()  # as a store written before bits were kept
     index = fastret.Index.load(directory)
     exact = index.search(vectors[:3], 5)  # int8 search needs no bits
@@ -91,7 +84,7 @@ def test_a_store_without_bits_names_fastret_index_binary_until_they_are_made(rng
 
 def test_corrupted_and_truncated_bits_files_are_refused_by_name_and_stale_ones_ignored(rng, tmp_path):
     directory = tmp_path / "s"
-    make_store(directory, rng)
+    make_bits_store(directory, rng)
     first, second = bits_path(directory / "shard-00000.frt"), bits_path(directory / "shard-00001.frt")
     good = second.read_bytes()
 

@@ -9,21 +9,7 @@ import fastret
 from fastret import index_file, store
 from fastret.store import Store, StoreError
 
-from conftest import unit_rows
-
-
-def make_store(directory, rng, sizes=(5, 7, 3), dim=8):
-    """A store as encode_corpus writes it, from random vectors; returns the float vectors."""
-    directory.mkdir()
-    vectors = unit_rows(rng, sum(sizes), dim)
-    first = 0
-    for number, size in enumerate(sizes):
-        codes, scales = fastret.quantize_int8(vectors[first : first + size])
-        store.write_shard(directory, number, [f"doc{first + i}" for i in range(size)], first, codes, scales,
-                          vectors[first : first + size].astype(np.float16))
-        first += size
-    store.write_manifest(directory, {"dim": dim, "float16": True, "model": "m"}, complete=True)
-    return vectors
+from conftest import make_store, unit_rows
 
 
 def test_a_store_loads_as_mapped_segments_with_document_ids(rng, tmp_path):
