@@ -1,6 +1,7 @@
 """Crash-safe file writes: a temporary file in the same directory, synced, then renamed.
 
-A temporary is named `.<target name>.<host>.<pid>.<random>.tmp`. A process killed mid-write (kill -9,
+A temporary is named `.<target name>.<host>.<pid>.<random>.tmp` and created with the mode any new
+file gets (0666 less the umask), so the renamed file has it too. A process killed mid-write (kill -9,
 power loss) cannot remove its own; the next write to the same target removes every temporary of
 it whose writer (same host, that pid) is no longer running, and `fastret clean` does the same for
 a whole directory. Temporaries of live writers, or of other hosts sharing the directory, are kept.
@@ -11,9 +12,9 @@ from __future__ import annotations
 import glob
 import os
 import re
+import secrets
 import shutil
 import socket
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -30,24 +31,38 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file for writing that replaces `path` only if the block succeeds.
 
     An exception inside the block leaves `path` as it was and no temporary file behind; a killed
-    process leaves one that the next write to `path` removes.
+    process leaves one that the next write to `path` removes. An OSError of the write itself (a
+    full disk, say) is raised with `path` as its filename, so that the message names the file.
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; pass a file path inside it")
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=_SUFFIX, dir=path.parent)
+    tmp = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{_SUFFIX}"
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming(path):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
+
+
+@contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an OSError that names no file (a write's ENOSPC, EFBIG, EIO) as one naming `path`."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise type(error)(error.errno, error.strerror or os.strerror(error.errno), str(path)) from error
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -87,12 +102,12 @@ def temporaries(directory: str | os.PathLike, target_name: str | None = None) ->
     return sorted(p for p in directory.glob(pattern) if p.is_file() and _writer(p, target_name) is not None)
 
 
-def _writer(path: Path, target_name: str | None) -> tuple[str, int] | None:
-    """(host, pid) encoded in a temporary's name, or None if it is not one of ours."""
+def _writer(path: Path, target_name: str | None) -> tuple[str, str, int] | None:
+    """(target name, host, pid) encoded in a temporary's name, or None if it is not one of ours."""
     match = re.fullmatch(r"\.(.+)\.([A-Za-z0-9_-]+)\.(\d+)\.[^.]+" + re.escape(_SUFFIX), path.name)
     if match is None or (target_name is not None and match.group(1) != target_name):
         return None
-    return match.group(2), int(match.group(3))
+    return match.group(1), match.group(2), int(match.group(3))
 
 
 def _running(pid: int) -> bool:
@@ -110,17 +125,23 @@ def _running(pid: int) -> bool:
 def is_stale(path: Path, target_name: str | None = None) -> bool:
     """True for a temporary whose writer ran on this host and is gone."""
     writer = _writer(path, target_name)
-    return writer is not None and writer[0] == _host() and not _running(writer[1])
+    return writer is not None and writer[1] == _host() and not _running(writer[2])
 
 
-def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
-    """Remove the leftover temporaries of writes to `target` whose writer is gone; returns them."""
+def remove_stale_temporaries(target: str | os.PathLike, with_sidecars: bool = False) -> list[Path]:
+    """Remove the leftover temporaries of writes to `target` whose writer is gone; returns them.
+
+    Args:
+        target: the file written.
+        with_sidecars: also those of the files named `<target name>.*` (a segment's sidecars).
+    """
     target = Path(target)
     if not target.parent.is_dir():
         return []
     removed = []
-    for path in temporaries(target.parent, target.name):
-        if is_stale(path, target.name):
+    for path in temporaries(target.parent, None if with_sidecars else target.name):
+        name = _writer(path, None)[0]
+        if (name == target.name or name.startswith(target.name + ".")) and is_stale(path):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -144,6 +165,15 @@ def remove_temporaries_in(directory: str | os.PathLike, all_writers: bool = Fals
         for path in found:
             path.unlink(missing_ok=True)
     return found
+
+
+def remove_paths(paths) -> None:
+    """Remove each file or folder of `paths` (one already gone is fine)."""
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -1,4 +1,5 @@
-"""The sign bits of a segment file, kept beside it for the binary first stage (`<file>.bits`).
+"""The sign bits of a segment file, kept beside it for the binary first stage (fastret.segment_files
+names the file).
 
 A segment file's rows carry one bit per dimension, the sign of each int8 code (fastret.binary).
 A binary search scans only these bits (an eighth of the codes), so they live in their own file,
@@ -24,9 +25,9 @@ Like the deletion file, it names its segment's checksum and size, so it is never
 another segment (or another version of it); unlike it, it can always be made again from the
 codes (`write_bits`, `fastret index --binary`), so one that names another version is stale, not
 an error: the segment loads without bits. Written to a temporary name and renamed
-(fastret.atomic); a segment written before this file existed leaves no bits file, and a save
-killed between the segment and its bits a stale one: `read_bits` gives None for both, and a
-binary search says how to make them.
+(fastret.atomic); a segment written before this file existed has no bits file, and one written by
+an older fastret may have a stale one: `read_bits` gives None for both, and a binary search says
+how to make them.
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ import numpy as np
 
 from .atomic import atomic_write
 from .binary import BLOCK_ROWS, sign_bits, words
-from .index_file import Header, IndexFileError, checksum, read_header
+from .index_file import Header, IndexFileError, checksum
 
-BITS_SUFFIX = ".bits"
 MAGIC = b"FRTBITS\0"
 VERSION = 1
 RULE_SIGN = 1
@@ -51,30 +51,26 @@ _HEAD = struct.Struct("<8sIIIQQI")  # magic, version, rule, segment crc, segment
 _ROWS_PER_WRITE = 1 << 16  # a multiple of BLOCK_ROWS: each part is whole blocks
 
 
-def bits_path(segment_path: str | os.PathLike) -> Path:
-    """Where the sign bits of the segment file `segment_path` are kept."""
-    segment_path = Path(segment_path)
-    return segment_path.with_name(segment_path.name + BITS_SUFFIX)
-
-
-def write_bits(segment_path: str | os.PathLike, codes: np.ndarray, bits: np.ndarray | None = None) -> None:
-    """Write the sign bits of the segment file `segment_path` beside it, atomically.
+def write_bits(target: str | os.PathLike, header: Header, codes: np.ndarray, bits: np.ndarray | None = None) -> None:
+    """Write the sign bits of a segment to the bits file `target`, atomically.
 
     Args:
-        segment_path: a segment (index) file, already written.
+        target: the bits file.
+        header: the segment file's header (the bits are bound to its checksum and size).
         codes: its int8 codes [count, dim] (mapped is fine: they are read in blocks).
         bits: optional, the bits already made (blocked, `fastret.binary.sign_bits`), written as they are.
 
     Raises:
         IndexFileError: `codes` (or `bits`) of another shape than the segment file's.
     """
-    segment_path = Path(segment_path)
-    header = read_header(segment_path)
     shape = _shape(header)
-    if codes.shape != (header.count, header.dim) or (bits is not None and bits.shape != shape):
-        raise IndexFileError(f"{segment_path} holds {header.count} x {header.dim} vectors; codes of shape "
+    if codes.shape != (header.count, header.dim):
+        raise IndexFileError(f"{target}: the segment holds {header.count} x {header.dim} vectors; codes of shape "
                              f"{codes.shape} cannot be its bits")
-    with atomic_write(bits_path(segment_path)) as f:
+    if bits is not None and bits.shape != shape:
+        raise IndexFileError(f"{target}: the bits of {header.count} x {header.dim} vectors have shape {shape}, "
+                             f"not {bits.shape}")
+    with atomic_write(target) as f:
         f.write(b"\0" * HEADER_SIZE)
         crc = 0
         for start in range(0, header.count, _ROWS_PER_WRITE):
@@ -91,15 +87,15 @@ def write_bits(segment_path: str | os.PathLike, codes: np.ndarray, bits: np.ndar
         f.write(head + struct.pack("<I", zlib.crc32(head)))
 
 
-def read_bits(segment_path: str | os.PathLike, header: Header, mmap: bool = True,
+def read_bits(target: str | os.PathLike, header: Header, mmap: bool = True,
               verify: bool = True) -> np.ndarray | None:
     """The sign bits (blocked: uint64 [ceil(count / 8), words(dim), 8]) of a segment file, mapped
-    with `mmap`; None when it has no bits file, or a stale one: made for another version of the
-    segment (a save killed between a segment file and its bits leaves that; the segment loads, and a
-    binary search of it says to run `fastret index --binary`).
+    with `mmap`, from the bits file `target`; None for a stale one: made for another version of
+    the segment (an older fastret could leave that; the segment loads, and a binary search of it
+    says to run `fastret index --binary`).
 
     Args:
-        segment_path: the segment file.
+        target: the bits file.
         header: its header (`fastret.index_file.read_header`).
         mmap: map the bits (read-only) instead of reading them.
         verify: check the bits' checksum (reads them once); without it only the header and the
@@ -109,9 +105,7 @@ def read_bits(segment_path: str | os.PathLike, header: Header, mmap: bool = True
         IndexFileError: a bits file that is truncated, corrupted, or of an unknown version or rule;
             the message names the file and `fastret index --binary`, which makes it again.
     """
-    path = bits_path(segment_path)
-    if not path.exists():
-        return None
+    path = Path(target)
     remake = "remove it, or run `fastret index --binary` on the store or index file to make it again"
     with open(path, "rb") as f:
         head = f.read(HEADER_SIZE)

@@ -177,10 +177,13 @@ def _run_index_bm25(args: argparse.Namespace) -> None:
 
 def _add_clean(commands) -> None:
     parser = commands.add_parser(
-        "clean", help="remove temporary files that killed writes left in a store or beside an index file",
-        description="A write killed mid-way (kill -9, power loss) leaves its temporary file (.NAME.HOST.PID.*.tmp). "
-                    "This removes those whose writer ran on this host and is gone; with --all, every one "
-                    "(only when nothing else is writing there).")
+        "clean", help="remove what killed writes left in a store or beside an index file",
+        description="A write killed mid-way (kill -9, power loss) leaves its temporary file (.NAME.HOST.PID.*.tmp), "
+                    "and a save killed after its commit the files of the version it replaced. This removes "
+                    "the temporaries whose writer ran on this host and is gone (with --all, every one: only "
+                    "when nothing else is writing there), and the files the store's manifest or the index "
+                    "files do not use: shards and sidecars of other versions, lexical folders of killed BM25 "
+                    "builds. It holds the writer lock, so it fails while another writer is at work.")
     parser.add_argument("path", type=Path, help="a store directory, or an index file (its directory is cleaned)")
     parser.add_argument("--all", action="store_true", help="also temporaries of live or other hosts' writers")
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed")
@@ -189,12 +192,22 @@ def _add_clean(commands) -> None:
 
 
 def _run_clean(args: argparse.Namespace) -> int:
-    from .atomic import remove_temporaries_in
+    from . import segment_files, store
+    from .atomic import remove_paths, remove_temporaries_in
+    from .writer_lock import writer_lock
 
     directory = args.path if args.path.is_dir() else args.path.parent
     if not directory.is_dir():
         raise FileNotFoundError(f"{args.path}: no such store directory or index file")
-    found = remove_temporaries_in(directory, all_writers=args.all, dry_run=args.dry_run)
+    with writer_lock(args.path if args.path.is_dir() or args.path.exists() else directory, timeout=0):
+        found = remove_temporaries_in(directory, all_writers=args.all, dry_run=args.dry_run)
+        if (directory / store.MANIFEST).exists():
+            unused = store.leftovers(directory)
+        else:
+            unused = segment_files.stale_in(directory)
+        found.update({path: _size(path) for path in unused})
+        if not args.dry_run:
+            remove_paths(unused)
     size = sum(found.values())
     if args.json:
         print(json.dumps({"removed": [] if args.dry_run else [str(p) for p in found],
@@ -203,8 +216,15 @@ def _run_clean(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         for path in found:
             print(f"{verb} {path}")
-        print(f"{verb} {len(found)} temporary file(s), {size / 2**20:.1f} MiB")
+        print(f"{verb} {len(found)} file(s) or folder(s), {size / 2**20:.1f} MiB")
     return 0
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
 
 
 def _add_search(commands) -> None:
@@ -537,12 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad arguments or input)."""
+    """Run the command line; returns the exit status (2 for bad arguments or input, and for failed
+    reads and writes: a full disk, a busy or changed store, each naming the file)."""
+    from .writer_lock import ConcurrentWriteError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError, ConcurrentWriteError) as error:
         print(f"fastret {args.command}: error: {error}", file=sys.stderr)
         return 2
 

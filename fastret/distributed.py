@@ -46,14 +46,13 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from . import checks, index_file, store
-from .bits_file import bits_path
+from . import checks, index_file, segment_files, store
 from .cpu import set_num_threads
-from .fields import fields_path
 from .filters import Filter, FilterError
 from .index import Index
 from .search import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, merge_candidates, query_codes,
                      rank, search_by_candidates)
+from .writer_lock import lock_path
 
 DEFAULT_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 600.0
@@ -465,10 +464,9 @@ class ShardedIndex(SearchableBase):
             whole = Index.from_segments(segments, self.dim, self.store_float16)
             whole.save(path)
         finally:
-            for part in parts:
-                part.unlink(missing_ok=True)
-                fields_path(part).unlink(missing_ok=True)
-                bits_path(part).unlink(missing_ok=True)
+            for part in parts:  # private to this save: their lock files go too
+                segment_files.remove_segment(part)
+                lock_path(part).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ calls to the shards
 

@@ -2,12 +2,20 @@
 
 A segment's fields are one Arrow table with a row per vector (row r describes the segment's row
 r): strings, numbers, booleans and lists of them (MeSH descriptors, publication types). A row
-without a value holds null. On disk they sit beside the segment file as `<file>.fields.arrow`, an
-Arrow IPC file written atomically (fastret.atomic) whose schema metadata names the segment's data
-checksum and row count, so it cannot be applied to another segment (or another version of it) by
-mistake, like the deletion file (fastret.index_file). Opening one maps it (`pyarrow.memory_map`):
-only the IPC footer and batch headers are read, so a 36M-row store opens in milliseconds and
-pages come in as rows are read.
+without a value holds null. On disk they sit beside the segment file (fastret.segment_files names
+the file) as an Arrow IPC file written atomically (fastret.atomic) whose schema metadata names the
+segment's data checksum and row count, so it cannot be applied to another segment (or another
+version of it) by mistake, like the deletion file (fastret.index_file), and carries a checksum of
+its own contents. Opening one maps it (`pyarrow.memory_map`): only the IPC footer and batch headers
+are read, so a 36M-row store opens in milliseconds and pages come in as rows are read.
+
+What `read_fields(..., verify=True)` checks: the checksum (CRC-32 of the schema, the binding and
+statistics metadata, and every record batch as Arrow serializes it) and Arrow's full validation of
+every batch, so a damaged file is an `IndexFileError` naming it, never a crash or a silently
+different answer. `verify=False` checks the binding and Arrow's cheap structural validation only
+and trusts the values: a file damaged inside its data buffers may then return other field values,
+make a filter pass other rows, or crash pyarrow while a filter is evaluated. Use it only for files
+this program wrote and nothing else touched.
 
 `StoredFields` is what a `Segment` holds: the table, or no columns at all for rows added without
 fields. pyarrow is the `fields` extra (`pip install fastret[fields]`).
@@ -24,13 +32,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write, remove_stale_temporaries
-from .index_file import IndexFileError, read_header
+from .atomic import atomic_write
+from .index_file import Header, IndexFileError
 
 try:
     import pyarrow as pa
@@ -39,11 +48,16 @@ try:
 except ImportError:  # the `fields` extra is not installed: an index without fields still works
     pa = None
 
-FIELDS_SUFFIX = ".fields.arrow"
 ID_FIELD = "id"  # the vectors' own ids: a filter may name it, a stored field may not
 _SEGMENT_CRC = b"fastret.segment_crc"
 _SEGMENT_COUNT = b"fastret.segment_count"
 _STATS = b"fastret.stats"
+_CRC = b"fastret.fields_crc"
+_BATCH_ROWS = 1 << 16
+
+
+class StaleFieldsError(IndexFileError):
+    """A fields file made for another segment, or for another version of its segment."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,62 +202,90 @@ def concatenate(parts: Sequence[StoredFields | None], counts: Sequence[int]) -> 
     return StoredFields(joined, sum(counts))
 
 
-def fields_path(segment_path: str | os.PathLike) -> Path:
-    """Where the stored fields of the segment file `segment_path` are kept."""
-    segment_path = Path(segment_path)
-    return segment_path.with_name(segment_path.name + FIELDS_SUFFIX)
-
-
-def write_fields(segment_path: str | os.PathLike, fields: StoredFields | None) -> None:
-    """Write `fields` beside the segment file `segment_path`, atomically, bound to its checksum
-    and size; None (or no columns) removes the fields file."""
-    segment_path = Path(segment_path)
-    target = fields_path(segment_path)
-    if fields is None or fields.table is None:
-        remove_stale_temporaries(target)
-        target.unlink(missing_ok=True)
-        return
-    header = read_header(segment_path)
-    if header.count != fields.count:
-        raise ValueError(f"{fields.count} rows of fields for {segment_path}'s {header.count} vectors")
-    arrow = require_arrow()
-    stats = {name: dataclasses.asdict(found) for name in fields.names if (found := fields.stats(name)) is not None}
-    table = fields.table.replace_schema_metadata({_SEGMENT_CRC: str(header.data_crc).encode(),
-                                                  _SEGMENT_COUNT: str(header.count).encode(),
-                                                  _STATS: json.dumps(stats).encode()})
-    with atomic_write(target) as f:
-        with arrow.ipc.new_file(arrow.PythonFile(f, mode="w"), table.schema) as writer:
-            writer.write_table(table, max_chunksize=1 << 16)
-
-
-def read_fields(segment_path: str | os.PathLike, mmap: bool = True) -> StoredFields | None:
-    """The stored fields of a segment file (mapped with `mmap`), or None when it has none.
+def write_fields(target: str | os.PathLike, header: Header, fields: StoredFields) -> None:
+    """Write `fields` to the fields file `target`, atomically, bound to the segment whose header
+    is `header` (its checksum and size) and with a checksum of its own.
 
     Raises:
-        IndexFileError: a fields file that is not Arrow IPC, or belongs to another segment (or
-            another version of it), naming the file.
+        ValueError: fields of another row count than the segment's, or without columns.
     """
-    segment_path = Path(segment_path)
-    path = fields_path(segment_path)
-    if not path.exists():
-        return None
+    if fields.table is None:
+        raise ValueError("fields without columns are not written (the segment then has no fields file)")
+    if header.count != fields.count:
+        raise ValueError(f"{fields.count} rows of fields for a segment of {header.count} vectors ({target})")
     arrow = require_arrow()
-    header = read_header(segment_path)
+    stats = {name: dataclasses.asdict(found) for name in fields.names if (found := fields.stats(name)) is not None}
+    binding = _binding(header, json.dumps(stats).encode())
+    batches = fields.table.to_batches(max_chunksize=_BATCH_ROWS)
+    crc = _contents_crc(fields.table.schema, binding, batches)
+    schema = fields.table.schema.with_metadata({**binding, _CRC: str(crc).encode()})
+    with atomic_write(target) as f:
+        with arrow.ipc.new_file(arrow.PythonFile(f, mode="w"), schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+
+
+def _binding(header: Header, stats: bytes) -> dict[bytes, bytes]:
+    """The schema metadata that binds a fields file to its segment and keeps its statistics."""
+    return {_SEGMENT_CRC: str(header.data_crc).encode(), _SEGMENT_COUNT: str(header.count).encode(), _STATS: stats}
+
+
+def _contents_crc(schema: Any, binding: dict[bytes, bytes], batches) -> int:
+    """CRC-32 of what a fields file holds: the schema, the binding and every batch, serialized."""
+    crc = zlib.crc32(schema.remove_metadata().serialize())
+    for key in (_SEGMENT_CRC, _SEGMENT_COUNT, _STATS):
+        crc = zlib.crc32(binding[key], zlib.crc32(key, crc))
+    for batch in batches:
+        crc = zlib.crc32(batch.serialize(), crc)
+    return crc
+
+
+def read_fields(target: str | os.PathLike, segment_path: str | os.PathLike, header: Header, mmap: bool = True,
+                verify: bool = True) -> StoredFields:
+    """The stored fields in the fields file `target` of the segment file `segment_path` (mapped
+    with `mmap`).
+
+    Args:
+        target: the fields file.
+        segment_path: its segment file (named in errors).
+        header: the segment file's header (`fastret.index_file.read_header`).
+        mmap: map the file instead of reading it.
+        verify: check the file's checksum and validate every batch fully (reads it once); see the
+            module docstring for what is trusted without it.
+
+    Raises:
+        IndexFileError: a fields file that is not Arrow IPC, is damaged, or belongs to another
+            segment (or another version of it), naming the file.
+    """
+    path = Path(target)
+    arrow = require_arrow()
+    damaged = "remove it (the segment then has no stored fields) or restore it from a backup"
     try:
         source = arrow.memory_map(str(path)) if mmap else arrow.BufferReader(path.read_bytes())
-        table = arrow.ipc.open_file(source).read_all()
-    except (arrow.ArrowInvalid, OSError) as error:
-        raise IndexFileError(f"{path} is not a fastret fields file (Arrow IPC): {error}") from None
-    metadata = table.schema.metadata or {}
+        reader = arrow.ipc.open_file(source)
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        schema = reader.schema
+        for batch in batches:
+            if verify:
+                batch.validate(full=True)
+            else:
+                batch.validate()
+        table = arrow.Table.from_batches(batches, schema=schema)
+    except (arrow.ArrowException, OSError, ValueError) as error:
+        raise IndexFileError(f"{path} is not a readable fastret fields file (Arrow IPC): {error}; {damaged}") from None
+    metadata = schema.metadata or {}
     if (metadata.get(_SEGMENT_CRC) != str(header.data_crc).encode()
             or metadata.get(_SEGMENT_COUNT) != str(header.count).encode() or table.num_rows != header.count):
-        raise IndexFileError(f"{path} belongs to another version of {segment_path.name} (its checksum or size "
+        raise StaleFieldsError(f"{path} belongs to another version of {Path(segment_path).name} (its checksum or size "
                              "differs); remove the fields file or restore the segment")
+    if verify and _CRC in metadata:  # files written before the checksum was kept have none
+        binding = {key: metadata.get(key, b"") for key in (_SEGMENT_CRC, _SEGMENT_COUNT, _STATS)}
+        if str(_contents_crc(schema, binding, batches)).encode() != metadata[_CRC]:
+            raise IndexFileError(f"{path}: the stored fields are corrupted (checksum mismatch); {damaged}")
     stats = {}
     if _STATS in metadata:  # files written before statistics were kept compute them on first use
         try:
             stats = {name: ColumnStats(**values) for name, values in json.loads(metadata[_STATS]).items()}
         except (ValueError, TypeError, AttributeError):
-            raise IndexFileError(f"{path}: its column statistics are unreadable; remove the fields file, or "
-                                 "rewrite it with Index.save") from None
+            raise IndexFileError(f"{path}: its column statistics are unreadable; {damaged}") from None
     return StoredFields(table.replace_schema_metadata(None), header.count, stats)

@@ -20,15 +20,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import binary, checks, store
+from . import binary, checks, segment_files, store
 from .doc_ids import PackedDocIds
-from .fields import StoredFields, concatenate, write_fields
+from .fields import StoredFields, concatenate
 from .filters import allowed_rows
 from .index_file import IndexArrays
 from .quant import quantized_vectors
 from .search import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates,
                      segment_candidates)
 from .segment import Segment, SegmentBuilder
+from .writer_lock import DEFAULT_TIMEOUT, ConcurrentWriteError, writer_lock
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -57,6 +58,9 @@ class Index(SearchableBase):
         self._builder = SegmentBuilder(self.dim, self.store_float16)
         self._next_id: int | None = 0
         self._lock = threading.Lock()
+        # (resolved path, its version) this index was loaded from or last saved to: a save there
+        # first checks that no other writer changed it since (see `save`)
+        self._origin: tuple[Path, Any] | None = None
 
     @classmethod
     def from_segments(cls, segments: Sequence[Segment], dim: int, store_float16: bool) -> "Index":
@@ -395,32 +399,55 @@ class Index(SearchableBase):
             self._segments = kept + ((merged,) if len(merged) else ())
             self._builder = SegmentBuilder(self.dim, self.store_float16)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index.
+    def save(self, path: str | os.PathLike, *, lock_timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Write the index, in one commit: killed at any moment, or failing with any OSError, `path`
+        holds what it held before or the index whole, never a mix.
 
         `path` an existing directory: the index becomes a store there (see fastret.store): its
         segments mapped from that directory stay, with their deletions written beside them, the
         others become new shards, and the manifest is replaced last. Any other `path`: one index
-        file holding the live vectors (deleted rows left out), written to a temporary name and
-        renamed. Document ids are kept when every vector has one; stored fields go beside each
-        file (`<file>.fields.arrow`, fastret.fields).
+        file holding the live vectors (deleted rows left out), with its sign bits and stored fields
+        beside it (fastret.segment_files), committed by the file's rename. Document ids are kept
+        when every vector has one.
+
+        One writer at a time: the save holds `path`'s writer lock (fastret.writer_lock), waiting up
+        to `lock_timeout` seconds for another writer. An index loaded from `path` (or saved there
+        before) is saved back only if no other writer changed `path` since; else nothing is
+        written and `ConcurrentWriteError` says to load it again. Hold `writer_lock(path)` around
+        a whole load-modify-save to wait for other writers instead.
+
+        Raises:
+            ConcurrentWriteError: another writer changed `path` since this index was loaded from it.
+            WriterBusyError (a TimeoutError): another writer held `path` for `lock_timeout` seconds.
+            OSError: a failed write (a full disk, say), naming the file; `path` is then as it was.
+            StoreError: `path` holds a store of another dimension, or a damaged manifest.
         """
         path = Path(path)
-        with self._lock:
-            segments = self._segments_locked()
-            if path.is_dir():
-                saved = store.save_segments(path, list(segments), self.dim, self.store_float16)
-                self._segments = tuple(saved)
-                self._builder = SegmentBuilder(self.dim, self.store_float16)
-                return
-        merged = _concatenate(list(segments), self.dim, self.store_float16)
-        doc_ids = merged.doc_ids
-        if doc_ids is not None and not isinstance(doc_ids, PackedDocIds):
-            doc_ids = doc_ids.subset(np.arange(len(merged)))
-        store.write_segment_file(path, IndexArrays(merged.codes, merged.scales, merged.ids, merged.float16,
-                                                   None if doc_ids is None else doc_ids.offsets,
-                                                   None if doc_ids is None else doc_ids.blob), merged.bits)
-        write_fields(path, merged.fields)
+        with writer_lock(path, timeout=lock_timeout):
+            if self._origin is not None and self._origin[0] == path.resolve():
+                now = _version_of(path)
+                if now != self._origin[1]:
+                    raise ConcurrentWriteError(
+                        f"{path} was changed by another writer since this index was loaded from it (version "
+                        f"{self._origin[1]} then, {now} now); nothing was written: load it again and repeat the "
+                        "change, or hold fastret.writer_lock.writer_lock(path) around load, change and save")
+            with self._lock:
+                segments = self._segments_locked()
+                if path.is_dir():
+                    saved = store.save_segments(path, list(segments), self.dim, self.store_float16)
+                    self._segments = tuple(saved)
+                    self._builder = SegmentBuilder(self.dim, self.store_float16)
+                    self._origin = (path.resolve(), _version_of(path))
+                    return
+            merged = _concatenate(list(segments), self.dim, self.store_float16)
+            doc_ids = merged.doc_ids
+            if doc_ids is not None and not isinstance(doc_ids, PackedDocIds):
+                doc_ids = doc_ids.subset(np.arange(len(merged)))
+            segment_files.write_segment(path, IndexArrays(merged.codes, merged.scales, merged.ids, merged.float16,
+                                                          None if doc_ids is None else doc_ids.offsets,
+                                                          None if doc_ids is None else doc_ids.blob),
+                                        merged.bits, merged.fields)
+            self._origin = (path.resolve(), _version_of(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "Index":
@@ -442,11 +469,29 @@ class Index(SearchableBase):
         """
         path = Path(path)
         if path.is_dir():
-            opened = store.Store.open(path)
-            return cls.from_segments(opened.segments(mmap=mmap, verify=verify), opened.dim,
-                                     bool(opened.manifest.get("float16")))
-        segment = store.open_segment_file(path, mmap=mmap, verify=verify)
-        return cls.from_segments([segment], segment.codes.shape[1], segment.float16 is not None)
+            opened, segments = store.open_segments(path, mmap=mmap, verify=verify)
+            index = cls.from_segments(segments, opened.dim, bool(opened.manifest.get("float16")))
+            version = opened.generation
+        else:
+            version = _version_of(path)
+            segment = store.open_segment_file(path, mmap=mmap, verify=verify)
+            index = cls.from_segments([segment], segment.codes.shape[1], segment.float16 is not None)
+            if _version_of(path) != version:  # replaced while it was read: a later save there must fail
+                version = None
+        index._origin = (path.resolve(), version)
+        return index
+
+
+def _version_of(path: Path) -> Any:
+    """What changes when a writer commits to `path`: a store's generation, an index file's identity
+    (device, inode, size, modification time: a save renames a new file over it); None when absent."""
+    if path.is_dir():
+        return store.generation(path)
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def _live(segments: Sequence[Segment]) -> int:

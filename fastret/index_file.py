@@ -21,10 +21,12 @@ Layout (little-endian), version 2:
       doc_offsets  uint64  [count + 1]    (flag bit 1; see fastret.doc_ids)
       doc_blob     uint8   [doc_bytes]    (flag bit 1)
 
-Beside a segment file, `<file>.deleted` may list its deleted rows (see `write_deleted`).
+Beside a segment file, a deletion file may list its deleted rows (see `write_deleted`;
+fastret.segment_files names it).
 
 A file is written to a temporary name in the same directory, synced, and renamed over the target
-(fastret.atomic), so a crash never leaves a half-written index under the real name.
+(fastret.atomic), so a crash never leaves a half-written index under the real name
+(fastret.segment_files commits a segment file and its sidecars with that one rename).
 
 What `verify=True` checks: the data checksum, and then that scales are finite and >= 0, float16
 copies finite and document-id offsets in order. `verify=False` checks the header and the file size
@@ -41,6 +43,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -60,7 +63,6 @@ _CRCS = struct.Struct("<II")
 _ALIGN = 64
 _CRC_CHUNK = 1 << 24
 
-DELETED_SUFFIX = ".deleted"
 DELETED_MAGIC = b"FRTDELET"
 DELETED_VERSION = 1
 _DELETED_HEAD = struct.Struct("<8sIIQQ")  # magic, version, segment data_crc, segment count, rows
@@ -106,27 +108,35 @@ def checksum(array: np.ndarray, crc: int = 0) -> int:
     return crc
 
 
-def write(path: str | os.PathLike, arrays: IndexArrays) -> None:
-    """Write `arrays` to `path` atomically (temporary file in the same directory, then rename)."""
+def write(path: str | os.PathLike, arrays: IndexArrays) -> "Header":
+    """Write `arrays` to `path` atomically (temporary file in the same directory, then rename);
+    returns the header written."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; pass a file path such as {path / 'index.frt'}")
+    with atomic_write(path) as f:
+        return write_to(f, arrays)
+
+
+def write_to(f: BinaryIO, arrays: IndexArrays) -> "Header":
+    """Write `arrays` as an index file into the open, empty, seekable file `f`; returns its header."""
     count, dim = arrays.codes.shape
     has_doc_ids = arrays.doc_offsets is not None
     doc_bytes = len(arrays.doc_blob) if has_doc_ids else None
     placed, _ = _sections(dim, count, arrays.float16 is not None, doc_bytes)
-    with atomic_write(path) as f:
-        f.write(b"\0" * HEADER_SIZE)
-        data_crc = 0
-        for name, dtype, shape, offset in placed:
-            array = np.ascontiguousarray(getattr(arrays, name), dtype=dtype).reshape(shape)
-            f.write(b"\0" * (offset - f.tell()))
-            data_crc = checksum(array, data_crc)
-            f.write(memoryview(array.reshape(-1).view(np.uint8)))
-        flags = (FLAG_FLOAT16 if arrays.float16 is not None else 0) | (FLAG_DOC_IDS if has_doc_ids else 0)
-        head = _HEADS[VERSION].pack(MAGIC, VERSION, flags, dim, count, DTYPE_INT8, doc_bytes or 0)
-        f.seek(0)
-        f.write(head + _CRCS.pack(zlib.crc32(head), data_crc))
+    f.write(b"\0" * HEADER_SIZE)
+    data_crc = 0
+    for name, dtype, shape, offset in placed:
+        array = np.ascontiguousarray(getattr(arrays, name), dtype=dtype).reshape(shape)
+        f.write(b"\0" * (offset - f.tell()))
+        data_crc = checksum(array, data_crc)
+        f.write(memoryview(array.reshape(-1).view(np.uint8)))
+    flags = (FLAG_FLOAT16 if arrays.float16 is not None else 0) | (FLAG_DOC_IDS if has_doc_ids else 0)
+    head = _HEADS[VERSION].pack(MAGIC, VERSION, flags, dim, count, DTYPE_INT8, doc_bytes or 0)
+    f.seek(0)
+    f.write(head + _CRCS.pack(zlib.crc32(head), data_crc))
+    f.seek(0, os.SEEK_END)
+    return Header(dim, count, arrays.float16 is not None, has_doc_ids, data_crc, placed)
 
 
 @dataclass
@@ -228,25 +238,14 @@ def _verify(path: Path, header: Header, arrays: dict) -> None:
             raise IndexFileError(f"{path}: document id offsets are out of order: the file is corrupted")
 
 
-def deleted_path(segment_path: str | os.PathLike) -> Path:
-    """Where the deleted rows of the segment file `segment_path` are kept."""
-    segment_path = Path(segment_path)
-    return segment_path.with_name(segment_path.name + DELETED_SUFFIX)
-
-
-def write_deleted(segment_path: str | os.PathLike, rows: np.ndarray) -> None:
-    """Record the deleted `rows` (ascending) of a segment file beside it, atomically.
+def write_deleted(target: str | os.PathLike, header: Header, rows: np.ndarray) -> None:
+    """Record the deleted `rows` (ascending; may be none) of the segment whose header is `header`
+    in the deletion file `target`, atomically.
 
     The deletion file names its segment's data checksum and size, so it cannot be applied to
-    another segment by mistake. No rows: the deletion file is removed.
+    another segment by mistake.
     """
-    segment_path = Path(segment_path)
-    header = read_header(segment_path)
-    target = deleted_path(segment_path)
     rows = np.ascontiguousarray(rows, dtype=np.uint64)
-    if len(rows) == 0:
-        target.unlink(missing_ok=True)
-        return
     head = _DELETED_HEAD.pack(DELETED_MAGIC, DELETED_VERSION, header.data_crc, header.count, len(rows))
     with atomic_write(target) as f:
         f.write(head + struct.pack("<I", zlib.crc32(rows.view(np.uint8), zlib.crc32(head))))
@@ -254,15 +253,15 @@ def write_deleted(segment_path: str | os.PathLike, rows: np.ndarray) -> None:
         f.write(memoryview(rows.view(np.uint8)))
 
 
-def read_deleted(segment_path: str | os.PathLike, header: Header) -> np.ndarray:
-    """The deleted rows (int64, ascending) of a segment file; empty when it has no deletion file.
+def read_deleted(target: str | os.PathLike, segment_path: str | os.PathLike, header: Header) -> np.ndarray:
+    """The deleted rows (int64, ascending) in the deletion file `target` of the segment file
+    `segment_path` (whose header is `header`).
 
     Raises:
+        FileNotFoundError: no such deletion file.
         IndexFileError: a deletion file that is corrupted or belongs to another segment.
     """
-    path = deleted_path(segment_path)
-    if not path.exists():
-        return np.empty(0, np.int64)
+    path = Path(target)
     data = path.read_bytes()
     if len(data) < HEADER_SIZE or not data.startswith(DELETED_MAGIC):
         raise IndexFileError(f"{path} is not a fastret deletion file")

@@ -6,8 +6,9 @@ documents as the vectors, named by the same int64 ids, saved inside a store.
       manifest.json          "lexical": "lexical-<hex>" names the current one
 
 A lexical index is written into a fresh folder and becomes current when the manifest names it (the
-manifest is replaced atomically); older folders are removed afterwards, so a crash leaves either the
-old or the new lexical index, never half of one.
+manifest is replaced atomically: a commit of the store, under its writer lock); older folders are
+removed afterwards, so a crash leaves either the old or the new lexical index, never half of one,
+and `fastret clean` removes a folder that a killed build left.
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ import numpy as np
 from . import store
 from .checks import int64_ids
 from .search import EMPTY_ID, pad, take_top
+from .store import LEXICAL_PREFIX
+from .writer_lock import writer_lock
 
-LEXICAL_PREFIX = "lexical-"
+
+def _sync_folder(folder: Path) -> None:
+    """Flush every file of `folder` to disk before the manifest names it."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
 
 
 class LexicalIndex:
@@ -89,20 +98,24 @@ class LexicalIndex:
         return pad(*take_top(int(k), found, ids), int(k))
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write into a new folder of the store `directory` and make it the current one."""
+        """Write into a new folder of the store `directory` and make it the current one (holding
+        the store's writer lock, fastret.writer_lock)."""
         directory = Path(directory)
-        target = directory / f"{LEXICAL_PREFIX}{uuid.uuid4().hex[:12]}"
-        target.mkdir(parents=True)
-        try:
-            self._retriever.save(str(target), show_progress=False)
-            np.save(target / "ids.npy", self.ids)
-            store.set_lexical(directory, target.name)
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        for old in directory.glob(f"{LEXICAL_PREFIX}*"):
-            if old.name != target.name:
-                shutil.rmtree(old, ignore_errors=True)
+        with writer_lock(directory):
+            store.read_manifest(directory)
+            target = directory / f"{LEXICAL_PREFIX}{uuid.uuid4().hex[:12]}"
+            target.mkdir(parents=True)
+            try:
+                self._retriever.save(str(target), show_progress=False)
+                np.save(target / "ids.npy", self.ids)
+                _sync_folder(target)
+                store.set_lexical(directory, target.name)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            for old in directory.glob(f"{LEXICAL_PREFIX}*"):
+                if old.name != target.name:
+                    shutil.rmtree(old, ignore_errors=True)
         return target
 
     @classmethod

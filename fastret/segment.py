@@ -52,6 +52,7 @@ class Segment:
     fields: StoredFields | None = None
     bits: np.ndarray | None = None
     mapped_file: tuple[int, int] | None = None  # (st_dev, st_ino) of `path` when its codes were mapped
+    deleted_file: Path | None = None  # the deletion file `deleted` was read from, while no row was deleted since
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -192,7 +193,7 @@ class Segment:
             return self
         mask = self.deleted_mask()
         mask[fresh] = True
-        return dataclasses.replace(self, deleted=bitmap(mask), deleted_count=int(mask.sum()))
+        return dataclasses.replace(self, deleted=bitmap(mask), deleted_count=int(mask.sum()), deleted_file=None)
 
     def documents(self, rows: np.ndarray) -> list[str]:
         """Document ids of `rows`; ValueError if this segment has none."""

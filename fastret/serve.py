@@ -24,10 +24,13 @@ Browsers get CORS headers only for the origins the config names.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
 import logging
+import signal
 import socket
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -606,7 +609,22 @@ def run(app, host: str = "127.0.0.1", port: int = 8080, *, on_listening: Callabl
     server = uvicorn.Server(config)
     bound = sock.getsockname()[1]
     on_listening(f"http://{host if sock.family == socket.AF_INET else f'[{host}]'}:{bound}")
-    server.run(sockets=[sock])
+    with _sigterm_ends_cleanly():
+        server.run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def _sigterm_ends_cleanly():
+    """uvicorn re-raises the SIGTERM it shut down for once it has finished, to let the previous
+    handler act; here that handler ignores it, so a graceful stop exits with status 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

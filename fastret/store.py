@@ -2,24 +2,38 @@
 `Index.load` maps in place and that `Index.save(directory)` updates.
 
     out_dir/
-      manifest.json             settings, and the finished shards in order (no timestamps, so two
-                                runs over the same corpus write identical bytes)
+      manifest.json             settings, the store's generation, and the finished shards in order
+                                with their deletion files (no timestamps, so two runs over the same
+                                corpus write identical bytes)
       shard-00000.frt           a fastret index file (index_file.py): int8 codes, scales, global row
                                 numbers as ids, document ids, optional float16 copies
-      shard-00000.frt.bits      the shard's sign bits, for the binary first stage (fastret.bits_file)
-      shard-00000.frt.deleted   optional: the shard's deleted rows (index_file.write_deleted)
-      shard-00000.frt.fields.arrow  optional: the shard's stored fields (fastret.fields), mapped
+      shard-00000.frt.<crc>.bits          the shard's sign bits (fastret.bits_file)
+      shard-00000.frt.<crc>.fields.arrow  optional: its stored fields (fastret.fields), mapped
+      shard-00000.frt.g<N>.deleted        optional: its deleted rows as of generation N
+      lexical-<hex>/            optional: the BM25 index the manifest names (fastret.lexical)
+      .fastret-lock             the writers' lock (fastret.writer_lock); readers never take it
 
-Shard k of an encoded corpus holds documents [k * shard_size, (k + 1) * shard_size). Each file is
-written to a temporary name and renamed; a shard is finished exactly when its .frt file exists, so
-an interrupted run resumes by skipping finished shards. The manifest is written last and is the
-commit point of `save_segments`. Version-1 stores (document ids in shard-*.ids.json) are read too.
+fastret.segment_files names a shard's sidecars and writes a shard with them. Shard k of an encoded
+corpus holds documents [k * shard_size, (k + 1) * shard_size). Each file is written to a temporary
+name and renamed; while a store is encoded, a shard is finished exactly when its .frt file exists,
+so an interrupted run resumes by skipping finished shards.
+
+The manifest is the commit point of every change to a finished store (`save_segments`, a new
+lexical index): a change writes what is new under names that no reader of the current manifest
+opens (new shard numbers, deletion files of the next generation, a new lexical folder), replaces the
+manifest in one rename, and only then removes what the new manifest no longer names. Killed at any
+moment, or stopped by any OSError, the store is the old version or the new one, whole; `fastret
+clean` removes what a kill left over (`leftovers`). Each commit raises the manifest's `generation`,
+by which `Index.save` sees that another writer changed the store since it was loaded. Version-1
+stores (document ids in shard-*.ids.json) and version-2 stores (sidecars named `<shard>.frt.bits`,
+`.fields.arrow`, `.deleted`) are read too; a save writes version 3.
 
 This module knows the JSON; the index knows only the `Segment`s handed to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,17 +42,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, binary, index_file
-from .bits_file import bits_path, read_bits, write_bits
-from .doc_ids import LazyDocIds, PackedDocIds, pack_doc_ids
-from .fields import fields_path, read_fields, write_fields
-from .segment import Segment, bitmap
+from . import atomic, binary, index_file, segment_files
+from .doc_ids import LazyDocIds, pack_doc_ids
+from .segment import Segment
+from .writer_lock import writer_lock
 
 MANIFEST = "manifest.json"
 FORMAT = "fastret-store"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+LEXICAL_PREFIX = "lexical-"
 _SHARD_FILE = re.compile(r"shard-(\d+)\.frt")
+_SHARD_NAME = re.compile(r"shard-\d{5,}")
+_LEXICAL_NAME = re.compile(re.escape(LEXICAL_PREFIX) + r"[0-9a-f]+")
+_BOOKKEEPING = ("format", "version", "generation", "complete", "count", "shards")
 
 
 class StoreError(ValueError):
@@ -51,24 +68,12 @@ def shard_name(number: int) -> str:
 
 def write_shard(directory: Path, number: int, doc_ids: list[str], first_row: int, codes: np.ndarray,
                 scales: np.ndarray, float16: np.ndarray | None) -> None:
-    """Write shard `number` (one index file; its existence marks the shard finished), then its
-    sign bits (a run killed in between makes them when it resumes: `write_missing_bits`)."""
+    """Write shard `number` with its sign bits (one rename commits both: fastret.segment_files); its
+    existence marks the shard finished while the store is encoded."""
     rows = np.arange(first_row, first_row + len(codes), dtype=np.int64)
     offsets, blob = pack_doc_ids(doc_ids)
-    write_segment_file(directory / f"{shard_name(number)}.frt",
-                       index_file.IndexArrays(codes, scales, rows, float16, offsets, blob))
-
-
-def write_segment_file(path: Path, arrays: index_file.IndexArrays, bits: np.ndarray | None = None) -> None:
-    """Write one index file and then its sign bits beside it (fastret.bits_file), each atomically.
-
-    Args:
-        path: the index file.
-        arrays: what it holds.
-        bits: the rows' sign bits when already made (blocked, fastret.binary); else made from the codes.
-    """
-    index_file.write(path, arrays)
-    write_bits(path, arrays.codes, bits)
+    segment_files.write_segment(directory / f"{shard_name(number)}.frt",
+                                index_file.IndexArrays(codes, scales, rows, float16, offsets, blob))
 
 
 def write_missing_bits(path: str | os.PathLike, show_progress_bar: bool = False) -> list[Path]:
@@ -88,20 +93,13 @@ def write_missing_bits(path: str | os.PathLike, show_progress_bar: bool = False)
         read_manifest(path)
         files = [path / f"{shard_name(number)}.frt" for number in finished_shards(path)]
     else:
+        index_file.read_header(path)
         files = [path]
     from tqdm.auto import tqdm
 
-    written = []
-    for file in tqdm(files, unit="segment", desc="sign bits", disable=not show_progress_bar):
-        header = index_file.read_header(file)
-        try:
-            if read_bits(file, header, verify=True) is not None:
-                continue
-        except index_file.IndexFileError:
-            pass  # a stale or damaged bits file: made again below
-        write_bits(file, index_file.read(file, mmap=True, verify=False).codes)
-        written.append(file)
-    return written
+    with writer_lock(path):
+        return [file for file in tqdm(files, unit="segment", desc="sign bits", disable=not show_progress_bar)
+                if segment_files.add_bits(file)]
 
 
 def finished_shards(directory: Path) -> list[int]:
@@ -111,49 +109,120 @@ def finished_shards(directory: Path) -> list[int]:
 
 
 def write_manifest(directory: Path, settings: dict, complete: bool, shards: list[int] | None = None) -> dict:
-    """Record `settings` and the shards (default: every finished one, with their sizes)."""
+    """Record `settings` and the shards (default: every finished one, with their sizes), keeping
+    the current generation, lexical index and deletion files (what `encode_corpus` writes)."""
+    previous = read_manifest(directory) if (directory / MANIFEST).exists() else {}
+    deleted = {entry["name"]: entry["deleted"] for entry in previous.get("shards", []) if "deleted" in entry}
     entries = []
     for number in finished_shards(directory) if shards is None else shards:
         header = index_file.read_header(directory / f"{shard_name(number)}.frt")
-        entries.append({"name": shard_name(number), "count": header.count})
-    manifest = {**settings, "format": FORMAT, "version": VERSION, "complete": complete,
-                "count": sum(s["count"] for s in entries), "shards": entries}
-    if (directory / MANIFEST).exists() and "lexical" not in manifest:  # keep the current lexical index
-        lexical = read_manifest(directory).get("lexical")
-        if lexical and (directory / lexical).is_dir():
-            manifest["lexical"] = lexical
+        entry = {"name": shard_name(number), "count": header.count}
+        if shard_name(number) in deleted and previous.get("version") == VERSION:
+            entry["deleted"] = deleted[shard_name(number)]
+        entries.append(entry)
+    return _commit(directory, {**settings, "complete": complete, "shards": entries},
+                   previous.get("generation", 0), previous)
+
+
+def _commit(directory: Path, manifest: dict, generation: int, previous: dict) -> dict:
+    """Replace the manifest (the commit point) with `manifest` at `generation`, keeping the
+    previous manifest's lexical index unless `manifest` names one."""
+    manifest = {**manifest, "format": FORMAT, "version": VERSION, "generation": generation,
+                "count": sum(entry["count"] for entry in manifest["shards"])}
+    if "lexical" not in manifest and previous.get("lexical") and (directory / previous["lexical"]).is_dir():
+        manifest["lexical"] = previous["lexical"]
     atomic.write_bytes(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of a store directory, checked.
+
+    Raises:
+        StoreError: no manifest, or one that is not valid UTF-8 JSON, is of another version, or
+            holds a field of the wrong type or value (a shard named twice, or outside the store),
+            naming the file and the field.
+    """
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise StoreError(f"{directory} is not a fastret store (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise StoreError(f"{path}: not valid JSON ({error.msg})") from None
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise StoreError(f"{path}: not UTF-8 text (byte {error.start}); the manifest is damaged: restore it "
+                         "from a backup or re-encode the store") from None
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise StoreError(f"{path}: not valid JSON ({getattr(error, 'msg', 'nested too deeply')}); the manifest is "
+                         "damaged: restore it from a backup or re-encode the store") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise StoreError(f"{path} is not a fastret store manifest")
     if manifest.get("version") not in READABLE_VERSIONS:
-        raise StoreError(f"{path}: store version {manifest.get('version')}; this fastret reads "
+        raise StoreError(f"{path}: store version {manifest.get('version')!r:.40}; this fastret reads "
                          f"{', '.join(map(str, READABLE_VERSIONS))}")
+    _check_manifest(path, manifest)
     return manifest
 
 
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """StoreError naming the first field of `manifest` of the wrong type or value."""
+
+    def check(ok: bool, field: str, expected: str, value) -> None:
+        if not ok:
+            raise StoreError(f"{path}: {field} must be {expected}, got {json.dumps(value)[:60]}; the manifest "
+                             "is damaged: restore it from a backup or re-encode the store")
+
+    def whole(value, low: int = 0, high: int | None = None) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+                and (high is None or value <= high))
+
+    check(isinstance(manifest.get("complete"), bool), '"complete"', "true or false", manifest.get("complete"))
+    check(whole(manifest.get("dim"), 1, index_file.MAX_DIM), '"dim"', f"an int in [1, {index_file.MAX_DIM}]",
+          manifest.get("dim"))
+    check(isinstance(manifest.get("float16"), bool), '"float16"', "true or false", manifest.get("float16"))
+    if manifest["version"] >= 3 or "generation" in manifest:
+        check(whole(manifest.get("generation")), '"generation"', "an int >= 0", manifest.get("generation"))
+    check(whole(manifest.get("count")), '"count"', "an int >= 0", manifest.get("count"))
+    if "lexical" in manifest:
+        lexical = manifest["lexical"]
+        check(isinstance(lexical, str) and bool(_LEXICAL_NAME.fullmatch(lexical)), '"lexical"',
+              f'a folder name "{LEXICAL_PREFIX}<hex>" inside the store', lexical)
+    shards = manifest.get("shards")
+    check(isinstance(shards, list), '"shards"', "a list", shards)
+    names = set()
+    for position, entry in enumerate(shards):
+        where = f'"shards"[{position}]'
+        check(isinstance(entry, dict), where, 'an object {"name", "count"}', entry)
+        name = entry.get("name")
+        check(isinstance(name, str) and bool(_SHARD_NAME.fullmatch(name)), where + '["name"]',
+              'a shard name "shard-NNNNN" inside the store', name)
+        check(name not in names, where + '["name"]', "a shard not listed before", name)
+        names.add(name)
+        check(whole(entry.get("count")), where + '["count"]', "an int >= 0", entry.get("count"))
+        if "deleted" in entry:
+            deleted = entry["deleted"]
+            check(isinstance(deleted, str) and bool(re.fullmatch(re.escape(name) + r"\.frt\.g\d+\.deleted", deleted)),
+                  where + '["deleted"]', f'a deletion file "{name}.frt.gN.deleted"', deleted)
+    total = sum(entry["count"] for entry in shards)
+    check(manifest["count"] == total, '"count"', f"the sum of the shards' counts ({total})", manifest["count"])
+
+
+def generation(directory: str | os.PathLike) -> int | None:
+    """The generation of the store in `directory` (None when it has no manifest)."""
+    if not (Path(directory) / MANIFEST).exists():
+        return None
+    return int(read_manifest(directory).get("generation", 0))
+
+
 def set_lexical(directory: str | os.PathLike, name: str) -> None:
-    """Name the store's current lexical index folder in its manifest (atomically)."""
+    """Name the store's current lexical index folder in its manifest (a commit: the generation rises)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    manifest["lexical"] = name
-    atomic.write_bytes(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    _commit(directory, {**manifest, "lexical": name}, manifest.get("generation", 0) + 1, manifest)
 
 
 def settings_of(manifest: dict) -> dict:
     """The manifest's settings (what encoded the store), without the bookkeeping keys."""
-    return {key: value for key, value in manifest.items()
-            if key not in ("format", "version", "complete", "count", "shards")}
+    return {key: value for key, value in manifest.items() if key not in _BOOKKEEPING}
 
 
 @dataclass
@@ -185,31 +254,42 @@ class Store:
         """How many shards (segments) the store holds."""
         return len(self.manifest["shards"])
 
+    @property
+    def generation(self) -> int:
+        """How many commits the store has seen since it was encoded (fastret.store)."""
+        return int(self.manifest.get("generation", 0))
+
+    def deletion_file(self, entry: dict) -> Path | None:
+        """The current deletion file of the shard of manifest `entry`, or None (no deleted rows)."""
+        if self.manifest["version"] >= 3:
+            return self.directory / entry["deleted"] if "deleted" in entry else None
+        legacy = segment_files.legacy_deleted_path(self.directory / f"{entry['name']}.frt")
+        return legacy if legacy.exists() else None
+
     def segments(self, mmap: bool = True, verify: bool = True) -> list[Segment]:
         """Every shard as a `Segment` (memory-mapped with `mmap`), with its deleted rows.
 
         Raises:
             StoreError: a shard that is missing, corrupted, of another dimension or size than the
-                manifest says, or a deletion file that does not match its shard (the error names
-                the file).
+                manifest says, or a sidecar that is damaged or does not match its shard (the error
+                names the file). `ShardMissingError` (a StoreError) for a missing file: `open`
+                again, since a writer may have committed and removed it meanwhile.
         """
         segments = []
         for entry in self.manifest["shards"]:
             path = self.directory / f"{entry['name']}.frt"
             try:
-                arrays = index_file.read(path, mmap=mmap, verify=verify)
-                header = index_file.read_header(path)
-                deleted_rows = index_file.read_deleted(path, header)
-                fields = read_fields(path, mmap=mmap)
-                bits = read_bits(path, header, mmap=mmap, verify=verify)
-            except FileNotFoundError:
-                raise StoreError(f"{path}: shard listed in {MANIFEST} is missing; restore it or re-encode") from None
+                segment = segment_files.open_segment(path, mmap=mmap, verify=verify, deleted=self.deletion_file(entry),
+                                                     fallback_doc_ids=self._json_doc_ids(entry))
+            except FileNotFoundError as error:
+                raise ShardMissingError(f"{error.filename or path}: listed in {self.directory / MANIFEST} but missing; "
+                                        "restore it or re-encode") from None
             except index_file.IndexFileError as error:
                 raise StoreError(str(error)) from None
-            if header.dim != self.dim or header.count != entry["count"]:
-                raise StoreError(f"{path}: {header.count} x {header.dim} vectors, but {MANIFEST} says "
+            if segment.codes.shape[1] != self.dim or len(segment) != entry["count"]:
+                raise StoreError(f"{path}: {len(segment)} x {segment.codes.shape[1]} vectors, but {MANIFEST} says "
                                  f"{entry['count']} x {self.dim}")
-            segments.append(_segment(path, arrays, deleted_rows, self._json_doc_ids(entry), fields, bits))
+            segments.append(segment)
         return segments
 
     def _json_doc_ids(self, entry: dict) -> LazyDocIds | None:
@@ -227,74 +307,124 @@ class Store:
         return ids
 
 
-def _segment(path: Path, arrays: index_file.IndexArrays, deleted_rows: np.ndarray,
-             fallback_doc_ids: LazyDocIds | None, fields, bits: np.ndarray | None) -> Segment:
-    doc_ids = fallback_doc_ids
-    if arrays.doc_offsets is not None:
-        doc_ids = PackedDocIds(arrays.doc_offsets, arrays.doc_blob, str(path))
-    deleted = None
-    if len(deleted_rows):
-        mask = np.zeros(len(arrays.codes), bool)
-        mask[deleted_rows] = True
-        deleted = bitmap(mask)
-    status = path.stat()
-    return Segment(arrays.codes, arrays.scales, arrays.ids, arrays.float16, doc_ids, path, deleted,
-                   len(deleted_rows), fields=fields, bits=bits, mapped_file=(status.st_dev, status.st_ino))
+class ShardMissingError(StoreError):
+    """A file the manifest names is not there (removed by a writer's commit, or lost)."""
+
+
+def open_segments(directory: str | os.PathLike, mmap: bool = True, verify: bool = True,
+                  attempts: int = 3) -> tuple[Store, list[Segment]]:
+    """Open a finished store and its segments, without a lock: a writer that commits meanwhile
+    may remove files the manifest read first named, and then the new manifest is read again."""
+    for attempt in range(attempts):
+        opened = Store.open(directory)
+        try:
+            return opened, opened.segments(mmap=mmap, verify=verify)
+        except ShardMissingError:
+            if attempt + 1 == attempts or generation(directory) == opened.generation:
+                raise
+    raise AssertionError("unreachable")
 
 
 def open_segment_file(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Segment:
-    """One index file (and its deletion, fields and bits files, if any) as a `Segment`."""
+    """One index file (and its sidecars) as a `Segment`; a store's shard opened alone gets the
+    deletion file its store's manifest names."""
     path = Path(path)
-    arrays = index_file.read(path, mmap=mmap, verify=verify)
-    header = index_file.read_header(path)
-    deleted_rows = index_file.read_deleted(path, header)
-    return _segment(path, arrays, deleted_rows, None, read_fields(path, mmap=mmap),
-                    read_bits(path, header, mmap=mmap, verify=verify))
+    deleted = segment_files.legacy_deleted_path(path)
+    deleted = deleted if deleted.exists() else None
+    match = _SHARD_FILE.fullmatch(path.name)
+    if match and (path.parent / MANIFEST).is_file():
+        opened = Store(path.parent, read_manifest(path.parent))
+        entry = next((e for e in opened.manifest["shards"] if e["name"] == path.name[: -len(".frt")]), None)
+        if entry is not None:
+            deleted = opened.deletion_file(entry)
+    return segment_files.open_segment(path, mmap=mmap, verify=verify, deleted=deleted)
 
 
 def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: int, float16: bool) -> list[Segment]:
-    """Make `directory` a store holding `segments`; returns them as they now are on disk.
+    """Make `directory` a store holding `segments`, in one commit; returns them as they now are on disk.
 
-    Segments already mapped from this directory stay where they are (only their deletion files
-    are written); the others are written as new shards without their deleted rows. The manifest
-    is replaced last (the commit point); shards it no longer lists are removed after that.
+    Segments already mapped from this directory stay where they are (a new deletion file is
+    written for those whose deleted rows changed); the others are written as new shards without
+    their deleted rows. Then the manifest is replaced (the commit point), and then the files it
+    no longer names are removed (see the module docstring).
+
+    Raises:
+        StoreError: `directory` holds a store of another dimension, or a damaged manifest.
+        OSError: a failed write (a full disk, say), naming the file; the store is then as it was.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     previous = read_manifest(directory) if (directory / MANIFEST).exists() else {}
     if previous and int(previous.get("dim", dim)) != dim:
         raise StoreError(f"{directory} holds a store of dimension {previous['dim']}; this index has {dim}")
+    commit = previous.get("generation", 0) + 1
     existing = finished_shards(directory)
     next_number = (max(existing) + 1) if existing else 0
-    numbers, saved = [], []
+    entries, saved = [], []
     for segment in segments:
         path = segment.path
         if path is not None and path.parent.resolve() == directory.resolve() and _SHARD_FILE.fullmatch(path.name):
-            index_file.write_deleted(path, np.flatnonzero(segment.deleted_mask()))
-            numbers.append(int(_SHARD_FILE.fullmatch(path.name).group(1)))
-            saved.append(segment)
+            deleted = segment.deleted_file  # the file its deleted rows were read from, while they are unchanged
+            if segment.deleted_count == 0:
+                deleted = None
+            elif (deleted is None or deleted.parent.resolve() != directory.resolve() or not deleted.exists()
+                  or not deleted.name.startswith(f"{path.name}.g")):
+                deleted = segment_files.deleted_path(path, commit)
+                index_file.write_deleted(deleted, index_file.read_header(path), np.flatnonzero(segment.deleted_mask()))
+            entries.append({"name": path.name[: -len(".frt")], "count": len(segment),
+                            **({"deleted": deleted.name} if deleted is not None else {})})
+            saved.append(dataclasses.replace(segment, deleted_file=deleted))
             continue
         if segment.live_count == 0:
             continue
         path = directory / f"{shard_name(next_number)}.frt"
         live = segment.live_rows()
         doc_ids = segment.doc_ids.subset(live) if segment.doc_ids is not None else None
-        write_segment_file(path, index_file.IndexArrays(
+        segment_files.write_segment(path, index_file.IndexArrays(
             segment.codes[live], segment.scales[live], segment.ids[live],
             None if segment.float16 is None or not float16 else segment.float16[live],
             None if doc_ids is None else doc_ids.offsets, None if doc_ids is None else doc_ids.blob),
-            None if segment.bits is None else binary.blocked(binary.bit_rows(segment.bits, live)))
-        write_fields(path, None if segment.fields is None else segment.fields.take(live))
-        numbers.append(next_number)
-        saved.append(open_segment_file(path, verify=False))
+            None if segment.bits is None else binary.blocked(binary.bit_rows(segment.bits, live)),
+            None if segment.fields is None else segment.fields.take(live))
+        entries.append({"name": shard_name(next_number), "count": len(live)})
+        saved.append(segment_files.open_segment(path, verify=False))
         next_number += 1
     settings = {**settings_of(previous), "dim": dim, "float16": float16}
-    write_manifest(directory, settings, complete=True, shards=numbers)
-    for number in set(existing) - set(numbers):
-        shard = directory / f"{shard_name(number)}.frt"
-        shard.unlink(missing_ok=True)
-        index_file.deleted_path(shard).unlink(missing_ok=True)
-        fields_path(shard).unlink(missing_ok=True)
-        bits_path(shard).unlink(missing_ok=True)
-        (directory / f"{shard_name(number)}.ids.json").unlink(missing_ok=True)
+    manifest = _commit(directory, {**settings, "complete": True, "shards": entries}, commit, previous)
+    atomic.remove_paths(leftovers(directory, manifest))
     return saved
+
+
+def leftovers(directory: str | os.PathLike, manifest: dict | None = None) -> list[Path]:
+    """What the store in `directory` does not use: shards and sidecars its manifest does not name
+    (of a save that was killed, or of the version a save replaced), and lexical folders other than
+    the current one (a killed BM25 build), besides the temporaries of killed writers
+    (fastret.atomic). For a store still being encoded, only sidecars of other versions of its
+    shards and lexical folders: its finished shards are not listed yet.
+
+    Args:
+        directory: the store.
+        manifest: its manifest, when already read.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory) if manifest is None else manifest
+    listed = {entry["name"] + ".frt": entry for entry in manifest["shards"]}
+    store = Store(directory, manifest)
+    found = []
+    for number in finished_shards(directory):
+        path = directory / f"{shard_name(number)}.frt"
+        if manifest["complete"] and path.name not in listed:
+            found += [path, *segment_files.sidecars(path), *directory.glob(f"{shard_name(number)}.ids.json")]
+            continue
+        keep = None
+        if path.name in listed and manifest["version"] >= 3:
+            deleted = store.deletion_file(listed[path.name])
+            keep = set() if deleted is None else {deleted.name}
+        found += segment_files.stale_sidecars(path, segment_files.segment_header(path), keep)
+    if manifest["complete"]:  # sidecars whose shard file is gone
+        for sidecar in directory.glob("shard-*.frt.*"):
+            shard = sidecar.name[: sidecar.name.index(".frt.") + len(".frt")]
+            if _SHARD_FILE.fullmatch(shard) and not (directory / shard).exists():
+                found.append(sidecar)
+    found += [p for p in directory.glob(f"{LEXICAL_PREFIX}*") if p.is_dir() and p.name != manifest.get("lexical")]
+    return sorted(set(found))

@@ -10,6 +10,7 @@ with the same bytes as an uninterrupted run.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import os
 from dataclasses import dataclass
 from itertools import islice
@@ -19,14 +20,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import segment_files
 from .atomic import remove_temporaries_in
-from .bits_file import bits_path
 from .corpus import count_documents, iter_document_records, iter_documents, stored_fields
 from .encode_batches import warn_about_inputs
-from .fields import StoredFields, fields_path, write_fields
+from .fields import StoredFields
 from .lexical import LexicalIndex
-from .store import (Store, StoreError, finished_shards, read_manifest, shard_name, write_manifest, write_missing_bits,
-                    write_shard)
+from .store import Store, StoreError, finished_shards, read_manifest, shard_name, write_manifest, write_shard
+from .writer_lock import writer_lock
 
 DEFAULT_SHARD_SIZE = 65536
 
@@ -54,10 +55,33 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
         **({"fields": True if names is None else names} if fields else {}),
     }
     rank, world = _join_process_group()
-    _check_resumable(out_dir, settings)
-    if rank == 0:
-        write_manifest(out_dir, settings, complete=False)
+    # rank 0 holds the store's writer lock for the whole run (a second `fastret encode` of the same
+    # directory, or an Index.save into it, waits and then fails naming it); under torchrun the other
+    # ranks write their own shards beside it
+    with writer_lock(out_dir, timeout=0) if rank == 0 else contextlib.nullcontext():
+        _check_resumable(out_dir, settings)
+        if rank == 0:
+            write_manifest(out_dir, settings, complete=False)
+        _encode_shards(encoder, corpus, out_dir, settings, names, prefix, batch_size, shard_size, store_float16,
+                       max_tokens_per_batch, show_progress_bar, rank, world)
+        _barrier(world)
+        if rank == 0:
+            shards = finished_shards(out_dir)
+            if shards != list(range(len(shards))):
+                raise StoreError(f"{out_dir}: shards {sorted(set(range(max(shards) + 1)) - set(shards))} are missing")
+            write_manifest(out_dir, settings, complete=True)
+            if bm25 and not read_manifest(out_dir).get("lexical"):
+                build_store_bm25(out_dir, corpus, show_progress_bar=show_progress_bar)
+        _barrier(world)
+    return Store.open(out_dir)
+
+
+def _encode_shards(encoder, corpus: Any, out_dir: Path, settings: dict, names: list[str] | None, prefix: str | None,
+                   batch_size: int, shard_size: int, store_float16: bool, max_tokens_per_batch: int | None,
+                   show_progress_bar: bool, rank: int, world: int) -> None:
+    """Encode and write this rank's unfinished shards; finish the sidecars of those a killed run left."""
     done = set(finished_shards(out_dir))
+    fields = "fields" in settings
 
     from tqdm.auto import tqdm
 
@@ -74,28 +98,18 @@ def encode_corpus(encoder, corpus: Any, out_dir: str | os.PathLike, *, batch_siz
                 write_shard(out_dir, number, ids, number * shard_size, codes.numpy(), scales.numpy(),
                             vectors.numpy().astype(np.float16) if store_float16 else None)
             shard = out_dir / f"{shard_name(number)}.frt"
-            # a shard is finished when its .frt exists: its bits and fields follow it, and a run
-            # killed in between writes them when it resumes
-            if not mine and number % world == rank and not bits_path(shard).exists():
-                write_missing_bits(shard)
-            if fields and number % world == rank and (mine or not fields_path(shard).exists()):
+            # a shard is finished when its .frt exists (written with its sign bits); its fields follow
+            # it, and a run killed in between writes them when it resumes (as the bits of a shard
+            # written by an older fastret, which wrote them after it)
+            if not mine and number % world == rank and not segment_files.has_sidecar(shard, segment_files.BITS):
+                segment_files.add_bits(shard)
+            if fields and number % world == rank and (mine or not segment_files.has_sidecar(shard, segment_files.FIELDS)):
                 records = [stored_fields(record, names) for _, _, record in documents]
-                write_fields(shard, StoredFields.from_records(records, f"the fields of shard {number}"))
+                segment_files.add_fields(shard, StoredFields.from_records(records, f"the fields of shard {number}"))
             if mine and world == 1:
                 write_manifest(out_dir, settings, complete=False)
             bar.update(len(documents))
-
     warn_about_inputs(input_stats, encoder.max_length)
-    _barrier(world)
-    if rank == 0:
-        shards = finished_shards(out_dir)
-        if shards != list(range(len(shards))):
-            raise StoreError(f"{out_dir}: shards {sorted(set(range(max(shards) + 1)) - set(shards))} are missing")
-        write_manifest(out_dir, settings, complete=True)
-        if bm25 and not read_manifest(out_dir).get("lexical"):
-            build_store_bm25(out_dir, corpus, show_progress_bar=show_progress_bar)
-    _barrier(world)
-    return Store.open(out_dir)
 
 
 def _field_names(fields: Any) -> list[str] | None:

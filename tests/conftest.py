@@ -16,7 +16,7 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import fastret  # noqa: E402  (after TRITON_INTERPRET is set)
-from fastret import _core, store  # noqa: E402
+from fastret import _core, index_file, segment_files, store  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
@@ -122,3 +122,8 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def sidecar(segment_path, kind="bits"):
+    """The `kind` sidecar ("bits" or "fields.arrow") of the segment file's current version."""
+    return segment_files.sidecar_path(segment_path, index_file.read_header(segment_path), kind)

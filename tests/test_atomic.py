@@ -74,7 +74,7 @@ def test_clean_command_removes_stale_temporaries(tmp_path, capsys):
     stale = leftover(tmp_path, "shard-00000.frt", dead_pid())
     live = leftover(tmp_path, "manifest.json", os.getppid())
     assert cli.main(["clean", str(tmp_path), "--dry-run"]) == 0
-    assert stale.exists() and "would remove 1 temporary file(s)" in capsys.readouterr().out
+    assert stale.exists() and "would remove 1 file(s) or folder(s)" in capsys.readouterr().out
     assert cli.main(["clean", str(tmp_path)]) == 0
     assert not stale.exists() and live.exists()
     assert cli.main(["clean", str(tmp_path / "index.frt"), "--all", "--json"]) == 0  # a file: its directory
@@ -112,4 +112,4 @@ def test_a_save_killed_mid_write_leaves_the_old_or_new_index_and_no_debris_after
     if target.exists():  # an earlier save finished: it is whole (its bits may be the kill's victim)
         assert len(fastret.Index.load(target)) == 60_000
     fastret.Index(4).save(target)  # the next write to the same place removes the debris
-    assert sorted(os.listdir(tmp_path)) == ["index.frt", "index.frt.bits"]
+    assert sorted(os.listdir(tmp_path)) == [".index.frt.lock", "index.frt", "index.frt.00000000.bits"]

@@ -3,11 +3,11 @@ import pytest
 
 import fastret
 from fastret import binary, bits_file, index_file, store
-from fastret.bits_file import bits_path, read_bits, write_bits
+from fastret.bits_file import read_bits, write_bits
 from fastret.index_file import IndexFileError
 from fastret.store import StoreError
 
-from conftest import make_store, unit_rows
+from conftest import make_store, sidecar, unit_rows
 
 
 def saved_index(path, rng, n=300, dim=70):
@@ -57,13 +57,14 @@ def test_bits_are_kept_by_add_delete_merge_and_save(rng, tmp_path):
     make_bits_store(directory, rng)
     loaded = fastret.Index.load(directory)
     before = {p.name: p.read_bytes() for p in directory.glob("*.bits")}
-    assert sorted(before) == ["shard-00000.frt.bits", "shard-00001.frt.bits", "shard-00002.frt.bits"]
+    assert sorted(before) == [sidecar(directory / f"shard-0000{n}.frt").name for n in range(3)]
     loaded.delete([1, 60])
     loaded.save(directory)  # deletions only: the shards and their bits stay as they are
     assert {p.name: p.read_bytes() for p in directory.glob("*.bits")} == before
     loaded.merge(max_rows=50)  # shards 0 and 2
     loaded.save(directory)
-    assert sorted(p.name for p in directory.glob("*.bits")) == ["shard-00001.frt.bits", "shard-00003.frt.bits"]
+    assert sorted(p.name for p in directory.glob("*.bits")) == [sidecar(directory / f"shard-0000{n}.frt").name
+                                                                for n in (1, 3)]
     for segment in fastret.Index.load(directory).segments:
         np.testing.assert_array_equal(segment.bits, binary.sign_bits(np.asarray(segment.codes)))
 
@@ -71,7 +72,7 @@ def test_bits_are_kept_by_add_delete_merge_and_save(rng, tmp_path):
 def test_a_store_without_bits_names_fastret_index_binary_until_they_are_made(rng, tmp_path):
     directory = tmp_path / "s"
     vectors = make_bits_store(directory, rng)
-    bits_path(directory / "shard-00001.frt").unlink()  # as a store written before bits were kept
+    sidecar(directory / "shard-00001.frt").unlink()  # as a store written before bits were kept
     index = fastret.Index.load(directory)
     exact = index.search(vectors[:3], 5)  # int8 search needs no bits
     with pytest.raises(ValueError, match=r"shard-00001.frt has no sign bits .*run `fastret index --binary`"):
@@ -85,7 +86,7 @@ def test_a_store_without_bits_names_fastret_index_binary_until_they_are_made(rng
 def test_corrupted_and_truncated_bits_files_are_refused_by_name_and_stale_ones_ignored(rng, tmp_path):
     directory = tmp_path / "s"
     make_bits_store(directory, rng)
-    first, second = bits_path(directory / "shard-00000.frt"), bits_path(directory / "shard-00001.frt")
+    first, second = sidecar(directory / "shard-00000.frt"), sidecar(directory / "shard-00001.frt")
     good = second.read_bytes()
 
     def damaged(data: bytes, message: str):
@@ -95,13 +96,13 @@ def test_corrupted_and_truncated_bits_files_are_refused_by_name_and_stale_ones_i
 
     flipped = bytearray(good)
     flipped[-1] ^= 1
-    damaged(bytes(flipped), r"shard-00001.frt.bits: the bits are corrupted .checksum mismatch.; remove it, or run "
+    damaged(bytes(flipped), r"shard-00001.frt.[0-9a-f]{8}.bits: the bits are corrupted .checksum mismatch.; remove it, or run "
                             r"`fastret index --binary`")
     head = bytearray(good)
     head[20] ^= 1
-    damaged(bytes(head), r"shard-00001.frt.bits: the header is corrupted")
-    damaged(good[:-8], r"shard-00001.frt.bits is \d+ bytes but the bits of 70 x 40 need \d+: truncated")
-    damaged(b"not bits" * 10, r"shard-00001.frt.bits is not a fastret bits file")
+    damaged(bytes(head), r"shard-00001.frt.[0-9a-f]{8}.bits: the header is corrupted")
+    damaged(good[:-8], r"shard-00001.frt.[0-9a-f]{8}.bits is \d+ bytes but the bits of 70 x 40 need \d+: truncated")
+    damaged(b"not bits" * 10, r"shard-00001.frt.[0-9a-f]{8}.bits is not a fastret bits file")
     second.write_bytes(first.read_bytes())  # stale (another segment's): the store loads without those bits
     index = fastret.Index.load(directory)
     assert index.segments[1].bits is None
@@ -118,27 +119,30 @@ def test_corrupted_and_truncated_bits_files_are_refused_by_name_and_stale_ones_i
 
 def test_a_failed_bits_write_keeps_the_old_file_and_leaves_no_temporary(rng, tmp_path, monkeypatch):
     saved_index(tmp_path / "i.frt", rng)
-    before = bits_path(tmp_path / "i.frt").read_bytes()
+    target = sidecar(tmp_path / "i.frt")
+    before = target.read_bytes()
+    header = index_file.read_header(tmp_path / "i.frt")
 
     def broken_sign_bits(codes):
         raise OSError("disk full")
 
     monkeypatch.setattr(bits_file, "sign_bits", broken_sign_bits)
     with pytest.raises(OSError, match="disk full"):
-        write_bits(tmp_path / "i.frt", index_file.read(tmp_path / "i.frt").codes)
-    assert bits_path(tmp_path / "i.frt").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.frt", "i.frt.bits"]
+        write_bits(target, header, index_file.read(tmp_path / "i.frt").codes)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".i.frt.lock", "i.frt", target.name]
 
 
 def test_bits_of_another_shape_are_refused(rng, tmp_path):
     saved_index(tmp_path / "i.frt", rng, n=10, dim=70)
+    header = index_file.read_header(tmp_path / "i.frt")
     with pytest.raises(IndexFileError, match=r"holds 10 x 70 vectors; codes of shape \(10, 69\)"):
-        write_bits(tmp_path / "i.frt", np.zeros((10, 69), np.int8))
-    with pytest.raises(IndexFileError, match=r"holds 10 x 70 vectors"):
-        write_bits(tmp_path / "i.frt", np.zeros((10, 70), np.int8), np.zeros((10, 2), np.uint64))  # not blocked
+        write_bits(tmp_path / "b.bits", header, np.zeros((10, 69), np.int8))
+    with pytest.raises(IndexFileError, match=r"the bits of 10 x 70 vectors have shape \(2, 2, 8\), not \(10, 2\)"):
+        write_bits(tmp_path / "b.bits", header, np.zeros((10, 70), np.int8), np.zeros((10, 2), np.uint64))
 
 
 def test_an_empty_index_file_has_empty_bits(tmp_path):
     fastret.Index(8).save(tmp_path / "e.frt")
     header = index_file.read_header(tmp_path / "e.frt")
-    assert read_bits(tmp_path / "e.frt", header).shape == (0, 1, 8)
+    assert read_bits(sidecar(tmp_path / "e.frt"), header).shape == (0, 1, 8)

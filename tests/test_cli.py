@@ -181,14 +181,14 @@ def test_index_from_npy(tmp_path, capsys):
 
 
 def test_index_binary_writes_missing_sign_bits_of_a_store_or_file(store, tmp_path, capsys):
-    from fastret.bits_file import bits_path
+    from conftest import sidecar
 
     shards = sorted(store.glob("shard-*.frt"))
     for shard in shards:
-        bits_path(shard).unlink()  # as a store written before bits were kept
+        sidecar(shard).unlink()  # as a store written before bits were kept
     assert cli.main(["index", str(store), "--binary", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bits_written"] == [str(s) for s in shards]
-    assert all(bits_path(s).is_file() for s in shards)
+    assert all(sidecar(s).is_file() for s in shards)
     assert cli.main(["index", str(store), "--binary"]) == 0
     assert "sign bits written for 0 segment file(s)" in capsys.readouterr().out
     assert cli.main(["index", str(store), str(tmp_path / "x.frt"), "--binary"]) == 2

@@ -3,11 +3,16 @@ import pyarrow as pa
 import pytest
 
 import fastret
-from fastret.fields import ColumnStats, StoredFields, concatenate, fields_path, read_fields, write_fields
+from fastret import index_file
+from fastret.fields import ColumnStats, StoredFields, concatenate, read_fields
 from fastret.index_file import IndexFileError
 from fastret.store import StoreError
 
-from conftest import unit_rows
+from conftest import sidecar, unit_rows
+
+
+def fields_path(segment_path):
+    return sidecar(segment_path, "fields.arrow")
 
 RECORDS = [{"title": "Statins", "text": "a", "year": 2019, "mesh": ["Humans", "Neoplasms"]},
            {"title": "Aspirin", "year": 2001, "mesh": []},
@@ -62,7 +67,7 @@ def test_save_load_and_merge_keep_fields(rng, tmp_path):
     merged = fastret.Index.load(tmp_path / "store")
     assert merged.fields([2, 3, 4]) == [RECORDS[2], {}, {"title": "new", "year": 1999}]
     arrow_files = [p.name for p in (tmp_path / "store").iterdir() if p.name.endswith(".arrow")]
-    assert arrow_files == [merged.segments[0].path.name + ".fields.arrow"]  # the replaced shards' went too
+    assert arrow_files == [fields_path(merged.segments[0].path).name]  # the replaced shards' went too
 
 
 def test_fields_files_are_mapped_and_bound_to_their_segment(rng, tmp_path):
@@ -70,17 +75,21 @@ def test_fields_files_are_mapped_and_bound_to_their_segment(rng, tmp_path):
         index = fastret.Index(8)
         index.add(unit_rows(rng, n, 8), fields=[{"n": i} for i in range(n)])
         index.save(tmp_path / name)
-    mapped = read_fields(tmp_path / "a.frt", mmap=True)
+    a, header = tmp_path / "a.frt", index_file.read_header(tmp_path / "a.frt")
+    mapped = read_fields(fields_path(a), a, header, mmap=True)
     assert mapped.rows(np.array([2, 0])) == [{"n": 2}, {"n": 0}]
-    assert read_fields(tmp_path / "a.frt", mmap=False).table.equals(mapped.table)
-    fields_path(tmp_path / "b.frt").replace(fields_path(tmp_path / "a.frt"))  # another segment's fields
-    with pytest.raises(IndexFileError, match="a.frt.fields.arrow belongs to another version of a.frt"):
-        fastret.Index.load(tmp_path / "a.frt")
-    fields_path(tmp_path / "a.frt").write_bytes(b"not arrow")
-    with pytest.raises(IndexFileError, match="is not a fastret fields file"):
-        read_fields(tmp_path / "a.frt")
-    write_fields(tmp_path / "a.frt", None)  # no fields: the file goes
-    assert not fields_path(tmp_path / "a.frt").exists() and read_fields(tmp_path / "a.frt") is None
+    assert read_fields(fields_path(a), a, header, mmap=False).table.equals(mapped.table)
+    target = fields_path(a)
+    fields_path(tmp_path / "b.frt").replace(target)  # another segment's fields
+    with pytest.raises(IndexFileError, match=r"a.frt.[0-9a-f]{8}.fields.arrow belongs to another version of a.frt"):
+        fastret.Index.load(a)
+    target.write_bytes(b"not arrow")
+    with pytest.raises(IndexFileError, match="is not a readable fastret fields file"):
+        read_fields(target, a, header)
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 3, 8))
+    index.save(a)  # no fields now: no fields file, and the old version's went
+    assert not list(tmp_path.glob("a.frt.*.fields.arrow")) and not fastret.Index.load(a).has_fields
 
 
 def test_a_bad_fields_file_in_a_store_is_a_store_error(rng, tmp_path):
@@ -89,7 +98,7 @@ def test_a_bad_fields_file_in_a_store_is_a_store_error(rng, tmp_path):
     index.add(unit_rows(rng, 3, 8), fields=[{"n": 1}] * 3)
     index.save(tmp_path / "store")
     fields_path(tmp_path / "store" / "shard-00000.frt").write_bytes(b"\0" * 64)
-    with pytest.raises(StoreError, match="shard-00000.frt.fields.arrow is not a fastret fields file"):
+    with pytest.raises(StoreError, match=r"shard-00000.frt.[0-9a-f]{8}.fields.arrow is not a readable fastret fields"):
         fastret.Index.load(tmp_path / "store")
 
 
@@ -162,12 +171,13 @@ def test_a_fields_file_without_statistics_computes_them_on_first_use(rng, tmp_pa
             writer.write_table(table.replace_schema_metadata(metadata))
         (tmp_path / "new").replace(path)
 
-    metadata = {k: v for k, v in table.schema.metadata.items() if k != b"fastret.stats"}
-    assert len(metadata) == len(table.schema.metadata) - 1
-    rewrite(metadata)  # as written before statistics were kept
+    old = (b"fastret.stats", b"fastret.fields_crc")  # what files of older versions lack
+    metadata = {k: v for k, v in table.schema.metadata.items() if k not in old}
+    assert len(metadata) == len(table.schema.metadata) - 2
+    rewrite(metadata)  # as written before statistics (and the checksum) were kept
     loaded = fastret.Index.load(tmp_path / "one.frt")
     assert loaded.segments[0].fields.stats("year") == ColumnStats(2001, 2003, 1, 0)
     assert loaded.search(unit_rows(rng, 1, 8), 2, filter={"year": {"$lt": 2002}})[1][0].tolist() == [1, -1]
     rewrite({**metadata, b"fastret.stats": b'{"year": [1, 2]}'})
     with pytest.raises(IndexFileError, match="column statistics are unreadable"):
-        read_fields(tmp_path / "one.frt")
+        read_fields(path, tmp_path / "one.frt", index_file.read_header(tmp_path / "one.frt"))

@@ -111,7 +111,8 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(saved, rng, mon
     with pytest.raises(OSError, match="disk full"):
         bigger.save(saved)
     assert saved.read_bytes() == before
-    assert sorted(p.name for p in saved.parent.iterdir()) == [saved.name, saved.name + ".bits"]
+    bits = f"{saved.name}.{index_file.read_header(saved).data_crc:08x}.bits"
+    assert sorted(p.name for p in saved.parent.iterdir()) == [f".{saved.name}.lock", saved.name, bits]
 
 
 def test_header_sizes_that_would_wrap_int64_are_refused(rng, tmp_path):

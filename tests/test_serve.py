@@ -277,8 +277,7 @@ def test_a_server_on_ray_shards_answers_as_one_index(minilm_path, store, client,
             info = http.get("/info").json()
             assert info["index"]["size"] == 30 and info["shards"] == 2 and info["ray_address"] is None
     finally:
-        # uvicorn re-raises SIGTERM after its graceful shutdown; Ray's driver answers it with exit(15)
-        assert sharded.stop() in (0, -signal.SIGTERM, signal.SIGTERM), sharded.stderr()
+        assert sharded.stop() == 0, sharded.stderr()  # a graceful SIGTERM ends with status 0
 
 
 def test_health_info_and_metrics(client, store):
@@ -455,8 +454,7 @@ def test_overload_shutdown_and_restart(minilm_path, queries):
             signalled = time.monotonic()
             status = server.stop(signal.SIGTERM)
             sender.join(REQUEST_TIMEOUT_S)
-        # uvicorn re-raises the signal after its graceful shutdown, so a clean stop may read as -SIGTERM
-        assert status in (0, -signal.SIGTERM), server.stderr()
+        assert status == 0, server.stderr()  # a graceful SIGTERM ends with status 0
         assert "Traceback" not in server.stderr(), server.stderr()
         assert in_flight["answered"] > signalled
         assert in_flight["response"].status_code == 200

@@ -33,15 +33,18 @@ def test_deletes_persist_beside_the_shards_and_compaction_drops_them(rng, tmp_pa
     assert index.delete([1, 6, 14]) == 3
     index.save(directory)
     assert {p.name: p.read_bytes() for p in directory.glob("*.frt")} == shard_bytes  # immutable
-    assert sorted(p.name for p in directory.glob("*.deleted")) == [
-        "shard-00000.frt.deleted", "shard-00001.frt.deleted", "shard-00002.frt.deleted"]
+    assert sorted(p.name for p in directory.glob("*.deleted")) == [  # of generation 1, named by the manifest
+        "shard-00000.frt.g1.deleted", "shard-00001.frt.g1.deleted", "shard-00002.frt.g1.deleted"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert (manifest["generation"], manifest["shards"][2]["deleted"]) == (1, "shard-00002.frt.g1.deleted")
     reloaded = fastret.Index.load(directory)
     assert len(reloaded) == 12
     assert not {1, 6, 14} & set(reloaded.search(vectors, 12)[1].reshape(-1).tolist())
     reloaded.add(unit_rows(rng, 2, 8), documents=["new0", "new1"])
     reloaded.merge()
     reloaded.save(directory)
-    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "shard-00003.frt", "shard-00003.frt.bits"]
+    bits = f"shard-00003.frt.{index_file.read_header(directory / 'shard-00003.frt').data_crc:08x}.bits"
+    assert sorted(p.name for p in directory.iterdir()) == [".fastret-lock", "manifest.json", "shard-00003.frt", bits]
     final = fastret.Index.load(directory)
     assert (len(final), final.segment_count) == (14, 1)
     assert final.documents([0, 15, 16]).tolist() == ["doc0", "new0", "new1"]
@@ -51,7 +54,7 @@ def test_deletes_persist_beside_the_shards_and_compaction_drops_them(rng, tmp_pa
 def test_missing_corrupted_and_mismatched_shards_name_the_file(rng, tmp_path):
     make_store(tmp_path / "s", rng)
     (tmp_path / "s" / "shard-00001.frt").unlink()
-    with pytest.raises(StoreError, match=r"shard-00001.frt: shard listed in manifest.json is missing"):
+    with pytest.raises(StoreError, match=r"shard-00001.frt: listed in \S*manifest.json but missing"):
         fastret.Index.load(tmp_path / "s")
 
     make_store(tmp_path / "c", rng)
@@ -71,16 +74,19 @@ def test_missing_corrupted_and_mismatched_shards_name_the_file(rng, tmp_path):
 
 def test_a_deletion_file_that_does_not_match_its_segment_is_refused(rng, tmp_path):
     make_store(tmp_path / "s", rng)
-    shard = tmp_path / "s" / "shard-00000.frt"
-    index_file.write_deleted(shard, np.array([1, 3]))
-    (tmp_path / "s" / "shard-00001.frt.deleted").write_bytes((tmp_path / "s" / "shard-00000.frt.deleted").read_bytes())
-    with pytest.raises(StoreError, match=r"shard-00001.frt.deleted belongs to another version of shard-00001.frt"):
+    index = fastret.Index.load(tmp_path / "s")
+    index.delete([1, 3, 6])
+    index.save(tmp_path / "s")
+    first, second = tmp_path / "s" / "shard-00000.frt.g1.deleted", tmp_path / "s" / "shard-00001.frt.g1.deleted"
+    kept = second.read_bytes()
+    second.write_bytes(first.read_bytes())
+    with pytest.raises(StoreError, match=r"shard-00001.frt.g1.deleted belongs to another version of shard-00001.frt"):
         fastret.Index.load(tmp_path / "s")
-    (tmp_path / "s" / "shard-00001.frt.deleted").unlink()
-    data = bytearray((tmp_path / "s" / "shard-00000.frt.deleted").read_bytes())
+    second.write_bytes(kept)
+    data = bytearray(first.read_bytes())
     data[-1] ^= 1
-    (tmp_path / "s" / "shard-00000.frt.deleted").write_bytes(bytes(data))
-    with pytest.raises(StoreError, match="deletion file is corrupted"):
+    first.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="shard-00000.frt.g1.deleted: the deletion file is corrupted"):
         fastret.Index.load(tmp_path / "s")
 
 

@@ -1,6 +1,7 @@
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -101,19 +102,19 @@ def test_interrupted_run_resumes_to_identical_bytes(encoder, tmp_path, monkeypat
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
+    from pathlib import Path
     import fastret
-    from fastret import streaming, store
+    from fastret import segment_files, streaming, store
     from fastret.atomic import atomic_write
-    from fastret.bits_file import bits_path
     real = store.write_shard
-    real_bits = store.write_bits
-    def bits_then_die(path, *args):
-        if path.name == store.shard_name(int(sys.argv[4])) + ".frt" and sys.argv[5] == "bits":
-            with atomic_write(bits_path(path)) as f:  # killed between the shard and its bits
+    real_bits = segment_files.write_bits
+    def bits_then_die(target, *args):
+        if Path(target).name.startswith(store.shard_name(int(sys.argv[4])) + ".frt.") and sys.argv[5] == "bits":
+            with atomic_write(target) as f:  # killed inside the shard's commit, writing its bits
                 f.write(b"half the bits")
                 os.kill(os.getpid(), signal.SIGKILL)
-        real_bits(path, *args)
-    store.write_bits = bits_then_die
+        real_bits(target, *args)
+    segment_files.write_bits = bits_then_die
     def write_then_die(directory, number, *args):
         if number == int(sys.argv[4]) and sys.argv[5] == "during":  # killed inside the write
             with atomic_write(directory / store.shard_name(number)) as f:
@@ -135,10 +136,10 @@ def test_killed_process_resumes_to_identical_bytes_and_no_debris(encoder, tiny_b
     killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tiny_bert), str(corpus),
                              str(tmp_path / "killed"), "2", when], capture_output=True, timeout=300)
     assert killed.returncode == -9
-    finished = ["shard-00000.frt", "shard-00001.frt"] + (["shard-00002.frt"] if when != "during" else [])
+    finished = ["shard-00000.frt", "shard-00001.frt"] + (["shard-00002.frt"] if when == "after" else [])
     assert sorted(p.name for p in (tmp_path / "killed").glob("*.frt")) == finished
-    with_bits = finished if when != "bits" else finished[:-1]
-    assert sorted(p.name[: -len(".bits")] for p in (tmp_path / "killed").glob("*.frt.bits")) == with_bits
+    # a shard and its bits are committed together: a kill before the shard's rename leaves neither
+    assert sorted(p.name.split(".frt.")[0] + ".frt" for p in (tmp_path / "killed").glob("*.frt.*.bits")) == finished
     assert bool(list((tmp_path / "killed").glob(".*.tmp"))) == (when != "after")
     encoder.encode_corpus(corpus, tmp_path / "killed", shard_size=8, show_progress_bar=False)
     assert directory_bytes(tmp_path / "killed") == directory_bytes(tmp_path / "whole")  # dotfiles too
@@ -149,8 +150,9 @@ def test_corrupt_line_names_file_and_line_and_leaves_no_partial_shard(encoder, t
     with pytest.raises(ValueError, match=r"corpus.jsonl:20: not valid JSON"):
         encoder.encode_corpus(corpus, tmp_path / "out", shard_size=8, show_progress_bar=False)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "shard-00000.frt", "shard-00000.frt.bits", "shard-00001.frt", "shard-00001.frt.bits"]
+    assert sorted(p.name.split(".")[0] + (".bits" if p.name.endswith(".bits") else "") for p in out.iterdir()) == [
+        "", "manifest", "shard-00000", "shard-00000.bits", "shard-00001", "shard-00001.bits"]  # "": .fastret-lock
+    assert (out / ".fastret-lock").read_bytes() == b""  # the run that failed let go of the lock
 
 
 def test_resuming_with_other_settings_is_refused(encoder, tmp_path):
@@ -228,7 +230,8 @@ def test_fields_are_stored_beside_each_shard_and_written_on_resume(encoder, tmp_
     _, ids = index.search(np.ones(32, np.float32), 12, filter={"year": {"$lt": 2003}, "mesh": "Humans"})
     assert sorted(ids[0][ids[0] >= 0].tolist()) == [1]
     # a run killed between a shard's vectors and its fields writes the fields when it resumes
-    (tmp_path / "out" / "shard-00001.frt.fields.arrow").unlink()
+    (fields_file,) = (tmp_path / "out").glob("shard-00001.frt.*.fields.arrow")
+    fields_file.unlink()
     encoder.encode_corpus(records, tmp_path / "out", shard_size=5, show_progress_bar=False, fields=True)
     assert fastret.Index.load(tmp_path / "out").fields([7], names=["year"]) == [{"year": 2007}]
     only = encoder.encode_corpus(records, tmp_path / "some", shard_size=5, show_progress_bar=False,
@@ -239,3 +242,33 @@ def test_fields_are_stored_beside_each_shard_and_written_on_resume(encoder, tmp_
         encoder.encode_corpus(records, tmp_path / "some", shard_size=5, show_progress_bar=False, fields=True)
     with pytest.raises(TypeError, match="fields must be True"):
         encoder.encode_corpus(records, tmp_path / "x", show_progress_bar=False, fields="year")
+
+
+def test_encode_on_a_full_disk_exits_2_naming_the_file_and_the_rerun_resumes(encoder, tiny_bert, tmp_path):
+    import resource
+    import signal
+
+    lines = [json.dumps({"_id": f"doc-{i}" + ("-" + "x" * 300 if i >= 16 else ""), "title": "T",
+                         "text": f"statins {i}"}) for i in range(40)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    encoder.encode_corpus(corpus, tmp_path / "whole", shard_size=8, show_progress_bar=False)
+    big = (tmp_path / "whole" / "shard-00002.frt").stat().st_size  # the first shard of long ids
+    assert all(p.stat().st_size < big for p in (tmp_path / "whole").iterdir()
+               if p.name < "shard-00002" or p.name == "manifest.json")
+
+    def disk_of(size):  # the file size limit stands for a full disk: writes past it fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    command = [sys.executable, "-m", "fastret", "encode", str(corpus), str(tmp_path / "out"), "--model", str(tiny_bert),
+               "--device", "cpu", "--max-length", "32", "--shard-size", "8", "--no-progress"]
+    full = subprocess.run(command, preexec_fn=lambda: disk_of(big - 1), capture_output=True, text=True, timeout=300)
+    assert full.returncode == 2, full.stderr[-2000:]
+    assert re.search(r"fastret encode: error: \[Errno 27\] File too large: '\S*out/shard-00002.frt'", full.stderr)
+    assert "Traceback" not in full.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.frt")) == ["shard-00000.frt", "shard-00001.frt"]
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # nothing half-written is left
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert directory_bytes(tmp_path / "out") == directory_bytes(tmp_path / "whole")
