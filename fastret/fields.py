@@ -274,6 +274,9 @@ def read_fields(target: str | os.PathLike, segment_path: str | os.PathLike, head
     except (arrow.ArrowException, OSError, ValueError) as error:
         raise IndexFileError(f"{path} is not a readable fastret fields file (Arrow IPC): {error}; {damaged}") from None
     metadata = schema.metadata or {}
+    unknown = sorted(set(metadata) - {_SEGMENT_CRC, _SEGMENT_COUNT, _STATS, _CRC})
+    if unknown:  # fastret writes no other keys: a damaged name (one that could hide the checksum)
+        raise IndexFileError(f"{path}: unknown schema metadata {unknown[0]!r}: the file is damaged; {damaged}")
     if (metadata.get(_SEGMENT_CRC) != str(header.data_crc).encode()
             or metadata.get(_SEGMENT_COUNT) != str(header.count).encode() or table.num_rows != header.count):
         raise StaleFieldsError(f"{path} belongs to another version of {Path(segment_path).name} (its checksum or size "

@@ -191,7 +191,8 @@ def _check_manifest(path: Path, manifest: dict) -> None:
     names = set()
     for position, entry in enumerate(shards):
         where = f'"shards"[{position}]'
-        check(isinstance(entry, dict), where, 'an object {"name", "count"}', entry)
+        check(isinstance(entry, dict) and set(entry) <= {"name", "count", "deleted"}, where,
+              'an object {"name", "count"[, "deleted"]}', entry)
         name = entry.get("name")
         check(isinstance(name, str) and bool(_SHARD_NAME.fullmatch(name)), where + '["name"]',
               'a shard name "shard-NNNNN" inside the store', name)

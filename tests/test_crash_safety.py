@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,52 +24,8 @@ from fastret.writer_lock import ConcurrentWriteError, WriterBusyError, lock_path
 
 from conftest import make_store, unit_rows
 
-DIM = 8
-QUERIES = np.random.default_rng(7).standard_normal((5, DIM)).astype(np.float32)
-
-
-def fields_of(ids):
-    return [{"title": f"doc {i}", "year": 2000 + i % 20, "mesh": ["Humans"] if i % 2 else []} for i in ids]
-
-
-def base_store(directory, rng):
-    """A store of 3 shards with float16 copies, stored fields and a deletion, as a save leaves it."""
-    index = fastret.Index(DIM, store_float16=True)
-    index.add(unit_rows(rng, 40, DIM), documents=[f"d{i}" for i in range(40)], fields=fields_of(range(40)))
-    directory.mkdir()
-    index.save(directory)  # one shard
-    for first in (40, 55):
-        index = fastret.Index.load(directory)
-        index.add(unit_rows(rng, 15, DIM), ids=np.arange(first, first + 15), documents=[f"d{i}" for i in
-                  range(first, first + 15)], fields=fields_of(range(first, first + 15)))
-        index.save(directory)
-    index = fastret.Index.load(directory)
-    index.delete([3, 44])
-    index.save(directory)
-
-
-def change(index, rng):
-    """What the save under test writes: deletions in old shards, new rows with fields, a merge of
-    the small shards (so shards are written and removed)."""
-    index.delete([1, 2, 41, 60])
-    index.add(unit_rows(rng, 6, DIM), ids=np.arange(100, 106), documents=[f"n{i}" for i in range(6)],
-              fields=fields_of(range(100, 106)))
-    index.merge(max_rows=20)
-
-
-def fingerprint(path):
-    """What a reader gets from `path` (loaded with every check): sizes, results, fields, names."""
-    index = fastret.Index.load(path)
-    scores, ids = index.search(QUERIES, 10, rescore=True)
-    _, binary = index.search(QUERIES, 5, first_stage="binary", oversample=2)
-    _, live = index.search(QUERIES[:1], len(index))
-    live = np.sort(live[0])
-    return (len(index), ids.tolist(), np.round(scores, 6).tolist(), binary.tolist(), live.tolist(),
-            json.dumps(index.fields(live), sort_keys=True), index.documents(live).tolist())
-
-
-class Fault(Exception):
-    pass
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from fuzz_store import DIM, base_store, change, fields_of, fingerprint, fuzz  # noqa: E402
 
 
 class Events:
@@ -184,10 +141,11 @@ KILLED_SAVE = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     import pytest
     import test_crash_safety as t
+    from fuzz_store import change
     import fastret
     target, step = Path(sys.argv[1]), int(sys.argv[2])
     index = fastret.Index.load(target)
-    t.change(index, np.random.default_rng(6))
+    change(index, np.random.default_rng(6))
     with pytest.MonkeyPatch.context() as patch:
         t.Events(patch, fail_at=step, kill=True)
         index.save(target)
@@ -226,51 +184,76 @@ def test_a_store_save_killed_at_every_rename_leaves_the_old_or_the_new_store(ver
         assert not list(target.glob(".*.tmp"))
 
 
+CRASHER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import fastret
+    target, kind, first, second = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+    print("ready", flush=True)
+    for turn in range(100_000):
+        if kind == "store" and turn % 2:  # deletions in the shards mapped from the target
+            index = fastret.Index.load(target)
+            index.delete([1, 2, 41, 60])
+        else:  # new shards (or a new file) that replace the target's
+            index = fastret.Index.load(second if kind == "file" and turn % 2 else first)
+        index.save(target)
+""")
+
+
+@pytest.mark.parametrize("kind", ["store", "file"])
+def test_saves_killed_at_random_moments_leave_one_version_whole(tmp_path, kind):
+    rng = np.random.default_rng(99)
+    base_store(tmp_path / "a", rng)
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    if kind == "store":
+        first, second = tmp_path / "a", tmp_path / "b"
+        shutil.copytree(first, second)
+        index = fastret.Index.load(second)
+        index.delete([1, 2, 41, 60])
+        index.save(second)
+    else:
+        first, second = versions / "a.frt", versions / "b.frt"
+        fastret.Index.load(tmp_path / "a").save(first)
+        index = fastret.Index.load(tmp_path / "a")
+        change(index, rng)
+        index.save(second)
+    expected = {fingerprint(first): "first", fingerprint(second): "second"}
+    assert len(expected) == 2
+    seen = []
+    for round_ in range(3):
+        target = tmp_path / f"target-{round_}" / ("" if kind == "store" else "index.frt")
+        if kind == "store":
+            shutil.copytree(first, target)
+        else:
+            target.parent.mkdir()
+            fastret.Index.load(first).save(target)
+        crasher = subprocess.Popen([sys.executable, "-c", CRASHER, str(target), kind, str(first), str(second)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert crasher.stdout.readline().strip() == b"ready", crasher.stderr.read().decode()[-2000:]
+            time.sleep(0.3 + rng.uniform(0, 1.0))
+        finally:
+            crasher.kill()
+            crasher.wait()
+        got = fingerprint(target)
+        assert got in expected, f"killed at a random moment (round {round_}): neither version"
+        seen.append(expected[got])
+        assert cli.main(["clean", str(target)]) == 0
+        assert fingerprint(target) == got
+        assert not list(target.parent.glob("**/.*.tmp"))
+    assert len(seen) == 3
+
+
 # ---------------------------------------------------------------------------------------- fuzz
 
 
-def mutations(data: bytes, rng, count):
-    """`count` damaged copies of `data`: flipped bytes, truncations, extensions, overwritten runs."""
-    for _ in range(count):
-        damaged = bytearray(data)
-        kind = rng.integers(4)
-        if kind == 0:
-            for _ in range(rng.integers(1, 4)):
-                damaged[rng.integers(len(damaged))] ^= 1 << int(rng.integers(8))
-        elif kind == 1:
-            damaged = damaged[: rng.integers(len(damaged))]
-        elif kind == 2:
-            damaged += bytes(rng.integers(0, 256, rng.integers(1, 64), dtype=np.uint8))
-        else:
-            start = rng.integers(len(damaged))
-            run = rng.integers(1, 32)
-            damaged[start : start + run] = bytes(rng.integers(0, 256, len(damaged[start : start + run]), dtype=np.uint8))
-        yield bytes(damaged)
-
-
-def test_damaged_sidecars_and_manifests_are_named_errors_or_change_nothing(versions, tmp_path):
-    _, _, new, new_print, _ = versions
-    target = tmp_path / "fuzzed"
-    shutil.copytree(new, target)
-    rng = np.random.default_rng(2026)
-    files = sorted(p for p in target.iterdir() if p.name.endswith((".bits", ".deleted", ".fields.arrow"))
-                   or p.name == "manifest.json")
-    assert {p.suffix for p in files} == {".bits", ".deleted", ".arrow", ".json"}
-    cases = errors = 0
-    for path in files:
-        good = path.read_bytes()
-        for damaged in mutations(good, rng, 300 // len(files) + 1):
-            path.write_bytes(damaged)
-            cases += 1
-            try:
-                got = fingerprint(target)
-            except (StoreError, IndexFileError) as error:
-                errors += 1
-                assert path.name in str(error), f"{path.name}: {error}"
-                continue
-            assert got == new_print, f"{path.name} damaged: a different answer without an error"
-        path.write_bytes(good)
-    assert cases >= 300 and errors > cases // 2
+def test_damaged_sidecars_and_manifests_are_named_errors_or_change_nothing(tmp_path):
+    """A short run of benchmarks/fuzz_store.py (the long one runs 20,000 cases)."""
+    counts = fuzz(320, seed=2026, workdir=tmp_path)
+    assert sum(counts.values()) == 320
+    for kind in (".bits", ".deleted", ".fields.arrow", "manifest.json"):  # each kind of damage is caught
+        assert sum(n for outcome, n in counts.items() if outcome.startswith(kind) and "unchanged" not in outcome) > 20
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -507,3 +490,30 @@ def test_a_failed_save_names_the_file(tmp_path, rng, monkeypatch):
         index.save(tmp_path / "a.frt")
     monkeypatch.undo()
     assert visible_files(tmp_path) == []
+
+
+def test_a_version_2_store_with_old_sidecar_names_loads_and_saves_as_version_3(tmp_path, rng):
+    base_store(tmp_path / "s", rng)
+    expected = fingerprint(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    for entry in manifest["shards"]:  # as fastret wrote it before sidecars were named by checksum
+        shard = tmp_path / "s" / f"{entry['name']}.frt"
+        for sidecar in tmp_path.glob(f"s/{shard.name}.*"):
+            kind = "deleted" if sidecar.name.endswith(".deleted") else sidecar.name.split(".", 3)[-1]
+            sidecar.rename(shard.with_name(f"{shard.name}.{kind}"))
+        entry.pop("deleted", None)
+    del manifest["generation"]
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    assert sorted(p.name for p in (tmp_path / "s").glob("shard-00000.frt.*")) == [
+        "shard-00000.frt.bits", "shard-00000.frt.deleted", "shard-00000.frt.fields.arrow"]
+    assert fingerprint(tmp_path / "s") == expected
+    index = fastret.Index.load(tmp_path / "s")
+    index.delete([0])
+    index.save(tmp_path / "s")
+    saved = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert (saved["version"], saved["generation"], saved["shards"][0]["deleted"]) == (3, 1, "shard-00000.frt.g1.deleted")
+    assert not list((tmp_path / "s").glob("*.frt.deleted"))  # replaced by the named one; the old-named
+    assert len(list((tmp_path / "s").glob("*.frt.bits"))) == 3  # bits and fields are still these shards' own
+    index = fastret.Index.load(tmp_path / "s")
+    assert len(index) == json.loads(expected)[0] - 1 and not index.contains([0]).any()
+    assert index.fields([5]) == fields_of([5])
