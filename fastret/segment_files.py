@@ -112,14 +112,9 @@ def write_segment(path: str | os.PathLike, arrays: index_file.IndexArrays, bits:
     return header
 
 
-def add_bits(path: str | os.PathLike, codes: np.ndarray | None = None) -> bool:
-    """Write the sign bits of the segment file `path` where they are missing, damaged or stale;
-    True when they were written.
-
-    Args:
-        path: the segment file.
-        codes: its codes when at hand; else read (mapped) from the file.
-    """
+def add_bits(path: str | os.PathLike) -> bool:
+    """Write the sign bits of the segment file `path` (made from its mapped codes) where they are
+    missing, damaged or stale; True when they were written."""
     path = Path(path)
     header = index_file.read_header(path)
     found = find_sidecar(path, header, BITS)
@@ -129,9 +124,7 @@ def add_bits(path: str | os.PathLike, codes: np.ndarray | None = None) -> bool:
                 return False
         except index_file.IndexFileError:
             pass  # damaged: made again below
-    if codes is None:
-        codes = index_file.read(path, mmap=True, verify=False).codes
-    write_bits(sidecar_path(path, header, BITS), header, codes)
+    write_bits(sidecar_path(path, header, BITS), header, index_file.read(path, mmap=True, verify=False).codes)
     return True
 
 

@@ -17,6 +17,7 @@ on network filesystems, only as good as their lock support (NFSv4 has it; some F
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -121,7 +122,11 @@ def writer_lock(target: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT) -> 
 
 def _acquire(path: Path, target, deadline: float, timeout: float):
     """The lock file, opened and locked (waiting until `deadline`), with this process named in it."""
-    file = open(path, "a+b")  # noqa: SIM115 (held open while the lock is)
+    try:
+        file = open(path, "a+b")  # noqa: SIM115 (held open while the lock is)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"no such directory {path.parent} to write {target} in",
+                                str(target)) from None
     if fcntl is None:
         return file
     try:

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret import cli, store
-from fastret.index_file import IndexFileError
+from fastret import cli
 from fastret.store import StoreError
 from fastret.writer_lock import ConcurrentWriteError, WriterBusyError, lock_path, writer_lock
 
@@ -70,6 +69,21 @@ def versions(tmp_path_factory):
         index.save(root / "new")
     assert fingerprint(root / "old") != fingerprint(root / "new")
     return root / "old", fingerprint(root / "old"), root / "new", fingerprint(root / "new"), events.count
+
+
+@pytest.fixture(scope="module")
+def file_versions(versions, tmp_path_factory):
+    """(folder of the old index file, its fingerprint, folder of the new one, its fingerprint): the
+    stores of `versions` saved as one file each (`index.frt`, with float16 copies and fields)."""
+    root = tmp_path_factory.mktemp("file-versions")
+    (root / "old").mkdir()
+    fastret.Index.load(versions[0]).save(root / "old" / "index.frt")
+    shutil.copytree(root / "old", root / "new")
+    index = fastret.Index.load(root / "new" / "index.frt")
+    change(index, np.random.default_rng(6))
+    index.save(root / "new" / "index.frt")
+    return (root / "old", fingerprint(root / "old" / "index.frt"), root / "new",
+            fingerprint(root / "new" / "index.frt"))
 
 
 def test_a_store_save_failing_at_any_step_leaves_the_old_or_the_new_store(versions, tmp_path, monkeypatch):
@@ -152,13 +166,15 @@ KILLED_SAVE = textwrap.dedent("""
 """)
 
 
-def test_a_store_save_killed_at_every_rename_leaves_the_old_or_the_new_store(versions, tmp_path):
-    old, old_print, new, new_print, steps = versions
+@pytest.mark.parametrize("kind", ["store", "file"])
+def test_a_save_killed_at_every_rename_leaves_the_old_or_the_new_version(versions, file_versions, tmp_path, kind):
+    old, old_print, new, new_print = versions[:4] if kind == "store" else file_versions
+    name = "" if kind == "store" else "index.frt"  # the store is the folder; else the file in it
     renames = []  # the steps that are renames (the commit points of each file)
     with pytest.MonkeyPatch.context() as patch:
         target = tmp_path / "probe"
         shutil.copytree(old, target)
-        index = fastret.Index.load(target)
+        index = fastret.Index.load(target / name)
         change(index, np.random.default_rng(6))
         real_replace = os.replace
         events = Events(patch)
@@ -167,19 +183,20 @@ def test_a_store_save_killed_at_every_rename_leaves_the_old_or_the_new_store(ver
             renames.append(events.count)
             return real_replace(*args)
         patch.setattr(os, "replace", events._wrapped(noted))
-        index.save(target)
-    assert len(renames) >= 5  # a new shard, its bits and fields, a deletion file, the manifest
+        index.save(target / name)
+    # a store: a new shard, its bits and fields, a deletion file, the manifest; a file: bits, fields, the file
+    assert len(renames) >= (5 if kind == "store" else 3)
     tests = os.path.dirname(__file__)
-    for step in renames + [steps]:  # every rename, and the last step (after the commit)
+    for step in renames + [events.count]:  # every rename, and the last step (after the commit)
         target = tmp_path / f"killed-{step}"
         shutil.copytree(old, target)
-        killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(target), str(step), tests],
+        killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(target / name), str(step), tests],
                                 capture_output=True, text=True, timeout=120)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-        got = fingerprint(target)
+        got = fingerprint(target / name)
         assert got in (old_print, new_print), f"killed at step {step}: neither version"
-        assert cli.main(["clean", str(target)]) == 0
-        assert fingerprint(target) == got
+        assert cli.main(["clean", str(target / name)]) == 0
+        assert fingerprint(target / name) == got
         assert visible_files(target) == visible_files(old if got == old_print else new)
         assert not list(target.glob(".*.tmp"))
 
