@@ -37,12 +37,14 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
-import torch
 
 from .corpus import open_text
+
+if TYPE_CHECKING:  # torch is imported where labels are encoded for the kernel, not for filters
+    import torch
 
 __all__ = ["EncodedLabels", "MeshTree", "UnknownMeshLabelWarning"]
 
@@ -88,6 +90,8 @@ class EncodedLabels:
     tree_id: str
 
     def __post_init__(self):
+        import torch
+
         for name, dtype in (("nodes", torch.int32), ("weights", torch.float32), ("unknown", torch.int32)):
             value = getattr(self, name)
             if not isinstance(value, torch.Tensor):
@@ -112,6 +116,8 @@ class EncodedLabels:
         return self.nodes.shape[0]
 
     def __getitem__(self, index) -> "EncodedLabels":
+        import torch
+
         if isinstance(index, torch.Tensor) and index.ndim == 0:
             index = int(index)
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
@@ -135,6 +141,8 @@ class EncodedLabels:
     @property
     def lengths(self) -> torch.Tensor:
         """int32 [B]: nodes per document (the non-padding entries of each row)."""
+        import torch
+
         return (self.nodes >= 0).sum(dim=1, dtype=torch.int32)
 
     def to(self, device: Union[str, torch.device]) -> "EncodedLabels":
@@ -503,6 +511,8 @@ class MeshTree:
             if not self._warned:
                 self._warned = True
                 self._warn_unknown(skipped, sum(unknown), sum(len(r) == 0 for r in rows), B)
+        import torch
+
         return EncodedLabels(
             torch.from_numpy(nodes).to(device) if device is not None else torch.from_numpy(nodes),
             torch.from_numpy(weights).to(device) if device is not None else torch.from_numpy(weights),

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from .checks import check_finite, float_matrix, int8_codes, is_torch, to_numpy
-from .kernels.pooling import quantize_rows_ref
 
 # The largest code of a quantized search query (see the module docstring).
 QUERY_MAX_CODE = 63
@@ -68,6 +67,8 @@ def quantize_queries(x: Any):
 
 def _quantize_torch(x, max_code: int):
     import torch
+
+    from .kernels.pooling import quantize_rows_ref  # torch input: torch is loaded already
 
     if not x.dtype.is_floating_point:
         raise TypeError(f"quantize_int8 expects floating point vectors, got {x.dtype}")

@@ -399,3 +399,20 @@ def test_import_fastret_does_not_import_ray():
     code = "import sys, fastret; print('ray' in sys.modules, 'fastret.distributed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_shard_actors_search_without_torch(sharded, corpus):
+    import ray
+
+    _, reference, _ = corpus
+    queries = unit_rows(np.random.default_rng(5), 3, DIM)
+    assert_same(sharded.search(queries, 5, rescore=True), reference.search(queries, 5, rescore=True))
+
+    def heavy_modules(server):
+        import sys
+
+        return sorted(name for name in ("torch", "triton", "transformers") if name in sys.modules)
+
+    for replicas in sharded._actors:
+        for actor in replicas:
+            assert ray.get(actor.__ray_call__.remote(heavy_modules)) == []
