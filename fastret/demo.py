@@ -22,10 +22,10 @@ import numpy as np
 from .corpus import BUNDLED_NFCORPUS, load_beir
 from .encoder import Encoder
 from .evaluate import as_run, exact_float_search, trec_metrics
-from .hybrid import DEFAULT_CANDIDATES, HybridSearcher
-from .lexical import LexicalIndex
 from .index import Index
+from .lexical import LexicalIndex
 from .presets import default_model_path
+from .text_search import TextSearch
 
 
 def median_latency_ms(search_one, count: int, repeats: int = 200) -> float:
@@ -68,28 +68,22 @@ def main(argv: list[str] | None = None) -> None:
     build_seconds = time.perf_counter() - start
 
     k, factor = 100, args.rescore_factor
-    searches = {
-        "float32 exact (numpy)": lambda q, n: exact_float_search(q, docs, n),
-        "fastret int8": lambda q, n: index.search(q, n),
-        f"fastret int8 + rescore (x{factor})": lambda q, n: index.search(q, n, rescore=True, rescore_factor=factor),
+    lexical = LexicalIndex.build(documents)
+    search = TextSearch(index, lexical=lexical)
+    searches = {  # over queries [part] (a slice)
+        "float32 exact (numpy)": lambda part, n: exact_float_search(queries[part], docs, n),
+        "fastret int8": lambda part, n: search.rank(query_texts[part], n, vectors=queries[part]),
+        f"fastret int8 + rescore (x{factor})": lambda part, n: search.rank(
+            query_texts[part], n, vectors=queries[part], rescore=True, rescore_factor=factor),
+        "BM25 (bm25s)": lambda part, n: lexical.search(query_texts[part], n),
+        "hybrid: int8 + rescore and BM25 fused": lambda part, n: search.rank(
+            query_texts[part], n, vectors=queries[part], hybrid=True),
     }
     rows = []
-    for name, search in searches.items():
-        scores, found = search(queries, k)
+    for name, run in searches.items():
+        scores, found = run(slice(None), k)
         metrics = trec_metrics(dataset.qrels, as_run(query_ids, dataset.corpus.ids, scores, found))
-        latency = median_latency_ms(lambda i: search(queries[i : i + 1], 10), len(queries))
-        rows.append((name, metrics, f"{latency:.3f} ms"))
-    lexical = LexicalIndex.build(documents)
-    hybrid = HybridSearcher(index, lexical)
-    lexical_searches = {  # over queries [part] (a slice)
-        "BM25 (bm25s)": lambda part, n: lexical.search(query_texts[part], n),
-        "hybrid: int8 + rescore and BM25 fused": lambda part, n: hybrid.search(
-            query_texts[part], queries[part], n, candidates=max(n, DEFAULT_CANDIDATES)),
-    }
-    for name, search in lexical_searches.items():
-        scores, found = search(slice(None), k)
-        metrics = trec_metrics(dataset.qrels, as_run(query_ids, dataset.corpus.ids, scores, found))
-        latency = median_latency_ms(lambda i: search(slice(i, i + 1), 10), len(queries))
+        latency = median_latency_ms(lambda i: run(slice(i, i + 1), 10), len(queries))
         rows.append((name, metrics, f"{latency:.3f} ms"))
 
     int8_bytes = len(index) * (index.dim + 12)

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from .corpus import BeirDataset, document_text, load_beir, read_jsonl
-from .hybrid import DEFAULT_CANDIDATES, HybridSearcher
 from .index import Index
 from .lexical import LexicalIndex
 from .search import Searchable, take_top
+from .text_search import TextSearch
 
 # Instructions for instruction-following retrievers (BMRetriever uses E5-Mistral's BEIR wording).
 INSTRUCTIONS = {
@@ -169,13 +169,14 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
             index.add(docs)
         queries = encoder.encode(query_texts, batch_size=batch_size, prompt=query_prompt(encoder, name))
         report.seconds["encode"] = time.perf_counter() - start
+        search = TextSearch(index, lexical=lexical)
         searches = {
             "float32": lambda: exact_float_search(queries, docs, k),
-            "int8": lambda: index.search(queries, k),
-            "int8+rescore": lambda: index.search(queries, k, rescore=True, rescore_factor=rescore_factor),
-            "binary": lambda: index.search(queries, k, first_stage="binary"),
-            "hybrid": lambda: HybridSearcher(index, lexical).search(
-                query_texts, queries, k, candidates=max(k, DEFAULT_CANDIDATES)),
+            "int8": lambda: search.rank(query_texts, k, vectors=queries),
+            "int8+rescore": lambda: search.rank(query_texts, k, vectors=queries, rescore=True,
+                                                rescore_factor=rescore_factor),
+            "binary": lambda: search.rank(query_texts, k, vectors=queries, first_stage="binary"),
+            "hybrid": lambda: search.rank(query_texts, k, vectors=queries, hybrid=True),
         }
         for method in dense + (["hybrid"] if "hybrid" in methods else []):
             start = time.perf_counter()
@@ -252,5 +253,5 @@ def question_to_abstract(encoder, path: str | Path, batch_size: int = 32) -> dic
     queries = encoder.encode(questions, batch_size=batch_size, prompt=encoder.prompts.get("query"))
     index = Index(docs.shape[1])
     index.add(docs)
-    _, rows = index.search(queries, 1)
+    _, rows = TextSearch(index).rank(questions, 1, vectors=queries)
     return {"recall@1": float((rows[:, 0] == np.arange(len(questions))).mean()), "questions": len(questions)}

@@ -370,7 +370,8 @@ def check_first_stage(first_stage: Any, oversample: Any) -> int | None:
         raise ValueError(f"first_stage must be one of {', '.join(map(repr, FIRST_STAGES))}, got {first_stage!r}")
     if first_stage == "int8":
         if oversample is not None:
-            raise ValueError("oversample applies to first_stage='binary' only; drop it or pass first_stage='binary'")
+            raise ValueError("oversample (binary candidates per result) applies to the binary first stage only: "
+                             "ask for it too (first_stage='binary', --binary, \"binary\": true) or drop oversample")
         return None
     if oversample is None:
         return binary.DEFAULT_OVERSAMPLE

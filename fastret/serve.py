@@ -48,13 +48,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__, metrics
 from .dynamic_batching import Batcher, BatcherClosed, BatchReport, QueueFull
 from .encoder import Encoder
-from .filters import Filter, FilterError
-from .hybrid import HybridSearcher
-from .lexical import LexicalIndex
-from .mesh import MeshTree
 from .search import Searchable
-from .store import StoreError
 from .searchers import open_searchable
+from .text_search import TextSearch
 from .serve_config import ServeConfig, exposure_warning
 
 logger = logging.getLogger(__name__)
@@ -170,39 +166,37 @@ class _Service:
         self.model_name = config.model_name or Path(str(encoder.model_dir)).name
         self.stats = _Metrics()
         self.batcher: Batcher | None = None
-        self.mesh = MeshTree.from_file(config.mesh) if config.mesh is not None else None
-        self._lexical: LexicalIndex | None = None
+        self.text_search = None if index is None else TextSearch(
+            index, encoder, lexical=index_path if index_path is not None and index_path.is_dir() else None,
+            mesh=config.mesh)
 
-    def lexical(self) -> LexicalIndex:
-        """The store's BM25 index (loaded on first use), for hybrid searches.
-
-        Raises:
-            ServeError: 422 when the index is not a store with a BM25 index.
-        """
-        if self._lexical is None:
-            if self.index_path is None or not self.index_path.is_dir():
-                raise ServeError(422, "hybrid=true needs a store directory with a BM25 index as --index")
-            try:
-                self._lexical = LexicalIndex.load(self.index_path)
-            except StoreError as error:
-                raise ServeError(422, f"hybrid=true: {error}") from None
-        return self._lexical
-
-    def search(self, texts: list[str], vectors: np.ndarray, body: "SearchRequest"):
-        """The search a /search body asks for (run in a worker thread): (scores, ids).
+    def search_options(self, body: "SearchRequest") -> dict:
+        """The search a /search body asks for, as `TextSearch.rank`'s keywords, checked before its
+        queries are embedded.
 
         Raises:
-            ServeError: 422 for a bad filter (naming its part).
+            ServeError: 422 for arguments the search refuses (a bad filter, rescoring without float16
+                copies, oversample without the binary stage, hybrid without a BM25 index), saying why.
         """
-        k = min(body.k, len(self.index))
-        stage = {"first_stage": "binary" if body.binary else "int8", "oversample": body.oversample}
+        options = {"filter": body.filter, "rescore": body.rescore or None, "hybrid": body.hybrid,
+                   "first_stage": "binary" if body.binary else "int8", "oversample": body.oversample}
         try:
-            spec = None if body.filter is None else Filter(body.filter, mesh=self.mesh)
-            if body.hybrid:
-                return HybridSearcher(self.index, self.lexical()).search(
-                    texts, vectors, k, rescore=body.rescore or None, filter=spec, **stage)
-            return self.index.search(vectors, k, rescore=body.rescore, filter=spec, **stage)
-        except FilterError as error:
+            self.text_search.check(body.k, **options)
+        except (ValueError, TypeError) as error:
+            raise ServeError(422, str(error)) from None
+        return options
+
+    def search(self, texts: list[str], vectors: np.ndarray, body: "SearchRequest", options: dict):
+        """The hits of a /search body (run in a worker thread).
+
+        Raises:
+            ServeError: 422 for what `TextSearch` refuses once the queries are known (texts and vectors
+                that do not match, a filter naming a field of another type, a binary search of
+                files without sign bits).
+        """
+        try:
+            return self.text_search.search(texts, body.k, vectors=vectors, fields=body.fields, **options)
+        except (ValueError, TypeError) as error:
             raise ServeError(422, str(error)) from None
 
     @asynccontextmanager
@@ -283,9 +277,6 @@ def create_app(encoder: Encoder, index: Searchable | None = None, index_path: st
         ValueError: the index's dimension differs from the encoder's.
     """
     config = config or ServeConfig()
-    if index is not None and index.dim != encoder.dim:
-        raise ValueError(f"the model makes {encoder.dim}-d vectors but the index holds {index.dim}-d ones; "
-                         "serve the index with the model that built it")
     service = _Service(encoder, index, Path(index_path) if index_path is not None else None, config)
     app = FastAPI(title="fastret", version=__version__, lifespan=service.lifespan,
                   description="Embeddings (TEI- and OpenAI-compatible) and exact int8 search.")
@@ -348,29 +339,13 @@ def _add_search_route(app: FastAPI, service: _Service) -> None:
             raise ServeError(422, "send exactly one of \"query\" (a str) or \"queries\" (a list of str)")
         if body.k > config.max_k:
             raise ServeError(422, f"k={body.k}; at most {config.max_k} results per query")
-        if body.rescore and not index.store_float16:
-            raise ServeError(422, "rescore=true needs float16 copies in the index; encode the store with "
-                                  "--float16, or search without rescore")
-        if body.oversample is not None and not body.binary:
-            raise ServeError(422, "oversample sets the binary first stage's candidates per result; send "
-                                  "\"binary\": true too, or drop oversample")
+        options = service.search_options(body)
         field = "query" if body.queries is None else "queries"
         texts = [body.query] if body.queries is None else body.queries
         vectors, _ = await service.embed(texts, body.truncate, body.prompt_name, field)
-        scores, ids = await run_in_threadpool(service.search, texts, vectors, body)
-        found = ids >= 0  # a filter or hybrid fusion may find fewer than k
-        names = (index.documents(ids[found]) if index.has_documents else ids[found].astype(str)).tolist()
-        stored = None if body.fields is None else index.fields(ids[found], names=body.fields)
-        results, position = [], 0
-        for row_found, row_scores in zip(found, scores):
-            row = []
-            for score in row_scores[row_found].tolist():
-                hit = {"id": str(names[position]), "score": score}
-                if stored is not None:
-                    hit["fields"] = stored[position]
-                row.append(hit)
-                position += 1
-            results.append(row)
+        hits = await run_in_threadpool(service.search, texts, vectors, body, options)
+        results = [[{"id": str(hit.id), "score": hit.score, **({"fields": hit.fields} if body.fields is not None
+                                                                else {})} for hit in row] for row in hits]
         return _json_response({"results": results})
 
 
@@ -563,7 +538,8 @@ def open_index(config: ServeConfig) -> Searchable | None:
     names no index."""
     if config.index is None:
         return None
-    return open_searchable(config.index, shards=config.shards, ray_address=config.ray_address)
+    return open_searchable(config.index, shards=config.shards, ray_address=config.ray_address,
+                           replicas=config.replicas)
 
 
 def serve(encoder: Encoder, config: ServeConfig | None = None, *,

@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from .ray_options import RAY_ADDRESS_HELP, REPLICAS_HELP, SHARDS_HELP
+
 API_KEY_ENV = "FASTRET_API_KEY"
 
 
@@ -50,14 +52,15 @@ class ServeConfig:
     max_k: int = _option(1000, "most results per query for /search")
     model_name: str | None = _option(None, "the model's name in answers (default: the model directory's name)",
                                         flag="--served-model-name")
-    shards: int | None = _option(None, "search --index on this many Ray actors (a local Ray without --ray)")
-    ray_address: str | None = _option(None, "search --index on the Ray cluster at ADDRESS (e.g. 10.0.0.1:6379, "
-                                            "or auto)", flag="--ray")
+    shards: int | None = _option(None, SHARDS_HELP)
+    ray_address: str | None = _option(None, RAY_ADDRESS_HELP, flag="--ray")
+    replicas: int = _option(1, REPLICAS_HELP)
     mesh: str | None = _option(None, "a MeSH tree file (fastret.MeshTree.from_file) for $under in /search filters")
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_batch_tokens", "max_batch_texts", "max_queue_tokens",
-                     "max_client_batch_size", "max_body_bytes", "max_k", *(("shards",) if self.shards is not None else ())):
+                     "max_client_batch_size", "max_body_bytes", "max_k", "replicas",
+                     *(("shards",) if self.shards is not None else ())):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -65,8 +68,8 @@ class ServeConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port!r}")
         if not 0 <= self.max_wait_ms < 60_000:
             raise ValueError(f"max_wait_ms must be in [0, 60000), got {self.max_wait_ms!r}")
-        if self.index is None and (self.shards is not None or self.ray_address is not None):
-            raise ValueError("shards and ray_address search an index: set index (--index STORE) too")
+        if self.index is None and (self.shards is not None or self.ray_address is not None or self.replicas != 1):
+            raise ValueError("shards, ray_address and replicas search an index: set index (--index STORE) too")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
             raise ValueError("api_key is empty; pass a secret (e.g. `openssl rand -hex 32`), or none for no key")
         if isinstance(self.cors_origins, str):

@@ -176,7 +176,7 @@ def test_first_stage_arguments_are_checked(rng):
         index.search(q, 3, first_stage="binary", oversample=2.5)
     with pytest.raises(TypeError, match="oversample must be an int"):
         index.search(q, 3, first_stage="binary", oversample=True)
-    with pytest.raises(ValueError, match="oversample applies to first_stage='binary' only"):
+    with pytest.raises(ValueError, match="oversample .binary candidates per result. applies to the binary first stage only"):
         index.search(q, 3, oversample=4)
     on_cpu = index.search(torch.from_numpy(q), 3, first_stage="binary")  # CPU tensors: the core, torch back
     assert isinstance(on_cpu[1], torch.Tensor)

@@ -140,7 +140,7 @@ def test_search_with_the_binary_first_stage(store, tiny_bert, capsys):
     exact = index.search(vectors, 3)[1]
     assert not np.array_equal(index.search(vectors, 3, first_stage="binary", oversample=1)[1], exact)
     assert cli.main(common + ["--oversample", "4"]) == 2
-    assert "--oversample sets the binary first stage's candidates per result; pass --binary too" in (
+    assert "oversample (binary candidates per result) applies to the binary first stage only" in (
         capsys.readouterr().err)
     for bad, shown in (("0", "0"), ("x", "'x'")):
         with pytest.raises(SystemExit):
@@ -352,7 +352,7 @@ def test_serve_api_key_comes_from_the_option_or_the_environment(monkeypatch, cap
     (["--max-batch-texts", "0"], r"max_batch_texts must be an int >= 1, got 0"),
     (["--api-key", " "], r"api_key is empty"),
     (["--cors-origin", "example.org"], r"CORS origin 'example.org': expected scheme://host"),
-    (["--shards", "2"], r"shards and ray_address search an index: set index \(--index STORE\) too"),
+    (["--shards", "2"], r"shards, ray_address and replicas search an index: set index \(--index STORE\) too"),
     (["--index", "store", "--shards", "0"], r"shards must be an int >= 1, got 0"),
 ])
 def test_serve_bad_options_are_usage_errors(capsys, option, message):

@@ -292,7 +292,7 @@ def test_bad_first_stage_arguments_get_the_errors_of_index(sharded):
         sharded.search(query, 3, first_stage="binary", oversample=0)
     with pytest.raises(TypeError, match="oversample must be an int"):
         sharded.search(query, 3, first_stage="binary", oversample="x")
-    with pytest.raises(ValueError, match="oversample applies to first_stage='binary' only"):
+    with pytest.raises(ValueError, match="oversample .binary candidates per result. applies to the binary first stage only"):
         sharded.search(query, 3, oversample=4)
     with pytest.raises(ValueError, match="first_stage must be one of 'int8', 'binary', got 'bits'"):
         sharded.candidates(query, 3, first_stage="bits")

@@ -82,7 +82,7 @@ def test_bad_hybrid_arguments(searcher):
         hybrid.search(["a"], vectors[:1], 2, first_stage="binary", oversample=0)
     with pytest.raises(TypeError, match="oversample must be an int"):
         hybrid.search(["a"], vectors[:1], 2, first_stage="binary", oversample="x")
-    with pytest.raises(ValueError, match="oversample applies to first_stage='binary' only"):
+    with pytest.raises(ValueError, match="oversample .binary candidates per result. applies to the binary first stage only"):
         hybrid.search(["a"], vectors[:1], 2, oversample=3)
 
 

@@ -216,3 +216,50 @@ def test_the_rule_checker_sees_a_second_copy(copy):
     assert set().union(*found.values()) == {"fastret.other.f"}
     assert rule_sites("fastret.other", "def f(lengths):\n    return np.argsort(-lengths, kind='stable')\n") == \
         {rule: set() for rule in found}  # a stable sort of one list is not a ranking of score rows
+
+
+# The faces: they parse input, call fastret.text_search.TextSearch (or, for the BM25 baseline, a
+# LexicalIndex) and present what it returns; the search's rules live in the library, once.
+FACES = ("fastret.cli", "fastret.serve", "fastret.evaluate", "fastret.demo")
+SEARCH_RULES = {"Filter", "HybridSearcher", "check_first_stage", "check_rescore"}
+SEARCHERS = {"text_search", "search", "lexical"}  # the receivers a face may call .search / .rank on
+
+
+def face_violations(source):
+    """What a face's source does that belongs to TextSearch or below: a search rule imported or
+    used, a searcher's search called directly, an error raised about oversample or rescoring."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and SEARCH_RULES & {alias.name for alias in node.names}:
+            found.append(f"line {node.lineno}: imports {sorted(SEARCH_RULES & {a.name for a in node.names})}")
+        elif isinstance(node, ast.Name) and node.id in SEARCH_RULES:
+            found.append(f"line {node.lineno}: uses {node.id}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("search", "rank"):
+            receiver = node.func.value
+            if isinstance(receiver, ast.Call):  # TextSearch(index).rank(...)
+                receiver = receiver.func
+                name = "search" if getattr(receiver, "id", None) == "TextSearch" else None
+            else:
+                name = receiver.id if isinstance(receiver, ast.Name) else getattr(receiver, "attr", None)
+            if name not in SEARCHERS:
+                found.append(f"line {node.lineno}: calls {name}.{node.func.attr} (search through TextSearch)")
+        elif isinstance(node, ast.Raise) and node.exc is not None:
+            text = " ".join(n.value for n in ast.walk(node.exc) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+            if "oversample" in text or "rescore" in text:
+                found.append(f"line {node.lineno}: checks a search rule itself ({text[:60]!r})")
+    return found
+
+
+def test_no_face_builds_a_filter_checks_search_rules_or_calls_a_searcher():
+    for face in FACES:
+        assert face_violations(MODULES[face].read_text()) == [], face
+
+
+@pytest.mark.parametrize("face", [
+    "from .filters import Filter\n",
+    "def run(index, body):\n    return index.search(body.vectors, 10)\n",
+    "def run(args):\n    if args.oversample and not args.binary:\n        raise ValueError('--oversample needs --binary')\n",
+    "def run(self, texts, vectors):\n    return HybridSearcher(self.index, self.bm25).search(texts, vectors, 10)\n",
+])
+def test_the_face_checker_sees_a_rule_in_a_face(face):
+    assert face_violations(face)

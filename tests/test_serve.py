@@ -357,7 +357,7 @@ BAD_REQUESTS = [
     ("POST", "/search", {"query": "x", "binary": True, "oversample": "x"}, None, 422,
      "oversample: Input should be a valid integer"),
     ("POST", "/search", {"query": "x", "oversample": 4}, None, 422,
-     "oversample sets the binary first stage's candidates per result; send \"binary\": true too"),
+     r"oversample \(binary candidates per result\) applies to the binary first stage only"),
     ("POST", "/search", {"query": "x", "binary": "yes"}, None, 422, "binary: Input should be a valid boolean"),
     ("GET", "/embed", None, None, 405, "Method Not Allowed"),
     ("POST", "/nothing", {}, None, 404, "Not Found"),
