@@ -25,8 +25,14 @@ $(VENV)/.deps: pyproject.toml | $(PY)
 	$(PIP) install -q "fastapi>=0.100" "uvicorn>=0.23" "httpx>=0.24"
 	touch $@
 
-# The package itself, editable; rebuilt when the C++ core or the build files change.
-$(BUILT): $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h)
+# The editable install maps each Python module to its file: the list of modules, kept here and
+# rewritten only when it changes, makes a moved, added or removed module reinstall the package.
+MODULES := $(VENV)/.fastret-modules
+$(shell mkdir -p $(VENV) && find fastret -name '*.py' | sort > $(MODULES).new && \
+	(cmp -s $(MODULES).new $(MODULES) || mv $(MODULES).new $(MODULES)); rm -f $(MODULES).new)
+
+# The package itself, editable; rebuilt when the C++ core, the build files or the module list change.
+$(BUILT): $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h) $(MODULES)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -52,7 +52,7 @@ from typing import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fastret  # noqa: E402
-from fastret import binary, store  # noqa: E402
+from fastret.storage import sign_bits as binary, store  # noqa: E402
 from harness import batch_seconds, cpu_info, finish, median_latency, recall_at_k, verdict  # noqa: E402
 
 OVERSAMPLES = (1, 2, 4, 10, 20)

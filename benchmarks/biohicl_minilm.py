@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fastret import Encoder  # noqa: E402
-from fastret.presets import default_model_path  # noqa: E402
+from fastret.encode.presets import default_model_path  # noqa: E402
 from fastret.train import TrainConfig, train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -33,7 +33,7 @@ def nfcorpus_int8_ndcg(model_dir, splits: tuple[str, ...] = ("dev", "train", "te
     sees NFCorpus: its train and dev queries (2,914) choose settings, test is the reported figure."""
     from fastret.corpus import load_beir
     from fastret.evaluate import as_run, trec_metrics
-    from fastret.index import Index
+    from fastret.search.index import Index
 
     encoder = Encoder(model_dir, device="cpu")
     datasets = {split: load_beir(SHARED / "nfcorpus", split) for split in splits}  # with train qrels

@@ -28,9 +28,9 @@ import numpy as np
 import ray
 
 import fastret
-from fastret import store
-from fastret.distributed import ShardedIndex
-from fastret.search import merge_candidates
+from fastret.storage import store
+from fastret.search.distributed import ShardedIndex
+from fastret.search.rules import merge_candidates
 
 from harness import cpu_info, finish, verdict
 

@@ -38,9 +38,9 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 import fastret  # noqa: E402
-from fastret import store  # noqa: E402
-from fastret.fields import StoredFields, write_fields  # noqa: E402
-from fastret.filters import Filter  # noqa: E402
+from fastret.storage import store  # noqa: E402
+from fastret.storage.fields import StoredFields, write_fields  # noqa: E402
+from fastret.search.filters import Filter  # noqa: E402
 from harness import batch_seconds, cpu_info, finish, median_latency  # noqa: E402
 
 SEED = 20261204
@@ -87,7 +87,7 @@ def write_store(directory: Path, n: int, dim: int, shards: int) -> float:
     bounds = np.linspace(0, n, shards + 1).astype(np.int64)
     for number, (first, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         path = directory / f"{store.shard_name(number)}.frt"
-        if path.exists() and fastret.index_file.read_header(path).count == stop - first:
+        if path.exists() and fastret.storage.index_file.read_header(path).count == stop - first:
             continue
         rng = np.random.default_rng([SEED, number])
         codes, scales = fastret.quantize_int8(shard_vectors(rng, int(stop - first), dim, mean))

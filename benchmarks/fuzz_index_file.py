@@ -15,7 +15,7 @@ where it can, and names documents:
   results exactly: the checksums guard every byte that matters, so only harmless bytes (section
   padding) can change unnoticed;
 - a crafted file that verify=True accepts is a different valid index; it must search without error.
-It also loads each file with verify=False (data trusted, see fastret.index_file): any result or a
+It also loads each file with verify=False (data trusted, see fastret.storage.index_file): any result or a
 documented error, never a crash. A case that runs past --case-timeout seconds is a hang.
 `tests/test_index_file.py` runs a few thousand cases of the same function on every `make test`.
 """
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 import fastret
-from fastret import index_file
-from fastret.index_file import HEADER_SIZE
+from fastret.storage import index_file
+from fastret.storage.index_file import HEADER_SIZE
 
 DOCUMENTED = (ValueError, FileNotFoundError)
 HEAD_V2 = struct.Struct("<8sIIQQIQ")

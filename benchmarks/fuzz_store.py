@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 import fastret
-from fastret.index_file import IndexFileError
-from fastret.store import StoreError
+from fastret.storage.index_file import IndexFileError
+from fastret.storage.store import StoreError
 
 DIM = 8
 QUERIES = np.random.default_rng(7).standard_normal((5, DIM)).astype(np.float32)

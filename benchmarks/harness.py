@@ -98,7 +98,7 @@ def embedded_nfcorpus() -> EmbeddedNFCorpus:
     all-MiniLM-L6-v2 (fp32 fastret.Encoder), through `cached_embeddings`."""
     import fastret
     from fastret.corpus import BUNDLED_NFCORPUS, load_beir
-    from fastret.presets import default_model_path
+    from fastret.encode.presets import default_model_path
 
     splits = {split: load_beir(BUNDLED_NFCORPUS, split) for split in ("dev", "test")}
     encoder = fastret.Encoder(default_model_path())

@@ -4,7 +4,7 @@
 
 all-MiniLM-L6-v2 (fp32, fastret.Encoder) embeds the bundled NFCorpus once (cached under
 benchmarks/.cache/); the dense side is the exact int8 index with float16 rescoring (x4), the
-lexical side bm25s (fastret.lexical). Every setting (RRF with k = 60, and weighted fusion with alpha
+lexical side bm25s (fastret.search.lexical). Every setting (RRF with k = 60, and weighted fusion with alpha
 0.1 .. 0.9, each with 50 / 100 / 200 candidates per side) is scored on dev (324 queries); the one
 with the best dev nDCG@10 is then the only one looked at on test (323 queries). Also: single-query
 latency of dense-only and hybrid search (median; query encoding excluded, BM25 included).
@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import fastret  # noqa: E402
 from fastret.evaluate import as_run, trec_metrics  # noqa: E402
-from fastret.hybrid import HybridSearcher  # noqa: E402
-from fastret.lexical import LexicalIndex  # noqa: E402
+from fastret.search.hybrid import HybridSearcher  # noqa: E402
+from fastret.search.lexical import LexicalIndex  # noqa: E402
 
 from harness import cpu_info, embedded_nfcorpus, finish, verdict  # noqa: E402
 

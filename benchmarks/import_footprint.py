@@ -64,7 +64,7 @@ SEARCH = MEMORY + textwrap.dedent("""
 ACTOR = MEMORY + textwrap.dedent("""
     import json, sys
     import ray
-    from fastret.distributed import ShardedIndex
+    from fastret.search.distributed import ShardedIndex
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     sharded = ShardedIndex.load(sys.argv[1], shards=1)
     actor = sharded._actors[0][0]
@@ -80,9 +80,9 @@ ACTOR = MEMORY + textwrap.dedent("""
 
 def build_store(directory: Path) -> None:
     """A 1M x 384 store of random unit vectors with a "year" field (1990-2024), made once."""
-    from fastret import store
-    from fastret.fields import StoredFields
-    from fastret.segment_files import add_fields
+    from fastret.storage import store
+    from fastret.storage.fields import StoredFields
+    from fastret.storage.segment_files import add_fields
 
     if (directory / store.MANIFEST).exists():
         return

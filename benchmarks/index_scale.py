@@ -4,7 +4,7 @@ vectors as one in-memory index, in one run on this machine.
     .venv/bin/python benchmarks/index_scale.py                         # 10M x 384
     .venv/bin/python benchmarks/index_scale.py --n 36000000 --dim 384  # PubMed size
 
-1. Writes the store with the library's own shard writer (fastret.store.write_shard + manifest):
+1. Writes the store with the library's own shard writer (fastret.storage.store.write_shard + manifest):
    random int8 codes in [-127, 127], scales, document ids "pmid-<row>". Reused when a store of the
    same size is already there (--dir), written again with --rewrite; an interrupted write resumes.
 2. In a fresh process (so resident memory is this load's alone): `Index.load(store, verify=False)`
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import fastret
-from fastret import index_file, store
+from fastret.storage import index_file, store
 
 from harness import cpu_info, finish, verdict
 

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from biohicl_minilm import nfcorpus_int8_ndcg  # noqa: E402
-from fastret.presets import default_model_path  # noqa: E402
+from fastret.encode.presets import default_model_path  # noqa: E402
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fastret import Encoder, Index  # noqa: E402
 from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.evaluate import as_run, exact_float_search, trec_metrics  # noqa: E402
-from fastret.presets import default_model_path  # noqa: E402
+from fastret.encode.presets import default_model_path  # noqa: E402
 
 
 def main() -> int:

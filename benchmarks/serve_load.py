@@ -284,7 +284,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from fastret.corpus import BUNDLED_NFCORPUS, find_file, load_corpus, load_queries
-    from fastret.presets import default_model_path
+    from fastret.encode.presets import default_model_path
 
     model_path = str(args.model or default_model_path())
     if args.plain_server is not None:

@@ -8,17 +8,17 @@ names that need them (the encoder and the Triton kernels) are imported on first 
 import importlib
 
 from .cpu import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
-from .index import Index
 from .mesh import EncodedLabels, MeshTree, UnknownMeshLabelWarning
 from .quant import QUERY_MAX_CODE, quantize_int8, quantize_queries
-from .search import topk_int8, topk_int8_ref
-from .store import Store
+from .search.index import Index
+from .search.rules import topk_int8, topk_int8_ref
+from .storage.store import Store
 
 __version__ = "0.1.0"
 
 # Public names whose modules import torch (and triton or transformers): loaded on first use.
 _ON_FIRST_USE = {
-    "Encoder": ".encoder",
+    "Encoder": ".encode.encoder",
     "mesh_similarity": ".kernels.mesh_similarity",
     "mesh_similarity_ref": ".kernels.mesh_similarity",
     "pool_normalize": ".kernels.pooling",

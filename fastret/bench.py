@@ -46,7 +46,7 @@ def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
 
 def search_engines(docs: np.ndarray, k: int, gpu: bool) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """name -> search(queries) returning ids [q, k]; the first entry is the baseline."""
-    from .index import Index
+    from .search.index import Index
 
     engines: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     if gpu:
@@ -113,7 +113,7 @@ def bench_encode(model_path, docs: list[str], batch_size: int, gpu: bool, repeat
     """Documents/s of sentence-transformers (if installed) and fastret on the same texts and dtype."""
     import torch
 
-    from .encoder import Encoder
+    from .encode.encoder import Encoder
 
     device = "cuda" if gpu else "cpu"
     dtype = torch.float16 if gpu else torch.float32

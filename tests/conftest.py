@@ -16,7 +16,8 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import fastret  # noqa: E402  (after TRITON_INTERPRET is set)
-from fastret import _core, index_file, segment_files, store  # noqa: E402
+from fastret import _core
+from fastret.storage import index_file, segment_files, store  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 

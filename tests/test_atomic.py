@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret import atomic, cli
+from fastret.storage import atomic
+from fastret import cli
 
 
 def test_failed_write_leaves_the_target_and_no_temporary(tmp_path):

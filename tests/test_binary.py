@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import fastret
-from fastret import _core, binary
-from fastret.search import rank, topk_int8_ref
+from fastret import _core
+from fastret.storage import sign_bits as binary
+from fastret.search.rules import rank, topk_int8_ref
 
 from conftest import needs_cuda, unit_rows
 
@@ -104,8 +105,8 @@ def test_core_two_stages_equal_the_reference(simd_path, rng, dim, n_queries):
     queries[0] = vectors[5]
     q_codes, q_scales = (np.asarray(a) for a in fastret.quantize_queries(queries))
     cut = 250  # two segments, the second with its own deletion bitmap
-    segments = [(codes[:cut], scales[:cut], ids[:cut], fastret.segment.bitmap(deleted[:cut])),
-                (codes[cut:], scales[cut:], ids[cut:], fastret.segment.bitmap(deleted[cut:]))]
+    segments = [(codes[:cut], scales[:cut], ids[:cut], fastret.storage.segment.bitmap(deleted[:cut])),
+                (codes[cut:], scales[cut:], ids[cut:], fastret.storage.segment.bitmap(deleted[cut:]))]
     bits = [binary.sign_bits(codes[:cut]), binary.sign_bits(codes[cut:])]
     for query_bits in (1, 4, 8):
         planes = binary.query_planes(q_codes, query_bits)

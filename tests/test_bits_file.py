@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret import binary, bits_file, index_file, store
-from fastret.bits_file import read_bits, write_bits
-from fastret.index_file import IndexFileError
-from fastret.store import StoreError
+from fastret.storage import sign_bits as binary, bits_file, index_file, store
+from fastret.storage.bits_file import read_bits, write_bits
+from fastret.storage.index_file import IndexFileError
+from fastret.storage.store import StoreError
 
 from conftest import make_store, sidecar, unit_rows
 

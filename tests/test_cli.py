@@ -259,7 +259,7 @@ def test_bench_runs_small_and_reports_ratios(minilm_path, capsys):
 def test_train_options_mirror_train_config(tmp_path):
     import dataclasses
 
-    from fastret.train import TrainConfig
+    from fastret.train.loop import TrainConfig
 
     args = cli.build_parser().parse_args(["train", "--model", "m", "--data", "a.jsonl", "b.jsonl", "--mesh-tree", "t",
                                           "--output-dir", "o", "--max-steps", "5", "--tau", "0.1", "--no-amp",
@@ -300,8 +300,8 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, ray_session, 
     assert cli.main(["search", str(tmp_path / "plain"), "T text number 3", "--hybrid", "--json", *common]) == 0
     assert cli.main(["index", str(tmp_path / "plain")]) == 2
     # --hybrid --binary: the dense side behind the binary first stage
-    from fastret.hybrid import HybridSearcher
-    from fastret.lexical import LexicalIndex
+    from fastret.search.hybrid import HybridSearcher
+    from fastret.search.lexical import LexicalIndex
 
     texts = ["T text number 3", "number 8", "T"]
     capsys.readouterr()
@@ -317,7 +317,7 @@ def test_hybrid_search_over_a_store_with_bm25(tmp_path, tiny_bert, ray_session, 
 
 
 def test_serve_options_mirror_serve_config(monkeypatch):
-    from fastret.serve_config import API_KEY_ENV, ServeConfig
+    from fastret.serve.config import API_KEY_ENV, ServeConfig
 
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     parse = cli.build_parser().parse_args
@@ -334,7 +334,7 @@ def test_serve_options_mirror_serve_config(monkeypatch):
 
 
 def test_serve_api_key_comes_from_the_option_or_the_environment(monkeypatch, capsys):
-    from fastret.serve_config import API_KEY_ENV
+    from fastret.serve.config import API_KEY_ENV
 
     monkeypatch.setenv(API_KEY_ENV, "from-env")
     parser = cli.build_parser()
@@ -365,8 +365,8 @@ def test_serve_bad_options_are_usage_errors(capsys, option, message):
 def test_serve_warns_when_listening_beyond_loopback_without_a_key(tiny_bert, monkeypatch, caplog, capsys,
                                                                    host, key, warned):
     pytest.importorskip("fastapi", reason="fastret serve needs FastAPI")
-    from fastret import serve
-    from fastret.serve_config import API_KEY_ENV
+    from fastret.serve import app as serve
+    from fastret.serve.config import API_KEY_ENV
 
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     ran = []

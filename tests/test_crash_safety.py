@@ -18,8 +18,8 @@ import pytest
 
 import fastret
 from fastret import cli
-from fastret.store import StoreError
-from fastret.writer_lock import ConcurrentWriteError, WriterBusyError, lock_path, writer_lock
+from fastret.storage.store import StoreError
+from fastret.storage.writer_lock import ConcurrentWriteError, WriterBusyError, lock_path, writer_lock
 
 from conftest import make_store, unit_rows
 
@@ -311,7 +311,7 @@ WRITER = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     import fastret
-    from fastret.writer_lock import ConcurrentWriteError, WriterBusyError, writer_lock
+    from fastret.storage.writer_lock import ConcurrentWriteError, WriterBusyError, writer_lock
     target, first, rounds, start, mode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
     rng = np.random.default_rng(first)
     for round_ in range(rounds):
@@ -381,7 +381,7 @@ def test_writers_that_hold_the_lock_around_load_change_and_save_both_land(tmp_pa
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from fastret.writer_lock import writer_lock
+    from fastret.storage.writer_lock import writer_lock
     with writer_lock(sys.argv[1]):
         print("holding", flush=True)
         time.sleep(60)

@@ -1,4 +1,4 @@
-"""fastret.distributed: a ShardedIndex on a local Ray (2 CPUs) answers exactly as one Index over
+"""fastret.search.distributed: a ShardedIndex on a local Ray (2 CPUs) answers exactly as one Index over
 the same vectors, routes adds and deletes, and survives killed actors without a wrong answer."""
 
 import os
@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastret
-from fastret.hybrid import HybridSearcher
-from fastret.lexical import LexicalIndex
-from fastret.search import merge_candidates, rescored
+from fastret.search.hybrid import HybridSearcher
+from fastret.search.lexical import LexicalIndex
+from fastret.search.rules import merge_candidates, rescored
 
 from conftest import unit_rows
 
 ray = pytest.importorskip("ray", reason="needs ray (pip install 'fastret[distributed]'; make test installs it)")
-distributed = pytest.importorskip("fastret.distributed")
+distributed = pytest.importorskip("fastret.search.distributed")
 
 DIM = 32
 SIZES = (700, 500, 6)  # the last shard holds fewer vectors than some searches' k
@@ -213,7 +213,7 @@ def test_candidates_and_contains_are_those_of_index(tied):
     asked = np.concatenate([ids, [-5, 10**9]]).reshape(2, -1)
     np.testing.assert_array_equal(sharded.contains(asked), reference.contains(asked))
     assert sharded.contains(asked).sum() == live.sum()
-    assert isinstance(sharded, fastret.search.Searchable) and isinstance(reference, fastret.search.Searchable)
+    assert isinstance(sharded, fastret.search.rules.Searchable) and isinstance(reference, fastret.search.rules.Searchable)
 
 
 def shard_indexes(sharded, deleted):
@@ -335,7 +335,7 @@ def test_save_writes_what_index_save_writes(sharded, corpus, tmp_path):
     store_dir.mkdir()
     sharded.save(store_dir)
     # no part files left (nor their sign bits, fields or lock files)
-    crc = f"{fastret.index_file.read_header(tmp_path / 'all.frt').data_crc:08x}"
+    crc = f"{fastret.storage.index_file.read_header(tmp_path / 'all.frt').data_crc:08x}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".all.frt.lock", "all.frt", f"all.frt.{crc}.bits",
                                                           f"all.frt.{crc}.fields.arrow", "store"]
     for saved in (fastret.Index.load(tmp_path / "all.frt"), fastret.Index.load(store_dir)):
@@ -395,8 +395,8 @@ def test_a_shard_that_stays_down_gets_a_clear_error(ray_session, corpus):
 
 
 def test_import_fastret_does_not_import_ray():
-    """ray is an optional extra: only `import fastret.distributed` loads it."""
-    code = "import sys, fastret; print('ray' in sys.modules, 'fastret.distributed' in sys.modules)"
+    """ray is an optional extra: only `import fastret.search.distributed` loads it."""
+    code = "import sys, fastret; print('ray' in sys.modules, 'fastret.search.distributed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

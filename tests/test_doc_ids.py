@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fastret.doc_ids import DocIdsError, LazyDocIds, PackedDocIds, pack_doc_ids
+from fastret.storage.doc_ids import DocIdsError, LazyDocIds, PackedDocIds, pack_doc_ids
 
 
 def test_pack_and_lookup_round_trip():

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from fastret.dynamic_batching import Batcher, BatcherClosed, QueueFull
+from fastret.serve.batching import Batcher, BatcherClosed, QueueFull
 
 
 class Recorder:

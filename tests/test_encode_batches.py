@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fastret.encode_batches import collate, plan_batches, prefetch, warn_about_inputs
+from fastret.encode.batches import collate, plan_batches, prefetch, warn_about_inputs
 
 
 def test_batches_cover_every_text_once_longest_first_within_the_budget():

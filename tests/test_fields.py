@@ -3,10 +3,10 @@ import pyarrow as pa
 import pytest
 
 import fastret
-from fastret import index_file
-from fastret.fields import ColumnStats, StoredFields, concatenate, read_fields
-from fastret.index_file import IndexFileError
-from fastret.store import StoreError
+from fastret.storage import index_file
+from fastret.storage.fields import ColumnStats, StoredFields, concatenate, read_fields
+from fastret.storage.index_file import IndexFileError
+from fastret.storage.store import StoreError
 
 from conftest import sidecar, unit_rows
 

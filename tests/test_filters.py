@@ -7,11 +7,11 @@ import pyarrow as pa
 import torch
 
 import fastret
-import fastret.search
-import fastret.segment
-from fastret.fields import StoredFields
-from fastret.filters import MAX_IN_VALUES, Filter, FilterError, SegmentMasks, allowed_rows
-from fastret.search import PICK_FRACTION, device_arrays, pad, query_codes, segment_candidates
+import fastret.search.rules
+import fastret.storage.segment
+from fastret.storage.fields import StoredFields
+from fastret.search.filters import MAX_IN_VALUES, Filter, FilterError, SegmentMasks, allowed_rows
+from fastret.search.rules import PICK_FRACTION, device_arrays, pad, query_codes, segment_candidates
 
 from conftest import needs_cuda, unit_rows
 
@@ -319,7 +319,7 @@ def spy_core(monkeypatch):
     """Record, per `core_candidates` call, how each segment it is handed is read: the number of
     picked rows (int), "bitmap" (a mask for the call) or "whole"."""
     calls = []
-    real = fastret.search.core_candidates
+    real = fastret.search.rules.core_candidates
 
     def spy(segments, q_codes, q_scales, c, q_floats=None, allowed=None):
         selections = [None] * len(segments) if allowed is None else allowed
@@ -327,7 +327,7 @@ def spy_core(monkeypatch):
                       for rows in selections])
         return real(segments, q_codes, q_scales, c, q_floats, allowed)
 
-    monkeypatch.setattr(fastret.search, "core_candidates", spy)
+    monkeypatch.setattr(fastret.search.rules, "core_candidates", spy)
     return calls
 
 
@@ -366,8 +366,8 @@ def test_segments_without_passing_rows_are_skipped_and_whole_ones_searched_as_th
     mask[120:250] = True
     mask[250:] = rows[250:] % 5 != 0
     views = []
-    real_view = fastret.segment.Segment.core_view
-    monkeypatch.setattr(fastret.segment.Segment, "core_view",
+    real_view = fastret.storage.segment.Segment.core_view
+    monkeypatch.setattr(fastret.storage.segment.Segment, "core_view",
                         lambda self, allowed=None: views.append(allowed is None) or real_view(self, allowed))
     for k in (1, 10, 100):
         passing = live & np.isin(ids, rows[mask])

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret.hybrid import HybridSearcher, reciprocal_rank_fusion, weighted_fusion
-from fastret.lexical import LexicalIndex
+from fastret.search.hybrid import HybridSearcher, reciprocal_rank_fusion, weighted_fusion
+from fastret.search.lexical import LexicalIndex
 
 from conftest import unit_rows
 

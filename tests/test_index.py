@@ -416,7 +416,7 @@ def test_segments_search_like_one_concatenated_index(rng, tmp_path):
         part = fastret.Index(40)
         part.add(docs[start:stop], ids=ids[start:stop])
         part.save(tmp_path / f"p{start}.frt")
-    segments = [fastret.store.open_segment_file(tmp_path / f"p{s}.frt") for s in (0, 130, 131)]
+    segments = [fastret.storage.store.open_segment_file(tmp_path / f"p{s}.frt") for s in (0, 130, 131)]
     index = fastret.Index.from_segments(segments, 40, store_float16=False)
     index.add(docs[700:], ids=ids[700:])  # plus the growing in-memory segment
     assert index.segment_count == 4
@@ -448,8 +448,8 @@ def test_documents_name_search_results_and_refuse_unknown_ids(rng, tmp_path):
     assert not index.has_documents
     with pytest.raises(ValueError, match="no document ids"):
         index.documents(np.array([0]))
-    from fastret.doc_ids import PackedDocIds
-    from fastret.segment import Segment
+    from fastret.storage.doc_ids import PackedDocIds
+    from fastret.storage.segment import Segment
 
     codes, scales = fastret.quantize_int8(unit_rows(rng, 3, 8))
     named = Segment(codes, scales, np.array([10, 11, 12]), doc_ids=PackedDocIds.from_list(["a", "b", "c"]))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret import index_file
+from fastret.storage import index_file
 
 from conftest import unit_rows
 

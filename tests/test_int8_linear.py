@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import fastret
-from fastret.int8_linear import (Int8Linear, gemm_int8, gemm_int8_ref, linear_int8_ref, pack_weights,
+from fastret.encode.int8_linear import (Int8Linear, gemm_int8, gemm_int8_ref, linear_int8_ref, pack_weights,
                                  quantize_linear_layers, quantize_weights)
 from fastret.quant import quantize_int8
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret import store
-from fastret.lexical import LexicalIndex
-from fastret.store import StoreError
+from fastret.storage import store
+from fastret.search.lexical import LexicalIndex
+from fastret.storage.store import StoreError
 
 DOCS = ["statins lower cholesterol", "vitamin d and asthma", "breast cancer and statins risk", "green tea"]
 

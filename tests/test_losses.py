@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fastret.losses import anchor_loss, biohicl_loss, contrastive_loss, mse_loss
+from fastret.train.losses import anchor_loss, biohicl_loss, contrastive_loss, mse_loss
 
 SIM_E = torch.tensor([[1.0, 0.8, 0.1], [0.8, 1.0, 0.3], [0.1, 0.3, 1.0]])
 SIM_L = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.0]])

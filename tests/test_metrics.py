@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from fastret import metrics
+from fastret.serve import metrics
 
 
 def test_counter_renders_per_label_and_escapes():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from fastret.model_dir import read_model_dir, read_pooling, write_model_dir_files
+from fastret.encode.model_dir import read_model_dir, read_pooling, write_model_dir_files
 
 
 def plain_model_dir(path):

@@ -109,8 +109,8 @@ def test_requires_python_is_what_the_code_runs_on():
     import re
     import typing
 
-    from fastret.serve_config import ServeConfig
-    from fastret.train import TrainConfig
+    from fastret.serve.config import ServeConfig
+    from fastret.train.loop import TrainConfig
 
     root = PACKAGE.parent
     declared = re.search(r'^requires-python = ">=(\d+)\.(\d+)"$', (root / "pyproject.toml").read_text(), re.M)
@@ -120,11 +120,11 @@ def test_requires_python_is_what_the_code_runs_on():
     assert hints["max_steps"] == int | None and hints["api_key"] == str | None
 
 
-# The search rules written once (fastret.search): a second copy of either is caught here. The torch
+# The search rules written once (fastret.search.rules): a second copy of either is caught here. The torch
 # backend's form of the tie rule (64-bit keys: float bits made order-preserving, then the id's rank)
-# may only live in fastret.search too.
-RULES = {"tie rule": {"fastret.search.rank"}, "rescoring": {"fastret.search.float_products"}}
-RANK_KEYS_HOME = "fastret.search"
+# may only live in fastret.search.rules too.
+RULES = {"tie rule": {"fastret.search.rules.rank"}, "rescoring": {"fastret.search.rules.float_products"}}
+RANK_KEYS_HOME = "fastret.search.rules"
 
 
 def _name(node):
@@ -191,7 +191,7 @@ def rule_sites(module, source):
 
 
 def test_the_tie_rule_and_rescoring_are_written_once():
-    """Ranking (higher score, then lower id) and rescoring live in fastret.search; every searcher
+    """Ranking (higher score, then lower id) and rescoring live in fastret.search.rules; every searcher
     (Index, ShardedIndex, HybridSearcher, LexicalIndex, evaluation) calls them."""
     found = {rule: set() for rule in RULES} | {"rank keys": set()}
     for module, path in MODULES.items():
@@ -218,9 +218,9 @@ def test_the_rule_checker_sees_a_second_copy(copy):
         {rule: set() for rule in found}  # a stable sort of one list is not a ranking of score rows
 
 
-# The faces: they parse input, call fastret.text_search.TextSearch (or, for the BM25 baseline, a
+# The faces: they parse input, call fastret.search.text.TextSearch (or, for the BM25 baseline, a
 # LexicalIndex) and present what it returns; the search's rules live in the library, once.
-FACES = ("fastret.cli", "fastret.serve", "fastret.evaluate", "fastret.demo")
+FACES = ("fastret.cli", "fastret.serve.app", "fastret.evaluate", "fastret.demo")
 SEARCH_RULES = {"Filter", "HybridSearcher", "check_first_stage", "check_rescore"}
 SEARCHERS = {"text_search", "search", "lexical"}  # the receivers a face may call .search / .rank on
 
@@ -263,3 +263,43 @@ def test_no_face_builds_a_filter_checks_search_rules_or_calls_a_searcher():
 ])
 def test_the_face_checker_sees_a_rule_in_a_face(face):
     assert face_violations(face)
+
+
+# The wings, top to bottom (docs/development.md): a module imports its own wing or those below.
+WINGS = [
+    ("faces", ("fastret.cli", "fastret.demo", "fastret.__main__")),
+    ("evaluation", ("fastret.evaluate", "fastret.bench")),
+    ("serve", ("fastret.serve",)),
+    ("train", ("fastret.train",)),
+    ("encode", ("fastret.encode",)),
+    ("search", ("fastret.search",)),
+    ("storage", ("fastret.storage",)),
+    ("shared", ("fastret.mesh", "fastret.corpus", "fastret.checks", "fastret.cpu", "fastret.quant")),
+    ("kernels", ("fastret.kernels", "fastret._core")),
+]
+
+
+def wing_of(module):
+    for depth, (_, prefixes) in enumerate(WINGS):
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+            return depth
+    return None
+
+
+def upward_imports(edges):
+    """(importer, imported) pairs that go up the wings; the root package re-exports and is exempt."""
+    return sorted((m, t) for m, targets in edges.items() if m != "fastret" for t in targets
+                  if t != "fastret" and wing_of(t) < wing_of(m))
+
+
+def test_every_module_has_a_wing_and_imports_flow_down():
+    assert [m for m in MODULES if m != "fastret" and wing_of(m) is None] == []
+    assert upward_imports(graph()) == []
+    subpackages = {m.split(".")[1] for m in MODULES if m.count(".") >= 2 and m.split(".")[1] != "kernels"}
+    root_modules = [m for m in MODULES if m.count(".") == 1 and MODULES[m].name != "__init__.py"]
+    assert len(subpackages) >= 5 and len(root_modules) <= 12, (subpackages, root_modules)
+
+
+def test_the_wing_checker_sees_an_upward_import():
+    assert upward_imports({"fastret.storage.store": {"fastret.search.index"}}) == [
+        ("fastret.storage.store", "fastret.search.index")]

@@ -19,9 +19,9 @@ WORK = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     import fastret
-    import fastret.distributed  # what each Ray shard actor imports
-    from fastret.filters import Filter
-    from fastret.lexical import LexicalIndex
+    import fastret.search.distributed  # what each Ray shard actor imports
+    from fastret.search.filters import Filter
+    from fastret.search.lexical import LexicalIndex
 
     out = Path(sys.argv[1])
     (out / "mesh.tsv").write_text("mesh_id\\tmesh_name\\tmesh_tree_number\\n"
@@ -81,7 +81,7 @@ def test_the_names_that_need_torch_load_it_on_first_use():
     done = subprocess.run([sys.executable, "-c", "import sys, fastret\n"
                            "assert 'torch' not in sys.modules\n"
                            "from fastret import Encoder, pool_normalize\n"
-                           "assert 'torch' in sys.modules and Encoder.__module__ == 'fastret.encoder'\n"
+                           "assert 'torch' in sys.modules and Encoder.__module__ == 'fastret.encode.encoder'\n"
                            "assert fastret.mesh_similarity.__module__ == 'fastret.kernels.mesh_similarity'\n"
                            "assert 'Encoder' in dir(fastret)\n"],
                           capture_output=True, text=True, timeout=120)

@@ -1,10 +1,10 @@
-"""fastret.searchers.open_searchable: a store as an Index here, or as a ShardedIndex on Ray."""
+"""fastret.search.searchers.open_searchable: a store as an Index here, or as a ShardedIndex on Ray."""
 
 import pytest
 
 import fastret
-from fastret.search import Searchable
-from fastret.searchers import open_searchable
+from fastret.search.rules import Searchable
+from fastret.search.searchers import open_searchable
 
 from conftest import unit_rows
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fastret import _core
-from fastret.segment import Segment, SegmentBuilder, bitmap
+from fastret.storage.segment import Segment, SegmentBuilder, bitmap
 
 
 def segment_of(ids, dim=4):

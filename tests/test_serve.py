@@ -19,8 +19,8 @@ import pytest
 
 import fastret
 from fastret.corpus import BUNDLED_NFCORPUS, find_file, iter_corpus, load_queries
-from fastret.hybrid import HybridSearcher
-from fastret.lexical import LexicalIndex
+from fastret.search.hybrid import HybridSearcher
+from fastret.search.lexical import LexicalIndex
 
 httpx = pytest.importorskip("httpx", reason="the server tests talk HTTP with httpx (pip install httpx)")
 pytest.importorskip("fastapi", reason="fastret serve needs FastAPI (pip install 'fastret[serve]')")
@@ -475,7 +475,7 @@ def test_overload_shutdown_and_restart(minilm_path, queries):
 def test_normalize_follows_the_request_on_a_model_that_does_not_normalize(tiny_encoder):
     from fastapi.testclient import TestClient
 
-    from fastret.serve import create_app
+    from fastret.serve.app import create_app
 
     encoder = tiny_encoder
     assert not encoder.normalize
@@ -492,7 +492,7 @@ def test_normalize_follows_the_request_on_a_model_that_does_not_normalize(tiny_e
 
 
 def test_an_index_of_another_dimension_is_refused(tiny_encoder):
-    from fastret.serve import create_app
+    from fastret.serve.app import create_app
 
     with pytest.raises(ValueError, match="the model makes 32-d vectors but the index holds 384-d ones"):
         create_app(tiny_encoder, fastret.Index(384))
@@ -513,7 +513,7 @@ def tiny_encoder(tiny_bert):
 def guarded_client(encoder, **config):
     from fastapi.testclient import TestClient
 
-    from fastret.serve import ServeConfig, create_app
+    from fastret.serve.app import ServeConfig, create_app
 
     return TestClient(create_app(encoder, config=ServeConfig(**config)))
 
@@ -521,7 +521,7 @@ def guarded_client(encoder, **config):
 def test_with_an_api_key_every_endpoint_but_health_needs_it(tiny_encoder, monkeypatch):
     import hmac
 
-    from fastret import serve
+    from fastret.serve import app as serve
 
     compared, constant_time = [], hmac.compare_digest
     monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or constant_time(a, b))
@@ -572,7 +572,7 @@ def test_connections_to_the_server_send_without_delay():
     the first holds its body back ~40 ms, until the client's delayed ACK of the headers."""
     import socket
 
-    from fastret.serve import listening_socket
+    from fastret.serve.app import listening_socket
 
     async def main() -> int:
         options = asyncio.get_running_loop().create_future()

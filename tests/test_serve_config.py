@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from fastret.serve_config import ServeConfig, exposure_warning, is_loopback
+from fastret.serve.config import ServeConfig, exposure_warning, is_loopback
 
 
 @pytest.mark.parametrize("host, loopback", [

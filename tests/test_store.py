@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret import index_file, store
-from fastret.store import Store, StoreError
+from fastret.storage import index_file, store
+from fastret.storage.store import Store, StoreError
 
 from conftest import make_store, unit_rows
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret import store as store_module
-from fastret.store import Store, StoreError
+from fastret.storage import store as store_module
+from fastret.storage.store import Store, StoreError
 
 
 def write_corpus(path, count, bad_line=None, compress=False):
@@ -90,12 +90,12 @@ def test_interrupted_run_resumes_to_identical_bytes(encoder, tmp_path, monkeypat
         real_write(directory, number, *args)
         written.append(number)
 
-    monkeypatch.setattr("fastret.streaming.write_shard", crash_after_two)
+    monkeypatch.setattr("fastret.encode.corpus_to_store.write_shard", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         encoder.encode_corpus(corpus, tmp_path / "resumed", shard_size=8, store_float16=True, show_progress_bar=False)
     with pytest.raises(StoreError, match="the store is incomplete .16 documents in 2 shards so far.; rerun"):
         Store.open(tmp_path / "resumed")
-    monkeypatch.setattr("fastret.streaming.write_shard", real_write)
+    monkeypatch.setattr("fastret.encode.corpus_to_store.write_shard", real_write)
     encoder.encode_corpus(corpus, tmp_path / "resumed", shard_size=8, store_float16=True, show_progress_bar=False)
     assert directory_bytes(tmp_path / "resumed") == directory_bytes(tmp_path / "whole")
 
@@ -104,8 +104,9 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     import fastret
-    from fastret import segment_files, streaming, store
-    from fastret.atomic import atomic_write
+    from fastret.storage import segment_files, store
+    from fastret.encode import corpus_to_store as streaming
+    from fastret.storage.atomic import atomic_write
     real = store.write_shard
     real_bits = segment_files.write_bits
     def bits_then_die(target, *args):
@@ -188,7 +189,7 @@ def test_torchrun_with_two_processes_writes_the_same_store(encoder, tiny_bert, t
 
 
 def test_torchrun_environment(monkeypatch):
-    from fastret.streaming import Torchrun, torchrun_env
+    from fastret.encode.corpus_to_store import Torchrun, torchrun_env
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -206,8 +207,8 @@ def test_torchrun_environment(monkeypatch):
 
 
 def test_bm25_of_a_store_needs_the_corpus_it_was_encoded_from(encoder, tmp_path):
-    from fastret.lexical import LexicalIndex
-    from fastret.streaming import build_store_bm25
+    from fastret.search.lexical import LexicalIndex
+    from fastret.encode.corpus_to_store import build_store_bm25
 
     corpus = write_corpus(tmp_path / "corpus.jsonl", 9)
     encoder.encode_corpus(corpus, tmp_path / "store", shard_size=4, show_progress_bar=False)

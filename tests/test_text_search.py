@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret.filters import Filter, FilterError
-from fastret.hybrid import DEFAULT_CANDIDATES, HybridSearcher
-from fastret.lexical import LexicalIndex
-from fastret.text_search import Hit, TextSearch
+from fastret.search.filters import Filter, FilterError
+from fastret.search.hybrid import DEFAULT_CANDIDATES, HybridSearcher
+from fastret.search.lexical import LexicalIndex
+from fastret.search.text import Hit, TextSearch
 
 from conftest import unit_rows
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastret
-from fastret.train import BioHiCLTrainer, TrainConfig, train
+from fastret.train.loop import BioHiCLTrainer, TrainConfig, train
 
 TREE = [("D01", "Diseases", "C01"), ("D02", "Heart Diseases", "C01.100"), ("D03", "Arrhythmias", "C01.100.200"),
         ("D04", "Lung Diseases", "C01.300"), ("D05", "Asthma", "C01.300.400"), ("D06", "Chemicals", "D01"),

@@ -30,7 +30,6 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
-
 from ._triton import require_triton, tl, triton, use_triton
 
 MODES = ("mean", "cls", "last")

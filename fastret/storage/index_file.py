@@ -18,15 +18,15 @@ Layout (little-endian), version 2:
       scales       float32 [count]
       ids          int64   [count]
       float16      float16 [count, dim]   (flag bit 0)
-      doc_offsets  uint64  [count + 1]    (flag bit 1; see fastret.doc_ids)
+      doc_offsets  uint64  [count + 1]    (flag bit 1; see fastret.storage.doc_ids)
       doc_blob     uint8   [doc_bytes]    (flag bit 1)
 
 Beside a segment file, a deletion file may list its deleted rows (see `write_deleted`;
-fastret.segment_files names it).
+fastret.storage.segment_files names it).
 
 A file is written to a temporary name in the same directory, synced, and renamed over the target
-(fastret.atomic), so a crash never leaves a half-written index under the real name
-(fastret.segment_files commits a segment file and its sidecars with that one rename).
+(fastret.storage.atomic), so a crash never leaves a half-written index under the real name
+(fastret.storage.segment_files commits a segment file and its sidecars with that one rename).
 
 What `verify=True` checks: the data checksum, and then that scales are finite and >= 0, float16
 copies finite and document-id offsets in order. `verify=False` checks the header and the file size

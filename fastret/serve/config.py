@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from .ray_options import RAY_ADDRESS_HELP, REPLICAS_HELP, SHARDS_HELP
+from ..search.ray_options import RAY_ADDRESS_HELP, REPLICAS_HELP, SHARDS_HELP
 
 API_KEY_ENV = "FASTRET_API_KEY"
 

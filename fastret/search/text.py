@@ -5,7 +5,7 @@
           -> hits named by document ids, with stored fields
 
 Every rule a search's arguments must meet is checked here or below (in the search seam,
-fastret.search), once, and before any query is embedded (`check`), so a face only parses its
+fastret.search.rules), once, and before any query is embedded (`check`), so a face only parses its
 input, calls `TextSearch`, and prints or serializes what comes back. A new stage (re-ranking) is
 written here once and every door has it.
 """
@@ -19,12 +19,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..mesh import MeshTree
 from . import hybrid as fusion_rules
 from .filters import Filter
 from .hybrid import HybridSearcher
 from .lexical import LexicalIndex
-from .mesh import MeshTree
-from .search import Searchable, check_first_stage, check_rescore
+from .rules import Searchable, check_first_stage, check_rescore
 from .searchers import open_searchable
 
 
@@ -81,7 +81,7 @@ class TextSearch:
     def open(cls, path: str | os.PathLike, encoder: Any = None, *, shards: int | None = None,
              ray_address: str | None = None, replicas: int = 1, mesh: MeshTree | str | os.PathLike | None = None,
              verify: bool = True) -> "TextSearch":
-        """A store directory or index file, searched here or on Ray (`fastret.searchers.open_searchable`
+        """A store directory or index file, searched here or on Ray (`fastret.search.searchers.open_searchable`
         takes `shards`, `ray_address`, `replicas` and `verify`); a store's BM25 index serves hybrid searches."""
         path = Path(path)
         searchable = open_searchable(path, shards=shards, ray_address=ray_address, replicas=replicas, verify=verify)
@@ -104,7 +104,7 @@ class TextSearch:
         """A filter as the faces take it (a dict, its JSON text, a `Filter`, or None) as a `Filter`.
 
         Raises:
-            fastret.filters.FilterError (a ValueError): a bad filter, naming the part.
+            fastret.search.filters.FilterError (a ValueError): a bad filter, naming the part.
         """
         if spec is None or isinstance(spec, Filter):
             return spec
@@ -147,13 +147,13 @@ class TextSearch:
             k: results per query.
             vectors: the queries already embedded, float32 [q, d] (e.g. by a server's batcher);
                 None: embedded here with the encoder.
-            filter: only documents that pass it (fastret.filters: a dict, its JSON, a `Filter`).
+            filter: only documents that pass it (fastret.search.filters: a dict, its JSON, a `Filter`).
             rescore: re-rank with the float16 copies (`Index.search`); None: off, except in a hybrid
                 search, whose dense side rescores when the index keeps float16 copies.
             rescore_factor: candidates per result kept for rescoring (dense searches).
-            hybrid: fuse with BM25 (fastret.hybrid); `fusion` ("rrf" or "weighted"), `alpha` and
-                `candidates` default to fastret.hybrid's, chosen on NFCorpus dev.
-            first_stage, oversample: "int8", or "binary" with its candidates per result (fastret.binary).
+            hybrid: fuse with BM25 (fastret.search.hybrid); `fusion` ("rrf" or "weighted"), `alpha` and
+                `candidates` default to fastret.search.hybrid's, chosen on NFCorpus dev.
+            first_stage, oversample: "int8", or "binary" with its candidates per result (fastret.storage.sign_bits).
             batch_size, prompt_name: how the encoder embeds the queries.
 
         Raises:

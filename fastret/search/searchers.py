@@ -1,5 +1,5 @@
-"""Open a store or an index file as a `fastret.search.Searchable`: an `Index` mapped in this process,
-or a `fastret.distributed.ShardedIndex` whose shards are Ray actors. `fastret search`, `fastret serve`
+"""Open a store or an index file as a `fastret.search.rules.Searchable`: an `Index` mapped in this process,
+or a `fastret.search.distributed.ShardedIndex` whose shards are Ray actors. `fastret search`, `fastret serve`
 and `fastret eval` open their `--index` here, so each of them searches on Ray the same way.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from .index import Index
-from .search import Searchable
+from .rules import Searchable
 
 
 def open_searchable(path: str | os.PathLike, *, shards: int | None = None, ray_address: str | None = None,

@@ -21,11 +21,11 @@ from typing import Sequence
 
 import numpy as np
 
-from . import store
-from .checks import int64_ids
-from .search import EMPTY_ID, pad, take_top
-from .store import LEXICAL_PREFIX
-from .writer_lock import writer_lock
+from ..checks import int64_ids
+from ..storage import store
+from ..storage.store import LEXICAL_PREFIX
+from ..storage.writer_lock import writer_lock
+from .rules import EMPTY_ID, pad, take_top
 
 
 def _sync_folder(folder: Path) -> None:
@@ -99,7 +99,7 @@ class LexicalIndex:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write into a new folder of the store `directory` and make it the current one (holding
-        the store's writer lock, fastret.writer_lock)."""
+        the store's writer lock, fastret.storage.writer_lock)."""
         directory = Path(directory)
         with writer_lock(directory):
             store.read_manifest(directory)

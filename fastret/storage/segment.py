@@ -8,19 +8,19 @@ search that took the old one finishes on a consistent state.
     scales   float32 [n]
     ids      int64   [n]       external ids (need not be unique or sorted)
     float16  float16 [n, dim]  optional, for rescoring
-    doc_ids  n document-id strings, optional (fastret.doc_ids)
+    doc_ids  n document-id strings, optional (fastret.storage.doc_ids)
     deleted  uint64  [ceil(n / 64)] bitmap, bit r of word r // 64 set when row r is deleted; or None
-    fields   stored fields of the n rows (fastret.fields.StoredFields), optional
+    fields   stored fields of the n rows (fastret.storage.fields.StoredFields), optional
     bits     uint64  [ceil(n / 8), words(dim), 8] sign bits for the binary first stage, in the
-             kernels' blocked layout (fastret.binary):
-             mapped from the file beside an index file (fastret.bits_file), kept by the in-memory
+             kernels' blocked layout (fastret.storage.sign_bits):
+             mapped from the file beside an index file (fastret.storage.bits_file), kept by the in-memory
              segment as rows are added, or None (then made from the codes when first needed,
              except for a segment file, whose bits `fastret index --binary` writes)
 
 A search may narrow a segment further by a filter's allowed rows: `core_view(allowed)` hands the
 core deleted | not allowed as one bitmap for that call only (a bool mask), or, when few rows pass,
 just those rows (int64), which the core then reads alone, so a search of them costs what they do
-(fastret.search.narrowed picks between the two). The segment is unchanged.
+(fastret.search.rules.narrowed picks between the two). The segment is unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import binary, index_file
+from . import index_file, sign_bits
 from .doc_ids import ListDocIds
 from .fields import StoredFields, concatenate
 
@@ -85,7 +85,7 @@ class Segment:
 
     def sign_bits(self) -> np.ndarray:
         """uint64 [ceil(n / 8), words(dim), 8]: the rows' sign bits for the binary first stage, blocked
-        (fastret.binary).
+        (fastret.storage.sign_bits).
 
         Raises:
             ValueError: a segment file without its bits file (written before bits were kept, or
@@ -101,7 +101,7 @@ class Segment:
                              "run `fastret index --binary` on its store directory or index file once, or "
                              "search with first_stage='int8'")
         if "sign_bits" not in self.cache:  # arrays in memory: made once, shared by every version
-            self.cache["sign_bits"] = binary.sign_bits(self.codes)
+            self.cache["sign_bits"] = sign_bits.sign_bits(self.codes)
         return self.cache["sign_bits"]
 
     def codes_file(self) -> tuple[int, int] | None:
@@ -226,7 +226,7 @@ class SegmentBuilder:
         self.scales = np.empty(0, np.float32)
         self.ids = np.empty(0, np.int64)
         self.float16 = np.empty((0, dim), np.float16) if store_float16 else None
-        self.bits = np.zeros((0, binary.words(dim), binary.BLOCK_ROWS), np.uint64)  # blocked
+        self.bits = np.zeros((0, sign_bits.words(dim), sign_bits.BLOCK_ROWS), np.uint64)  # blocked
         self.deleted: np.ndarray | None = None  # uint64 bitmap of `capacity` bits, from the first delete
         self.deleted_count = 0
         self.max_scale = 0.0
@@ -253,7 +253,7 @@ class SegmentBuilder:
         self.scales[start : start + n] = scales
         self.ids[start : start + n] = ids
         rows = np.arange(start, start + n)
-        self.bits[rows // binary.BLOCK_ROWS, :, rows % binary.BLOCK_ROWS] = binary.sign_bit_rows(codes)
+        self.bits[rows // sign_bits.BLOCK_ROWS, :, rows % sign_bits.BLOCK_ROWS] = sign_bits.sign_bit_rows(codes)
         if self.float16 is not None:
             self.float16[start : start + n] = floats
         self.max_scale = max(self.max_scale, float(scales.max(initial=0.0)))
@@ -271,7 +271,7 @@ class SegmentBuilder:
             return fresh
 
         self.codes, self.scales, self.ids = grown(self.codes), grown(self.scales), grown(self.ids)
-        bits = np.zeros((-(-new_capacity // binary.BLOCK_ROWS), *self.bits.shape[1:]), np.uint64)
+        bits = np.zeros((-(-new_capacity // sign_bits.BLOCK_ROWS), *self.bits.shape[1:]), np.uint64)
         bits[: len(self.bits)] = self.bits
         self.bits = bits
         if self.float16 is not None:
@@ -288,7 +288,7 @@ class SegmentBuilder:
                                      None if self.float16 is None else self.float16[:n],
                                      None if self.doc_ids is None else ListDocIds(self.doc_ids, n), None,
                                      deleted, self.deleted_count, {"max_scale": self.max_scale},
-                                     self.fields, self.bits[: -(-n // binary.BLOCK_ROWS)])
+                                     self.fields, self.bits[: -(-n // sign_bits.BLOCK_ROWS)])
         return self._snapshot
 
     def delete_rows(self, rows: np.ndarray) -> None:

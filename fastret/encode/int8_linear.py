@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _core
-from .checks import to_numpy
-from .kernels.pooling import quantize_rows_ref
-from .quant import quantize_int8
-
+from .. import _core
+from ..checks import to_numpy
+from ..kernels.pooling import quantize_rows_ref
+from ..quant import quantize_int8
 
 WEIGHT_MAX_CODE = 63
 

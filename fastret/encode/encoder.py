@@ -16,13 +16,13 @@ from typing import Any, Sequence
 
 import torch
 
-from .cpu import bf16_instruction_sets
-from .encode_batches import collate, plan_batches, prefetch, warn_about_inputs
+from ..cpu import bf16_instruction_sets
+from ..kernels.pooling import pool_normalize
+from .batches import collate, plan_batches, prefetch, warn_about_inputs
+from .corpus_to_store import encode_corpus, torchrun_env
 from .int8_linear import quantize_linear_layers
-from .kernels.pooling import pool_normalize
 from .model_dir import read_model_dir
 from .presets import POOLING_MODES, get_preset
-from .streaming import encode_corpus, torchrun_env
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -48,9 +48,9 @@ class Encoder:
         pooling: "mean", "cls" or "last"; overrides the preset and the model's own config.
         normalize: L2-normalize embeddings; overrides the preset and the model's own config.
         max_length: tokens per text; longer texts are truncated (with one warning per call).
-        preset: a seed model's conventions, see `fastret.presets.PRESETS`.
+        preset: a seed model's conventions, see `fastret.encode.presets.PRESETS`.
         quantize: "int8" runs the model's linear layers on the C++ core's int8 GEMM (CPU and float32
-            only; see `fastret.int8_linear`): weights per output channel, activations per token.
+            only; see `fastret.encode.int8_linear`): weights per output channel, activations per token.
 
     Precedence: explicit arguments, then the preset, then the model's sentence-transformers
     config, then defaults (mean pooling, no normalization, the model's maximum length).
@@ -204,13 +204,13 @@ class Encoder:
             batch_size, max_tokens_per_batch, prompt, prompt_name: as in `encode`.
             show_progress_bar: tqdm bar with documents/s.
             bm25: also build a BM25 index of the documents in the store (for hybrid search,
-                `fastret.hybrid`); reads the corpus a second time, so not for one-shot iterators.
-            fields: also store each document's fields beside its shard (fastret.fields), for
+                `fastret.search.hybrid`); reads the corpus a second time, so not for one-shot iterators.
+            fields: also store each document's fields beside its shard (fastret.storage.fields), for
                 `Index.fields` and filtered search: True for every key of the records but the
                 id (title, text, year, mesh, ...), or a list of keys.
 
         Returns:
-            the finished `fastret.store.Store` (`Index.load(out_dir)` loads it as an index).
+            the finished `fastret.storage.store.Store` (`Index.load(out_dir)` loads it as an index).
 
         Raises:
             ValueError: a malformed corpus line (file and line number; no partial shard is left),

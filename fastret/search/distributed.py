@@ -2,8 +2,8 @@
 
 A shard is a list of index files (store shards or files written by `Index.save`) that one Ray actor
 memory-maps from a path every node can read; a shard may run as several actors (replicas).
-`ShardedIndex` is a `fastret.search.Searchable` like `Index`, and searches as `Index` does, through
-the same rules (fastret.search): its `candidates` sends the queries to one replica of every shard,
+`ShardedIndex` is a `fastret.search.rules.Searchable` like `Index`, and searches as `Index` does, through
+the same rules (fastret.search.rules): its `candidates` sends the queries to one replica of every shard,
 each returns its own top min(c, live) by int8 score (`Index.candidates`), and the caller merges
 them with `merge_candidates` (higher score first, then lower id); `search` is
 `search_by_candidates` over those, rescoring included. So results are identical, id for id and
@@ -46,13 +46,14 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from . import checks, index_file, segment_files, store
-from .cpu import set_num_threads
+from .. import checks
+from ..cpu import set_num_threads
+from ..storage import index_file, segment_files, store
+from ..storage.writer_lock import lock_path
 from .filters import Filter, FilterError
 from .index import Index
-from .search import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, merge_candidates, query_codes,
-                     rank, search_by_candidates)
-from .writer_lock import lock_path
+from .rules import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, merge_candidates, query_codes, rank,
+                    search_by_candidates)
 
 DEFAULT_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 600.0
@@ -294,7 +295,7 @@ class ShardedIndex(SearchableBase):
         """Exact top-k over every shard, identical to `Index.search` over the same vectors.
 
         Args, Returns: as `Index.search` (CPU queries only); a filter is a dict or a
-        `fastret.filters.Filter` (a row mask has no meaning across shards), evaluated on the shards.
+        `fastret.search.filters.Filter` (a row mask has no meaning across shards), evaluated on the shards.
         With first_stage="binary" each shard keeps its own top k x oversample binary candidates:
         identical to `Index.search` for one shard, else at least as good rank by rank (see the
         module's docstring).
@@ -530,7 +531,7 @@ def _shard_filter(filter: Any) -> Filter | None:
         return filter
     if isinstance(filter, dict):
         return Filter(filter)
-    raise FilterError(f"a sharded index takes a filter as a dict or a fastret.filters.Filter, got "
+    raise FilterError(f"a sharded index takes a filter as a dict or a fastret.search.filters.Filter, got "
                       f"{type(filter).__name__} (a row mask has no meaning across shards)")
 
 

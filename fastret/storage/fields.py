@@ -2,10 +2,10 @@
 
 A segment's fields are one Arrow table with a row per vector (row r describes the segment's row
 r): strings, numbers, booleans and lists of them (MeSH descriptors, publication types). A row
-without a value holds null. On disk they sit beside the segment file (fastret.segment_files names
-the file) as an Arrow IPC file written atomically (fastret.atomic) whose schema metadata names the
+without a value holds null. On disk they sit beside the segment file (fastret.storage.segment_files names
+the file) as an Arrow IPC file written atomically (fastret.storage.atomic) whose schema metadata names the
 segment's data checksum and row count, so it cannot be applied to another segment (or another
-version of it) by mistake, like the deletion file (fastret.index_file), and carries a checksum of
+version of it) by mistake, like the deletion file (fastret.storage.index_file), and carries a checksum of
 its own contents. Opening one maps it (`pyarrow.memory_map`): only the IPC footer and batch headers
 are read, so a 36M-row store opens in milliseconds and pages come in as rows are read.
 
@@ -21,7 +21,7 @@ this program wrote and nothing else touched.
 fields. pyarrow is the `fields` extra (`pip install fastret[fields]`).
 
 Statistics: each numeric (not list) column's min, max, nulls and NaNs (`ColumnStats`), which let a
-filter decide "no row passes" or "every row passes" without reading the rows (fastret.filters).
+filter decide "no row passes" or "every row passes" without reading the rows (fastret.search.filters).
 They are computed once when the file is written and kept in its schema metadata: opening a
 36M-row store then reads no column at all, where computing them at open time would read every
 numeric column once per open. Fields made in memory (`add`, `merge`) compute them on first use.
@@ -43,7 +43,7 @@ from .index_file import Header, IndexFileError
 
 try:
     import pyarrow as pa
-    import pyarrow.compute  # noqa: F401  (pa.compute, used by fastret.filters)
+    import pyarrow.compute  # noqa: F401  (pa.compute, used by fastret.search.filters)
     import pyarrow.ipc  # noqa: F401
 except ImportError:  # the `fields` extra is not installed: an index without fields still works
     pa = None
@@ -248,7 +248,7 @@ def read_fields(target: str | os.PathLike, segment_path: str | os.PathLike, head
     Args:
         target: the fields file.
         segment_path: its segment file (named in errors).
-        header: the segment file's header (`fastret.index_file.read_header`).
+        header: the segment file's header (`fastret.storage.index_file.read_header`).
         mmap: map the file instead of reading it.
         verify: check the file's checksum and validate every batch fully (reads it once); see the
             module docstring for what is trusted without it.

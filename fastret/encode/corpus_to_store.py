@@ -20,14 +20,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import segment_files
-from .atomic import remove_temporaries_in
-from .corpus import count_documents, iter_document_records, iter_documents, stored_fields
-from .encode_batches import warn_about_inputs
-from .fields import StoredFields
-from .lexical import LexicalIndex
-from .store import Store, StoreError, finished_shards, read_manifest, shard_name, write_manifest, write_shard
-from .writer_lock import writer_lock
+from ..corpus import count_documents, iter_document_records, iter_documents, stored_fields
+from ..search.lexical import LexicalIndex
+from ..storage import segment_files
+from ..storage.atomic import remove_temporaries_in
+from ..storage.fields import StoredFields
+from ..storage.store import Store, StoreError, finished_shards, read_manifest, shard_name, write_manifest, write_shard
+from ..storage.writer_lock import writer_lock
+from .batches import warn_about_inputs
 
 DEFAULT_SHARD_SIZE = 65536
 

@@ -1,7 +1,7 @@
 """Hybrid retrieval: exact int8 dense search and BM25, fused.
 
 Each side returns its top `candidates` per query (the dense side is the `search` of any
-`fastret.search.Searchable`: an `Index`, or a `ShardedIndex` on Ray, with rescoring when it keeps
+`fastret.search.rules.Searchable`: an `Index`, or a `ShardedIndex` on Ray, with rescoring when it keeps
 float16 copies, and the binary first stage when asked; the lexical side `LexicalIndex.search`,
 run here, on the caller, restricted to ids that are live in the dense side). Then, per query:
 
@@ -11,7 +11,7 @@ run here, on the caller, restricted to ids that are live in the dense side). The
   they are equal), score(d) = alpha * dense(d) + (1 - alpha) * lexical(d), a side that did not find
   d adding 0.
 
-Results are ordered by fused score, then by id (lower first: `fastret.search.rank`), so fusion
+Results are ordered by fused score, then by id (lower first: `fastret.search.rules.rank`), so fusion
 is deterministic.
 The defaults were chosen on the NFCorpus dev split with all-MiniLM-L6-v2
 (benchmarks/hybrid_nfcorpus.py); the test split was not looked at to choose them.
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .lexical import LexicalIndex
-from .search import EMPTY_ID, Searchable, pad, take_top
+from .rules import EMPTY_ID, Searchable, pad, take_top
 
 METHODS = ("rrf", "weighted")
 RRF_K = 60
@@ -105,8 +105,8 @@ class HybridSearcher:
 
     def __init__(self, index: Searchable, lexical: LexicalIndex):
         if not isinstance(index, Searchable) or not isinstance(lexical, LexicalIndex):
-            raise TypeError(f"HybridSearcher needs a Searchable (fastret.Index, fastret.distributed.ShardedIndex) "
-                            f"and a fastret.lexical.LexicalIndex, got {type(index).__name__} and "
+            raise TypeError(f"HybridSearcher needs a Searchable (fastret.Index, fastret.search.distributed.ShardedIndex) "
+                            f"and a fastret.search.lexical.LexicalIndex, got {type(index).__name__} and "
                             f"{type(lexical).__name__}")
         self.index = index
         self.lexical = lexical
@@ -121,7 +121,7 @@ class HybridSearcher:
             k: results per query. method: "rrf" or "weighted". alpha: the dense weight ("weighted").
             candidates: results taken from each side before fusion (at least k).
             rescore: rescore the dense side with float16 copies (default: when the index has them).
-            filter: as the dense side's `search` (fastret.filters): both sides search only the
+            filter: as the dense side's `search` (fastret.search.filters): both sides search only the
                 documents that pass it.
             first_stage, oversample: as the dense side's `search`: "binary" picks the dense
                 candidates by the binary first stage (`Index.search`).

@@ -20,16 +20,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import binary, checks, segment_files, store
-from .doc_ids import PackedDocIds
-from .fields import StoredFields, concatenate
+from .. import checks
+from ..quant import quantized_vectors
+from ..storage import segment_files, sign_bits, store
+from ..storage.doc_ids import PackedDocIds
+from ..storage.fields import StoredFields, concatenate
+from ..storage.index_file import IndexArrays
+from ..storage.segment import Segment, SegmentBuilder
+from ..storage.writer_lock import DEFAULT_TIMEOUT, ConcurrentWriteError, writer_lock
 from .filters import allowed_rows
-from .index_file import IndexArrays
-from .quant import quantized_vectors
-from .search import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates,
-                     segment_candidates)
-from .segment import Segment, SegmentBuilder
-from .writer_lock import DEFAULT_TIMEOUT, ConcurrentWriteError, writer_lock
+from .rules import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates,
+                    segment_candidates)
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -146,7 +147,7 @@ class Index(SearchableBase):
                 has them only while every vector has one.
             fields: optional stored fields, one dict per vector ({"title": ..., "text": ...,
                 "year": 2019, "mesh": ["Humans", ...]}): strings, numbers, booleans or lists of
-                them, kept in Arrow (fastret.fields), returned by `fields()` and filtered on by
+                them, kept in Arrow (fastret.storage.fields), returned by `fields()` and filtered on by
                 `search(..., filter=...)`. Vectors added without fields have none (null).
 
         Raises:
@@ -231,25 +232,25 @@ class Index(SearchableBase):
             queries: float [q, dim] (numpy or torch; quantized here to 7-bit codes with
                 `fastret.quantize_queries`), or a (codes int8, scales) tuple (codes within
                 [-63, 63] take the fastest kernels). One 1-D vector counts as q = 1. CUDA tensors
-                search on that GPU (each segment copied there once, see fastret.search).
+                search on that GPU (each segment copied there once, see fastret.search.rules).
             k: results per query, 1 <= k <= len(index).
             rescore: re-rank the top min(len, k * rescore_factor) int8 candidates by the exact dot
                 product of the float query with the stored float16 vectors (needs
                 store_float16=True and float queries). Scores are then those float dot products.
             rescore_factor: candidates per result kept for rescoring (>= 1).
-            filter: only rows that pass it may be returned (fastret.filters): a dict in the JSON
+            filter: only rows that pass it may be returned (fastret.search.filters): a dict in the JSON
                 operator form ({"year": {"$gte": 2018}, "mesh": {"$in": ["Humans"]}}), a
-                `fastret.filters.Filter` (for `$under`, with a MeSH tree), a bool array over
+                `fastret.search.filters.Filter` (for `$under`, with a MeSH tree), a bool array over
                 the rows of `segments` one after another, or `Filter.masks(index.segments)`
                 (evaluated once beforehand, e.g. to time it apart). Results are exactly those of an index
                 holding only the passing rows; when fewer than k pass, the rest is padded with
                 score -inf and id -1.
             first_stage: "int8" (exact: every int8 code is read) or "binary": the rows' sign bits
                 (an eighth of the codes) are scanned for the best k x oversample by the binary
-                score (fastret.binary), and only those rows' int8 codes are read and ranked
+                score (fastret.storage.sign_bits), and only those rows' int8 codes are read and ranked
                 exactly; numpy queries only (the C++ core).
             oversample: binary candidates per result (int >= 1; default
-                fastret.binary.DEFAULT_OVERSAMPLE, chosen on NFCorpus dev). With rescoring, the
+                fastret.storage.sign_bits.DEFAULT_OVERSAMPLE, chosen on NFCorpus dev). With rescoring, the
                 binary stage keeps k x rescore_factor x oversample rows.
 
         Returns:
@@ -259,7 +260,7 @@ class Index(SearchableBase):
         Raises:
             TypeError, ValueError: bad queries, k, or rescoring arguments (see `add`), or query
                 values so large that scores would overflow float32.
-            fastret.filters.FilterError (a ValueError): a bad filter, naming the part.
+            fastret.search.filters.FilterError (a ValueError): a bad filter, naming the part.
         """
         oversample = check_first_stage(first_stage, oversample)
         segments = self._snapshot()
@@ -287,7 +288,7 @@ class Index(SearchableBase):
         """The c best vectors of each query by int8 score, optionally with their float dot products.
 
         What `search(..., rescore=True)` re-ranks, exposed so that a sharded index
-        (fastret.distributed) can pick the global candidates from every shard's and re-rank
+        (fastret.search.distributed) can pick the global candidates from every shard's and re-rank
         those exactly as one index would.
 
         Args:
@@ -403,14 +404,14 @@ class Index(SearchableBase):
         """Write the index, in one commit: killed at any moment, or failing with any OSError, `path`
         holds what it held before or the index whole, never a mix.
 
-        `path` an existing directory: the index becomes a store there (see fastret.store): its
+        `path` an existing directory: the index becomes a store there (see fastret.storage.store): its
         segments mapped from that directory stay, with their deletions written beside them, the
         others become new shards, and the manifest is replaced last. Any other `path`: one index
         file holding the live vectors (deleted rows left out), with its sign bits and stored fields
-        beside it (fastret.segment_files), committed by the file's rename. Document ids are kept
+        beside it (fastret.storage.segment_files), committed by the file's rename. Document ids are kept
         when every vector has one.
 
-        One writer at a time: the save holds `path`'s writer lock (fastret.writer_lock), waiting up
+        One writer at a time: the save holds `path`'s writer lock (fastret.storage.writer_lock), waiting up
         to `lock_timeout` seconds for another writer. An index loaded from `path` (or saved there
         before) is saved back only if no other writer changed `path` since; else nothing is
         written and `ConcurrentWriteError` says to load it again. Hold `writer_lock(path)` around
@@ -430,7 +431,7 @@ class Index(SearchableBase):
                     raise ConcurrentWriteError(
                         f"{path} was changed by another writer since this index was loaded from it (version "
                         f"{self._origin[1]} then, {now} now); nothing was written: load it again and repeat the "
-                        "change, or hold fastret.writer_lock.writer_lock(path) around load, change and save")
+                        "change, or hold fastret.storage.writer_lock.writer_lock(path) around load, change and save")
             with self._lock:
                 segments = self._segments_locked()
                 if path.is_dir():
@@ -459,7 +460,7 @@ class Index(SearchableBase):
             mmap: map the arrays (read-only, paged in on demand) instead of reading them.
             verify: check each file's data checksum and values (reads every byte once). Without
                 it only headers and sizes are checked and the data is trusted (see
-                fastret.index_file): for files this program wrote, when load time matters.
+                fastret.storage.index_file): for files this program wrote, when load time matters.
 
         Raises:
             FileNotFoundError: no such file or directory.
@@ -519,6 +520,6 @@ def _concatenate(segments: Sequence[Segment], dim: int, store_float16: bool) -> 
                          [len(r) for r in lives])
     bits = None  # kept when every segment has them at hand; else made from the codes when needed
     if all(s.bits is not None for s in segments):
-        bits = binary.blocked(np.concatenate([np.empty((0, binary.words(dim)), np.uint64)]
-                                             + [binary.bit_rows(s.bits, r) for s, r in zip(segments, lives)]))
+        bits = sign_bits.blocked(np.concatenate([np.empty((0, sign_bits.words(dim)), np.uint64)]
+                                             + [sign_bits.bit_rows(s.bits, r) for s, r in zip(segments, lives)]))
     return Segment(codes, scales, ids, float16, doc_ids, fields=fields, bits=bits)

@@ -8,7 +8,7 @@
       config_sentence_transformers.json                named prompts (read only)
 
 `read_model_dir` gives `fastret.Encoder` the model's own conventions; `write_model_dir_files` lets
-a trained model (fastret.train) be loaded by `fastret.Encoder` and `SentenceTransformer` alike.
+a trained model (fastret.train.loop) be loaded by `fastret.Encoder` and `SentenceTransformer` alike.
 """
 
 from __future__ import annotations

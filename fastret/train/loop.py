@@ -29,15 +29,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_directory, write_bytes
-from .corpus import document_text, read_jsonl
-from .encode_batches import collate
-from .encoder import Encoder
-from .kernels.mesh_similarity import mesh_similarity
-from .kernels.pooling import pool_normalize
+from ..corpus import document_text, read_jsonl
+from ..encode.batches import collate
+from ..encode.encoder import Encoder
+from ..encode.model_dir import read_model_dir, write_model_dir_files
+from ..kernels.mesh_similarity import mesh_similarity
+from ..kernels.pooling import pool_normalize
+from ..mesh import MeshTree
+from ..storage.atomic import atomic_directory, write_bytes
 from .losses import anchor_loss, biohicl_loss
-from .mesh import MeshTree
-from .model_dir import read_model_dir, write_model_dir_files
 
 
 @dataclass

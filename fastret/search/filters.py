@@ -1,5 +1,5 @@
 """Filters: which rows a search may return, in the JSON operator language of Chroma, Pinecone and
-LangChain, over the stored fields (fastret.fields) and the vectors' ids.
+LangChain, over the stored fields (fastret.storage.fields) and the vectors' ids.
 
     {"year": {"$gte": 2018}, "mesh": {"$in": ["Humans"]}}                 # fields side by side: and
     {"$or": [{"journal": "Nature"}, {"year": {"$lt": 2000}}]}
@@ -27,7 +27,7 @@ what they can: a comparison or `$in` on a number field that no row (or every row
 can pass needs no rows at all, so a year range on year-ordered shards reads only the shards that
 straddle its bounds. `Filter.masks` is that evaluation on its own (to time it apart from the
 search). The search then skips segments with no passing row and picks a path for the others
-(fastret.search.narrowed): results are exact over the allowed rows, never a post-filter.
+(fastret.search.rules.narrowed): results are exact over the allowed rows, never a post-filter.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .fields import ID_FIELD, ColumnStats, require_arrow
-from .segment import Segment
+from ..storage.fields import ID_FIELD, ColumnStats, require_arrow
+from ..storage.segment import Segment
 
 MAX_IN_VALUES = 100_000  # values in one $in / $nin list; a larger allow-list: pass a bool mask
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
@@ -106,7 +106,7 @@ class Filter:
         return cls(spec, mesh=mesh)
 
     def __repr__(self) -> str:
-        return f"fastret.filters.Filter({json.dumps(self.spec)})"
+        return f"fastret.search.filters.Filter({json.dumps(self.spec)})"
 
     # ------------------------------------------------------------------------------ parsing
 
@@ -215,7 +215,7 @@ class Filter:
 def _under(mesh: Any, value: Any, path: str) -> tuple:
     """The descriptor ids and names at or below `value` in `mesh` (`$under`)."""
     if mesh is None:
-        raise FilterError(f"{path}: $under needs the MeSH tree; use fastret.filters.Filter(spec, "
+        raise FilterError(f"{path}: $under needs the MeSH tree; use fastret.search.filters.Filter(spec, "
                           "mesh=fastret.MeshTree.from_file(...)) (the CLI and server: --mesh FILE)")
     if not isinstance(value, str):
         raise FilterError(f"{path} must be a MeSH tree number, descriptor id or name (str), got {value!r:.80}")
@@ -414,6 +414,6 @@ def allowed_rows(filter: Any, segments: Sequence[Segment], *,
     if isinstance(filter, dict):
         filter = Filter(filter, mesh=mesh)
     if not isinstance(filter, Filter):
-        raise FilterError(f"filter must be a dict (the JSON operator form), a fastret.filters.Filter, a "
+        raise FilterError(f"filter must be a dict (the JSON operator form), a fastret.search.filters.Filter, a "
                           f"bool numpy array or Filter.masks(segments), got {type(filter).__name__}")
     return filter.masks(segments)

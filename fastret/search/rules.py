@@ -6,11 +6,11 @@ Results are ordered by score (higher first), then by id (lower first): `rank` is
 one place it is written in Python (the C++ core has its own; the torch backend ranks the 64-bit
 keys of `_rank_keys`). Every backend returns the same ids and scores as `topk_int8_ref`.
 
-The seam: `Searchable` is what `Index` and `fastret.distributed.ShardedIndex` both are, and what
+The seam: `Searchable` is what `Index` and `fastret.search.distributed.ShardedIndex` both are, and what
 every consumer (HybridSearcher, the CLI, the server, evaluation) takes. A searchable answers
 `candidates` (its top c by int8 score, optionally with float dot products); `search_by_candidates`
 turns those into `search` results, rescoring with `rescored` when asked and padding results that
-a filter left short, for every searchable alike. A filter (fastret.filters) reaches the backends as
+a filter left short, for every searchable alike. A filter (fastret.search.filters) reaches the backends as
 a bool mask of allowed rows per segment (None: every row), and `narrowed` picks each segment's
 path: skipped when no live row passes, searched as it is when every live row does, only its
 passing rows read when they are few (below PICK_FRACTION of its rows: the core's picked rows, so
@@ -33,10 +33,11 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from . import _core, binary, checks
-from .index_file import IndexFileError
-from .quant import quantize_queries, quantized_vectors
-from .segment import Segment
+from .. import _core, checks
+from ..quant import quantize_queries, quantized_vectors
+from ..storage import sign_bits
+from ..storage.index_file import IndexFileError
+from ..storage.segment import Segment
 
 # Corpus rows scored per torch matmul on the GPU: bounds the [queries, chunk] score buffers.
 _TORCH_CHUNK_ELEMENTS = 1 << 27
@@ -155,7 +156,7 @@ def pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 
 @runtime_checkable
 class Searchable(Protocol):
-    """What every searcher offers (`fastret.Index`, `fastret.distributed.ShardedIndex`), and what
+    """What every searcher offers (`fastret.Index`, `fastret.search.distributed.ShardedIndex`), and what
     HybridSearcher, `fastret search`, `fastret serve` and evaluation take.
 
     `search` and `candidates` follow `Index.search` and `Index.candidates` (same arguments and
@@ -374,7 +375,7 @@ def check_first_stage(first_stage: Any, oversample: Any) -> int | None:
                              "ask for it too (first_stage='binary', --binary, \"binary\": true) or drop oversample")
         return None
     if oversample is None:
-        return binary.DEFAULT_OVERSAMPLE
+        return sign_bits.DEFAULT_OVERSAMPLE
     if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)):
         raise TypeError(f"oversample must be an int >= 1 (binary candidates per result), got {oversample!r}")
     if oversample < 1:
@@ -388,7 +389,7 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
     `binary_candidates` with an `oversample` from `check_first_stage`), torch on the queries'
     device for torch ones (`torch_candidates`); same arguments and results.
 
-    `allowed` (a filter's bool mask per segment or None for every row, see fastret.filters)
+    `allowed` (a filter's bool mask per segment or None for every row, see fastret.search.filters)
     narrows the search to those rows (`narrowed` picks each segment's way): the results are those
     of an index holding only the allowed live rows, with min(c, such rows) columns (none when no
     row passes).
@@ -485,13 +486,13 @@ def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: 
 
 def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
                       q_floats: np.ndarray | None = None, allowed: Sequence[np.ndarray] | None = None, *,
-                      oversample: int, query_bits: int = binary.DEFAULT_QUERY_BITS):
+                      oversample: int, query_bits: int = sign_bits.DEFAULT_QUERY_BITS):
     """The top c by int8 score among the top c x oversample by the binary first stage's score
-    (fastret.binary), one call of the C++ core: the same arguments and results as
+    (fastret.storage.sign_bits), one call of the C++ core: the same arguments and results as
     `core_candidates`, and `allowed` as bool masks or None only (no picked rows)."""
     check_score_range(q_scales, _max_scale(segments), q_codes.shape[1])
     masks = [None] * len(segments) if allowed is None else allowed
-    planes = binary.query_planes(q_codes, query_bits)
+    planes = sign_bits.query_planes(q_codes, query_bits)
     # c x oversample beyond the live rows keeps every live row, as an exact search would; capped at
     # the rows, so that no oversample, however large, overflows the core's sizes
     kept = min(c * oversample, sum(len(s) for s in segments))

@@ -1,11 +1,11 @@
 """A segment file and its sidecars, named, written, opened and removed in one place.
 
-    index.frt                       the segment (fastret.index_file): codes, scales, ids, float16
+    index.frt                       the segment (fastret.storage.index_file): codes, scales, ids, float16
                                     copies, document ids
-    index.frt.<crc>.bits            its sign bits, for the binary first stage (fastret.bits_file)
-    index.frt.<crc>.fields.arrow    its stored fields (fastret.fields)
+    index.frt.<crc>.bits            its sign bits, for the binary first stage (fastret.storage.bits_file)
+    index.frt.<crc>.fields.arrow    its stored fields (fastret.storage.fields)
     shard-00000.frt.g<N>.deleted    a store shard's deleted rows as of store generation N; the
-                                    store's manifest names the current one (fastret.store)
+                                    store's manifest names the current one (fastret.storage.store)
 
 <crc> is the segment's data checksum (8 hex digits, from its header): a sidecar is named after the
 version of the segment it belongs to. A save (`write_segment`) writes the new version's sidecars
@@ -91,7 +91,7 @@ def write_segment(path: str | os.PathLike, arrays: index_file.IndexArrays, bits:
     Args:
         path: the segment file.
         arrays: what it holds.
-        bits: its rows' sign bits when already made (blocked, fastret.binary); else made from the codes.
+        bits: its rows' sign bits when already made (blocked, fastret.storage.sign_bits); else made from the codes.
         fields: its stored fields, one row per vector, or None.
 
     Returns:
@@ -147,7 +147,7 @@ def open_segment(path: str | os.PathLike, mmap: bool = True, verify: bool = True
     Args:
         path: the segment file.
         mmap: map the arrays instead of reading them.
-        verify: check every checksum (see fastret.index_file, fastret.fields).
+        verify: check every checksum (see fastret.storage.index_file, fastret.storage.fields).
         deleted: its deletion file, or None for no deleted rows.
         fallback_doc_ids: document ids from elsewhere (a version-1 store) when the file has none.
 

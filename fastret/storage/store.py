@@ -7,13 +7,13 @@
                                 corpus write identical bytes)
       shard-00000.frt           a fastret index file (index_file.py): int8 codes, scales, global row
                                 numbers as ids, document ids, optional float16 copies
-      shard-00000.frt.<crc>.bits          the shard's sign bits (fastret.bits_file)
-      shard-00000.frt.<crc>.fields.arrow  optional: its stored fields (fastret.fields), mapped
+      shard-00000.frt.<crc>.bits          the shard's sign bits (fastret.storage.bits_file)
+      shard-00000.frt.<crc>.fields.arrow  optional: its stored fields (fastret.storage.fields), mapped
       shard-00000.frt.g<N>.deleted        optional: its deleted rows as of generation N
-      lexical-<hex>/            optional: the BM25 index the manifest names (fastret.lexical)
-      .fastret-lock             the writers' lock (fastret.writer_lock); readers never take it
+      lexical-<hex>/            optional: the BM25 index the manifest names (fastret.search.lexical)
+      .fastret-lock             the writers' lock (fastret.storage.writer_lock); readers never take it
 
-fastret.segment_files names a shard's sidecars and writes a shard with them. Shard k of an encoded
+fastret.storage.segment_files names a shard's sidecars and writes a shard with them. Shard k of an encoded
 corpus holds documents [k * shard_size, (k + 1) * shard_size). Each file is written to a temporary
 name and renamed; while a store is encoded, a shard is finished exactly when its .frt file exists,
 so an interrupted run resumes by skipping finished shards.
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, binary, index_file, segment_files
+from . import atomic, index_file, segment_files, sign_bits
 from .doc_ids import LazyDocIds, pack_doc_ids
 from .segment import Segment
 from .writer_lock import writer_lock
@@ -68,7 +68,7 @@ def shard_name(number: int) -> str:
 
 def write_shard(directory: Path, number: int, doc_ids: list[str], first_row: int, codes: np.ndarray,
                 scales: np.ndarray, float16: np.ndarray | None) -> None:
-    """Write shard `number` with its sign bits (one rename commits both: fastret.segment_files); its
+    """Write shard `number` with its sign bits (one rename commits both: fastret.storage.segment_files); its
     existence marks the shard finished while the store is encoded."""
     rows = np.arange(first_row, first_row + len(codes), dtype=np.int64)
     offsets, blob = pack_doc_ids(doc_ids)
@@ -257,7 +257,7 @@ class Store:
 
     @property
     def generation(self) -> int:
-        """How many commits the store has seen since it was encoded (fastret.store)."""
+        """How many commits the store has seen since it was encoded (fastret.storage.store)."""
         return int(self.manifest.get("generation", 0))
 
     def deletion_file(self, entry: dict) -> Path | None:
@@ -385,7 +385,7 @@ def save_segments(directory: str | os.PathLike, segments: list[Segment], dim: in
             segment.codes[live], segment.scales[live], segment.ids[live],
             None if segment.float16 is None or not float16 else segment.float16[live],
             None if doc_ids is None else doc_ids.offsets, None if doc_ids is None else doc_ids.blob),
-            None if segment.bits is None else binary.blocked(binary.bit_rows(segment.bits, live)),
+            None if segment.bits is None else sign_bits.blocked(sign_bits.bit_rows(segment.bits, live)),
             None if segment.fields is None else segment.fields.take(live))
         entries.append({"name": shard_name(next_number), "count": len(live)})
         saved.append(segment_files.open_segment(path, verify=False))
@@ -400,7 +400,7 @@ def leftovers(directory: str | os.PathLike, manifest: dict | None = None) -> lis
     """What the store in `directory` does not use: shards and sidecars its manifest does not name
     (of a save that was killed, or of the version a save replaced), and lexical folders other than
     the current one (a killed BM25 build), besides the temporaries of killed writers
-    (fastret.atomic). For a store still being encoded, only sidecars of other versions of its
+    (fastret.storage.atomic). For a store still being encoded, only sidecars of other versions of its
     shards and lexical folders: its finished shards are not listed yet.
 
     Args:

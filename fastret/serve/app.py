@@ -45,13 +45,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, metrics
-from .dynamic_batching import Batcher, BatcherClosed, BatchReport, QueueFull
-from .encoder import Encoder
-from .search import Searchable
-from .searchers import open_searchable
-from .text_search import TextSearch
-from .serve_config import ServeConfig, exposure_warning
+from .. import __version__
+from ..encode.encoder import Encoder
+from ..search.rules import Searchable
+from ..search.searchers import open_searchable
+from ..search.text import TextSearch
+from . import metrics
+from .batching import Batcher, BatcherClosed, BatchReport, QueueFull
+from .config import ServeConfig, exposure_warning
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +109,11 @@ class SearchRequest(_Body):
     rescore: bool = False
     truncate: Optional[bool] = None
     prompt_name: Optional[str] = None
-    filter: Optional[Dict[str, Any]] = None  # the JSON operator form (fastret.filters)
+    filter: Optional[Dict[str, Any]] = None  # the JSON operator form (fastret.search.filters)
     fields: Optional[List[str]] = None  # stored fields to return with each result
-    hybrid: bool = False  # fuse with the store's BM25 index (fastret.hybrid defaults)
+    hybrid: bool = False  # fuse with the store's BM25 index (fastret.search.hybrid defaults)
     binary: bool = False  # the binary first stage (Index.search(..., first_stage="binary"))
-    oversample: Optional[int] = Field(None, ge=1)  # its candidates per result (default fastret.binary's)
+    oversample: Optional[int] = Field(None, ge=1)  # its candidates per result (default fastret.storage.sign_bits's)
 
 
 # ---------------------------------------------------------------------------------- the service

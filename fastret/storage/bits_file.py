@@ -1,7 +1,7 @@
-"""The sign bits of a segment file, kept beside it for the binary first stage (fastret.segment_files
+"""The sign bits of a segment file, kept beside it for the binary first stage (fastret.storage.segment_files
 names the file).
 
-A segment file's rows carry one bit per dimension, the sign of each int8 code (fastret.binary).
+A segment file's rows carry one bit per dimension, the sign of each int8 code (fastret.storage.sign_bits).
 A binary search scans only these bits (an eighth of the codes), so they live in their own file,
 mapped, and a mapped store searched that way keeps just the bits resident, plus the pages of the
 rows it re-ranks.
@@ -12,20 +12,20 @@ Layout (little-endian):
       magic        8s   b"FRTBITS\\0"
       version      u32  1
       rule         u32  1 = the sign of the int8 code (bit set when code > 0)
-      segment_crc  u32  the segment file's data checksum (fastret.index_file)
+      segment_crc  u32  the segment file's data checksum (fastret.storage.index_file)
       segment_count u64 its rows
       dim          u64  its dimension
       bits_crc     u32  CRC-32 of the bits
       header_crc   u32  CRC-32 of the bytes above
       (zeros up to 64 bytes)
     bits   uint64 [ceil(segment_count / 8), words(dim), 8]   in the kernels' blocked layout
-           (fastret.binary): row r's word w at [r // 8, w, r % 8], bit i of word i // 64
+           (fastret.storage.sign_bits): row r's word w at [r // 8, w, r % 8], bit i of word i // 64
 
 Like the deletion file, it names its segment's checksum and size, so it is never applied to
 another segment (or another version of it); unlike it, it can always be made again from the
 codes (`write_bits`, `fastret index --binary`), so one that names another version is stale, not
 an error: the segment loads without bits. Written to a temporary name and renamed
-(fastret.atomic); a segment written before this file existed has no bits file, and one written by
+(fastret.storage.atomic); a segment written before this file existed has no bits file, and one written by
 an older fastret may have a stale one: `read_bits` gives None for both, and a binary search says
 how to make them.
 """
@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .binary import BLOCK_ROWS, sign_bits, words
 from .index_file import Header, IndexFileError, checksum
+from .sign_bits import BLOCK_ROWS, sign_bits, words
 
 MAGIC = b"FRTBITS\0"
 VERSION = 1
@@ -58,7 +58,7 @@ def write_bits(target: str | os.PathLike, header: Header, codes: np.ndarray, bit
         target: the bits file.
         header: the segment file's header (the bits are bound to its checksum and size).
         codes: its int8 codes [count, dim] (mapped is fine: they are read in blocks).
-        bits: optional, the bits already made (blocked, `fastret.binary.sign_bits`), written as they are.
+        bits: optional, the bits already made (blocked, `fastret.storage.sign_bits.sign_bits`), written as they are.
 
     Raises:
         IndexFileError: `codes` (or `bits`) of another shape than the segment file's.
@@ -96,7 +96,7 @@ def read_bits(target: str | os.PathLike, header: Header, mmap: bool = True,
 
     Args:
         target: the bits file.
-        header: its header (`fastret.index_file.read_header`).
+        header: its header (`fastret.storage.index_file.read_header`).
         mmap: map the bits (read-only) instead of reading them.
         verify: check the bits' checksum (reads them once); without it only the header and the
             size are checked.
