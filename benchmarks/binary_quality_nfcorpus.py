@@ -21,13 +21,13 @@ and each query is scored against the bits (ties to the lower row):
                                                       makes them) on 2^B odd levels (B = 1 is the
                                                       Hamming score but for codes of 0, which
                                                       count as positive), what fastret's kernels
-                                                      compute (fastret.storage.sign_bits.query_planes)
+                                                      compute (fastret.search.binary.query_planes)
 
 The best oversample * 10 documents of the first stage are re-ranked by their exact int8 scores.
 Reported per split (dev chooses, test confirms), oversample 1, 2, 4, 10, 20: nDCG@10 (trec_eval)
 and recall@10 against exact int8 search.
 
-The defaults (fastret.storage.sign_bits.DEFAULT_QUERY_BITS, DEFAULT_OVERSAMPLE) are chosen on dev by this
+The defaults (fastret.search.binary.DEFAULT_QUERY_BITS, DEFAULT_OVERSAMPLE) are chosen on dev by this
 rule: the fewest query bits (the scan's cost grows with them) whose nDCG@10 comes within 0.5% of
 exact int8 at an oversample of at most 20, with the smallest such oversample. The script applies
 it, checks that the library's defaults are what it picks, runs `Index.search(...,
@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 import fastret  # noqa: E402
-from fastret.storage import sign_bits as binary  # noqa: E402
+from fastret.search import binary  # noqa: E402
 from fastret.evaluate import as_run, trec_metrics  # noqa: E402
 from fastret.search.rules import rank  # noqa: E402
 

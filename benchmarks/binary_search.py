@@ -52,7 +52,8 @@ from typing import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fastret  # noqa: E402
-from fastret.storage import sign_bits as binary, store  # noqa: E402
+from fastret.search import binary  # noqa: E402
+from fastret.storage import sign_bits, store  # noqa: E402
 from harness import batch_seconds, cpu_info, finish, median_latency, recall_at_k, verdict  # noqa: E402
 
 OVERSAMPLES = (1, 2, 4, 10, 20)
@@ -195,7 +196,7 @@ def measure_rss(args: argparse.Namespace) -> dict:
 
 def packed_sign_bits(index) -> np.ndarray:
     """uint8 [n, dim / 8]: every row's sign bits, one row after another (faiss' and usearch's layout)."""
-    parts = [binary.bit_rows(np.asarray(s.sign_bits()))[: len(s)] for s in index.segments]
+    parts = [sign_bits.bit_rows(np.asarray(s.sign_bits()))[: len(s)] for s in index.segments]
     return np.ascontiguousarray(np.concatenate(parts)).view(np.uint8)[:, : (index.dim + 7) // 8]
 
 

@@ -75,7 +75,7 @@ from encode_vs_st import (ST, FASTRET, Engine, build_bert_base, load_st, measure
 from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.kernels.mesh_similarity import mesh_similarity, mesh_similarity_ref  # noqa: E402
 from fastret.kernels.pooling import pool_normalize, pool_normalize_ref  # noqa: E402
-from fastret.search.rules import topk_int8_torch  # noqa: E402
+from fastret.search.torch_backend import topk_int8_torch  # noqa: E402
 from harness import cpu_info  # noqa: E402
 
 # (atol, rtol) of pool_normalize's float32 output against the reference, per input dtype.

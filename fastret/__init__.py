@@ -10,8 +10,8 @@ import importlib
 from .cpu import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
 from .mesh import EncodedLabels, MeshTree, UnknownMeshLabelWarning
 from .quant import QUERY_MAX_CODE, quantize_int8, quantize_queries
+from .search.core import topk_int8, topk_int8_ref
 from .search.index import Index
-from .search.rules import topk_int8, topk_int8_ref
 from .storage.store import Store
 
 __version__ = "0.1.0"

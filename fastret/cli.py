@@ -242,7 +242,7 @@ def _size(path: Path) -> int:
 
 
 def _add_search(commands) -> None:
-    from .storage.sign_bits import DEFAULT_OVERSAMPLE
+    from .search.binary import DEFAULT_OVERSAMPLE
 
     parser = commands.add_parser(
         "search", help="search an index or store with text queries",

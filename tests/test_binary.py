@@ -9,8 +9,10 @@ import torch
 
 import fastret
 from fastret import _core
-from fastret.storage import sign_bits as binary
-from fastret.search.rules import rank, topk_int8_ref
+from fastret.search import binary
+from fastret.storage import sign_bits
+from fastret.search.core import topk_int8_ref
+from fastret.search.rules import rank
 
 from conftest import needs_cuda, unit_rows
 
@@ -27,8 +29,8 @@ def test_the_planes_score_is_the_query_levels_against_the_signs(rng, dim, query_
     assert (np.sign(levels[1:]) == np.sign(queries[1:])).all()  # levels keep the sign of each value
     signs = np.where(codes > 0, 1, -1)
     expected = levels.astype(np.int64) @ signs.T
-    bits = binary.sign_bit_rows(codes)
-    assert bits.dtype == np.uint64 and bits.shape == (40, binary.words(dim))
+    bits = sign_bits.sign_bit_rows(codes)
+    assert bits.dtype == np.uint64 and bits.shape == (40, sign_bits.words(dim))
     got = binary.binary_scores_ref(binary.query_planes(queries, query_bits), bits, dim)
     np.testing.assert_array_equal(got, expected)
 
@@ -36,33 +38,33 @@ def test_the_planes_score_is_the_query_levels_against_the_signs(rng, dim, query_
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000])
 def test_blocked_bits_hold_row_r_word_w_at_block_r_div_8_lane_r_mod_8(rng, n):
     codes = rng.integers(-128, 128, (n, 130)).astype(np.int8)
-    rows = binary.sign_bit_rows(codes)
-    bits = binary.sign_bits(codes)
+    rows = sign_bits.sign_bit_rows(codes)
+    bits = sign_bits.sign_bits(codes)
     assert bits.shape == (-(-n // 8), 3, 8)
     for r in range(min(n, 20)):
         for w in range(3):
             assert bits[r // 8, w, r % 8] == rows[r, w]
     assert not bits.reshape(-1, 3, 8).transpose(0, 2, 1).reshape(-1, 3)[n:].any()  # padding rows are zero
-    np.testing.assert_array_equal(binary.blocked(rows), bits)
-    np.testing.assert_array_equal(binary.bit_rows(bits)[:n], rows)
+    np.testing.assert_array_equal(sign_bits.blocked(rows), bits)
+    np.testing.assert_array_equal(sign_bits.bit_rows(bits)[:n], rows)
     picked = rng.permutation(n)[: n // 2]
-    np.testing.assert_array_equal(binary.bit_rows(bits, picked), rows[picked])
+    np.testing.assert_array_equal(sign_bits.bit_rows(bits, picked), rows[picked])
 
 
 def test_one_query_bit_is_the_hamming_score(rng):
     queries = rng.standard_normal((3, 100))
     codes = rng.integers(-128, 128, (20, 100)).astype(np.int8)
     hamming = ((queries[:, None, :] > 0) != (codes[None, :, :] > 0)).sum(-1)
-    got = binary.binary_scores_ref(binary.query_planes(queries, 1), binary.sign_bit_rows(codes), 100)
+    got = binary.binary_scores_ref(binary.query_planes(queries, 1), sign_bits.sign_bit_rows(codes), 100)
     np.testing.assert_array_equal(got, 100 - 2 * hamming)
 
 
 def test_sign_bits_of_large_inputs_are_made_in_blocks(rng, monkeypatch):
     codes = rng.integers(-128, 128, (1001, 70)).astype(np.int8)
-    whole = binary.sign_bits(codes)
-    np.testing.assert_array_equal(binary.bit_rows(whole)[:1001], binary.sign_bit_rows(codes))
-    monkeypatch.setattr(binary, "_SIGN_BLOCK", 64)
-    np.testing.assert_array_equal(binary.sign_bits(codes), whole)
+    whole = sign_bits.sign_bits(codes)
+    np.testing.assert_array_equal(sign_bits.bit_rows(whole)[:1001], sign_bits.sign_bit_rows(codes))
+    monkeypatch.setattr(sign_bits, "_SIGN_BLOCK", 64)
+    np.testing.assert_array_equal(sign_bits.sign_bits(codes), whole)
 
 
 def test_query_bits_are_checked():
@@ -71,12 +73,12 @@ def test_query_bits_are_checked():
     with pytest.raises(TypeError, match="query_bits must be an int"):
         binary.query_planes(np.ones((1, 4)), 2.0)
     with pytest.raises(TypeError, match="codes must be int8"):
-        binary.sign_bits(np.ones((2, 4), np.float32))
+        sign_bits.sign_bits(np.ones((2, 4), np.float32))
 
 
 def two_stage_reference(q_codes, q_scales, planes, codes, scales, ids, deleted, dim, k, candidates):
     """The binary top `candidates` (ties to the lower id) re-ranked by exact int8 score, in numpy."""
-    first = binary.binary_scores_ref(planes, binary.sign_bit_rows(codes), dim).astype(np.float64)
+    first = binary.binary_scores_ref(planes, sign_bits.sign_bit_rows(codes), dim).astype(np.float64)
     first[:, deleted] = -np.inf
     live = int((~deleted).sum())
     out_scores, out_rows = [], []
@@ -107,7 +109,7 @@ def test_core_two_stages_equal_the_reference(simd_path, rng, dim, n_queries):
     cut = 250  # two segments, the second with its own deletion bitmap
     segments = [(codes[:cut], scales[:cut], ids[:cut], fastret.storage.segment.bitmap(deleted[:cut])),
                 (codes[cut:], scales[cut:], ids[cut:], fastret.storage.segment.bitmap(deleted[cut:]))]
-    bits = [binary.sign_bits(codes[:cut]), binary.sign_bits(codes[cut:])]
+    bits = [sign_bits.sign_bits(codes[:cut]), sign_bits.sign_bits(codes[cut:])]
     for query_bits in (1, 4, 8):
         planes = binary.query_planes(q_codes, query_bits)
         for k, candidates in ((1, 1), (10, 10), (10, 40), (5, n)):
@@ -120,7 +122,7 @@ def test_core_two_stages_equal_the_reference(simd_path, rng, dim, n_queries):
 def test_core_refuses_bad_binary_arguments(rng):
     codes = rng.integers(-127, 128, (10, 8)).astype(np.int8)
     segment = (codes, np.ones(10, np.float32), np.arange(10, dtype=np.int64), None)
-    bits = binary.sign_bits(codes)
+    bits = sign_bits.sign_bits(codes)
     q = codes[:1]
     planes = binary.query_planes(q, 2)
     with pytest.raises(ValueError, match=r"candidates \(2\) must be at least k \(3\)"):
@@ -128,7 +130,7 @@ def test_core_refuses_bad_binary_arguments(rng):
     with pytest.raises(ValueError, match="bits must be uint64"):
         _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [bits[:1]], 3, 4)  # 10 rows: 2 blocks
     with pytest.raises(ValueError, match=r"bits must be uint64 \[2, 1, 8\]"):
-        _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [binary.sign_bit_rows(codes)], 3, 4)
+        _core.topk_binary(q, np.ones(1, np.float32), planes, [segment], [sign_bits.sign_bit_rows(codes)], 3, 4)
     with pytest.raises(ValueError, match="has picked rows"):
         _core.topk_binary(q, np.ones(1, np.float32), planes, [segment + (np.array([1, 2]),)], [bits], 1, 2)
     with pytest.raises(ValueError, match="query_bits must be in"):
@@ -198,7 +200,7 @@ def test_core_reads_the_candidates_codes_from_a_codes_file_and_names_a_failed_re
     codes = rng.integers(-127, 128, (50, 16)).astype(np.int8)
     scales = rng.uniform(0.5, 1.0, 50).astype(np.float32)
     ids = np.arange(50, dtype=np.int64)
-    bits = binary.sign_bits(codes)
+    bits = sign_bits.sign_bits(codes)
     q = codes[:3].copy()
     q_scales = np.ones(3, np.float32)
     planes = binary.query_planes(q, 4)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import fastret
-from fastret.storage import sign_bits as binary, bits_file, index_file, store
+from fastret.storage import bits_file, index_file, sign_bits, store
 from fastret.storage.bits_file import read_bits, write_bits
 from fastret.storage.index_file import IndexFileError
 from fastret.storage.store import StoreError
@@ -32,7 +32,7 @@ def test_saved_bits_are_the_codes_signs_mapped_and_search_as_in_memory(rng, tmp_
     loaded = fastret.Index.load(tmp_path / "i.frt")
     (segment,) = loaded.segments
     assert isinstance(segment.bits, np.memmap)
-    np.testing.assert_array_equal(segment.bits, binary.sign_bits(np.asarray(segment.codes)))
+    np.testing.assert_array_equal(segment.bits, sign_bits.sign_bits(np.asarray(segment.codes)))
     queries = unit_rows(rng, 4, 70)
     for got, want in zip(binary_search(loaded, queries), binary_search(index, queries)):
         np.testing.assert_array_equal(got, want)
@@ -46,12 +46,12 @@ def test_bits_are_kept_by_add_delete_merge_and_save(rng, tmp_path):
     for n in (3, 100, 1, 250):  # the in-memory segment grows several times
         index.add(unit_rows(rng, n, 70))
     (segment,) = index.segments
-    np.testing.assert_array_equal(segment.bits, binary.sign_bits(segment.codes))
+    np.testing.assert_array_equal(segment.bits, sign_bits.sign_bits(segment.codes))
     index.delete([0, 5, 200])
     index.merge()
     (merged,) = index.segments
     assert len(merged) == 351
-    np.testing.assert_array_equal(merged.bits, binary.sign_bits(merged.codes))
+    np.testing.assert_array_equal(merged.bits, sign_bits.sign_bits(merged.codes))
 
     directory = tmp_path / "s"
     make_bits_store(directory, rng)
@@ -66,7 +66,7 @@ def test_bits_are_kept_by_add_delete_merge_and_save(rng, tmp_path):
     assert sorted(p.name for p in directory.glob("*.bits")) == [sidecar(directory / f"shard-0000{n}.frt").name
                                                                 for n in (1, 3)]
     for segment in fastret.Index.load(directory).segments:
-        np.testing.assert_array_equal(segment.bits, binary.sign_bits(np.asarray(segment.codes)))
+        np.testing.assert_array_equal(segment.bits, sign_bits.sign_bits(np.asarray(segment.codes)))
 
 
 def test_a_store_without_bits_names_fastret_index_binary_until_they_are_made(rng, tmp_path):

@@ -7,11 +7,13 @@ import pyarrow as pa
 import torch
 
 import fastret
-import fastret.search.rules
+import fastret.search.core
 import fastret.storage.segment
 from fastret.storage.fields import StoredFields
 from fastret.search.filters import MAX_IN_VALUES, Filter, FilterError, SegmentMasks, allowed_rows
-from fastret.search.rules import PICK_FRACTION, device_arrays, pad, query_codes, segment_candidates
+from fastret.search.core import PICK_FRACTION, segment_candidates
+from fastret.search.rules import pad, query_codes
+from fastret.search.torch_backend import device_arrays
 
 from conftest import needs_cuda, unit_rows
 
@@ -319,7 +321,7 @@ def spy_core(monkeypatch):
     """Record, per `core_candidates` call, how each segment it is handed is read: the number of
     picked rows (int), "bitmap" (a mask for the call) or "whole"."""
     calls = []
-    real = fastret.search.rules.core_candidates
+    real = fastret.search.core.core_candidates
 
     def spy(segments, q_codes, q_scales, c, q_floats=None, allowed=None):
         selections = [None] * len(segments) if allowed is None else allowed
@@ -327,7 +329,7 @@ def spy_core(monkeypatch):
                       for rows in selections])
         return real(segments, q_codes, q_scales, c, q_floats, allowed)
 
-    monkeypatch.setattr(fastret.search.rules, "core_candidates", spy)
+    monkeypatch.setattr(fastret.search.core, "core_candidates", spy)
     return calls
 
 

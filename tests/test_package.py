@@ -122,9 +122,9 @@ def test_requires_python_is_what_the_code_runs_on():
 
 # The search rules written once (fastret.search.rules): a second copy of either is caught here. The torch
 # backend's form of the tie rule (64-bit keys: float bits made order-preserving, then the id's rank)
-# may only live in fastret.search.rules too.
+# may only live in fastret.search.torch_backend.
 RULES = {"tie rule": {"fastret.search.rules.rank"}, "rescoring": {"fastret.search.rules.float_products"}}
-RANK_KEYS_HOME = "fastret.search.rules"
+RANK_KEYS_HOME = "fastret.search.torch_backend"
 
 
 def _name(node):

@@ -7,8 +7,9 @@ import torch
 
 import fastret
 from fastret import _core
-from fastret.search.rules import (PICK_FRACTION, binary_candidates, core_candidates, device_arrays, narrowed, query_codes,
-                            segment_candidates, topk_int8_torch, torch_candidates)
+from fastret.search.core import PICK_FRACTION, binary_candidates, core_candidates, narrowed, segment_candidates
+from fastret.search.rules import query_codes
+from fastret.search.torch_backend import device_arrays, topk_int8_torch, torch_candidates
 from fastret.storage.segment import Segment
 
 from conftest import needs_cuda, unit_rows
@@ -185,7 +186,7 @@ def test_torch_backend_matches_reference(rng, dim):
 
 
 def test_torch_backend_chunks_the_corpus(rng, monkeypatch):
-    import fastret.search.rules as search
+    import fastret.search.torch_backend as search
 
     monkeypatch.setattr(search, "_TORCH_CHUNK_ELEMENTS", 64)
     codes, scales = quantized(rng, 300, 12)
@@ -199,7 +200,7 @@ def test_torch_backend_chunks_the_corpus(rng, monkeypatch):
 def test_torch_backend_breaks_ties_across_the_kth_score_by_id(rng, monkeypatch, chunk_elements, device):
     """Whole blocks of equal scores straddle the k-th place: the plain float top-k alone would pick
     any of them, the backend must pick the lowest ids (here in shuffled order, across chunks)."""
-    import fastret.search.rules as search
+    import fastret.search.torch_backend as search
 
     monkeypatch.setattr(search, "_TORCH_CHUNK_ELEMENTS", chunk_elements)
     codes, scales = quantized(rng, 12, 16)
@@ -528,7 +529,7 @@ def test_core_fills_a_short_result_when_rows_are_deleted(rng):
 
 @pytest.mark.parametrize("m, d, n", [(1, 1, 1), (3, 5, 7), (17, 8, 8), (20, 97, 130)])
 def test_padded_int_mm_is_exact(rng, m, d, n):
-    from fastret.search.rules import int_mm_padded
+    from fastret.search.torch_backend import int_mm_padded
 
     a = torch.from_numpy(rng.integers(-127, 128, (m, d), dtype=np.int8))
     b = torch.from_numpy(rng.integers(-128, 128, (n, d), dtype=np.int8))

@@ -27,7 +27,7 @@ what they can: a comparison or `$in` on a number field that no row (or every row
 can pass needs no rows at all, so a year range on year-ordered shards reads only the shards that
 straddle its bounds. `Filter.masks` is that evaluation on its own (to time it apart from the
 search). The search then skips segments with no passing row and picks a path for the others
-(fastret.search.rules.narrowed): results are exact over the allowed rows, never a post-filter.
+(fastret.search.core.narrowed): results are exact over the allowed rows, never a post-filter.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from ..storage.fields import StoredFields, concatenate
 from ..storage.index_file import IndexArrays
 from ..storage.segment import Segment, SegmentBuilder
 from ..storage.writer_lock import DEFAULT_TIMEOUT, ConcurrentWriteError, writer_lock
+from .core import segment_candidates
 from .filters import allowed_rows
-from .rules import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates,
-                    segment_candidates)
+from .rules import EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -250,7 +250,7 @@ class Index(SearchableBase):
                 score (fastret.storage.sign_bits), and only those rows' int8 codes are read and ranked
                 exactly; numpy queries only (the C++ core).
             oversample: binary candidates per result (int >= 1; default
-                fastret.storage.sign_bits.DEFAULT_OVERSAMPLE, chosen on NFCorpus dev). With rescoring, the
+                fastret.search.binary.DEFAULT_OVERSAMPLE, chosen on NFCorpus dev). With rescoring, the
                 binary stage keeps k x rescore_factor x oversample rows.
 
         Returns:

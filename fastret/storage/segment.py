@@ -20,7 +20,7 @@ search that took the old one finishes on a consistent state.
 A search may narrow a segment further by a filter's allowed rows: `core_view(allowed)` hands the
 core deleted | not allowed as one bitmap for that call only (a bool mask), or, when few rows pass,
 just those rows (int64), which the core then reads alone, so a search of them costs what they do
-(fastret.search.rules.narrowed picks between the two). The segment is unchanged.
+(fastret.search.core.narrowed picks between the two). The segment is unchanged.
 """
 
 from __future__ import annotations
