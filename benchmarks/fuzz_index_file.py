@@ -22,13 +22,10 @@ documented error, never a crash. A case that runs past --case-timeout seconds is
 
 from __future__ import annotations
 
-import argparse
-import json
 import signal
 import struct
 import sys
 import tempfile
-import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -38,6 +35,8 @@ import numpy as np
 import fastret
 from fastret.storage import index_file
 from fastret.storage.index_file import HEADER_SIZE
+
+from harness import run_fuzz
 
 DOCUMENTED = (ValueError, FileNotFoundError)
 HEAD_V2 = struct.Struct("<8sIIQQIQ")
@@ -220,24 +219,5 @@ def fuzz(cases: int, seed: int, workdir: Path, case_timeout: float = 10.0) -> Co
     return counts
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--case-timeout", type=float, default=10.0)
-    parser.add_argument("--json", type=Path, default=None, help="write the outcome counts here")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir:
-        counts = fuzz(args.cases, args.seed, Path(workdir), args.case_timeout)
-    seconds = time.perf_counter() - start
-    report = {"cases": args.cases, "seed": args.seed, "seconds": round(seconds, 1), "failures": 0,
-              "outcomes": dict(sorted(counts.items()))}
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_fuzz(__doc__, fuzz, cases=100_000, case_timeout=10.0))

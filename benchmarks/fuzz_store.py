@@ -21,12 +21,9 @@ test`, and takes its store from `base_store` and `change` here.
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -35,6 +32,8 @@ import numpy as np
 import fastret
 from fastret.storage.index_file import IndexFileError
 from fastret.storage.store import StoreError
+
+from harness import run_fuzz
 
 DIM = 8
 QUERIES = np.random.default_rng(7).standard_normal((5, DIM)).astype(np.float32)
@@ -162,27 +161,5 @@ def fuzz(cases: int, seed: int, workdir: Path, case_timeout: float = 30.0) -> Co
     return counts
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=20000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--case-timeout", type=float, default=30.0)
-    parser.add_argument("--json", type=Path, default=None, help="write the counts here")
-    args = parser.parse_args()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir:
-        counts = fuzz(args.cases, args.seed, Path(workdir), args.case_timeout)
-    seconds = time.perf_counter() - started
-    for outcome, count in sorted(counts.items()):
-        print(f"{count:7d}  {outcome}")
-    print(f"{args.cases} cases in {seconds:.1f} s: no crash, no hang, every error named its file, "
-          "no different answer without an error")
-    if args.json:
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "cases": args.cases, "seed": args.seed,
-                                         "seconds": round(seconds, 1), "counts": dict(sorted(counts.items()))},
-                                        indent=2) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_fuzz(__doc__, fuzz, cases=20000, case_timeout=30.0))

@@ -143,3 +143,28 @@ def finish(checks: list[tuple[str, str]], json_path: Path | None, report: dict) 
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {json_path}")
     return 1 if any(status == "FAIL" for status, _ in checks) else 0
+
+
+def run_fuzz(doc: str, fuzz: Callable, cases: int, case_timeout: float) -> int:
+    """The command line of a fuzz script (--cases, --seed, --case-timeout, --json): runs
+    `fuzz(cases, seed, workdir, case_timeout)` in a temporary folder, prints the outcome counts it
+    returns, and writes them with the command, seed and time to --json."""
+    import argparse
+    import sys
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=cases)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--case-timeout", type=float, default=case_timeout)
+    parser.add_argument("--json", type=Path, default=None, help="write the outcome counts here")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        counts = fuzz(args.cases, args.seed, Path(workdir), args.case_timeout)
+    report = {"command": " ".join(sys.argv), "cases": args.cases, "seed": args.seed,
+              "seconds": round(time.perf_counter() - start, 1), "failures": 0, "outcomes": dict(sorted(counts.items()))}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0

@@ -9,7 +9,7 @@ so x_ij ~= q_ij * scale_i, and <x, y> ~= (float(<q_x, q_y>) * scale_x) * scale_y
 Stored vectors use all of [-127, 127]. Search queries use M = QUERY_MAX_CODE = 63 (7 bits): on AVX2
 the exact unsigned x signed byte multiply (maddubs) then needs no nibble split, which makes large
 batches about 1.5x faster, and the extra query rounding moves NFCorpus nDCG@10 by less than the
-noise (see DESIGN.md). Every path, the reference included, searches with the same query codes, so
+noise (benchmarks/query_bits_nfcorpus.py). Every path, the reference included, searches with the same query codes, so
 results stay identical across machines.
 """
 

@@ -105,7 +105,7 @@ def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
 
 def test_requires_python_is_what_the_code_runs_on():
     """The command line evaluates the config dataclasses' annotations (`int | None`, PEP 604) with
-    typing.get_type_hints: Python 3.10 or newer. pyproject.toml and CMakeLists.txt say the same."""
+    typing.get_type_hints: Python 3.10 or newer. pyproject.toml, CMakeLists.txt and the README say the same."""
     import re
     import typing
 
@@ -115,6 +115,8 @@ def test_requires_python_is_what_the_code_runs_on():
     root = PACKAGE.parent
     declared = re.search(r'^requires-python = ">=(\d+)\.(\d+)"$', (root / "pyproject.toml").read_text(), re.M)
     assert declared and (int(declared.group(1)), int(declared.group(2))) == (3, 10)
+    readme = " ".join((root / "README.md").read_text().split())
+    assert "Python >= 3.10," in readme and "3.9" not in readme
     assert "find_package(Python 3.10 " in (root / "CMakeLists.txt").read_text()
     hints = {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(ServeConfig)}
     assert hints["max_steps"] == int | None and hints["api_key"] == str | None
