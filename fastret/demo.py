@@ -17,8 +17,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from .corpus import BUNDLED_NFCORPUS, load_beir
 from .encode.encoder import Encoder
 from .encode.presets import default_model_path
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         "fastret int8": lambda part, n: search.rank(query_texts[part], n, vectors=queries[part]),
         f"fastret int8 + rescore (x{factor})": lambda part, n: search.rank(
             query_texts[part], n, vectors=queries[part], rescore=True, rescore_factor=factor),
-        "BM25 (bm25s)": lambda part, n: lexical.search(query_texts[part], n),
+        "BM25 (bm25s)": lambda part, n: search.rank_bm25(query_texts[part], n),
         "hybrid: int8 + rescore and BM25 fused": lambda part, n: search.rank(
             query_texts[part], n, vectors=queries[part], hybrid=True),
     }

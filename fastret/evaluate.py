@@ -184,7 +184,7 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
             report.seconds[method] = time.perf_counter() - start
     if "bm25" in methods:
         start = time.perf_counter()
-        runs["bm25"] = lexical.search(query_texts, k)
+        runs["bm25"] = TextSearch(index, lexical=lexical).rank_bm25(query_texts, k)
         report.seconds["bm25"] = time.perf_counter() - start
 
     for method in methods:

@@ -1,4 +1,4 @@
-"""The package's shape (DESIGN.md): imports flow one way, no module uses another's private names,
+"""The package's shape (docs/development.md): imports flow one way, no module uses another's private names,
 and the kernels import nothing from the rest of the package."""
 
 import ast
@@ -224,7 +224,7 @@ def test_the_rule_checker_sees_a_second_copy(copy):
 # LexicalIndex) and present what it returns; the search's rules live in the library, once.
 FACES = ("fastret.cli", "fastret.serve.app", "fastret.evaluate", "fastret.demo")
 SEARCH_RULES = {"Filter", "HybridSearcher", "check_first_stage", "check_rescore"}
-SEARCHERS = {"text_search", "search", "lexical"}  # the receivers a face may call .search / .rank on
+SEARCHERS = {"text_search", "search"}  # the receivers a face may call .search / .rank on: a TextSearch
 
 
 def face_violations(source):
@@ -236,7 +236,8 @@ def face_violations(source):
             found.append(f"line {node.lineno}: imports {sorted(SEARCH_RULES & {a.name for a in node.names})}")
         elif isinstance(node, ast.Name) and node.id in SEARCH_RULES:
             found.append(f"line {node.lineno}: uses {node.id}")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("search", "rank"):
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("search", "rank", "rank_bm25")):
             receiver = node.func.value
             if isinstance(receiver, ast.Call):  # TextSearch(index).rank(...)
                 receiver = receiver.func

@@ -118,3 +118,21 @@ def test_a_store_opens_with_its_bm25_index(tmp_path, rng):
     scores, ids = TextSearch.open(tmp_path / "s").rank(["statins trial 3"], 3, vectors=vectors[:1], hybrid=True)
     assert ids.shape == (1, 3) and (ids >= 0).all()
     assert TextSearch.open(tmp_path / "s").search(["q"], 1, vectors=vectors[7:8])[0][0].id == "doc7"
+
+
+def test_bm25_alone_is_the_lexical_index_over_the_rows_that_pass(setup):
+    index, _, _ = setup
+    lexical = LexicalIndex.build(TEXTS)
+    search = TextSearch(index, lexical=lexical)
+    for got, want in zip(search.rank_bm25(["statins trial 3", "cohort 2"], 5),
+                         lexical.search(["statins trial 3", "cohort 2"], 5)):
+        np.testing.assert_array_equal(got, want)
+    allowed = index.contains(lexical.ids, filter={"year": {"$lt": 2010}})
+    for got, want in zip(search.rank_bm25(["trial 3"], 5, filter={"year": {"$lt": 2010}}),
+                         lexical.search(["trial 3"], 5, allowed=allowed)):
+        np.testing.assert_array_equal(got, want)
+    assert TextSearch(None, lexical=lexical).rank_bm25(["cohort 1"], 3)[1].shape == (1, 3)
+    with pytest.raises(ValueError, match="has no index: only rank_bm25"):
+        TextSearch(None, lexical=lexical).rank(["x"], 3, vectors=np.zeros((1, 8), np.float32))
+    with pytest.raises(ValueError, match="a hybrid search needs a BM25 index"):
+        TextSearch(index).rank_bm25(["x"], 3)

@@ -42,7 +42,7 @@ class TextSearch:
     """Search a `Searchable` (an `Index`, a `ShardedIndex`) with query texts.
 
     Args:
-        searchable: what to search.
+        searchable: what to search; None for BM25 alone (`rank_bm25`).
         encoder: embeds the queries (`encode(texts, batch_size=, prompt_name=)` -> float32 [q, d],
             and `dim`), e.g. a `fastret.Encoder`; None when every call passes `vectors`.
         lexical: the BM25 index for hybrid searches: a `LexicalIndex`, or a store directory whose
@@ -58,7 +58,7 @@ class TextSearch:
         [[Hit(id='MED-2427', score=0.71, fields={'title': ...}), ...]]
     """
 
-    def __init__(self, searchable: Searchable, encoder: Any = None, *, lexical: LexicalIndex | str | os.PathLike |
+    def __init__(self, searchable: Searchable | None, encoder: Any = None, *, lexical: LexicalIndex | str | os.PathLike |
                  None = None, mesh: MeshTree | str | os.PathLike | None = None):
         self.searchable = searchable
         self.encoder = encoder
@@ -72,7 +72,7 @@ class TextSearch:
 
     @encoder.setter
     def encoder(self, encoder: Any) -> None:
-        if encoder is not None and encoder.dim != self.searchable.dim:
+        if encoder is not None and self.searchable is not None and encoder.dim != self.searchable.dim:
             raise ValueError(f"the model makes {encoder.dim}-d vectors but the index holds {self.searchable.dim}-d "
                              "ones; search with the model that built the index")
         self._encoder = encoder
@@ -160,6 +160,8 @@ class TextSearch:
             ValueError, TypeError: as `check`, before any query is embedded; texts that are not str,
                 vectors of another count than texts, or no encoder and no vectors.
         """
+        if self.searchable is None:
+            raise ValueError("this TextSearch has no index: only rank_bm25 searches it")
         spec = self.check(k, filter=filter, rescore=rescore, rescore_factor=rescore_factor, hybrid=hybrid,
                           first_stage=first_stage, oversample=oversample, fusion=fusion, alpha=alpha,
                           candidates=candidates)
@@ -181,6 +183,21 @@ class TextSearch:
                 alpha=fusion_rules.DEFAULT_ALPHA if alpha is None else alpha,
                 candidates=max(k, candidates or fusion_rules.DEFAULT_CANDIDATES), rescore=rescore, **stage)
         return self.searchable.search(vectors, k, rescore=bool(rescore), rescore_factor=rescore_factor, **stage)
+
+    def rank_bm25(self, texts: Sequence[str] | str, k: int = 10, *, filter: Any = None):
+        """BM25 alone (the lexical baseline of evaluations): (scores float32 [q, k], ids int64 [q, k]),
+        best first, documents sharing no term with a query left out (padded with -inf, -1); with
+        `filter`, only the documents the index says pass it.
+
+        Raises:
+            ValueError, TypeError: k that is not an int >= 1, a bad filter, no BM25 index, texts that
+                are not str.
+        """
+        spec = self.check(k, filter=filter, hybrid=True)
+        if spec is not None and self.searchable is None:
+            raise ValueError("a filter needs the index its fields live in: open this TextSearch with one")
+        allowed = None if spec is None else self.searchable.contains(self.lexical().ids, filter=spec)
+        return self.lexical().search(texts, int(k), allowed=allowed)
 
     def hits(self, scores: np.ndarray, ids: np.ndarray, fields: Sequence[str] | None = None) -> list[list[Hit]]:
         """`rank`'s arrays as hits, one list per query (padding left out), with the stored fields
