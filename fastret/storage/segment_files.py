@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -71,16 +72,21 @@ def find_sidecar(path: str | os.PathLike, header: index_file.Header, kind: str) 
     return (legacy, True) if legacy.is_file() else None
 
 
-def sidecars(path: str | os.PathLike) -> dict[Path, re.Match]:
-    """Every sidecar file beside the segment file `path` (of any version), with how its name parsed."""
+def sidecars(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[Path, re.Match]:
+    """Every sidecar file beside the segment file `path` (of any version), with how its name parsed.
+
+    Args:
+        path: the segment file.
+        names: the entries of its folder when already listed (a store's many shards list it once).
+    """
     path = Path(path)
-    if not path.parent.is_dir():
-        return {}
-    found = {}
-    for entry in os.scandir(path.parent):
-        if entry.name.startswith(path.name + ".") and (match := _SIDECAR.fullmatch(entry.name[len(path.name):])):
-            found[path.parent / entry.name] = match
-    return found
+    if names is None:
+        if not path.parent.is_dir():
+            return {}
+        names = os.listdir(path.parent)
+    prefix = path.name + "."
+    return {path.parent / name: match for name in names
+            if name.startswith(prefix) and (match := _SIDECAR.fullmatch(name[len(path.name):]))}
 
 
 def write_segment(path: str | os.PathLike, arrays: index_file.IndexArrays, bits: np.ndarray | None = None,
@@ -185,7 +191,7 @@ def open_segment(path: str | os.PathLike, mmap: bool = True, verify: bool = True
 
 
 def stale_sidecars(path: str | os.PathLike, header: index_file.Header | None, keep_deleted: set[str] | None = None,
-                   after_save: bool = False) -> list[Path]:
+                   after_save: bool = False, names: Sequence[str] | None = None) -> list[Path]:
     """Sidecars beside the segment file `path` that its current version (`header`) does not use.
 
     Args:
@@ -194,12 +200,13 @@ def stale_sidecars(path: str | os.PathLike, header: index_file.Header | None, ke
         keep_deleted: names of deletion files still in use (a store's manifest names them); None
             leaves deletion files alone (outside a store nothing decides which is current).
         after_save: also the old-named bits and fields files (`write_segment` just wrote new ones).
+        names: the entries of its folder when already listed (`sidecars`).
     """
     stale = []
     named = None if header is None else f"{header.data_crc:08x}"
-    current = {kind for p, match in sidecars(path).items()
-               if (kind := match.group("keyed")) and match.group("crc") == named}
-    for sidecar, match in sidecars(path).items():
+    found = sidecars(path, names)
+    current = {kind for match in found.values() if (kind := match.group("keyed")) and match.group("crc") == named}
+    for sidecar, match in found.items():
         if header is None:
             stale.append(sidecar)
         elif match.group("keyed"):

@@ -117,7 +117,7 @@ def write_manifest(directory: Path, settings: dict, complete: bool, shards: list
     for number in finished_shards(directory) if shards is None else shards:
         header = index_file.read_header(directory / f"{shard_name(number)}.frt")
         entry = {"name": shard_name(number), "count": header.count}
-        if shard_name(number) in deleted and previous.get("version") == VERSION:
+        if shard_name(number) in deleted:
             entry["deleted"] = deleted[shard_name(number)]
         entries.append(entry)
     return _commit(directory, {**settings, "complete": complete, "shards": entries},
@@ -316,14 +316,15 @@ def open_segments(directory: str | os.PathLike, mmap: bool = True, verify: bool 
                   attempts: int = 3) -> tuple[Store, list[Segment]]:
     """Open a finished store and its segments, without a lock: a writer that commits meanwhile
     may remove files the manifest read first named, and then the new manifest is read again."""
-    for attempt in range(attempts):
+    for _ in range(attempts - 1):
         opened = Store.open(directory)
         try:
             return opened, opened.segments(mmap=mmap, verify=verify)
         except ShardMissingError:
-            if attempt + 1 == attempts or generation(directory) == opened.generation:
+            if generation(directory) == opened.generation:
                 raise
-    raise AssertionError("unreachable")
+    opened = Store.open(directory)
+    return opened, opened.segments(mmap=mmap, verify=verify)
 
 
 def open_segment_file(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Segment:
@@ -411,21 +412,22 @@ def leftovers(directory: str | os.PathLike, manifest: dict | None = None) -> lis
     manifest = read_manifest(directory) if manifest is None else manifest
     listed = {entry["name"] + ".frt": entry for entry in manifest["shards"]}
     store = Store(directory, manifest)
+    names = os.listdir(directory)  # once: every shard's sidecars are picked from it
     found = []
     for number in finished_shards(directory):
         path = directory / f"{shard_name(number)}.frt"
         if manifest["complete"] and path.name not in listed:
-            found += [path, *segment_files.sidecars(path), *directory.glob(f"{shard_name(number)}.ids.json")]
+            found += [path, *segment_files.sidecars(path, names), *directory.glob(f"{shard_name(number)}.ids.json")]
             continue
         keep = None
         if path.name in listed and manifest["version"] >= 3:
             deleted = store.deletion_file(listed[path.name])
             keep = set() if deleted is None else {deleted.name}
-        found += segment_files.stale_sidecars(path, segment_files.segment_header(path), keep)
+        found += segment_files.stale_sidecars(path, segment_files.segment_header(path), keep, names=names)
     if manifest["complete"]:  # sidecars whose shard file is gone
-        for sidecar in directory.glob("shard-*.frt.*"):
-            shard = sidecar.name[: sidecar.name.index(".frt.") + len(".frt")]
-            if _SHARD_FILE.fullmatch(shard) and not (directory / shard).exists():
-                found.append(sidecar)
+        for name in names:
+            shard, sidecar, _ = name.partition(".frt.")
+            if sidecar and _SHARD_FILE.fullmatch(shard + ".frt") and not (directory / f"{shard}.frt").exists():
+                found.append(directory / name)
     found += [p for p in directory.glob(f"{LEXICAL_PREFIX}*") if p.is_dir() and p.name != manifest.get("lexical")]
     return sorted(set(found))
