@@ -296,7 +296,7 @@ def _run_search(args: argparse.Namespace) -> int:
                "fusion": args.fusion, "alpha": args.alpha, "candidates": args.candidates}
     show = None if args.show is None else _comma_list(args.show)
     search = TextSearch.open(args.index, mesh=args.mesh, **_ray_options(args))
-    search.check(args.k, **options)  # bad arguments fail before the model loads
+    options["filter"] = search.check(args.k, **options)  # bad arguments fail before the model loads
     search.encoder = _encoder(args)
     results = search.search(list(texts.values()), args.k, fields=show, batch_size=args.batch_size,
                             prompt_name=args.prompt_name, **options)

@@ -182,7 +182,7 @@ class _Service:
         options = {"filter": body.filter, "rescore": body.rescore or None, "hybrid": body.hybrid,
                    "first_stage": "binary" if body.binary else "int8", "oversample": body.oversample}
         try:
-            self.text_search.check(body.k, **options)
+            options["filter"] = self.text_search.check(body.k, **options)  # parsed once
         except (ValueError, TypeError) as error:
             raise ServeError(422, str(error)) from None
         return options
