@@ -13,10 +13,10 @@ mapped store, in one run on this machine.
    before the store is opened (`import fastret` loads torch), after, and how much of it is the
    store's bits and its index files' pages (scales and ids; /proc/self/smaps). The check: what the
    store and the queries added is at most a quarter of the int8 codes.
-3. Exact int8 (`Index.search`) and the binary first stage with its defaults (1-bit queries:
-   Hamming, oversample 20; then the candidates' exact int8 scores): single-query latency (median
-   of --singles) and a batch of --queries; recall@k of the binary stage against exact int8 at
-   oversample 1, 2, 4, 10, 20.
+3. Exact int8 (`Index.search`) and the binary first stage with its defaults (4-bit queries,
+   oversample "auto"; then the candidates' exact int8 scores): single-query latency (median of
+   --singles) and a batch of --queries; recall@k of the binary stage against exact int8 at
+   oversample 1, 2, 4, 10, 20 (benchmarks/binary_recall_scale.py measures recall at scale).
 4. The same sign bits in faiss IndexBinaryFlat and searched by usearch's exact `search` (metric
    Hamming, b1), with the query's signs: k x oversample candidates, the size of fastret's first
    stage, without the re-ranking fastret's time includes. usearch's exact search is the slowest
@@ -272,7 +272,7 @@ def main() -> int:
 
     index = fastret.Index.load(args.dir, verify=False)
     queries = make_queries(args.queries, args.dim)
-    oversample = binary.DEFAULT_OVERSAMPLE
+    oversample = binary.auto_oversample(len(index), args.k)  # what the default, "auto", resolves to here
     # exact int8 first: its first query reads every code, so both run with the codes in the page cache
     exact = timings(lambda q: index.search(q, args.k), queries, args.singles)
     print(f"exact int8               single {exact['single_ms']:8.2f} ms  batch {exact['batch_seconds']:7.3f} s",

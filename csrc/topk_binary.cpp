@@ -1,18 +1,21 @@
-// Driver of the binary first stage: threads, tiles of sign bits, candidate heaps, exact re-ranking.
+// Driver of the binary first stage: threads, tiles of sign bits, candidate reservoirs, exact re-ranking.
 //
 // Work layout for one block of queries:
 //   the rows of all segments are cut into kBitTile-row tiles (a segment's last tile may be short),
 //   numbered across segments; threads take contiguous ranges of tiles;
 //   for each tile (kBitTile x 48 bytes at 384 dims: L1-resident; whole blocks of kBitBlock rows, so
 //   row0 * words is where its bits start) the path's binary kernel computes
-//   every query's distances, and rows whose score reaches a query's current worst candidate are
-//   offered to that query's private heap of `candidates`;
-//   the threads' heaps of each query are merged into its candidates, whose int8 rows are then
-//   read (prefetched through the codes pointer, or with pread from the codes file) and scored
-//   exactly, in parallel over the queries.
+//   every query's distances, and rows whose score reaches a query's current threshold are
+//   offered to that query's private reservoir of `candidates` (topk_heap.h: O(1) an offer, as a
+//   query may keep tens of thousands);
+//   the threads' reservoirs of each query are merged into its candidates, whose int8 rows are then
+//   read (prefetched through the codes pointer a few rows ahead, or with pread from the codes
+//   file) and scored exactly, in parallel over the queries and, when the block has fewer queries
+//   than threads, over slices of each query's candidates (their k best merged after).
 #include "topk_binary.h"
 
 #include <fcntl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -38,8 +41,16 @@ namespace {
 constexpr size_t kBitTile = 256;
 static_assert(kBitTile % kBitBlock == 0, "tiles start at a block");
 constexpr size_t kMaxDim = 65536;  // |first-stage score| <= dim * 255 stays exact in float32
-// Candidate heap entries held at once (threads x queries in a block x candidates).
-constexpr size_t kHeapBudget = size_t(1) << 22;
+// Candidate entries held at once (threads x queries in a block x 2 candidates: a reservoir's buffer).
+constexpr size_t kCandidateBudget = size_t(1) << 22;
+// The sampled bound of the first stage (sampled_bounds): tiles sampled so that about kSampleHits of
+// the candidates would fall in them, only where that is at most 1 / kSampleShare of the tiles; the
+// bound lets through about kSampleSlack x the candidates (a miss costs a second scan).
+constexpr double kSampleHits = 64;
+constexpr double kSampleShare = 8;
+constexpr double kSampleSlack = 2;
+// Candidates whose codes are prefetched ahead of the one being scored (through the codes pointer).
+constexpr size_t kPrefetchAhead = 8;
 
 void check_arguments(size_t n_queries, size_t n_rows, size_t dim, size_t k, size_t candidates, size_t query_bits,
                      const Segment* segments, size_t n_segments) {
@@ -79,21 +90,21 @@ struct BitTiles {
   }
 };
 
-// The largest kernel output whose score (base - 2 * distance) can still enter a heap whose worst
-// score is `threshold` (-inf while it is not full: every row can). Scores are integers, exact in
-// float, so the limit is exact and a tie with the threshold is offered (the heap breaks it by id).
+// The largest kernel output whose score (base - 2 * distance) can still enter a reservoir whose
+// threshold is `threshold` (-inf before its first cut: every row can). Scores are integers, exact
+// in float, so the limit is exact and a tie with the threshold is offered (the cut breaks it by id).
 uint32_t distance_limit(float threshold, float base) {
   if (threshold == -std::numeric_limits<float>::infinity()) return std::numeric_limits<uint32_t>::max();
   return static_cast<uint32_t>((base - threshold) / 2.0f);
 }
 
-// First stage for one block of queries: each thread's heaps (heaps[t][q]) hold its tiles' best
-// `candidates` rows per query.
+// First stage for one block of queries: each thread's reservoirs (reservoirs[t][q]) hold its tiles' best
+// `candidates` rows per query among those whose distance is at most bounds[q].
 void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, size_t query_bits, const Segment* segments,
-               const uint64_t* const* bits, const BitTiles& tiles, size_t words, size_t dim,
-               std::vector<std::vector<TopK>>& heaps) {
+               const uint64_t* const* bits, const BitTiles& tiles, size_t words, size_t dim, const uint32_t* bounds,
+               std::vector<std::vector<Reservoir>>& reservoirs) {
   const size_t n_tiles = tiles.n_tiles();
-  const int n_threads = static_cast<int>(heaps.size());
+  const int n_threads = static_cast<int>(reservoirs.size());
   const float base = static_cast<float>(dim * ((size_t(1) << query_bits) - 1));
 #pragma omp parallel num_threads(n_threads)
   {
@@ -114,18 +125,69 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
       for (size_t q = 0; q < n_block; ++q) {
         const uint32_t nearest =
             path.binary_distances(rows, n_rows, words, planes + q * query_bits * words, query_bits, distances);
-        TopK& heap = heaps[t][q];
-        uint32_t limit = distance_limit(heap.threshold(), base);
-        if (nearest > limit) continue;  // once the heap is full, most tiles: no row can enter it
-        for (size_t j = 0; j < n_rows; ++j) {
-          if (distances[j] > limit || is_deleted(seg.deleted, row0 + j)) continue;  // most rows: one compare
-          const int64_t row = static_cast<int64_t>(tiles.first_row[segment] + row0 + j);
-          heap.offer(base - 2.0f * static_cast<float>(distances[j]), seg.ids ? seg.ids[row0 + j] : row, row);
-          limit = distance_limit(heap.threshold(), base);
+        Reservoir& reservoir = reservoirs[t][q];
+        uint32_t limit = std::min(bounds[q], distance_limit(reservoir.threshold(), base));
+        if (nearest > limit) continue;  // once the reservoir is cut, most tiles: no row can enter it
+        for (size_t j0 = 0; j0 < n_rows; j0 += 64) {
+          // the rows of these 64 that may enter, as a mask (branch-free: vectorized), then those alone
+          const size_t n_group = std::min<size_t>(64, n_rows - j0);
+          uint64_t may_enter = 0;
+          for (size_t j = 0; j < n_group; ++j) may_enter |= uint64_t(distances[j0 + j] <= limit) << j;
+          for (; may_enter != 0; may_enter &= may_enter - 1) {
+            const size_t j = j0 + static_cast<size_t>(__builtin_ctzll(may_enter));
+            if (distances[j] > limit || is_deleted(seg.deleted, row0 + j)) continue;  // the limit may have risen
+            const int64_t row = static_cast<int64_t>(tiles.first_row[segment] + row0 + j);
+            reservoir.offer(base - 2.0f * static_cast<float>(distances[j]), seg.ids ? seg.ids[row0 + j] : row, row);
+            limit = std::min(bounds[q], distance_limit(reservoir.threshold(), base));
+          }
         }
       }
     }
   }
+}
+
+// For each query of a block, a distance that at least `candidates` live rows are likely to reach,
+// estimated from a sample of evenly spaced tiles (their live rows' distances), so that the scan
+// offers about kSampleSlack x `candidates` rows instead of candidates x ln(rows / candidates) (a
+// running threshold's count): most of the first stage's cost when thousands of candidates are
+// kept. No bound (UINT32_MAX) where the sample would not be small next to the rows. The caller
+// checks that the bound let `candidates` rows through, and scans again without it if not.
+std::vector<uint32_t> sampled_bounds(const SimdPath& path, const uint64_t* planes, size_t n_block, size_t query_bits,
+                                     const Segment* segments, const uint64_t* const* bits, const BitTiles& tiles,
+                                     size_t words, size_t candidates) {
+  std::vector<uint32_t> bounds(n_block, std::numeric_limits<uint32_t>::max());
+  const size_t n_tiles = tiles.n_tiles();
+  // tiles whose rows hold about kSampleHits of the `candidates` best, were those spread evenly
+  const double wanted = kSampleHits * static_cast<double>(tiles.n_rows()) / (static_cast<double>(candidates) * kBitTile);
+  if (wanted * kSampleShare > static_cast<double>(n_tiles)) return bounds;
+  const size_t n_sampled = static_cast<size_t>(wanted) + 1;
+  std::vector<std::vector<uint32_t>> sampled(n_block);
+  uint32_t distances[kBitTile];
+  for (size_t i = 0; i < n_sampled; ++i) {
+    const size_t tile = i * n_tiles / n_sampled;
+    const size_t segment = static_cast<size_t>(std::upper_bound(tiles.first_tile.begin(), tiles.first_tile.end(), tile) -
+                                               tiles.first_tile.begin()) - 1;
+    const Segment& seg = segments[segment];
+    const size_t row0 = (tile - tiles.first_tile[segment]) * kBitTile;
+    const size_t n_rows = std::min(kBitTile, seg.count - row0);
+    for (size_t q = 0; q < n_block; ++q) {
+      path.binary_distances(bits[segment] + row0 * words, n_rows, words, planes + q * query_bits * words, query_bits,
+                            distances);
+      for (size_t j = 0; j < n_rows; ++j)
+        if (!is_deleted(seg.deleted, row0 + j)) sampled[q].push_back(distances[j]);
+    }
+  }
+  // the sample's rank of kSampleSlack x its expected share of the candidates
+  const double expected =
+      static_cast<double>(candidates) * static_cast<double>(n_sampled * kBitTile) / static_cast<double>(tiles.n_rows());
+  const size_t rank = static_cast<size_t>(kSampleSlack * expected);
+  for (size_t q = 0; q < n_block; ++q) {
+    std::vector<uint32_t>& mine = sampled[q];
+    if (rank >= mine.size()) continue;
+    std::nth_element(mine.begin(), mine.begin() + static_cast<std::ptrdiff_t>(rank), mine.end());
+    bounds[q] = mine[rank];
+  }
+  return bounds;
 }
 
 // The int8 score of a row's codes, exactly as topk_int8 computes it.
@@ -151,45 +213,77 @@ std::string read_row(const CodesFile& file, size_t row, size_t dim, int8_t* buff
   return {};
 }
 
-// Second stage for one query: its candidates' exact scores, the k best into out. Returns what failed
-// reading a codes file ("" when nothing did).
-std::string rerank(const std::vector<Candidate>& chosen, const int8_t* query, float query_scale,
-                   const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim, size_t k,
-                   float* out_scores, int64_t* out_rows) {
-  for (const Candidate& c : chosen) {  // rows at random: ask for all of them first
-    const size_t s = tiles.segment_of_row(static_cast<size_t>(c.row));
-    const size_t row = static_cast<size_t>(c.row) - tiles.first_row[s];
-    if (codes_files != nullptr && codes_files[s].fd >= 0) {
-#ifdef POSIX_FADV_WILLNEED  // (not on macOS: there each read waits for its own row)
-      // the OS starts reading the rows not in its page cache, all at once (the reads below wait less)
-      posix_fadvise(codes_files[s].fd, static_cast<off_t>(codes_files[s].offset + row * dim),
-                    static_cast<off_t>(dim), POSIX_FADV_WILLNEED);
+// Reads row `row` of a codes file into `buffer` only if the page cache holds it (preadv2 with
+// RWF_NOWAIT: one system call, no wait for the disk); false when it does not, or the kernel cannot
+// say (then never asked again).
+bool read_cached(const CodesFile& file, size_t row, size_t dim, int8_t* buffer) {
+#if defined(__linux__) && defined(RWF_NOWAIT)
+  static std::atomic<bool> unsupported{false};
+  if (unsupported.load(std::memory_order_relaxed)) return false;
+  iovec part{buffer, dim};
+  const ssize_t got = preadv2(file.fd, &part, 1, static_cast<off_t>(file.offset + row * dim), RWF_NOWAIT);
+  if (got < 0 && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)) unsupported = true;
+  return got == static_cast<ssize_t>(dim);
+#else
+  (void)file, (void)row, (void)dim, (void)buffer;
+  return false;
 #endif
-      continue;
-    }
+}
+
+// Second stage for a slice of one query's candidates: their exact scores, the k best of them into
+// `best`. Rows in memory (or mapped) are read through the codes pointer, prefetched a few ahead;
+// rows of a codes file are read at once when the page cache holds them, and the others, after
+// the OS has been asked for all of them together, one by one. Returns what failed reading a codes
+// file ("" when nothing did).
+std::string rerank(const Candidate* chosen, size_t n_chosen, const int8_t* query, float query_scale,
+                   const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim,
+                   TopK& best) {
+  auto locate = [&](const Candidate& c, size_t& s, size_t& row) {
+    s = tiles.segment_of_row(static_cast<size_t>(c.row));
+    row = static_cast<size_t>(c.row) - tiles.first_row[s];
+  };
+  auto in_file = [&](size_t s) { return codes_files != nullptr && codes_files[s].fd >= 0; };
+  auto prefetch = [&](const Candidate& c) {
+    size_t s, row;
+    locate(c, s, row);
+    if (in_file(s)) return;
     const int8_t* codes = segments[s].codes + row * dim;
     for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 3);
-  }
+  };
+  for (size_t i = 0; i < std::min(n_chosen, kPrefetchAhead); ++i) prefetch(chosen[i]);
   std::vector<int8_t> buffer(dim);
-  TopK best(k);
-  for (const Candidate& c : chosen) {
-    const size_t s = tiles.segment_of_row(static_cast<size_t>(c.row));
-    const size_t row = static_cast<size_t>(c.row) - tiles.first_row[s];
+  std::vector<size_t> waiting;  // candidates of codes files whose rows are not in the page cache
+  for (size_t i = 0; i < n_chosen; ++i) {
+    if (i + kPrefetchAhead < n_chosen) prefetch(chosen[i + kPrefetchAhead]);
+    size_t s, row;
+    locate(chosen[i], s, row);
     const int8_t* codes = segments[s].codes + row * dim;
-    if (codes_files != nullptr && codes_files[s].fd >= 0) {
-      const std::string failed = read_row(codes_files[s], row, dim, buffer.data());
-      if (!failed.empty())
-        return "could not read row " + std::to_string(row) + " of segment " + std::to_string(s) + "'s codes file: " +
-               failed;
+    if (in_file(s)) {
+      if (!read_cached(codes_files[s], row, dim, buffer.data())) {
+        waiting.push_back(i);
+        continue;
+      }
       codes = buffer.data();
     }
-    best.offer(row_score(query, query_scale, codes, segments[s].scales[row], dim), c.id, c.row);
+    best.offer(row_score(query, query_scale, codes, segments[s].scales[row], dim), chosen[i].id, chosen[i].row);
   }
-  std::vector<Candidate> top = best.items();
-  std::sort(top.begin(), top.end(), better);
-  for (size_t i = 0; i < k; ++i) {
-    out_scores[i] = i < top.size() ? top[i].score : -std::numeric_limits<float>::infinity();
-    out_rows[i] = i < top.size() ? top[i].row : -1;
+#ifdef POSIX_FADV_WILLNEED  // (not on macOS: there each read waits for its own row)
+  for (size_t i : waiting) {  // rows at random: the OS starts reading them all at once (the reads
+    size_t s, row;            // below wait less)
+    locate(chosen[i], s, row);
+    posix_fadvise(codes_files[s].fd, static_cast<off_t>(codes_files[s].offset + row * dim), static_cast<off_t>(dim),
+                  POSIX_FADV_WILLNEED);
+  }
+#endif
+  for (size_t i : waiting) {
+    size_t s, row;
+    locate(chosen[i], s, row);
+    const std::string failed = read_row(codes_files[s], row, dim, buffer.data());
+    if (!failed.empty())
+      return "could not read row " + std::to_string(row) + " of segment " + std::to_string(s) + "'s codes file: " +
+             failed;
+    best.offer(row_score(query, query_scale, buffer.data(), segments[s].scales[row], dim), chosen[i].id,
+               chosen[i].row);
   }
   return {};
 }
@@ -206,38 +300,75 @@ void topk_binary(const int8_t* queries, const float* query_scales, const uint64_
   const size_t words = (dim + 63) / 64;
   const size_t n_threads =
       std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(num_threads()), tiles.n_tiles()));
-  const size_t block = std::max<size_t>(1, std::min(n_queries, kHeapBudget / (n_threads * candidates)));
-  std::vector<std::vector<TopK>> heaps(n_threads);
+  const size_t block = std::max<size_t>(1, std::min(n_queries, kCandidateBudget / (n_threads * 2 * candidates)));
+  std::vector<std::vector<Reservoir>> reservoirs(n_threads);
   std::vector<std::vector<Candidate>> chosen(block);
+  // A block of fewer queries than threads re-ranks each query's candidates in `slices` parts.
+  const size_t slices = std::max<size_t>(1, n_threads / std::min(block, n_queries));
+  std::vector<TopK> best;
 
   for (size_t q0 = 0; q0 < n_queries; q0 += block) {
     const size_t n_block = std::min(block, n_queries - q0);
-    for (auto& mine : heaps) mine.assign(n_block, TopK(candidates));
-    scan_bits(path, planes + q0 * query_bits * words, n_block, query_bits, segments, bits, tiles, words, dim, heaps);
+    const uint64_t* block_planes = planes + q0 * query_bits * words;
+    std::vector<uint32_t> bounds =
+        sampled_bounds(path, block_planes, n_block, query_bits, segments, bits, tiles, words, candidates);
+    for (auto& mine : reservoirs) mine.assign(n_block, Reservoir(candidates));
+    scan_bits(path, block_planes, n_block, query_bits, segments, bits, tiles, words, dim, bounds.data(), reservoirs);
+    for (size_t q = 0; q < n_block; ++q) {
+      size_t found = 0;
+      for (auto& mine : reservoirs) found += mine[q].items().size();
+      if (found < candidates && bounds[q] != std::numeric_limits<uint32_t>::max()) {
+        // the sample's bound let fewer than `candidates` rows through: scan again, unbounded (exact either way)
+        bounds.assign(n_block, std::numeric_limits<uint32_t>::max());
+        for (auto& mine : reservoirs) mine.assign(n_block, Reservoir(candidates));
+        scan_bits(path, block_planes, n_block, query_bits, segments, bits, tiles, words, dim, bounds.data(), reservoirs);
+        break;
+      }
+    }
     for (size_t q = 0; q < n_block; ++q) {
       std::vector<Candidate>& merged = chosen[q];
       merged.clear();
-      for (const auto& mine : heaps) merged.insert(merged.end(), mine[q].items().begin(), mine[q].items().end());
-      const size_t found = std::min(candidates, merged.size());
-      std::partial_sort(merged.begin(), merged.begin() + found, merged.end(), better);
-      merged.resize(found);
+      for (auto& mine : reservoirs) merged.insert(merged.end(), mine[q].items().begin(), mine[q].items().end());
+      if (merged.size() > candidates) {
+        std::nth_element(merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(candidates - 1), merged.end(),
+                         better);
+        merged.resize(candidates);
+      }
+      // in row order: the re-ranking reads the codes (pages, or the file) front to back
+      std::sort(merged.begin(), merged.end(), [](const Candidate& a, const Candidate& b) { return a.row < b.row; });
     }
-    const int rerank_threads = static_cast<int>(std::min(n_threads, n_block));
+    best.assign(n_block * slices, TopK(k));
+    const int rerank_threads = static_cast<int>(std::min(n_threads, n_block * slices));
     std::atomic<bool> failed{false};
     std::string failure;
     std::mutex failure_lock;
 #pragma omp parallel for num_threads(rerank_threads) schedule(dynamic)
-    for (long q = 0; q < static_cast<long>(n_block); ++q) {
+    for (long item = 0; item < static_cast<long>(n_block * slices); ++item) {
       if (failed.load(std::memory_order_relaxed)) continue;  // no exception may leave the parallel region
-      const size_t query = q0 + static_cast<size_t>(q);
-      std::string error = rerank(chosen[q], queries + query * dim, query_scales[query], segments, codes_files, tiles,
-                                 dim, k, out_scores + query * k, out_rows + query * k);
+      const size_t q = static_cast<size_t>(item) / slices, slice = static_cast<size_t>(item) % slices;
+      const size_t query = q0 + q, n_chosen = chosen[q].size();
+      const size_t begin = slice * n_chosen / slices, end = (slice + 1) * n_chosen / slices;
+      std::string error = rerank(chosen[q].data() + begin, end - begin, queries + query * dim, query_scales[query],
+                                 segments, codes_files, tiles, dim, best[item]);
       if (!error.empty()) {
         std::lock_guard<std::mutex> hold(failure_lock);
         if (!failed.exchange(true)) failure = std::move(error);
       }
     }
     if (failed) throw std::runtime_error("topk_binary: " + failure);
+    for (size_t q = 0; q < n_block; ++q) {  // each query's slices: their k best, in order
+      std::vector<Candidate> top;
+      for (size_t slice = 0; slice < slices; ++slice) {
+        const auto& items = best[q * slices + slice].items();
+        top.insert(top.end(), items.begin(), items.end());
+      }
+      const size_t kept = std::min(k, top.size());
+      std::partial_sort(top.begin(), top.begin() + kept, top.end(), better);
+      for (size_t i = 0; i < k; ++i) {
+        out_scores[(q0 + q) * k + i] = i < kept ? top[i].score : -std::numeric_limits<float>::infinity();
+        out_rows[(q0 + q) * k + i] = i < kept ? top[i].row : -1;
+      }
+    }
   }
 }
 

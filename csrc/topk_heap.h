@@ -1,5 +1,6 @@
 // What the search drivers (topk_int8.cpp, topk_binary.cpp) share: the int8 score, the ranking
-// rule, the bounded heap of the best candidates, and the deletion bitmap's test.
+// rule, the bounded heap of the best candidates (and the reservoir for many of them), and the
+// deletion bitmap's test.
 #pragma once
 
 #include <algorithm>
@@ -54,6 +55,42 @@ class TopK {
 
  private:
   size_t k_;
+  std::vector<Candidate> items_;
+};
+
+// The c best candidates offered so far, for large c (the binary first stage keeps thousands): an
+// offer is appended to a buffer that is cut back to its c best (std::nth_element) when it reaches
+// 2c, so an offer costs O(1) amortized where TopK's heap costs O(log c) per entry. The threshold
+// is the c-th best score at the last cut (-inf before one): a lower score can never enter.
+class Reservoir {
+ public:
+  explicit Reservoir(size_t c) : c_(c) {}
+
+  // Scores below this can never enter; equal scores may (the cut breaks ties by id).
+  float threshold() const { return threshold_; }
+
+  void offer(float score, int64_t id, int64_t row) {
+    if (score < threshold_) return;
+    items_.push_back(Candidate{score, id, row});
+    if (items_.size() >= 2 * c_) cut();
+  }
+
+  // The c best offered (all of them when fewer), in no order.
+  const std::vector<Candidate>& items() {
+    cut();
+    return items_;
+  }
+
+ private:
+  void cut() {
+    if (items_.size() <= c_) return;
+    std::nth_element(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(c_ - 1), items_.end(), better);
+    items_.resize(c_);
+    threshold_ = items_[c_ - 1].score;  // the c-th best: the ones before it are at least as good
+  }
+
+  size_t c_;
+  float threshold_ = -std::numeric_limits<float>::infinity();
   std::vector<Candidate> items_;
 };
 

@@ -23,6 +23,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _oversample(text: str) -> int | str:
+    """--oversample: "auto" or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
+
+
 def _add_encode(commands) -> None:
     parser = commands.add_parser(
         "encode", help="embed a corpus into a sharded, resumable int8 store",
@@ -242,8 +252,6 @@ def _size(path: Path) -> int:
 
 
 def _add_search(commands) -> None:
-    from .search.binary import DEFAULT_OVERSAMPLE
-
     parser = commands.add_parser(
         "search", help="search an index or store with text queries",
         description="Embed the queries with the model that built the index, then exact int8 search "
@@ -257,9 +265,9 @@ def _add_search(commands) -> None:
     parser.add_argument("--binary", action="store_true",
                         help="binary first stage: scan the rows' sign bits for k x oversample candidates, then "
                              "rank only those by exact int8 score (fastret.storage.sign_bits)")
-    parser.add_argument("--oversample", type=_positive_int, default=None,
-                        help=f"binary candidates per result, with --binary (default {DEFAULT_OVERSAMPLE}, "
-                             "chosen on NFCorpus dev)")
+    parser.add_argument("--oversample", type=_oversample, default=None,
+                        help="binary candidates per result, with --binary: 'auto' (the default: grows with the "
+                             "rows searched, for recall >= 0.99 against exact int8) or a number, fewer for speed")
     parser.add_argument("--hybrid", action="store_true",
                         help="fuse with the store's BM25 index (fastret encode --bm25 / fastret index --bm25)")
     parser.add_argument("--fusion", choices=("rrf", "weighted"), default=None,
@@ -328,6 +336,8 @@ def _add_eval(commands) -> None:
                              "int8+rescore if it has float16 copies, bm25)")
     parser.add_argument("--index", type=Path, default=None,
                         help="search this store of the dataset's corpus (fastret encode) instead of embedding it")
+    parser.add_argument("--oversample", type=_oversample, default="auto",
+                        help="binary candidates per result for the binary method: 'auto' (the default) or a number")
     _add_ray_options(parser)
     parser.add_argument("--name", default=None, help="dataset name for instructions (default: directory name)")
     parser.add_argument("--sts", type=Path, default=None, help="TSV of sentence pairs + gold score instead")
@@ -358,7 +368,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                    else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
         report = evaluate.evaluate_retrieval(
             encoder, args.dataset or BUNDLED_NFCORPUS, args.split, methods=methods, batch_size=args.batch_size,
-            name=args.name, show_progress_bar=not args.no_progress, index=index)
+            name=args.name, show_progress_bar=not args.no_progress, index=index, oversample=args.oversample)
         if not args.json:
             print(report.table())
             print(f"\n{report.skipped_queries} queries without judgements in {args.split} were skipped")

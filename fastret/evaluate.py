@@ -3,8 +3,8 @@
 Metrics are trec_eval's own (through pytrec-eval-terrier): nDCG@10, Recall@100 and MRR@10 (the
 reciprocal rank of the first relevant document within the top 10, 0 past it). Every dense run
 searches the same embeddings up to four ways: exact float32, fastret int8, int8 + float16
-rescoring, and "binary" (the int8 index behind the binary first stage, `first_stage="binary"` at
-fastret.storage.sign_bits's default oversample; not among `default_methods`); beside them BM25
+rescoring, and "binary" (the int8 index behind the binary first stage, `first_stage="binary"`,
+oversample "auto" unless told; not among `default_methods`); beside them BM25
 (fastret.search.lexical, bm25s) and the hybrid of int8 + rescore and BM25 (fastret.search.hybrid, with its
 dev-chosen defaults). The int8, binary and hybrid runs search any `fastret.search.rules.Searchable`:
 one built here from the embeddings, or one given (a store of the corpus written by `fastret
@@ -117,16 +117,18 @@ def default_methods(index: Searchable | None = None) -> tuple[str, ...]:
 def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = "test", *,
                        methods: tuple[str, ...] = METHODS, k: int = 100, batch_size: int = 32,
                        rescore_factor: int = 4, name: str | None = None,
-                       show_progress_bar: bool = True, index: Searchable | None = None) -> RetrievalReport:
+                       show_progress_bar: bool = True, index: Searchable | None = None,
+                       oversample: int | str = "auto") -> RetrievalReport:
     """Embed a BEIR dataset with `encoder`, search it each way in `methods`, and score the runs.
 
     Args:
         encoder: a `fastret.Encoder`.
         dataset: a BEIR directory (corpus, queries, qrels/<split>.tsv) or a loaded `BeirDataset`.
         methods: any of "float32", "int8", "int8+rescore", "binary", "bm25", "hybrid" ("binary":
-            int8 search behind the binary first stage at its default oversample).
+            int8 search behind the binary first stage, with `oversample`).
         k: results per query (Recall@100 needs k >= 100).
         name: the dataset's name, for per-dataset instructions (default: the directory name).
+        oversample: the binary method's candidates per result ("auto" or an int, as `Index.search`).
         index: search this `Searchable` (an `Index`, a `ShardedIndex`: see
             `fastret.search.searchers.open_searchable`) instead of embedding the corpus here: it must hold
             the corpus in its order (ids 0..n-1 named by the corpus' document ids, as
@@ -136,6 +138,7 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
         ValueError: unknown method, a dataset with no judged query, an index that does not hold
             the corpus, or "float32" with an index.
     """
+    TextSearch(index).check(first_stage="binary", oversample=oversample)  # before anything is embedded
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected any of {', '.join(METHODS)}")
@@ -175,7 +178,8 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
             "int8": lambda: search.rank(query_texts, k, vectors=queries),
             "int8+rescore": lambda: search.rank(query_texts, k, vectors=queries, rescore=True,
                                                 rescore_factor=rescore_factor),
-            "binary": lambda: search.rank(query_texts, k, vectors=queries, first_stage="binary"),
+            "binary": lambda: search.rank(query_texts, k, vectors=queries, first_stage="binary",
+                                          oversample=oversample),
             "hybrid": lambda: search.rank(query_texts, k, vectors=queries, hybrid=True),
         }
         for method in dense + (["hybrid"] if "hybrid" in methods else []):

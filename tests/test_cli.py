@@ -130,7 +130,7 @@ def test_search_with_the_binary_first_stage(store, tiny_bert, capsys):
     index = fastret.Index.load(store)
     vectors = fastret.Encoder(tiny_bert, device="cpu").encode(texts)
     capsys.readouterr()
-    for extra, options in ((["--oversample", "1"], {"oversample": 1}), ([], {}),
+    for extra, options in ((["--oversample", "1"], {"oversample": 1}), ([], {}), (["--oversample", "auto"], {}),
                            (["--oversample", "1", "--rescore"], {"oversample": 1, "rescore": True})):
         assert cli.main(common + ["--binary", *extra]) == 0
         printed = [json.loads(line)["results"] for line in capsys.readouterr().out.splitlines()]
@@ -142,10 +142,10 @@ def test_search_with_the_binary_first_stage(store, tiny_bert, capsys):
     assert cli.main(common + ["--oversample", "4"]) == 2
     assert "oversample (binary candidates per result) applies to the binary first stage only" in (
         capsys.readouterr().err)
-    for bad, shown in (("0", "0"), ("x", "'x'")):
+    for bad in ("0", "x", "-3"):
         with pytest.raises(SystemExit):
             cli.main(common + ["--binary", "--oversample", bad])
-        assert f"--oversample: expected a positive integer, got {shown}" in capsys.readouterr().err
+        assert f"--oversample: expected 'auto' or a positive integer, got '{bad}'" in capsys.readouterr().err
 
 
 def test_search_on_ray_shards_prints_what_one_index_prints(store, tiny_bert, ray_session, capsys):

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastret
+from fastret.search import binary
 from fastret.search.hybrid import HybridSearcher
 from fastret.search.lexical import LexicalIndex
 from fastret.search.rules import merge_candidates, rescored
@@ -284,13 +285,17 @@ def test_binary_first_stage_under_a_filter_on_shards(sharded, corpus):
     assert reference.contains(few[1], filter=spec).all()
     assert not np.array_equal(few[1], every[1])
     assert_not_worse(few, reference.search(queries, 10, filter=spec, first_stage="binary", oversample=1))
+    # "auto" is resolved once, from every shard's live rows (not the passing ones, as one Index does)
+    resolved = binary.auto_oversample(len(reference), 10)
+    assert_same(sharded.search(queries, 10, filter=spec, first_stage="binary"),
+                sharded.search(queries, 10, filter=spec, first_stage="binary", oversample=resolved))
 
 
 def test_bad_first_stage_arguments_get_the_errors_of_index(sharded):
     query = np.ones((1, DIM), np.float32)
     with pytest.raises(ValueError, match="oversample must be >= 1"):
         sharded.search(query, 3, first_stage="binary", oversample=0)
-    with pytest.raises(TypeError, match="oversample must be an int"):
+    with pytest.raises(ValueError, match="oversample must be 'auto' or an int"):
         sharded.search(query, 3, first_stage="binary", oversample="x")
     with pytest.raises(ValueError, match="oversample .binary candidates per result. applies to the binary first stage only"):
         sharded.search(query, 3, oversample=4)

@@ -90,7 +90,13 @@ def test_the_binary_method_searches_behind_the_binary_first_stage(tiny_bert, sel
     report = evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=("int8", "binary"),
                                          show_progress_bar=False, index=index)
     stages = [(asked["first_stage"], asked["oversample"]) for asked in index.asked]
-    assert stages == [("int8", None), ("binary", None)]  # binary: the default oversample
+    assert stages == [("int8", "auto"), ("binary", "auto")]  # binary: the default oversample
+    index.asked = []
+    evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=("binary",), show_progress_bar=False,
+                                index=index, oversample=3)
+    assert [(asked["first_stage"], asked["oversample"]) for asked in index.asked] == [("binary", 3)]
+    with pytest.raises(ValueError, match="oversample must be >= 1"):
+        evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=("binary",), index=index, oversample=0)
     assert report.metrics["binary"]["MRR@10"] == 1.0
     assert "binary" in evaluate.METHODS and "binary" not in evaluate.default_methods()
 

@@ -80,7 +80,7 @@ def test_bad_hybrid_arguments(searcher):
         HybridSearcher(hybrid.lexical, hybrid.index)
     with pytest.raises(ValueError, match="oversample must be >= 1"):
         hybrid.search(["a"], vectors[:1], 2, first_stage="binary", oversample=0)
-    with pytest.raises(TypeError, match="oversample must be an int"):
+    with pytest.raises(ValueError, match="oversample must be 'auto' or an int"):
         hybrid.search(["a"], vectors[:1], 2, first_stage="binary", oversample="x")
     with pytest.raises(ValueError, match="oversample .binary candidates per result. applies to the binary first stage only"):
         hybrid.search(["a"], vectors[:1], 2, oversample=3)

@@ -222,7 +222,7 @@ def test_search_with_the_binary_first_stage(client, store, queries):
     names = fastret.Store.open(store).doc_ids()
     texts = queries[:6]
     vectors = embed(client, texts)
-    for options in ({"oversample": 1}, {}, {"oversample": 1, "rescore": True}):
+    for options in ({"oversample": 1}, {}, {"oversample": "auto"}, {"oversample": 1, "rescore": True}):
         scores, ids = index.search(vectors, 3, first_stage="binary", **options)
         answer = client.post("/search", json={"queries": texts, "k": 3, "binary": True, **options})
         assert answer.status_code == 200, answer.text
@@ -353,9 +353,10 @@ BAD_REQUESTS = [
     ("POST", "/search", {"query": "x", "filter": {"mesh": {"$under": "C04"}}}, None, 422, r"\$under needs the MeSH tree"),
     ("POST", "/search", {"query": "x", "filter": [1]}, None, 422, "filter: Input should be a valid dictionary"),
     ("POST", "/search", {"query": "x", "binary": True, "oversample": 0}, None, 422,
-     "oversample: Input should be greater than or equal to 1"),
+     "oversample must be >= 1 .binary candidates per result. or 'auto', got 0"),
     ("POST", "/search", {"query": "x", "binary": True, "oversample": "x"}, None, 422,
-     "oversample: Input should be a valid integer"),
+     "oversample must be 'auto' or an int >= 1 .binary candidates per result., got 'x'"),
+    ("POST", "/search", {"query": "x", "binary": True, "oversample": 2.5}, None, 422, "oversample"),
     ("POST", "/search", {"query": "x", "oversample": 4}, None, 422,
      r"oversample \(binary candidates per result\) applies to the binary first stage only"),
     ("POST", "/search", {"query": "x", "binary": "yes"}, None, 422, "binary: Input should be a valid boolean"),

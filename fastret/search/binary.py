@@ -14,15 +14,34 @@ an integer (exact in float32: |score| <= dim * (2^B - 1) < 2^24), higher first, 
 id. B = 1 is dim - 2 * Hamming(sign(q), b); B >= 2 is an asymmetric score that keeps the query's
 magnitudes (benchmarks/binary_quality_nfcorpus.py measures how each B ranks).
 
-The defaults: the scan's cost grows with B (B planes per row: at 10M x 384 on 2 Zen 4 cores a
-batch runs about 2.7x the queries per second at B = 1 as at B = 4; a single query reads the bits
-at memory speed at any B), so the search uses the fewest query bits whose nDCG@10 on NFCorpus dev
-comes within 0.5% of exact int8 search at an oversample of at most 20, with the smallest such
-oversample: B = 1 (Hamming) at oversample 20 (0.999x exact int8 on dev, 0.996x on test; B = 4
-at oversample 10 gives 0.997x and 0.999x, at 2.7x the batch cost).
+The defaults come from benchmarks/binary_recall_scale.py (recall against exact int8 search at 100k,
+1M and 10M rows, on clustered vectors, planted neighbours and real MiniLM embeddings among
+distractors drawn from the Gaussian fitted to them; docs/search.md has the table and the picture).
+How many candidates keep the exact top 10 grows with the rows searched: the rows whose binary score
+beats a true neighbour's grow with the corpus. The rule: at each size, the smallest oversample of
+the grid with recall@10 >= 0.99 on every kind, at the query bits whose single query is then
+fastest. 4-bit queries rank well enough to need a few times fewer candidates than 1-bit ones
+(Hamming), which a single query pays for in re-ranking, while its scan reads the bits at memory
+speed at any B; so B = 4, and
+
+    at_c = AUTO_AT_1M * (rows / 1e6) ** AUTO_GROWTH                  what c = AUTO_C results need
+    auto_oversample(rows, c) = clip(max(ceil(at_c * (AUTO_C / c) ** AUTO_C_GROWTH),
+                                        min(ceil(at_c), AUTO_DEEP_FLOOR)), AUTO_MIN, AUTO_MAX)
+
+for c results per query. at_c is over the recall@10 needs (the embeddings need the most: 100 at
+100k, 400 at 1M, 2,000 at 10M: x4 and then x5 a decade of rows, the steeper growth kept for larger
+corpora), never below NFCorpus's 20 (benchmarks/binary_quality_nfcorpus.py: 3,633 documents, where
+c x oversample past the rows keeps them all). A deeper k needs fewer candidates per result:
+recall@100 >= 0.99 needed 200 at 1M and more than 400 at 10M (at_c x 10^-0.4 gives 200 and 998,
+which keep it), so that k = 100 does not cost more than exact search; but at 100k it needed 100,
+as much as recall@10 (the deep floor). A batch scans B planes per row, so 1-bit queries at an
+oversample of the user's choosing stay the cheapest batch setting (about 2.7x the queries per
+second of 4-bit ones at 10M x 384 on 2 Zen 4 cores) where lower recall is acceptable.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -30,10 +49,35 @@ from ..storage.sign_bits import words
 
 # Query levels beyond 8 bits gain nothing over the int8 codes a second stage reads anyway.
 MAX_QUERY_BITS = 8
-# Defaults of the binary first stage, chosen on NFCorpus dev by the rule in the module docstring
-# (benchmarks/binary_quality_nfcorpus.py applies it).
-DEFAULT_QUERY_BITS = 1
-DEFAULT_OVERSAMPLE = 20
+# Defaults of the binary first stage, chosen by the rule in the module docstring
+# (benchmarks/binary_recall_scale.py applies it).
+DEFAULT_QUERY_BITS = 4
+# oversample="auto": `auto_oversample` of the rows searched (constants from benchmarks/binary_recall_scale.py).
+AUTO = "auto"
+DEFAULT_OVERSAMPLE = AUTO
+AUTO_MIN = 20  # NFCorpus's oversample (benchmarks/binary_quality_nfcorpus.py): small corpora keep it
+AUTO_AT_1M = 500  # at 1M rows and c = AUTO_C
+AUTO_C = 10
+AUTO_C_GROWTH = 0.4  # per result: (AUTO_C / c) ** 0.4
+AUTO_DEEP_FLOOR = 100
+AUTO_GROWTH = 0.7  # x5 a decade of rows
+AUTO_MAX = 100_000
+
+
+def auto_oversample(rows: int, c: int) -> int:
+    """The oversample of oversample="auto" for a search of `rows` live rows keeping `c` results
+    (candidates) per query (module docstring: the rule and where its constants come from).
+
+    Raises:
+        ValueError: rows < 0, or c < 1.
+    """
+    if rows < 0:
+        raise ValueError(f"rows must be >= 0, got {rows}")
+    if c < 1:
+        raise ValueError(f"c must be >= 1 (results per query), got {c}")
+    at_c = AUTO_AT_1M * (max(rows, 1) / 1e6) ** AUTO_GROWTH  # what c = AUTO_C needs
+    deep_floor = min(math.ceil(at_c), AUTO_DEEP_FLOOR)
+    return int(min(max(AUTO_MIN, deep_floor, math.ceil(at_c * (AUTO_C / c) ** AUTO_C_GROWTH)), AUTO_MAX))
 
 
 def check_query_bits(query_bits: object) -> int:

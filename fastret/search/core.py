@@ -78,7 +78,7 @@ def _checked(queries, db_int8, db_scales, k, ids):
 
 
 def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any, c: int, q_floats: Any = None,
-                       allowed: Sequence[np.ndarray] | None = None, *, oversample: int | None = None):
+                       allowed: Sequence[np.ndarray] | None = None, *, oversample: int | str | None = None):
     """The top c of every segment together: the C++ core for numpy queries (`core_candidates`, or
     `binary_candidates` with an `oversample` from `check_first_stage`), torch on the queries'
     device for torch ones (`torch_candidates`); same arguments and results.
@@ -180,12 +180,16 @@ def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: 
 
 def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
                       q_floats: np.ndarray | None = None, allowed: Sequence[np.ndarray] | None = None, *,
-                      oversample: int, query_bits: int = binary.DEFAULT_QUERY_BITS):
+                      oversample: int | str = binary.DEFAULT_OVERSAMPLE, query_bits: int = binary.DEFAULT_QUERY_BITS):
     """The top c by int8 score among the top c x oversample by the binary first stage's score
     (fastret.search.binary), one call of the C++ core: the same arguments and results as
-    `core_candidates`, and `allowed` as bool masks or None only (no picked rows)."""
+    `core_candidates`, and `allowed` as bool masks or None only (no picked rows). An oversample of
+    "auto" is `binary.auto_oversample` of the live rows searched (those `allowed` passes)."""
     check_score_range(q_scales, max_scale(segments), q_codes.shape[1])
     masks = [None] * len(segments) if allowed is None else allowed
+    if oversample == binary.AUTO:
+        searched = sum(s.live_count if mask is None else int(np.count_nonzero(mask)) for s, mask in zip(segments, masks))
+        oversample = binary.auto_oversample(searched, c)
     planes = binary.query_planes(q_codes, query_bits)
     # c x oversample beyond the live rows keeps every live row, as an exact search would; capped at
     # the rows, so that no oversample, however large, overflows the core's sizes

@@ -12,7 +12,9 @@ global top c, and rescoring re-ranks the global top k x factor as `Index` does.
 
 The binary first stage (`first_stage="binary"`) is where shards differ from one index. One
 `Index` keeps the global top c x oversample rows by the binary score; here each shard keeps its
-own top c x oversample, which holds every row of the global ones that lies in that shard (both
+own top c x oversample (oversample="auto" is resolved here, from every shard's live rows: at
+least what one `Index` resolves it to, for it counts only the rows a filter passes), which holds
+every row of the global ones that lies in that shard (both
 stages rank by score, then by lower id, the same order everywhere). So the merged candidates are
 the top c by int8 score of a superset of one index's binary candidates:
 - identical to one `Index` over the same vectors when there is one shard, and when c x
@@ -50,6 +52,7 @@ from .. import checks
 from ..cpu import set_num_threads
 from ..storage import index_file, segment_files, store
 from ..storage.writer_lock import lock_path
+from . import binary
 from .filters import Filter, FilterError
 from .index import Index
 from .rules import (EMPTY_ID, SearchableBase, check_first_stage, check_rescore, merge_candidates, query_codes, rank,
@@ -108,7 +111,7 @@ class ShardServer:
         return self.applied, results
 
     def candidates(self, expected: int, queries: Any, c: int, exact: bool, filter: Filter | None = None,
-                   first_stage: str = "int8", oversample: int | None = None) -> tuple[int, tuple | None]:
+                   first_stage: str = "int8", oversample: int | str = "auto") -> tuple[int, tuple | None]:
         """(entries applied, `Index.candidates(queries, c, exact=exact, filter=filter,
         first_stage=first_stage, oversample=oversample)`), or (entries applied, None) without
         searching when that is not `expected`."""
@@ -291,7 +294,7 @@ class ShardedIndex(SearchableBase):
 
     @_serialized
     def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
-               filter: Any = None, first_stage: str = "int8", oversample: int | None = None):
+               filter: Any = None, first_stage: str = "int8", oversample: int | str = "auto"):
         """Exact top-k over every shard, identical to `Index.search` over the same vectors.
 
         Args, Returns: as `Index.search` (CPU queries only); a filter is a dict or a
@@ -313,7 +316,7 @@ class ShardedIndex(SearchableBase):
 
     @_serialized
     def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None,
-                   first_stage: str = "int8", oversample: int | None = None):
+                   first_stage: str = "int8", oversample: int | str = "auto"):
         """Every shard's top candidates merged: identical to `Index.candidates` over the same vectors
         (with first_stage="binary", as `search` says).
 
@@ -327,8 +330,10 @@ class ShardedIndex(SearchableBase):
         return self._candidates(queries, c, exact, checked, first_stage, check_first_stage(first_stage, oversample))
 
     def _candidates(self, queries: Any, c: int, exact: bool, filter: Filter | None, first_stage: str,
-                    oversample: int | None):
+                    oversample: int | str | None):
         c = checks.check_k(c, sum(self._live))
+        if oversample == binary.AUTO:  # every shard keeps what one Index over all of them would
+            oversample = binary.auto_oversample(sum(self._live), c)
         if exact:
             check_rescore(self.store_float16, queries, 1)
         if checks.is_torch(queries):

@@ -113,7 +113,7 @@ class HybridSearcher:
 
     def search(self, texts: Sequence[str], vectors: Any, k: int = 10, *, method: str = DEFAULT_METHOD,
                alpha: float = DEFAULT_ALPHA, candidates: int = DEFAULT_CANDIDATES, rescore: bool | None = None,
-               filter: Any = None, first_stage: str = "int8", oversample: int | None = None):
+               filter: Any = None, first_stage: str = "int8", oversample: int | str = "auto"):
         """Hybrid top-k for queries given both as text (BM25) and as vectors (dense).
 
         Args:

@@ -225,7 +225,7 @@ class Index(SearchableBase):
     # ------------------------------------------------------------------ searching
 
     def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
-               filter: Any = None, first_stage: str = "int8", oversample: int | None = None):
+               filter: Any = None, first_stage: str = "int8", oversample: int | str = "auto"):
         """Exact top-k by int8 inner product, optionally re-ranked with float dot products.
 
         Args:
@@ -249,9 +249,11 @@ class Index(SearchableBase):
                 (an eighth of the codes) are scanned for the best k x oversample by the binary
                 score (fastret.storage.sign_bits), and only those rows' int8 codes are read and ranked
                 exactly; numpy queries only (the C++ core).
-            oversample: binary candidates per result (int >= 1; default
-                fastret.search.binary.DEFAULT_OVERSAMPLE, chosen on NFCorpus dev). With rescoring, the
-                binary stage keeps k x rescore_factor x oversample rows.
+            oversample: binary candidates per result: "auto" (the default; it grows with the live
+                rows searched, those a filter passes, by fastret.search.binary.auto_oversample, so
+                that recall against exact int8 stays >= 0.99 at any size) or an int >= 1, to trade
+                recall for speed (docs/search.md shows the trade). With rescoring, the binary
+                stage keeps k x rescore_factor x oversample rows.
 
         Returns:
             (scores float32 [q, k], ids int64 [q, k]), best first; ties go to the lower id.
@@ -284,7 +286,7 @@ class Index(SearchableBase):
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
 
     def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None,
-                   first_stage: str = "int8", oversample: int | None = None):
+                   first_stage: str = "int8", oversample: int | str = "auto"):
         """The c best vectors of each query by int8 score, optionally with their float dot products.
 
         What `search(..., rescore=True)` re-ranks, exposed so that a sharded index
@@ -312,7 +314,7 @@ class Index(SearchableBase):
         return self._candidates(segments, queries, c, exact, allowed_rows(filter, segments), oversample)
 
     def _candidates(self, segments: tuple[Segment, ...], queries: Any, c: int, exact: bool,
-                    allowed: list[np.ndarray] | None, oversample: int | None = None):
+                    allowed: list[np.ndarray] | None, oversample: int | str | None = None):
         c = checks.check_k(c, _live(segments))
         if exact:
             check_rescore(self.store_float16, queries, 1)

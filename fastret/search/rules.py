@@ -114,10 +114,10 @@ class Searchable(Protocol):
     def __len__(self) -> int: ...
 
     def search(self, queries: Any, k: int = 10, *, rescore: bool = False, rescore_factor: int = 4,
-               filter: Any = None, first_stage: str = "int8", oversample: int | None = None): ...
+               filter: Any = None, first_stage: str = "int8", oversample: int | str = "auto"): ...
 
     def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None,
-                   first_stage: str = "int8", oversample: int | None = None): ...
+                   first_stage: str = "int8", oversample: int | str = "auto"): ...
 
     def contains(self, ids: Any, *, filter: Any = None) -> np.ndarray: ...
 
@@ -297,26 +297,30 @@ def float_products(float16: Any, queries: Any):
 FIRST_STAGES = ("int8", "binary")
 
 
-def check_first_stage(first_stage: Any, oversample: Any) -> int | None:
-    """The oversample a search with `first_stage` uses (None for "int8"), or a clear error.
+def check_first_stage(first_stage: Any, oversample: Any) -> int | str | None:
+    """The oversample a search with `first_stage` uses: None for "int8", else an int >= 1 or "auto"
+    (fastret.search.binary.auto_oversample picks it from the rows searched), or a clear error.
+    None and "auto" mean the default with either stage.
 
     Raises:
-        ValueError, TypeError: an unknown first stage, an oversample that is not an int >= 1, or
-            one given without first_stage="binary".
+        ValueError, TypeError: an unknown first stage, an oversample that is neither "auto" nor an
+            int >= 1, or a number given without first_stage="binary".
     """
     if first_stage not in FIRST_STAGES:
         raise ValueError(f"first_stage must be one of {', '.join(map(repr, FIRST_STAGES))}, got {first_stage!r}")
-    if first_stage == "int8":
-        if oversample is not None:
-            raise ValueError("oversample (binary candidates per result) applies to the binary first stage only: "
-                             "ask for it too (first_stage='binary', --binary, \"binary\": true) or drop oversample")
-        return None
-    if oversample is None:
-        return binary.DEFAULT_OVERSAMPLE
+    if oversample is None or (isinstance(oversample, str) and oversample == binary.AUTO):
+        return None if first_stage == "int8" else binary.AUTO
+    if isinstance(oversample, str):
+        raise ValueError(f"oversample must be {binary.AUTO!r} or an int >= 1 (binary candidates per result), "
+                         f"got {oversample!r}")
     if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)):
-        raise TypeError(f"oversample must be an int >= 1 (binary candidates per result), got {oversample!r}")
+        raise TypeError(f"oversample must be {binary.AUTO!r} or an int >= 1 (binary candidates per result), "
+                        f"got {oversample!r}")
+    if first_stage == "int8":
+        raise ValueError("oversample (binary candidates per result) applies to the binary first stage only: "
+                         "ask for it too (first_stage='binary', --binary, \"binary\": true) or drop oversample")
     if oversample < 1:
-        raise ValueError(f"oversample must be >= 1 (binary candidates per result), got {oversample}")
+        raise ValueError(f"oversample must be >= 1 (binary candidates per result) or {binary.AUTO!r}, got {oversample}")
     return int(oversample)
 
 

@@ -113,7 +113,7 @@ class TextSearch:
         return Filter(spec, mesh=self.mesh)
 
     def check(self, k: int = 10, *, filter: Any = None, rescore: bool | None = None, rescore_factor: int = 4,
-              hybrid: bool = False, first_stage: str = "int8", oversample: int | None = None,
+              hybrid: bool = False, first_stage: str = "int8", oversample: int | str = "auto",
               fusion: str | None = None, alpha: float | None = None, candidates: int | None = None) -> Filter | None:
         """Check a search's arguments (those of `rank`) without embedding or searching; returns the filter.
 
@@ -137,7 +137,7 @@ class TextSearch:
 
     def rank(self, texts: Sequence[str] | str, k: int = 10, *, vectors: Any = None, filter: Any = None,
              rescore: bool | None = None, rescore_factor: int = 4, hybrid: bool = False, first_stage: str = "int8",
-             oversample: int | None = None, fusion: str | None = None, alpha: float | None = None,
+             oversample: int | str = "auto", fusion: str | None = None, alpha: float | None = None,
              candidates: int | None = None, batch_size: int = 32, prompt_name: str | None = None):
         """The search as arrays: (scores float32 [q, k'], ids int64 [q, k']), k' = min(k, len(index)),
         best first, ties to the lower id, short rows padded with (-inf, -1).
@@ -153,7 +153,8 @@ class TextSearch:
             rescore_factor: candidates per result kept for rescoring (dense searches).
             hybrid: fuse with BM25 (fastret.search.hybrid); `fusion` ("rrf" or "weighted"), `alpha` and
                 `candidates` default to fastret.search.hybrid's, chosen on NFCorpus dev.
-            first_stage, oversample: "int8", or "binary" with its candidates per result (fastret.storage.sign_bits).
+            first_stage, oversample: "int8", or "binary" with its candidates per result ("auto" or an
+                int, as `Index.search` takes them).
             batch_size, prompt_name: how the encoder embeds the queries.
 
         Raises:

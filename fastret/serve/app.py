@@ -113,7 +113,9 @@ class SearchRequest(_Body):
     fields: Optional[List[str]] = None  # stored fields to return with each result
     hybrid: bool = False  # fuse with the store's BM25 index (fastret.search.hybrid defaults)
     binary: bool = False  # the binary first stage (Index.search(..., first_stage="binary"))
-    oversample: Optional[int] = Field(None, ge=1)  # its candidates per result (default fastret.storage.sign_bits's)
+    # its candidates per result: "auto" (the default, fastret.search.binary.auto_oversample) or an int >= 1,
+    # checked with the rest of the search (fastret.search.rules.check_first_stage)
+    oversample: Optional[Union[int, str]] = None
 
 
 # ---------------------------------------------------------------------------------- the service
