@@ -42,7 +42,7 @@ test: $(BUILT)
 # Benchmark-only baselines: FAISS (search), ONNX Runtime + onnx (sentence-transformers' ONNX
 # backend, exported without optimum, whose release would downgrade transformers).
 $(VENV)/.bench-deps: $(VENV)/.deps
-	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4" "usearch>=2.16" "onnxruntime>=1.17" "onnx>=1.15"
+	$(PIP) install -q "pytest-benchmark>=4" "faiss-cpu>=1.7.4" "usearch>=2.16" "onnxruntime>=1.17" "onnx>=1.15" "matplotlib>=3.5"
 	touch $@
 
 # Optional (root, Debian/Ubuntu): the aarch64 cross compiler and qemu-user with which
