@@ -155,7 +155,10 @@ def shard_bounds(n: int) -> list[int]:
 
 def write_store(directory: Path, n: int, dim: int, first_rows: np.ndarray | None, generator) -> None:
     """The store of `n` rows (shards already written with the right size are kept): `first_rows`
-    (float32, optional) at the start, then `generator.draw` rows, shard s from seed [SEED, s]."""
+    (float32, optional) at the start, then `generator.draw` rows, shard s from seed [SEED, s]. A
+    store of more rows is left as it is: its first shards are this one's."""
+    if (directory / store.MANIFEST).exists() and len(store.read_manifest(directory)["shards"]) >= len(shard_bounds(n)) - 1:
+        return
     directory.mkdir(parents=True, exist_ok=True)
     bounds = shard_bounds(n)
     for number, (first, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
