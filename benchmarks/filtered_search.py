@@ -39,7 +39,8 @@ import pyarrow as pa  # noqa: E402
 
 import fastret  # noqa: E402
 from fastret.storage import store  # noqa: E402
-from fastret.storage.fields import StoredFields, write_fields  # noqa: E402
+from fastret.storage.fields import StoredFields  # noqa: E402
+from fastret.storage.segment_files import add_fields  # noqa: E402
 from fastret.search.filters import Filter  # noqa: E402
 from harness import batch_seconds, cpu_info, finish, median_latency  # noqa: E402
 
@@ -96,7 +97,7 @@ def write_store(directory: Path, n: int, dim: int, shards: int) -> float:
         rows = np.arange(first, stop)
         years = YEARS[0] + rows * (YEARS[1] - YEARS[0] + 1) // n
         table = pa.table({"year": pa.array(years, pa.int64()), "draw": pa.array(rng.integers(0, DRAWS, len(rows)))})
-        write_fields(path, StoredFields(table, len(rows)))
+        add_fields(path, StoredFields(table, len(rows)))
         print(f"  shard {number}: rows {first:,} .. {stop:,}", flush=True)
     store.write_manifest(directory, {"dim": dim, "float16": False, "synthetic_seed": SEED}, complete=True,
                          shards=list(range(shards)))

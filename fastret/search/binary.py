@@ -34,9 +34,10 @@ corpora), never below NFCorpus's 20 (benchmarks/binary_quality_nfcorpus.py: 3,63
 c x oversample past the rows keeps them all). A deeper k needs fewer candidates per result:
 recall@100 >= 0.99 needed 200 at 1M and more than 400 at 10M (at_c x 10^-0.4 gives 200 and 998,
 which keep it), so that k = 100 does not cost more than exact search; but at 100k it needed 100,
-as much as recall@10 (the deep floor). A batch scans B planes per row, so 1-bit queries at an
-oversample of the user's choosing stay the cheapest batch setting (about 2.7x the queries per
-second of 4-bit ones at 10M x 384 on 2 Zen 4 cores) where lower recall is acceptable.
+as much as recall@10 (the deep floor). The rule is for one query: a batch scans B planes per row
+for every query and re-ranks every query's candidates, and at 10M x 384 on 2 Zen 4 cores a batch of
+200 at the defaults ran at half exact int8 search's queries per second (benchmarks/binary_search.py),
+where exact search computes a batch as matrix products: batches keep first_stage="int8".
 """
 
 from __future__ import annotations
