@@ -85,6 +85,9 @@ struct BitTiles {
   }
   size_t n_tiles() const { return first_tile.back(); }
   size_t n_rows() const { return first_row.back(); }
+  size_t segment_of_tile(size_t tile) const {
+    return static_cast<size_t>(std::upper_bound(first_tile.begin(), first_tile.end(), tile) - first_tile.begin()) - 1;
+  }
   size_t segment_of_row(size_t global_row) const {
     return static_cast<size_t>(std::upper_bound(first_row.begin(), first_row.end(), global_row) - first_row.begin()) - 1;
   }
@@ -165,8 +168,7 @@ std::vector<uint32_t> sampled_bounds(const SimdPath& path, const uint64_t* plane
   uint32_t distances[kBitTile];
   for (size_t i = 0; i < n_sampled; ++i) {
     const size_t tile = i * n_tiles / n_sampled;
-    const size_t segment = static_cast<size_t>(std::upper_bound(tiles.first_tile.begin(), tiles.first_tile.end(), tile) -
-                                               tiles.first_tile.begin()) - 1;
+    const size_t segment = tiles.segment_of_tile(tile);
     const Segment& seg = segments[segment];
     const size_t row0 = (tile - tiles.first_tile[segment]) * kBitTile;
     const size_t n_rows = std::min(kBitTile, seg.count - row0);

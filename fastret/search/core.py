@@ -86,11 +86,12 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
     `allowed` (a filter's bool mask per segment or None for every row, see fastret.search.filters)
     narrows the search to those rows (`narrowed` picks each segment's way): the results are those
     of an index holding only the allowed live rows, with min(c, such rows) columns (none when no
-    row passes).
+    row passes). An oversample of "auto" is `binary.auto_oversample` of those rows.
     """
     if oversample is not None and checks.is_torch(q_codes):
         raise ValueError("first_stage='binary' runs in the C++ core on the CPU: pass CPU queries, or search "
                          "GPU queries with first_stage='int8'")
+    passing = None
     if allowed is not None:
         # the binary first stage reads every row's bits, skipping those a filter leaves out
         pick = oversample is None and not checks.is_torch(q_codes)
@@ -105,6 +106,9 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
     if checks.is_torch(q_codes):
         return torch_backend.torch_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
     if oversample is not None:
+        if oversample == binary.AUTO:
+            searched = sum(s.live_count for s in segments) if passing is None else passing
+            oversample = binary.auto_oversample(searched, c)
         return binary_candidates(segments, q_codes, q_scales, c, q_floats, allowed, oversample=oversample)
     return core_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
 
@@ -180,16 +184,12 @@ def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: 
 
 def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
                       q_floats: np.ndarray | None = None, allowed: Sequence[np.ndarray] | None = None, *,
-                      oversample: int | str = binary.DEFAULT_OVERSAMPLE, query_bits: int = binary.DEFAULT_QUERY_BITS):
+                      oversample: int, query_bits: int = binary.DEFAULT_QUERY_BITS):
     """The top c by int8 score among the top c x oversample by the binary first stage's score
     (fastret.search.binary), one call of the C++ core: the same arguments and results as
-    `core_candidates`, and `allowed` as bool masks or None only (no picked rows). An oversample of
-    "auto" is `binary.auto_oversample` of the live rows searched (those `allowed` passes)."""
+    `core_candidates`, and `allowed` as bool masks or None only (no picked rows)."""
     check_score_range(q_scales, max_scale(segments), q_codes.shape[1])
     masks = [None] * len(segments) if allowed is None else allowed
-    if oversample == binary.AUTO:
-        searched = sum(s.live_count if mask is None else int(np.count_nonzero(mask)) for s, mask in zip(segments, masks))
-        oversample = binary.auto_oversample(searched, c)
     planes = binary.query_planes(q_codes, query_bits)
     # c x oversample beyond the live rows keeps every live row, as an exact search would; capped at
     # the rows, so that no oversample, however large, overflows the core's sizes
