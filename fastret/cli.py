@@ -121,22 +121,26 @@ def _encoder(args: argparse.Namespace):
 
 def _add_index(commands) -> None:
     parser = commands.add_parser(
-        "index", help="build one index file from a store or from float vectors (.npy); or a store's BM25 index "
-                      "or sign bits",
+        "index", help="build one index file from a store or from float vectors (.npy); or a store's BM25 index, "
+                      "sign bits or field indexes",
         description="Write one index file (int8 codes, scales, ids; document ids from a store; optional "
                     "float16 copies; sign bits for binary search) that Index.load maps from disk. Deleted "
                     "vectors are left out. With --bm25 --corpus, build the BM25 index of a store (for "
                     "`fastret search --hybrid`) from the corpus it was encoded from. With --binary, write the "
                     "sign bits (for `fastret search --binary`) of a store or index file written before "
-                    "fastret kept them.")
+                    "fastret kept them; with --field-indexes, the indexes of its stored fields (postings and "
+                    "sorted values, which filters read instead of scanning the fields).")
     parser.add_argument("source", type=Path, help="a store directory (fastret encode) or float vectors [n, d] (.npy); "
-                        "with --binary, a store directory or an index file")
+                        "with --binary or --field-indexes, a store directory or an index file")
     parser.add_argument("out", type=Path, nargs="?", default=None, help="index file to write")
     parser.add_argument("--bm25", action="store_true", help="build the store's BM25 index (needs --corpus)")
     parser.add_argument("--corpus", type=Path, default=None, help="the corpus the store was encoded from")
     parser.add_argument("--binary", action="store_true",
                         help="write the sign bits beside each shard of the store (or beside the index file) "
                              "where they are missing or stale")
+    parser.add_argument("--field-indexes", action="store_true",
+                        help="write the field indexes beside each shard with stored fields (or beside the index "
+                             "file) where they are missing, damaged or stale")
     parser.add_argument("--float16", action="store_true", help="keep float16 copies (.npy input) for rescoring")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.set_defaults(run=_run_index)
@@ -146,17 +150,21 @@ def _run_index(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .search.index import Index
+    from .storage import store
 
-    if args.binary and args.out is not None:
-        raise ValueError("--binary writes the sign bits of SOURCE in place (an index file written with OUT gets "
-                         "them anyway): drop OUT, or drop --binary")
-    if args.out is None and not args.bm25 and not args.binary:
+    for flag, what in (("binary", "sign bits"), ("field_indexes", "field indexes")):
+        if getattr(args, flag) and args.out is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} writes the {what} of SOURCE in place (an index file "
+                             f"written with OUT gets them anyway): drop OUT, or drop --{flag.replace('_', '-')}")
+    if args.out is None and not args.bm25 and not args.binary and not args.field_indexes:
         raise ValueError("nothing to do: pass an output index file, --bm25 --corpus CORPUS for a store, or --binary "
-                         "for a store's or index file's sign bits")
+                         "/ --field-indexes for a store's or index file's sign bits / field indexes")
     if args.bm25:
         _run_index_bm25(args)
     if args.binary:
-        _run_index_binary(args)
+        _run_index_sidecars(args, store.write_missing_bits, "sign bits", "bits_written")
+    if args.field_indexes:
+        _run_index_sidecars(args, store.write_missing_field_indexes, "field indexes", "field_indexes_written")
     if args.out is None:
         return 0
     if args.source.is_dir():
@@ -174,17 +182,17 @@ def _run_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_index_binary(args: argparse.Namespace) -> None:
-    from .storage.store import write_missing_bits
-
+def _run_index_sidecars(args: argparse.Namespace, write_missing, what: str, key: str) -> None:
+    """--binary / --field-indexes: `write_missing` (fastret.storage.store) on SOURCE, and what it wrote."""
     if not args.source.exists():
         raise FileNotFoundError(f"{args.source}: no such store directory or index file")
-    written = write_missing_bits(args.source, show_progress_bar=not args.json)
+    written = write_missing(args.source, show_progress_bar=not args.json)
     if args.json:
-        print(json.dumps({"source": str(args.source), "bits_written": [str(p) for p in written]}))
+        print(json.dumps({"source": str(args.source), key: [str(p) for p in written]}))
     else:
-        print(f"sign bits written for {len(written)} segment file(s) of {args.source}"
-              + ("" if written else " (all had them already)"))
+        print(f"{what} written for {len(written)} segment file(s) of {args.source}"
+              + ("" if written else " (all had them already, or have no stored fields)" if what == "field indexes"
+                 else " (all had them already)"))
 
 
 def _run_index_bm25(args: argparse.Namespace) -> None:

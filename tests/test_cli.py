@@ -121,6 +121,21 @@ def test_search_with_a_filter_shows_stored_fields(tmp_path, tiny_bert, capsys):
     assert "$under needs the MeSH tree" in capsys.readouterr().err
     assert cli.main([*search, "--mesh", str(tree)]) == 2
     assert "--mesh is for $under in --filter" in capsys.readouterr().err
+    # encode wrote the field indexes with the fields; a store from before them gets them from `index --field-indexes`
+    shards = sorted((tmp_path / "store").glob("shard-*.frt"))
+    indexes = sorted((tmp_path / "store").glob("shard-*.fields.index"))
+    assert len(indexes) == len(shards) == 3
+    for path in indexes:
+        path.unlink()
+    assert cli.main(["index", str(tmp_path / "store"), "--field-indexes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["field_indexes_written"] == [str(s) for s in shards]
+    assert sorted((tmp_path / "store").glob("shard-*.fields.index")) == indexes
+    assert cli.main(["index", str(tmp_path / "store"), "--field-indexes"]) == 0
+    assert "field indexes written for 0 segment file(s)" in capsys.readouterr().out
+    assert cli.main([*search, "--filter", '{"mesh": {"$under": "C04"}}', "--mesh", str(tree), "--json"]) == 0
+    assert [hit["id"] for hit in json.loads(capsys.readouterr().out)["results"]] == under
+    assert cli.main(["index", str(tmp_path / "store"), str(tmp_path / "x.frt"), "--field-indexes"]) == 2
+    assert "--field-indexes writes the field indexes of SOURCE in place" in capsys.readouterr().err
 
 
 def test_search_with_the_binary_first_stage(store, tiny_bert, capsys):

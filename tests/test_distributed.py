@@ -339,10 +339,11 @@ def test_save_writes_what_index_save_writes(sharded, corpus, tmp_path):
     store_dir = tmp_path / "store"
     store_dir.mkdir()
     sharded.save(store_dir)
-    # no part files left (nor their sign bits, fields or lock files)
+    # no part files left (nor their sign bits, fields, field indexes or lock files)
     crc = f"{fastret.storage.index_file.read_header(tmp_path / 'all.frt').data_crc:08x}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".all.frt.lock", "all.frt", f"all.frt.{crc}.bits",
-                                                          f"all.frt.{crc}.fields.arrow", "store"]
+                                                          f"all.frt.{crc}.fields.arrow", f"all.frt.{crc}.fields.index",
+                                                          "store"]
     for saved in (fastret.Index.load(tmp_path / "all.frt"), fastret.Index.load(store_dir)):
         assert len(saved) == len(reference)
         assert_same(saved.search(queries, 9, rescore=True), reference.search(queries, 9, rescore=True))

@@ -19,7 +19,7 @@ import numpy as np
 from .. import _core, checks
 from ..quant import quantized_vectors
 from ..storage.segment import Segment
-from . import binary, torch_backend
+from . import binary, row_sets, torch_backend
 from .rules import check_score_range, float_products, max_scale, rank
 
 # A segment whose passing live rows are fewer than this fraction of its rows is searched by reading
@@ -120,40 +120,47 @@ def narrowed(segments: Sequence[Segment], allowed: Sequence[np.ndarray | None], 
     A segment without a passing live row is left out; one whose every live row passes is searched
     with its plain deletion bitmap (selection None); with `pick`, one whose passing live rows are
     fewer than PICK_FRACTION of its rows gets those rows (int64, ascending: the core reads only
-    them, so the search's cost follows them); the others keep their bool mask (deleted | not
-    allowed skipped by the core). Results over the segments returned are those over the allowed
-    live rows of `segments`, id for id and score for score.
+    them, so the search's cost follows them); the others get a bool mask (deleted | not allowed
+    skipped by the core). Results over the segments returned are those over the allowed live rows
+    of `segments`, id for id and score for score.
 
     Args:
         segments: the segments searched.
-        allowed: per segment a bool mask over its rows, or None (every row).
-        pick: give few passing rows as a row list (the C++ core; the torch backend picks rows
-            from its device copies with the mask instead).
+        allowed: per segment its allowed rows as a row set (fastret.search.row_sets: int64
+            ascending rows or a bool mask over its rows), or None (every row).
+        pick: give few passing rows as a row list (the C++ core; the torch backend and the
+            binary first stage take masks).
     """
+    live = [selection if selection is None or not segment.deleted_count else _live_only(segment, selection)
+            for segment, selection in zip(segments, allowed)]
+    counts = [segment.live_count if selection is None else row_sets.count(selection)
+              for segment, selection in zip(segments, live)]
+    few = [number for number, (segment, selection, count) in enumerate(zip(segments, live, counts))
+           if pick and selection is not None and not row_sets.is_rows(selection)
+           and 0 < count < PICK_FRACTION * len(segment)]
+    if few:  # masks that pass few rows: their rows, in one call of the core
+        for number, rows in zip(few, _core.picked_rows([np.ascontiguousarray(live[i], bool) for i in few])):
+            live[number] = rows
     kept: list[Segment] = []
     selections: list[np.ndarray | None] = []
-    passing = 0
-    allowed = [mask if mask is None or not segment.deleted_count else mask & ~segment.deleted_mask()
-               for segment, mask in zip(segments, allowed)]
-    counts = [segment.live_count if mask is None else int(np.count_nonzero(mask))
-              for segment, mask in zip(segments, allowed)]
-    few = [number for number, (segment, mask, count) in enumerate(zip(segments, allowed, counts))
-           if pick and mask is not None and 0 < count < PICK_FRACTION * len(segment)]
-    picked: list = [None] * len(segments)  # the rows of the masks that pass few
-    if few:
-        found = _core.picked_rows([np.ascontiguousarray(allowed[i], bool) for i in few])
-        for number, rows in zip(few, found):
-            picked[number] = rows
-    for segment, mask, rows, count in zip(segments, allowed, picked, counts):
-        passing += count
+    for segment, selection, count in zip(segments, live, counts):
         if count == 0:
             continue
         kept.append(segment)
         if count == segment.live_count:
             selections.append(None)
+        elif pick and row_sets.is_rows(selection) and count < PICK_FRACTION * len(segment):
+            selections.append(selection)
         else:
-            selections.append(rows if rows is not None else mask)
-    return kept, selections, passing
+            selections.append(row_sets.as_mask(selection, len(segment)))
+    return kept, selections, sum(counts)
+
+
+def _live_only(segment: Segment, selection: np.ndarray) -> np.ndarray:
+    """The row set `selection` of `segment` without its deleted rows."""
+    if row_sets.is_rows(selection):
+        return selection[~segment.is_deleted(selection)]
+    return selection & ~segment.deleted_mask()
 
 
 def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,

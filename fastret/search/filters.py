@@ -19,15 +19,29 @@ element is in the list, and a row without the field passes both); a row without 
 every other comparison. Numbers compare with numbers and strings with strings; anything else is
 an error naming the part of the filter, as are unknown fields and operators.
 
-`Filter(spec, mesh=tree)` parses and checks a filter once; `allowed_rows` compiles it per segment
-to a bool mask over the segment's rows, vectorised over the Arrow columns (pyarrow.compute), or
-to None for a segment whose every row passes. Before a segment's rows are read, the numeric
-columns' statistics (`StoredFields.stats`: min, max, nulls, NaNs, kept in the fields file) decide
-what they can: a comparison or `$in` on a number field that no row (or every row) of the segment
-can pass needs no rows at all, so a year range on year-ordered shards reads only the shards that
-straddle its bounds. `Filter.masks` is that evaluation on its own (to time it apart from the
-search). The search then skips segments with no passing row and picks a path for the others
-(fastret.search.core.narrowed): results are exact over the allowed rows, never a post-filter.
+`Filter(spec, mesh=tree)` parses and checks a filter once (`$under` expanded to its descriptors
+then); `Filter.masks` evaluates it once per call, for every segment, and the search shares the
+result among all its queries. Per segment, in this order:
+
+1. The numeric columns' statistics (`StoredFields.stats`: min, max, nulls, NaNs, kept in the fields
+   file) decide what they can: a comparison or `$in` that no row (or every row) of the segment can
+   pass reads nothing, so a year range on year-ordered shards touches only the shards that
+   straddle its bounds.
+2. A field with an index (fastret.storage.field_index, written with the fields) answers from it in
+   time proportional to its matches: `$eq $in` (and `$under`, a union of postings) from a string
+   field's postings; comparisons and `$in` on a number field from its sorted values; `$exists`
+   from the rows without a value. `$ne $nin $not` are complements, `$and $or` combine row sets
+   (fastret.search.row_sets: a sorted row list or a mask, the cheaper for the count; an `$and`
+   starts from its rarest part).
+3. Anything else scans the Arrow column, vectorised (pyarrow.compute): string ordering
+   (`$gt` on strings), booleans, lists of numbers, free text (a string field with a distinct value
+   per row is not indexed), and fields written before field indexes were kept
+   (`fastret index --field-indexes` writes them).
+
+The result per segment is a row set (ascending int64 rows, or a bool mask) or None (every row
+passes); the search skips segments with no passing row and hands the core the rows themselves when
+few pass, so its cost follows them too (fastret.search.core.narrowed): results are exact over the
+allowed rows, never a post-filter. `Filter.masks` is that evaluation on its own (to time it apart).
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ import numpy as np
 
 from ..storage.fields import ID_FIELD, ColumnStats, require_arrow
 from ..storage.segment import Segment
+from . import field_lookup, row_sets
 
 MAX_IN_VALUES = 100_000  # values in one $in / $nin list; a larger allow-list: pass a bool mask
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
@@ -50,9 +65,10 @@ _ORDERED = {"$gt": "greater", "$gte": "greater_equal", "$lt": "less", "$lte": "l
 
 
 class SegmentMasks(list):
-    """A filter evaluated over a list of segments (`Filter.masks`): per segment, a bool mask over
-    its rows (deleted ones included) or None when every row passes. `search(..., filter=masks)`
-    takes it as it is, so evaluating a filter can be timed apart from searching."""
+    """A filter evaluated over a list of segments (`Filter.masks`): per segment, the rows that pass
+    (deleted ones included) as a row set (fastret.search.row_sets: int64 ascending rows, or a bool
+    mask over its rows), or None when every row passes. `search(..., filter=masks)` takes it as it
+    is, so evaluating a filter can be timed apart from searching."""
 
 
 class FilterError(ValueError):
@@ -185,13 +201,14 @@ class Filter:
                 field, say), naming the part.
         """
         found = _evaluate(self.root, segment)
-        return np.full(len(segment), found) if isinstance(found, bool) else found
+        return np.full(len(segment), found) if isinstance(found, bool) else row_sets.as_mask(found, len(segment))
 
     def masks(self, segments: Sequence[Segment]) -> SegmentMasks:
         """The filter evaluated over `segments` (e.g. `index.segments`), what `search(...,
         filter=masks)` then takes without evaluating it again: per segment, None when every row
-        passes, else a bool [len(segment)] mask (deleted rows included). Segments that the
-        columns' statistics decide are not read.
+        passes, else the passing rows (deleted ones included) as int64 ascending rows or a bool
+        [len(segment)] mask, whichever is cheaper (fastret.search.row_sets). Segments that the
+        columns' statistics decide are not read; indexed fields are answered from their indexes.
 
         Raises:
             FilterError: as `mask`, and for a field that no segment stores.
@@ -208,7 +225,7 @@ class Filter:
         out = SegmentMasks()
         for segment in segments:
             found = _evaluate(self.root, segment)
-            out.append((None if found else np.zeros(len(segment), bool)) if isinstance(found, bool) else found)
+            out.append((None if found else np.empty(0, np.int64)) if isinstance(found, bool) else found)
         return out
 
 
@@ -227,25 +244,24 @@ def _under(mesh: Any, value: Any, path: str) -> tuple:
 
 
 def _evaluate(node: tuple, segment: Segment) -> np.ndarray | bool:
-    """bool [len(segment)], or one bool for every row when the statistics decide (`_decide`)."""
+    """The passing rows of `segment` as a row set (fastret.search.row_sets), or one bool for every
+    row when the statistics decide (`_decide`)."""
     decided = _decide(node, segment)
     if decided is not None:
         return decided
-    kind = node[0]
+    kind, n = node[0], len(segment)
     if kind in ("and", "or"):
-        out = None
-        for part in node[1]:
-            found = _evaluate(part, segment)
-            if isinstance(found, bool):  # undecided as a whole, so this part neither ends nor is all
-                continue
-            out = found if out is None else (out & found if kind == "and" else out | found)
-        return out
+        # a part decided alone is undecided as a whole here, so it neither ends the rest nor is all of it
+        parts = [found for part in node[1] if not isinstance(found := _evaluate(part, segment), bool)]
+        return row_sets.intersection(parts, n) if kind == "and" else row_sets.union(parts, n)
     if kind == "not":
-        return ~_evaluate(node[1], segment)
+        return row_sets.complement(_evaluate(node[1], segment), n)
     field = node[1]
     if field == ID_FIELD:
         return _evaluate_ids(node, np.asarray(segment.ids))
-    return _evaluate_column(node, segment.fields.column(field), len(segment))
+    index = None if segment.field_index is None else segment.field_index.get(field)
+    found = None if index is None else field_lookup.lookup(node, index, n)
+    return _evaluate_column(node, segment.fields.column(field), n) if found is None else found
 
 
 def _decide(node: tuple, segment: Segment) -> bool | None:
@@ -377,10 +393,23 @@ def _evaluate_column(node: tuple, column: Any, n: int) -> np.ndarray:
     return out
 
 
+def _is_row_set(selection: Any, n: int) -> bool:
+    """True for None, a bool [n] mask or int64 rows strictly ascending in [0, n)."""
+    if selection is None:
+        return True
+    if not isinstance(selection, np.ndarray) or selection.ndim != 1:
+        return False
+    if selection.dtype == bool:
+        return len(selection) == n
+    return (selection.dtype == np.int64 and (len(selection) == 0 or (
+        selection[0] >= 0 and selection[-1] < n and bool(np.all(selection[1:] > selection[:-1])))))
+
+
 def allowed_rows(filter: Any, segments: Sequence[Segment], *,
                  mesh: Any = None) -> list[np.ndarray | None] | None:
-    """Compile a search's `filter` to one entry per segment: a bool mask over its rows, or None
-    when every row passes (None for the whole list: no filter).
+    """Compile a search's `filter` to one entry per segment: its passing rows as a row set
+    (fastret.search.row_sets: int64 ascending rows or a bool mask over its rows), or None when
+    every row passes (None for the whole list: no filter).
 
     Args:
         filter: None; a `Filter`; a dict in the JSON operator form (parsed with `mesh`); a
@@ -404,12 +433,10 @@ def allowed_rows(filter: Any, segments: Sequence[Segment], *,
         return [filter[a:b] for a, b in zip(starts[:-1], starts[1:])]
     if isinstance(filter, SegmentMasks):
         lengths = [len(s) for s in segments]
-        if len(filter) != len(segments) or not all(
-                m is None or (isinstance(m, np.ndarray) and m.dtype == bool and m.shape == (n,))
-                for m, n in zip(filter, lengths)):
-            raise FilterError(f"filter masks must hold one bool mask (or None: every row) per segment, of "
-                              f"{lengths} rows; got {len(filter)} for other segments: evaluate the filter "
-                              "with Filter.masks(index.segments) on the segments searched")
+        if len(filter) != len(segments) or not all(_is_row_set(m, n) for m, n in zip(filter, lengths)):
+            raise FilterError(f"filter masks must hold one row set (a bool mask, or int64 ascending rows) or None "
+                              f"(every row) per segment, of {lengths} rows; got {len(filter)} for other segments: "
+                              "evaluate the filter with Filter.masks(index.segments) on the segments searched")
         return filter
     if isinstance(filter, dict):
         filter = Filter(filter, mesh=mesh)

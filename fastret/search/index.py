@@ -28,6 +28,7 @@ from ..storage.fields import StoredFields, concatenate
 from ..storage.index_file import IndexArrays
 from ..storage.segment import Segment, SegmentBuilder
 from ..storage.writer_lock import DEFAULT_TIMEOUT, ConcurrentWriteError, writer_lock
+from . import row_sets
 from .core import segment_candidates
 from .filters import allowed_rows
 from .rules import EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates
@@ -281,8 +282,8 @@ class Index(SearchableBase):
         live = []
         for number, segment in enumerate(segments):
             rows = segment.live_rows_of(unique)
-            mask = None if allowed is None else allowed[number]
-            live.append(segment.ids[rows if mask is None else rows[mask[rows]]])
+            selection = None if allowed is None else allowed[number]
+            live.append(segment.ids[rows if selection is None else rows[row_sets.member(selection, rows)]])
         return np.isin(wanted, np.concatenate(live) if live else np.empty(0, np.int64))
 
     def candidates(self, queries: Any, c: int, *, exact: bool = False, filter: Any = None,

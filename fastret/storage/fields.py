@@ -145,7 +145,9 @@ class StoredFields:
         """`ColumnStats` of field `name`, or None when it is missing or not a numeric column (a list,
         a string). Kept from the fields file when it was read from one, else computed once."""
         if name not in self._stats:
-            self._stats[name] = _column_stats(self.column(name))
+            column_type = self.column_type(name)
+            numeric = column_type is not None and (pa.types.is_integer(column_type) or pa.types.is_floating(column_type))
+            self._stats[name] = _column_stats(self.column(name)) if numeric else None
         return self._stats[name]
 
     def rows(self, rows: np.ndarray, names: Sequence[str] | None = None) -> list[dict]:

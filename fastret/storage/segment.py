@@ -11,6 +11,8 @@ search that took the old one finishes on a consistent state.
     doc_ids  n document-id strings, optional (fastret.storage.doc_ids)
     deleted  uint64  [ceil(n / 64)] bitmap, bit r of word r // 64 set when row r is deleted; or None
     fields   stored fields of the n rows (fastret.storage.fields.StoredFields), optional
+    field_index  their postings and sorted values (fastret.storage.field_index.FieldIndex), mapped
+             from the file beside an index file, or None (filters then scan the columns)
     bits     uint64  [ceil(n / 8), words(dim), 8] sign bits for the binary first stage, in the
              kernels' blocked layout (fastret.storage.sign_bits):
              mapped from the file beside an index file (fastret.storage.bits_file), kept by the in-memory
@@ -34,6 +36,7 @@ import numpy as np
 
 from . import index_file, sign_bits
 from .doc_ids import ListDocIds
+from .field_index import FieldIndex
 from .fields import StoredFields, concatenate
 
 
@@ -53,6 +56,7 @@ class Segment:
     bits: np.ndarray | None = None
     mapped_file: tuple[int, int] | None = None  # (st_dev, st_ino) of `path` when its codes were mapped
     deleted_file: Path | None = None  # the deletion file `deleted` was read from, while no row was deleted since
+    field_index: FieldIndex | None = None
 
     def __len__(self) -> int:
         return len(self.codes)

@@ -4,6 +4,8 @@
                                     copies, document ids
     index.frt.<crc>.bits            its sign bits, for the binary first stage (fastret.storage.bits_file)
     index.frt.<crc>.fields.arrow    its stored fields (fastret.storage.fields)
+    index.frt.<crc>.fields.index    their field indexes: postings and sorted values, which filters
+                                    read instead of the columns (fastret.storage.field_index)
     shard-00000.frt.g<N>.deleted    a store shard's deleted rows as of store generation N; the
                                     store's manifest names the current one (fastret.storage.store)
 
@@ -35,18 +37,20 @@ from . import index_file
 from .atomic import atomic_write, remove_paths, remove_stale_temporaries
 from .bits_file import read_bits, write_bits
 from .doc_ids import PackedDocIds
+from .field_index import read_field_index, write_field_index
 from .fields import StaleFieldsError, StoredFields, read_fields, write_fields
 from .segment import Segment, bitmap
 
 BITS = "bits"
 FIELDS = "fields.arrow"
+FIELD_INDEX = "fields.index"
 DELETED = "deleted"
-_SIDECAR = re.compile(r"\.(?:(?P<crc>[0-9a-f]{8})\.(?P<keyed>bits|fields\.arrow)|(?P<legacy>bits|fields\.arrow|deleted)"
-                      r"|g(?P<generation>\d+)\.deleted)")
+_SIDECAR = re.compile(r"\.(?:(?P<crc>[0-9a-f]{8})\.(?P<keyed>bits|fields\.arrow|fields\.index)"
+                      r"|(?P<legacy>bits|fields\.arrow|deleted)|g(?P<generation>\d+)\.deleted)")
 
 
 def sidecar_path(path: str | os.PathLike, header: index_file.Header, kind: str) -> Path:
-    """Where the `kind` (BITS or FIELDS) sidecar of this version (`header`) of the segment file `path` goes."""
+    """Where the `kind` (BITS, FIELDS or FIELD_INDEX) sidecar of this version (`header`) of the segment file `path` goes."""
     path = Path(path)
     return path.with_name(f"{path.name}.{header.data_crc:08x}.{kind}")
 
@@ -91,7 +95,7 @@ def sidecars(path: str | os.PathLike, names: Sequence[str] | None = None) -> dic
 
 def write_segment(path: str | os.PathLike, arrays: index_file.IndexArrays, bits: np.ndarray | None = None,
                   fields: StoredFields | None = None) -> index_file.Header:
-    """Write a segment file and its sidecars (sign bits; stored fields if any), committed together
+    """Write a segment file and its sidecars (sign bits; stored fields and their indexes if any), committed together
     by the segment file's rename; then remove the sidecars of the version it replaced.
 
     Args:
@@ -114,6 +118,9 @@ def write_segment(path: str | os.PathLike, arrays: index_file.IndexArrays, bits:
             write_fields(sidecar_path(path, header, FIELDS), header, fields)
         else:  # same checksum as the version replaced (the same vectors): its fields must not stay
             sidecar_path(path, header, FIELDS).unlink(missing_ok=True)
+        if fields is None or fields.table is None or not write_field_index(
+                sidecar_path(path, header, FIELD_INDEX), header, fields):
+            sidecar_path(path, header, FIELD_INDEX).unlink(missing_ok=True)
     remove_paths(stale_sidecars(path, header, after_save=True))
     return header
 
@@ -123,22 +130,43 @@ def add_bits(path: str | os.PathLike) -> bool:
     missing, damaged or stale; True when they were written."""
     path = Path(path)
     header = index_file.read_header(path)
-    found = find_sidecar(path, header, BITS)
-    if found is not None:
-        try:
-            if read_bits(found[0], header, verify=True) is not None:
-                return False
-        except index_file.IndexFileError:
-            pass  # damaged: made again below
+    if _has_sound_sidecar(path, header, BITS, read_bits):
+        return False
     write_bits(sidecar_path(path, header, BITS), header, index_file.read(path, mmap=True, verify=False).codes)
     return True
 
 
 def add_fields(path: str | os.PathLike, fields: StoredFields) -> None:
-    """Write the stored fields of the segment file `path` (already written) beside it."""
+    """Write the stored fields of the segment file `path` (already written) beside it, and their indexes."""
     path = Path(path)
     header = index_file.read_header(path)
     write_fields(sidecar_path(path, header, FIELDS), header, fields)
+    if not write_field_index(sidecar_path(path, header, FIELD_INDEX), header, fields):
+        sidecar_path(path, header, FIELD_INDEX).unlink(missing_ok=True)
+
+
+def add_field_index(path: str | os.PathLike) -> bool:
+    """Write the field indexes of the segment file `path` from its stored fields where they are
+    missing, damaged or stale (fields written before fastret kept them); True when written."""
+    path = Path(path)
+    header = index_file.read_header(path)
+    found_fields = find_sidecar(path, header, FIELDS)
+    if found_fields is None or _has_sound_sidecar(path, header, FIELD_INDEX, read_field_index):
+        return False
+    fields = read_fields(found_fields[0], path, header, mmap=True, verify=True)
+    return write_field_index(sidecar_path(path, header, FIELD_INDEX), header, fields)
+
+
+def _has_sound_sidecar(path: Path, header: index_file.Header, kind: str, read) -> bool:
+    """True when this version of `path` has a `kind` sidecar that `read` (verifying) accepts: not
+    missing, stale (None) or damaged (IndexFileError), which a writer then makes again."""
+    found = find_sidecar(path, header, kind)
+    if found is None:
+        return False
+    try:
+        return read(found[0], header, verify=True) is not None
+    except index_file.IndexFileError:
+        return False
 
 
 def has_sidecar(path: str | os.PathLike, kind: str) -> bool:
@@ -173,6 +201,9 @@ def open_segment(path: str | os.PathLike, mmap: bool = True, verify: bool = True
             if not found[1]:
                 raise
             # an old-named fields file of the version this save replaced: a leftover, not this version's
+    field_index = None
+    if fields is not None and (found := find_sidecar(path, header, FIELD_INDEX)) is not None:
+        field_index = read_field_index(found[0], header, mmap=mmap, verify=verify)
     bits = None
     if (found := find_sidecar(path, header, BITS)) is not None:
         bits = read_bits(found[0], header, mmap=mmap, verify=verify)
@@ -186,7 +217,7 @@ def open_segment(path: str | os.PathLike, mmap: bool = True, verify: bool = True
         mask = bitmap(rows)
     status = path.stat()
     return Segment(arrays.codes, arrays.scales, arrays.ids, arrays.float16, doc_ids, path, mask,
-                   len(deleted_rows), fields=fields, bits=bits, mapped_file=(status.st_dev, status.st_ino),
+                   len(deleted_rows), fields=fields, field_index=field_index, bits=bits, mapped_file=(status.st_dev, status.st_ino),
                    deleted_file=deleted)
 
 

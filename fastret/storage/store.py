@@ -88,6 +88,19 @@ def write_missing_bits(path: str | os.PathLike, show_progress_bar: bool = False)
         FileNotFoundError: no such file or directory.
         StoreError, IndexFileError (ValueErrors): not a store or index file, or a corrupted one.
     """
+    return _write_missing(path, segment_files.add_bits, "sign bits", show_progress_bar)
+
+
+def write_missing_field_indexes(path: str | os.PathLike, show_progress_bar: bool = False) -> list[Path]:
+    """Make the field indexes of a store's shards, or of one index file, where they have stored
+    fields but no sound, current field index: fields written before fastret kept them
+    (`fastret index --field-indexes`); returns the segment files whose indexes were written.
+    Arguments and errors as `write_missing_bits`."""
+    return _write_missing(path, segment_files.add_field_index, "field indexes", show_progress_bar)
+
+
+def _write_missing(path: str | os.PathLike, add, what: str, show_progress_bar: bool) -> list[Path]:
+    """`add(file)` for each segment file of a store or the one index file `path`, under the writer lock."""
     path = Path(path)
     if path.is_dir():
         read_manifest(path)
@@ -98,8 +111,7 @@ def write_missing_bits(path: str | os.PathLike, show_progress_bar: bool = False)
     from tqdm.auto import tqdm
 
     with writer_lock(path):
-        return [file for file in tqdm(files, unit="segment", desc="sign bits", disable=not show_progress_bar)
-                if segment_files.add_bits(file)]
+        return [file for file in tqdm(files, unit="segment", desc=what, disable=not show_progress_bar) if add(file)]
 
 
 def finished_shards(directory: Path) -> list[int]:
