@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 # Public names whose modules import torch (and triton or transformers): loaded on first use.
 _ON_FIRST_USE = {
     "Encoder": ".encode.encoder",
+    "Reranker": ".rerank.reranker",
     "mesh_similarity": ".kernels.mesh_similarity",
     "mesh_similarity_ref": ".kernels.mesh_similarity",
     "pool_normalize": ".kernels.pooling",
@@ -43,6 +44,7 @@ __all__ = [
     "Encoder",
     "Index",
     "MeshTree",
+    "Reranker",
     "Store",
     "UnknownMeshLabelWarning",
     "available_simd_paths",

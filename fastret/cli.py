@@ -289,6 +289,13 @@ def _add_search(commands) -> None:
     parser.add_argument("--mesh", type=Path, default=None, help="the MeSH tree file for $under in --filter")
     parser.add_argument("--show", default=None, metavar="FIELDS",
                         help="print these stored fields of each result (comma-separated, e.g. title,year)")
+    parser.add_argument("--reranker", type=Path, default=None, metavar="MODEL",
+                        help="re-rank the top --rerank-top results with this cross-encoder (a sequence-"
+                             "classification model with one label, e.g. MedCPT-Cross-Encoder) over each "
+                             "document's stored title and text (a store encoded with --fields)")
+    parser.add_argument("--rerank-top", type=_positive_int, default=None,
+                        help="candidates re-ranked per query, with --reranker (default 100, at least -k)")
+    parser.add_argument("--reranker-preset", default=None, help="the cross-encoder's preset (medcpt-cross)")
     _add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout, one per query")
     _add_ray_options(parser)
@@ -307,12 +314,19 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError("no queries: pass query texts or --queries-file")
     if args.mesh is not None and args.filter is None:
         raise ValueError("--mesh is for $under in --filter; pass --filter too")
+    if args.reranker is None and (args.rerank_top is not None or args.reranker_preset is not None):
+        raise ValueError("--rerank-top and --reranker-preset are for re-ranking: pass --reranker MODEL too")
     options = {"filter": args.filter, "rescore": args.rescore or None, "hybrid": args.hybrid,
                "first_stage": "binary" if args.binary else "int8", "oversample": args.oversample,
-               "fusion": args.fusion, "alpha": args.alpha, "candidates": args.candidates}
+               "fusion": args.fusion, "alpha": args.alpha, "candidates": args.candidates,
+               "rerank": args.reranker is not None, "rerank_top": args.rerank_top}
     show = None if args.show is None else _comma_list(args.show)
     search = TextSearch.open(args.index, mesh=args.mesh, **_ray_options(args))
-    options["filter"] = search.check(args.k, **options)  # bad arguments fail before the model loads
+    if args.reranker is not None:
+        from .rerank.reranker import Reranker
+
+        search.reranker = Reranker(args.reranker, device=args.device, preset=args.reranker_preset)
+    options["filter"] = search.check(args.k, **options)  # bad arguments fail before the query model loads
     search.encoder = _encoder(args)
     results = search.search(list(texts.values()), args.k, fields=show, batch_size=args.batch_size,
                             prompt_name=args.prompt_name, **options)

@@ -128,3 +128,20 @@ def ray_session():
 def sidecar(segment_path, kind="bits"):
     """The `kind` sidecar ("bits" or "fields.arrow") of the segment file's current version."""
     return segment_files.sidecar_path(segment_path, index_file.read_header(segment_path), kind)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory, minilm_path):
+    """A 2-layer BERT cross-encoder (one logit) with random weights and MiniLM's tokenizer."""
+    import shutil
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    directory = tmp_path_factory.mktemp("tiny-cross-encoder")
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_path / name, directory / name)
+    return directory

@@ -73,7 +73,7 @@ def test_quantize_options_are_checked(tiny_bert):
 
 @pytest.mark.parametrize("sets", [[], ["avx512_bf16"], ["amx_bf16"]])
 def test_auto_dtype_picks_bf16_only_with_bf16_instructions(tiny_bert, monkeypatch, sets):
-    monkeypatch.setattr(fastret.encode.encoder, "bf16_instruction_sets", lambda: sets)
+    monkeypatch.setattr(fastret.encode.loading, "bf16_instruction_sets", lambda: sets)
     auto = fastret.Encoder(tiny_bert, device="cpu", dtype="auto")
     assert auto.dtype == (torch.bfloat16 if sets else torch.float32)
     assert fastret.Encoder(tiny_bert, device="cpu").dtype == torch.float32

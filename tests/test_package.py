@@ -274,6 +274,7 @@ WINGS = [
     ("evaluation", ("fastret.evaluate", "fastret.bench")),
     ("serve", ("fastret.serve",)),
     ("train", ("fastret.train",)),
+    ("rerank", ("fastret.rerank",)),
     ("encode", ("fastret.encode",)),
     ("search", ("fastret.search",)),
     ("storage", ("fastret.storage",)),

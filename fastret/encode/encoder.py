@@ -10,24 +10,19 @@ Pipeline for one call:
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..cpu import bf16_instruction_sets
 from ..kernels.pooling import pool_normalize
 from .batches import collate, plan_batches, prefetch, warn_about_inputs
 from .corpus_to_store import encode_corpus, torchrun_env
 from .int8_linear import quantize_linear_layers
-from .model_dir import read_model_dir
+from .loading import check_quantize, first_given, load_model, locate_model, resolve_dtype, truncating_tokenizer
 from .presets import POOLING_MODES, get_preset
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 PRECISIONS = ("float32", "int8")
-QUANTIZE_MODES = ("int8",)
 # Texts tokenized at a time by `Encoder.embed` on a GPU, one such chunk ahead of the model (on the
 # CPU the tokenizer and the model share the cores: there every call tokenizes once, up front).
 TOKENIZE_CHUNK = 2048
@@ -67,22 +62,22 @@ class Encoder:
                  quantize: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
-        model_dir, st_config = _locate_model(model_name_or_path)
+        model_dir, st_config = locate_model(model_name_or_path)
         preset_config = get_preset(preset) if preset is not None else None
         self.device = torch.device(device) if device is not None else torch.device(
             torchrun_env().cuda_device if torch.cuda.is_available() and quantize is None else "cpu")
         # int8 layers read float32 activations: that is what "auto" means for them.
-        self.dtype = _resolve_dtype("float32" if quantize is not None and dtype in (None, "auto") else dtype,
+        self.dtype = resolve_dtype("float32" if quantize is not None and dtype in (None, "auto") else dtype,
                                     self.device)
-        self.quantize = _check_quantize(quantize, self.device, self.dtype)
+        self.quantize = check_quantize(quantize, self.device, self.dtype)
 
-        chosen = _pick(pooling, preset_config and preset_config.pooling, None)
+        chosen = first_given(pooling, preset_config and preset_config.pooling, None)
         if chosen is None and "pooling_error" in st_config:
             raise ValueError(st_config["pooling_error"])
-        self.pooling = _pick(chosen, st_config.get("pooling"), "mean")
+        self.pooling = first_given(chosen, st_config.get("pooling"), "mean")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {', '.join(POOLING_MODES)}")
-        self.normalize = bool(_pick(normalize, preset_config and preset_config.normalize,
+        self.normalize = bool(first_given(normalize, preset_config and preset_config.normalize,
                                     st_config.get("normalize"), False))
         self.text_pairs = bool(preset_config and preset_config.text_pairs)
         self.append_eos = bool(preset_config and preset_config.append_eos)
@@ -93,18 +88,18 @@ class Encoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         if not self.tokenizer.is_fast:
             raise ValueError(f"{model_dir}: fastret needs a fast (Rust) tokenizer (tokenizer.json)")
-        self.model = _load_model(AutoModel, model_dir).to(device=self.device, dtype=self.dtype).eval()
+        self.model = load_model(AutoModel, model_dir).to(device=self.device, dtype=self.dtype).eval()
         if self.quantize == "int8":
             quantize_linear_layers(self.model)
 
         limits = [v for v in (getattr(self.model.config, "max_position_embeddings", None),
                               self.tokenizer.model_max_length) if isinstance(v, int) and 0 < v < 10**6]
-        wanted = _pick(max_length, preset_config and preset_config.max_length, st_config.get("max_length"),
+        wanted = first_given(max_length, preset_config and preset_config.max_length, st_config.get("max_length"),
                        min(limits) if limits else 512)
         if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 2:
             raise ValueError(f"max_length must be an int >= 2, got {wanted!r}")
         self.max_length = min([wanted, *limits])
-        self._backend = _private_backend(self.tokenizer, self.max_length - 1 if self.append_eos else self.max_length)
+        self._backend = truncating_tokenizer(self.tokenizer, self.max_length - 1 if self.append_eos else self.max_length)
         self._eos_id = self.tokenizer.eos_token_id
         if self.append_eos and self._eos_id is None:
             raise ValueError(f"{model_dir}: the preset appends EOS but the tokenizer has no eos_token")
@@ -371,89 +366,3 @@ class Encoder:
         pooled = batch["input_ids"].gather(1, last[:, None])
         if not bool((pooled == self._eos_id).all()):
             raise RuntimeError("last-token pooling expected EOS at every row's last real token")
-
-
-# ---------------------------------------------------------------------------------- loading helpers
-
-
-def _pick(*choices):
-    """The first choice that is not None (None if all are)."""
-    return next((choice for choice in choices if choice is not None), None)
-
-
-def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if dtype == "auto" and bf16_instruction_sets() else torch.float32
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    elif isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        resolved = _DTYPES[dtype.lower()]
-    else:
-        raise ValueError(f"dtype must be float32, float16, bfloat16 or 'auto', got {dtype!r}")
-    if resolved not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {resolved}")
-    if resolved == torch.bfloat16 and device.type == "cpu" and not bf16_instruction_sets():
-        warnings.warn("bfloat16 on this CPU is emulated (it has no AVX512-BF16 or AMX-BF16 instructions) and "
-                      "several times slower than float32; use dtype='auto' or float32, or quantize='int8'",
-                      RuntimeWarning, stacklevel=3)
-    return resolved
-
-
-def _check_quantize(quantize, device: torch.device, dtype: torch.dtype) -> str | None:
-    if quantize is None:
-        return None
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be one of {QUANTIZE_MODES} or None, got {quantize!r}")
-    if device.type != "cpu":
-        raise ValueError(f"quantize={quantize!r} runs on the CPU's int8 kernels; got device {device}. "
-                         "Pass device='cpu', or leave quantize unset on a GPU")
-    if dtype != torch.float32:
-        raise ValueError(f"quantize={quantize!r} takes a float32 model (the int8 layers read float32 "
-                         f"activations); got dtype {dtype}. Leave dtype unset or pass float32")
-    return quantize
-
-
-def _locate_model(name_or_path: str | Path) -> tuple[Path | str, dict]:
-    """The directory holding config.json, and the sentence-transformers conventions found there."""
-    if not isinstance(name_or_path, (str, Path)):
-        raise TypeError(f"model_name_or_path must be a str or Path, got {type(name_or_path).__name__}")
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        if isinstance(name_or_path, str) and name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
-            return _download(name_or_path)
-        raise ValueError(f"model {str(name_or_path)!r} not found: no such directory (and not a hub id 'org/name')")
-    if not path.is_dir():
-        raise ValueError(f"{path} is a file; pass the model directory (the one holding config.json)")
-    return read_model_dir(path)
-
-
-def _download(repo_id: str) -> tuple[Path, dict]:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return read_model_dir(Path(snapshot_download(repo_id)))
-    except Exception as error:  # offline, unknown repo, ...
-        raise ValueError(f"model {repo_id!r} is not a local directory and could not be fetched from the hub "
-                         f"({type(error).__name__}: {error}); pass a local model directory") from None
-
-
-def _load_model(auto_model, model_dir: Path):
-    """The model with SDPA attention where the architecture supports it."""
-    try:
-        return auto_model.from_pretrained(str(model_dir), attn_implementation="sdpa")
-    except (ValueError, ImportError):
-        return auto_model.from_pretrained(str(model_dir))
-    except OSError as error:
-        raise ValueError(f"{model_dir}: could not load the model weights ({error})") from None
-
-
-def _private_backend(tokenizer, max_length: int):
-    """A copy of the Rust tokenizer with our truncation and no padding (the shared one stays as is)."""
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.enable_truncation(max_length=max_length)
-    backend.no_padding()
-    return backend

@@ -2,12 +2,14 @@
 `fastret eval` and the demo call.
 
     texts -> filter (+ MeSH tree for $under) -> first stage (int8 | binary) -> dense or hybrid
-          -> hits named by document ids, with stored fields
+          -> [re-rank the top N with a cross-encoder] -> hits named by document ids, with stored fields
 
 Every rule a search's arguments must meet is checked here or below (in the search seam,
 fastret.search.rules), once, and before any query is embedded (`check`), so a face only parses its
-input, calls `TextSearch`, and prints or serializes what comes back. A new stage (re-ranking) is
-written here once and every door has it.
+input, calls `TextSearch`, and prints or serializes what comes back. A new stage is written here
+once and every door has it: re-ranking is one (`rank(..., rerank=True)`: the dense or hybrid top
+`rerank_top` scored again by a cross-encoder, `fastret.rerank.Reranker`, reading each document's
+stored text, and its top k kept).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from .hybrid import HybridSearcher
 from .lexical import LexicalIndex
 from .rules import Searchable, check_first_stage, check_rescore
 from .searchers import open_searchable
+
+# A document's text for the reranker: these stored fields, joined by a space (BEIR corpora and
+# `fastret encode --fields` keep "title" and "text"; MedCPT's cross-encoder reads title and abstract).
+RERANK_FIELDS = ("title", "text")
+DEFAULT_RERANK_TOP = 100  # candidates re-ranked per query
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ class TextSearch:
         lexical: the BM25 index for hybrid searches: a `LexicalIndex`, or a store directory whose
             BM25 index is loaded on the first hybrid search; None: no hybrid search.
         mesh: the MeSH tree (a `MeshTree` or its file) for `$under` in filters.
+        reranker: scores (query, document text) pairs for `rerank=True`
+            (`predict(pairs, batch_size=) -> float32 [n]`), e.g. a `fastret.Reranker`; None: no re-ranking.
+        rerank_fields: the stored fields whose values, joined by spaces, are a document's text for the
+            reranker (missing ones skipped).
 
     Raises:
         ValueError: an encoder whose vectors have another dimension than the index's.
@@ -59,11 +70,14 @@ class TextSearch:
     """
 
     def __init__(self, searchable: Searchable | None, encoder: Any = None, *, lexical: LexicalIndex | str | os.PathLike |
-                 None = None, mesh: MeshTree | str | os.PathLike | None = None):
+                 None = None, mesh: MeshTree | str | os.PathLike | None = None, reranker: Any = None,
+                 rerank_fields: Sequence[str] = RERANK_FIELDS):
         self.searchable = searchable
         self.encoder = encoder
         self.mesh = mesh if mesh is None or isinstance(mesh, MeshTree) else MeshTree.from_file(mesh)
         self._lexical = lexical
+        self.reranker = reranker
+        self.rerank_fields = tuple(rerank_fields)
 
     @property
     def encoder(self) -> Any:
@@ -80,12 +94,12 @@ class TextSearch:
     @classmethod
     def open(cls, path: str | os.PathLike, encoder: Any = None, *, shards: int | None = None,
              ray_address: str | None = None, replicas: int = 1, mesh: MeshTree | str | os.PathLike | None = None,
-             verify: bool = True) -> "TextSearch":
+             verify: bool = True, reranker: Any = None) -> "TextSearch":
         """A store directory or index file, searched here or on Ray (`fastret.search.searchers.open_searchable`
         takes `shards`, `ray_address`, `replicas` and `verify`); a store's BM25 index serves hybrid searches."""
         path = Path(path)
         searchable = open_searchable(path, shards=shards, ray_address=ray_address, replicas=replicas, verify=verify)
-        return cls(searchable, encoder, lexical=path if path.is_dir() else None, mesh=mesh)
+        return cls(searchable, encoder, lexical=path if path.is_dir() else None, mesh=mesh, reranker=reranker)
 
     def lexical(self) -> LexicalIndex:
         """The BM25 index of hybrid searches (a store's is loaded on first use).
@@ -114,13 +128,15 @@ class TextSearch:
 
     def check(self, k: int = 10, *, filter: Any = None, rescore: bool | None = None, rescore_factor: int = 4,
               hybrid: bool = False, first_stage: str = "int8", oversample: int | str = "auto",
-              fusion: str | None = None, alpha: float | None = None, candidates: int | None = None) -> Filter | None:
+              fusion: str | None = None, alpha: float | None = None, candidates: int | None = None,
+              rerank: bool = False, rerank_top: int | None = None) -> Filter | None:
         """Check a search's arguments (those of `rank`) without embedding or searching; returns the filter.
 
         Raises:
             ValueError, TypeError: k that is not an int >= 1; a bad filter; rescoring without float16
                 copies; an unknown first stage, or an oversample without the binary one; fusion
-                settings without `hybrid`, or a hybrid search without a BM25 index.
+                settings without `hybrid`, or a hybrid search without a BM25 index; re-ranking
+                without a reranker or stored text, or a rerank_top that is not an int >= 1.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an int >= 1 (results per query), got {k!r}")
@@ -133,12 +149,26 @@ class TextSearch:
         elif fusion is not None or alpha is not None or candidates is not None:
             raise ValueError("fusion, alpha and candidates set how a hybrid search fuses its two sides: "
                              "ask for a hybrid search too, or drop them")
+        if rerank:
+            self._check_rerank(rerank_top)
+        elif rerank_top is not None:
+            raise ValueError("rerank_top sets how many candidates the cross-encoder re-ranks: ask for re-ranking "
+                             "too (rerank=True, --reranker MODEL), or drop it")
         return spec
+
+    def _check_rerank(self, rerank_top: int | None) -> None:
+        if self.reranker is None:
+            raise ValueError("re-ranking needs a cross-encoder: open the search with reranker=fastret.Reranker(MODEL) "
+                             "(the CLI and the server: --reranker MODEL)")
+        if rerank_top is not None and (isinstance(rerank_top, bool) or not isinstance(rerank_top, (int, np.integer))
+                                       or rerank_top < 1):
+            raise ValueError(f"rerank_top must be an int >= 1 (candidates re-ranked per query), got {rerank_top!r}")
 
     def rank(self, texts: Sequence[str] | str, k: int = 10, *, vectors: Any = None, filter: Any = None,
              rescore: bool | None = None, rescore_factor: int = 4, hybrid: bool = False, first_stage: str = "int8",
              oversample: int | str = "auto", fusion: str | None = None, alpha: float | None = None,
-             candidates: int | None = None, batch_size: int = 32, prompt_name: str | None = None):
+             candidates: int | None = None, batch_size: int = 32, prompt_name: str | None = None,
+             rerank: bool = False, rerank_top: int | None = None):
         """The search as arrays: (scores float32 [q, k'], ids int64 [q, k']), k' = min(k, len(index)),
         best first, ties to the lower id, short rows padded with (-inf, -1).
 
@@ -155,7 +185,11 @@ class TextSearch:
                 `candidates` default to fastret.search.hybrid's, chosen on NFCorpus dev.
             first_stage, oversample: "int8", or "binary" with its candidates per result ("auto" or an
                 int, as `Index.search` takes them).
-            batch_size, prompt_name: how the encoder embeds the queries.
+            batch_size, prompt_name: how the encoder embeds the queries (and the reranker's batches).
+            rerank: score the dense (or hybrid) top `rerank_top` (default DEFAULT_RERANK_TOP, at
+                least k) again with the reranker, over each document's stored text
+                (`rerank_fields`), and keep its top k: scores are then the reranker's (the sigmoid
+                of its logit), ties in the first stage's order.
 
         Raises:
             ValueError, TypeError: as `check`, before any query is embedded; texts that are not str,
@@ -165,7 +199,7 @@ class TextSearch:
             raise ValueError("this TextSearch has no index: only rank_bm25 searches it")
         spec = self.check(k, filter=filter, rescore=rescore, rescore_factor=rescore_factor, hybrid=hybrid,
                           first_stage=first_stage, oversample=oversample, fusion=fusion, alpha=alpha,
-                          candidates=candidates)
+                          candidates=candidates, rerank=rerank, rerank_top=rerank_top)
         texts = [texts] if isinstance(texts, str) else list(texts)
         for position, text in enumerate(texts):
             if not isinstance(text, str):
@@ -177,13 +211,43 @@ class TextSearch:
         if len(vectors) != len(texts):
             raise ValueError(f"{len(texts)} query texts but {len(vectors)} query vectors")
         k = min(int(k), len(self.searchable))
+        depth = min(max(k, int(rerank_top or DEFAULT_RERANK_TOP)), len(self.searchable)) if rerank else k
         stage = {"filter": spec, "first_stage": first_stage, "oversample": oversample}
         if hybrid:
-            return HybridSearcher(self.searchable, self.lexical()).search(
-                texts, vectors, k, method=fusion or fusion_rules.DEFAULT_METHOD,
+            found = HybridSearcher(self.searchable, self.lexical()).search(
+                texts, vectors, depth, method=fusion or fusion_rules.DEFAULT_METHOD,
                 alpha=fusion_rules.DEFAULT_ALPHA if alpha is None else alpha,
-                candidates=max(k, candidates or fusion_rules.DEFAULT_CANDIDATES), rescore=rescore, **stage)
-        return self.searchable.search(vectors, k, rescore=bool(rescore), rescore_factor=rescore_factor, **stage)
+                candidates=max(depth, candidates or fusion_rules.DEFAULT_CANDIDATES), rescore=rescore, **stage)
+        else:
+            found = self.searchable.search(vectors, depth, rescore=bool(rescore), rescore_factor=rescore_factor,
+                                           **stage)
+        return self._reranked(texts, *found, k, batch_size) if rerank else found
+
+    def _reranked(self, texts: list[str], scores: np.ndarray, ids: np.ndarray, k: int,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first stage's candidates scored by the reranker over their stored text, the top k kept."""
+        found = ids >= 0
+        stored = self.searchable.fields(ids[found], names=list(self.rerank_fields))
+        documents = [" ".join(str(row[name]) for name in self.rerank_fields if row.get(name) is not None)
+                     for row in stored]
+        if documents and not any(documents):
+            raise ValueError(f"re-ranking reads each candidate's stored text (fields {', '.join(self.rerank_fields)}), "
+                             "and these documents have none: encode the corpus with --fields "
+                             "(encode_corpus(..., fields=True)), or name the fields that hold it (rerank_fields)")
+        queries = np.repeat(np.arange(len(texts)), found.sum(axis=1))
+        pair_scores = self.reranker.predict([(texts[q], d) for q, d in zip(queries.tolist(), documents)],
+                                            batch_size=batch_size) if documents else np.empty(0, np.float32)
+        out_scores = np.full((len(texts), k), -np.inf, np.float32)
+        out_ids = np.full((len(texts), k), -1, np.int64)
+        start = 0
+        for q, row_found in enumerate(found):
+            count = int(row_found.sum())
+            mine = pair_scores[start:start + count]
+            order = np.argsort(-mine, kind="stable")[:k]  # ties keep the first stage's order
+            out_scores[q, : len(order)] = mine[order]
+            out_ids[q, : len(order)] = ids[q][row_found][order]
+            start += count
+        return out_scores, out_ids
 
     def rank_bm25(self, texts: Sequence[str] | str, k: int = 10, *, filter: Any = None):
         """BM25 alone (the lexical baseline of evaluations): (scores float32 [q, k], ids int64 [q, k]),
