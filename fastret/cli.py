@@ -289,13 +289,7 @@ def _add_search(commands) -> None:
     parser.add_argument("--mesh", type=Path, default=None, help="the MeSH tree file for $under in --filter")
     parser.add_argument("--show", default=None, metavar="FIELDS",
                         help="print these stored fields of each result (comma-separated, e.g. title,year)")
-    parser.add_argument("--reranker", type=Path, default=None, metavar="MODEL",
-                        help="re-rank the top --rerank-top results with this cross-encoder (a sequence-"
-                             "classification model with one label, e.g. MedCPT-Cross-Encoder) over each "
-                             "document's stored title and text (a store encoded with --fields)")
-    parser.add_argument("--rerank-top", type=_positive_int, default=None,
-                        help="candidates re-ranked per query, with --reranker (default 100, at least -k)")
-    parser.add_argument("--reranker-preset", default=None, help="the cross-encoder's preset (medcpt-cross)")
+    _add_rerank_options(parser)
     _add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout, one per query")
     _add_ray_options(parser)
@@ -314,18 +308,13 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError("no queries: pass query texts or --queries-file")
     if args.mesh is not None and args.filter is None:
         raise ValueError("--mesh is for $under in --filter; pass --filter too")
-    if args.reranker is None and (args.rerank_top is not None or args.reranker_preset is not None):
-        raise ValueError("--rerank-top and --reranker-preset are for re-ranking: pass --reranker MODEL too")
+    _check_rerank_options(args)
     options = {"filter": args.filter, "rescore": args.rescore or None, "hybrid": args.hybrid,
                "first_stage": "binary" if args.binary else "int8", "oversample": args.oversample,
                "fusion": args.fusion, "alpha": args.alpha, "candidates": args.candidates,
                "rerank": args.reranker is not None, "rerank_top": args.rerank_top}
     show = None if args.show is None else _comma_list(args.show)
-    search = TextSearch.open(args.index, mesh=args.mesh, **_ray_options(args))
-    if args.reranker is not None:
-        from .rerank.reranker import Reranker
-
-        search.reranker = Reranker(args.reranker, device=args.device, preset=args.reranker_preset)
+    search = TextSearch.open(args.index, mesh=args.mesh, reranker=_reranker(args), **_ray_options(args))
     options["filter"] = search.check(args.k, **options)  # bad arguments fail before the query model loads
     search.encoder = _encoder(args)
     results = search.search(list(texts.values()), args.k, fields=show, batch_size=args.batch_size,
@@ -344,6 +333,30 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rerank_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reranker", type=Path, default=None, metavar="MODEL",
+                        help="re-rank the top --rerank-top results with this cross-encoder (a sequence-"
+                             "classification model with one label, e.g. MedCPT-Cross-Encoder) over each "
+                             "document's title and text (a store's stored fields: fastret encode --fields)")
+    parser.add_argument("--rerank-top", type=_positive_int, default=None,
+                        help="candidates re-ranked per query, with --reranker (default 100, at least -k)")
+    parser.add_argument("--reranker-preset", default=None, help="the cross-encoder's preset (medcpt-cross)")
+
+
+def _check_rerank_options(args: argparse.Namespace) -> None:
+    if args.reranker is None and (args.rerank_top is not None or args.reranker_preset is not None):
+        raise ValueError("--rerank-top and --reranker-preset are for re-ranking: pass --reranker MODEL too")
+
+
+def _reranker(args: argparse.Namespace):
+    """The cross-encoder of --reranker (on the query model's --device), or None."""
+    if args.reranker is None:
+        return None
+    from .rerank.reranker import Reranker
+
+    return Reranker(args.reranker, device=args.device, preset=args.reranker_preset)
+
+
 def _add_eval(commands) -> None:
     parser = commands.add_parser(
         "eval", help="retrieval quality on a BEIR dataset (or sentence similarity / question -> abstract)",
@@ -360,6 +373,7 @@ def _add_eval(commands) -> None:
                         help="search this store of the dataset's corpus (fastret encode) instead of embedding it")
     parser.add_argument("--oversample", type=_oversample, default="auto",
                         help="binary candidates per result for the binary method: 'auto' (the default) or a number")
+    _add_rerank_options(parser)
     _add_ray_options(parser)
     parser.add_argument("--name", default=None, help="dataset name for instructions (default: directory name)")
     parser.add_argument("--sts", type=Path, default=None, help="TSV of sentence pairs + gold score instead")
@@ -377,6 +391,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .corpus import BUNDLED_NFCORPUS
     from .search.searchers import open_searchable
 
+    _check_rerank_options(args)
+    if args.reranker is not None and (args.sts is not None or args.qa is not None):
+        raise ValueError("--reranker re-ranks retrieval runs on a BEIR dataset; drop it with --sts or --qa")
     encoder = _encoder(args)
     if args.sts is not None:
         result = evaluate.sentence_similarity(encoder, args.sts, batch_size=args.batch_size)
@@ -390,7 +407,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                    else tuple(m.strip() for m in args.methods.split(",") if m.strip()))
         report = evaluate.evaluate_retrieval(
             encoder, args.dataset or BUNDLED_NFCORPUS, args.split, methods=methods, batch_size=args.batch_size,
-            name=args.name, show_progress_bar=not args.no_progress, index=index, oversample=args.oversample)
+            name=args.name, show_progress_bar=not args.no_progress, index=index, oversample=args.oversample,
+            reranker=_reranker(args), rerank_top=args.rerank_top)
         if not args.json:
             print(report.table())
             print(f"\n{report.skipped_queries} queries without judgements in {args.split} were skipped")

@@ -8,7 +8,9 @@ oversample "auto" unless told; not among `default_methods`); beside them BM25
 (fastret.search.lexical, bm25s) and the hybrid of int8 + rescore and BM25 (fastret.search.hybrid, with its
 dev-chosen defaults). The int8, binary and hybrid runs search any `fastret.search.rules.Searchable`:
 one built here from the embeddings, or one given (a store of the corpus written by `fastret
-encode`, searched here or on Ray).
+encode`, searched here or on Ray). With a cross-encoder (`reranker`), each of the int8, int8 +
+rescore, binary and hybrid runs is also re-ranked ("int8+rerank", ...): its top `rerank_top`
+scored again over the documents' title and text (fastret.search.text's re-ranking stage).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ INSTRUCTIONS = {
 }
 METHODS = ("float32", "int8", "int8+rescore", "binary", "bm25", "hybrid")
 MEASURES = {"nDCG@10": "ndcg_cut_10", "Recall@100": "recall_100", "MRR@10": "recip_rank"}
+RERANKED = "+rerank"  # a run's name with re-ranking: "int8+rerank"
 
 
 @dataclass
@@ -118,7 +121,8 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
                        methods: tuple[str, ...] = METHODS, k: int = 100, batch_size: int = 32,
                        rescore_factor: int = 4, name: str | None = None,
                        show_progress_bar: bool = True, index: Searchable | None = None,
-                       oversample: int | str = "auto") -> RetrievalReport:
+                       oversample: int | str = "auto", reranker: Any = None,
+                       rerank_top: int | None = None) -> RetrievalReport:
     """Embed a BEIR dataset with `encoder`, search it each way in `methods`, and score the runs.
 
     Args:
@@ -133,12 +137,17 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
             `fastret.search.searchers.open_searchable`) instead of embedding the corpus here: it must hold
             the corpus in its order (ids 0..n-1 named by the corpus' document ids, as
             `fastret encode` writes a store). "float32" needs the corpus' embeddings and is refused.
+        reranker: a cross-encoder (`fastret.Reranker`): every int8, int8+rescore, binary and hybrid run
+            is also re-ranked, as "<method>+rerank", its top `rerank_top` (default 100, at least k)
+            scored over the documents' title and text (an index given must hold them as stored
+            fields: `fastret encode --fields`).
 
     Raises:
         ValueError: unknown method, a dataset with no judged query, an index that does not hold
             the corpus, or "float32" with an index.
     """
-    TextSearch(index).check(first_stage="binary", oversample=oversample)  # before anything is embedded
+    TextSearch(index, reranker=reranker).check(first_stage="binary", oversample=oversample,
+                                              rerank=reranker is not None, rerank_top=rerank_top)  # before any work
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected any of {', '.join(METHODS)}")
@@ -169,20 +178,22 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
             docs = encoder.encode(documents, batch_size=batch_size, show_progress_bar=show_progress_bar,
                                   prompt_name="passage" if "passage" in encoder.prompts else None)
             index = Index(docs.shape[1], store_float16=bool({"int8+rescore", "hybrid"} & set(methods)))
-            index.add(docs)
+            index.add(docs, fields=None if reranker is None else [
+                {"title": title, "text": text} for title, text in zip(dataset.corpus.titles, dataset.corpus.texts)])
         queries = encoder.encode(query_texts, batch_size=batch_size, prompt=query_prompt(encoder, name))
         report.seconds["encode"] = time.perf_counter() - start
-        search = TextSearch(index, lexical=lexical)
-        searches = {
-            "float32": lambda: exact_float_search(queries, docs, k),
-            "int8": lambda: search.rank(query_texts, k, vectors=queries),
-            "int8+rescore": lambda: search.rank(query_texts, k, vectors=queries, rescore=True,
-                                                rescore_factor=rescore_factor),
-            "binary": lambda: search.rank(query_texts, k, vectors=queries, first_stage="binary",
-                                          oversample=oversample),
-            "hybrid": lambda: search.rank(query_texts, k, vectors=queries, hybrid=True),
-        }
-        for method in dense + (["hybrid"] if "hybrid" in methods else []):
+        search = TextSearch(index, lexical=lexical, reranker=reranker)
+        options = {"int8": {}, "int8+rescore": {"rescore": True, "rescore_factor": rescore_factor},
+                   "binary": {"first_stage": "binary", "oversample": oversample}, "hybrid": {"hybrid": True}}
+        searches = {"float32": lambda: exact_float_search(queries, docs, k)}
+        for method, chosen in options.items():
+            searches[method] = lambda chosen=chosen: search.rank(query_texts, k, vectors=queries, **chosen)
+            searches[method + RERANKED] = lambda chosen=chosen: search.rank(
+                query_texts, k, vectors=queries, rerank=True, rerank_top=rerank_top, batch_size=batch_size, **chosen)
+        ran = dense + (["hybrid"] if "hybrid" in methods else [])
+        if reranker is not None:
+            ran += [method + RERANKED for method in ran if method in options]
+        for method in ran:
             start = time.perf_counter()
             runs[method] = searches[method]()
             report.seconds[method] = time.perf_counter() - start
@@ -191,7 +202,7 @@ def evaluate_retrieval(encoder, dataset: str | Path | BeirDataset, split: str = 
         runs["bm25"] = TextSearch(index, lexical=lexical).rank_bm25(query_texts, k)
         report.seconds["bm25"] = time.perf_counter() - start
 
-    for method in methods:
+    for method in [m for m in methods if m in runs] + [m for m in runs if m not in methods]:
         scores, rows = runs[method]
         report.metrics[method] = trec_metrics(dataset.qrels, as_run(query_ids, dataset.corpus.ids, scores, rows))
     return report

@@ -212,20 +212,36 @@ def test_index_binary_writes_missing_sign_bits_of_a_store_or_file(store, tmp_pat
     assert "no such store directory or index file" in capsys.readouterr().err
 
 
-def test_eval_prints_metrics(tmp_path, tiny_bert, capsys):
-    (tmp_path / "d").mkdir()
+def four_document_dataset(directory):
+    """A BEIR directory of four documents and one judged query ("fish oil" -> d2)."""
+    directory.mkdir()
     topics = ["statins cholesterol", "asthma children", "fish oil", "coffee liver"]
-    (tmp_path / "d" / "corpus.jsonl").write_text(
+    (directory / "corpus.jsonl").write_text(
         "".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(topics)))
-    (tmp_path / "d" / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "fish oil"}) + "\n")
-    (tmp_path / "d" / "qrels").mkdir()
-    (tmp_path / "d" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td2\t1\n")
-    status = cli.main(["eval", str(tmp_path / "d"), "--model", str(tiny_bert), "--device", "cpu",
-                       "--methods", "int8,binary,bm25", "--no-progress", "--json"])
+    (directory / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "fish oil"}) + "\n")
+    (directory / "qrels").mkdir()
+    (directory / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td2\t1\n")
+    return directory
+
+
+def test_eval_prints_metrics(tmp_path, tiny_bert, capsys):
+    status = cli.main(["eval", str(four_document_dataset(tmp_path / "d")), "--model", str(tiny_bert), "--device",
+                       "cpu", "--methods", "int8,binary,bm25", "--no-progress", "--json"])
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     assert list(report["metrics"]) == ["int8", "binary", "bm25"] and report["queries"] == 1
     assert report["metrics"]["bm25"]["MRR@10"] == 1.0
+
+
+def test_eval_with_a_reranker_adds_reranked_runs(tmp_path, tiny_bert, tiny_cross_encoder, capsys):
+    dataset = four_document_dataset(tmp_path / "d")
+    common = [str(dataset), "--model", str(tiny_bert), "--device", "cpu", "--no-progress", "--json"]
+    assert cli.main(["eval", *common, "--methods", "int8,bm25", "--reranker", str(tiny_cross_encoder),
+                     "--rerank-top", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["metrics"]) == ["int8", "bm25", "int8+rerank"]
+    assert cli.main(["eval", *common, "--rerank-top", "3"]) == 2
+    assert "pass --reranker MODEL too" in capsys.readouterr().err
 
 
 def test_eval_searches_a_store(tmp_path, tiny_bert, capsys):

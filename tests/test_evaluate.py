@@ -148,3 +148,36 @@ def test_exact_float_search_blocks_and_ties():
     scores, rows = evaluate.exact_float_search(queries, docs, 2)
     np.testing.assert_array_equal(rows[:4], [[0, 1], [2, 3], [4, 5], [6, 7]])
     assert rows.shape == (400, 2) and (scores == 1).all()
+
+
+class KeywordReranker:
+    """A cross-encoder stand-in that scores a document by the query words it holds: on the
+    self-retrieval set it puts each query's own document first (a real one is tested in test_reranker)."""
+
+    def __init__(self):
+        self.pairs = []
+
+    def predict(self, pairs, batch_size=32):
+        self.pairs += pairs
+        return np.array([len(set(q.split()) & set(d.split())) for q, d in pairs], np.float32)
+
+
+def test_evaluate_retrieval_adds_reranked_runs(tiny_bert, self_retrieval_dataset, tmp_path):
+    encoder = fastret.Encoder(tiny_bert, device="cpu", normalize=True)
+    reranker = KeywordReranker()
+    methods = ("int8", "bm25", "hybrid")
+    report = evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=methods, show_progress_bar=False,
+                                         reranker=reranker, rerank_top=3)
+    assert list(report.metrics) == ["int8", "bm25", "hybrid", "int8+rerank", "hybrid+rerank"]
+    assert report.metrics["int8+rerank"]["MRR@10"] == 1.0 and report.metrics["hybrid+rerank"]["MRR@10"] == 1.0
+    assert len(reranker.pairs) == 2 * 6 * 6  # k = 100 > the 6 documents: every document of every query, twice
+    assert all(d in {"statins lower cholesterol", "vitamin d and asthma", "fish oil heart rhythm",
+                     "coffee and liver enzymes", "sodium intake blood pressure", "fiber and colon cancer"}
+               for _, d in reranker.pairs)  # the stored title ("") and text, joined
+    with pytest.raises(ValueError, match="rerank_top must be an int >= 1"):
+        evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=methods, reranker=reranker, rerank_top=0)
+    encoder.encode_corpus(self_retrieval_dataset / "corpus.jsonl", tmp_path / "store", shard_size=4,
+                          show_progress_bar=False)  # no stored fields
+    with pytest.raises(ValueError, match="these documents have none: encode the corpus with --fields"):
+        evaluate.evaluate_retrieval(encoder, self_retrieval_dataset, methods=("int8",), show_progress_bar=False,
+                                    index=fastret.Index.load(tmp_path / "store"), reranker=reranker)

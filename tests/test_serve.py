@@ -133,9 +133,10 @@ def store(tmp_path_factory, encoder):
 
 
 @pytest.fixture(scope="module")
-def server(minilm_path, store):
+def server(minilm_path, store, tiny_cross_encoder):
     running = Server("--model", minilm_path, "--index", store, "--served-model-name", "minilm",
-                     "--max-client-batch-size", 16, "--max-body-bytes", 65536, "--max-wait-ms", 5)
+                     "--max-client-batch-size", 16, "--max-body-bytes", 65536, "--max-wait-ms", 5,
+                     "--reranker", tiny_cross_encoder)
     try:
         yield running
     finally:
@@ -280,12 +281,101 @@ def test_a_server_on_ray_shards_answers_as_one_index(minilm_path, store, client,
         assert sharded.stop() == 0, sharded.stderr()  # a graceful SIGTERM ends with status 0
 
 
+def test_rerank_equals_the_reranker_in_teis_shape(client, tiny_cross_encoder, queries):
+    reranker = fastret.Reranker(tiny_cross_encoder, device="cpu")
+    texts = ["Statins and breast cancer survival.", "Vitamin D in asthma.", "coffee", "Statin use and mortality."]
+    response = client.post("/rerank", json={"query": queries[0], "texts": texts})
+    assert response.status_code == 200, response.text
+    ranked = response.json()
+    expected = reranker.predict([(queries[0], text) for text in texts])
+    assert [row["index"] for row in ranked] == np.argsort(-expected, kind="stable").tolist()
+    np.testing.assert_allclose([row["score"] for row in ranked], np.sort(expected)[::-1], atol=1e-5)
+    assert all(set(row) == {"index", "score"} for row in ranked)
+    raw = client.post("/rerank", json={"query": queries[0], "texts": texts, "raw_scores": True,
+                                       "return_text": True}).json()
+    np.testing.assert_allclose([row["score"] for row in raw],
+                               np.sort(reranker.predict([(queries[0], t) for t in texts], activation="none"))[::-1],
+                               atol=1e-5)
+    assert [row["text"] for row in raw] == [texts[row["index"]] for row in raw]
+    assert "texts is empty" in error_of(client.post("/rerank", json={"query": "q", "texts": []}), 422)
+    assert "at most 16 per request" in error_of(client.post("/rerank", json={"query": "q", "texts": ["t"] * 17}), 413)
+    too_long = client.post("/rerank", json={"query": "q", "texts": ["ok", LONG_TEXT], "truncate": False})
+    assert "texts[1] is longer than the reranker's max length of 128" in error_of(too_long, 413)
+    assert client.post("/rerank", json={"query": "q", "texts": [LONG_TEXT], "truncate": True}).status_code == 200
+    assert "query is empty" in error_of(client.post("/rerank", json={"query": " ", "texts": ["t"]}), 422)
+
+
+def test_search_reranks_with_the_servers_cross_encoder(client, store, minilm_path, tiny_cross_encoder, queries):
+    from fastret.search.text import TextSearch
+
+    body = {"query": queries[1], "k": 3, "rerank": True, "rerank_top": 10, "fields": ["title"]}
+    response = client.post("/search", json=body)
+    assert response.status_code == 200, response.text
+    got = response.json()["results"][0]
+    expected = TextSearch.open(store, fastret.Encoder(minilm_path, device="cpu"),
+                               reranker=fastret.Reranker(tiny_cross_encoder, device="cpu")).search(
+        [queries[1]], 3, rerank=True, rerank_top=10, fields=["title"])[0]
+    assert [hit["id"] for hit in got] == [hit.id for hit in expected]
+    np.testing.assert_allclose([hit["score"] for hit in got], [hit.score for hit in expected], atol=1e-5)
+    assert [hit["fields"] for hit in got] == [hit.fields for hit in expected]
+    assert "rerank_top sets how many" in error_of(client.post("/search", json={"query": "q", "rerank_top": 5}), 422)
+
+
+def test_huggingface_hubs_inference_client_and_openais_client_as_users_call_them(server, encoder, queries):
+    from huggingface_hub import InferenceClient
+    from openai import OpenAI
+
+    hub = InferenceClient(base_url=server.url)
+    vector = np.asarray(hub.feature_extraction(queries[0]), np.float32).reshape(-1)  # POST / as TEI serves it
+    np.testing.assert_allclose(vector, encoder.encode([queries[0]])[0], atol=1e-4)
+    similarities = hub.sentence_similarity(queries[0], other_sentences=queries[1:4])
+    rows = encoder.encode(queries[:4], normalize_embeddings=True)
+    np.testing.assert_allclose(similarities, rows[1:] @ rows[0], atol=1e-4)
+    openai = OpenAI(base_url=server.url + "/v1", api_key="not-needed-here")
+    floats = openai.embeddings.create(input=queries[:3], model="minilm", encoding_format="float")
+    default = openai.embeddings.create(input=queries[:3], model="minilm")  # the client asks for base64
+    assert floats.model == "minilm" and [d.index for d in floats.data] == [0, 1, 2]
+    np.testing.assert_allclose([d.embedding for d in floats.data], encoder.encode(queries[:3]), atol=1e-4)
+    np.testing.assert_allclose([d.embedding for d in default.data], [d.embedding for d in floats.data], atol=1e-6)
+
+
+def test_similarity_tokenize_and_the_root_route_in_teis_shapes(client, encoder, queries):
+    body = {"inputs": {"source_sentence": queries[0], "sentences": queries[1:3]}}
+    rows = encoder.encode(queries[:3], normalize_embeddings=True)
+    for path in ("/similarity", "/"):
+        response = client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(response.json(), rows[1:] @ rows[0], atol=1e-4)
+    np.testing.assert_allclose(client.post("/", json={"inputs": [queries[0]]}).json(), encoder.encode(queries[:1]),
+                               atol=1e-4)
+    tokens = client.post("/tokenize", json={"inputs": ["Statins lower LDL", "x"]}).json()
+    ids = encoder.tokenizer("Statins lower LDL")["input_ids"]
+    assert [t["id"] for t in tokens[0]] == ids
+    assert [t["special"] for t in tokens[0]] == [True] + [False] * (len(ids) - 2) + [True]
+    assert tokens[0][0] == {"id": ids[0], "text": "[CLS]", "special": True, "start": None, "stop": None}
+    assert "".join(t["text"] for t in tokens[0][1:-1]).lower() == "statinslowerldl"
+    assert (tokens[0][1]["start"], tokens[0][-2]["stop"]) == (0, len("Statins lower LDL"))
+    plain = client.post("/tokenize", json={"inputs": "x", "add_special_tokens": False}).json()
+    assert [t["special"] for t in plain[0]] == [False]
+    assert "sentences is empty" in error_of(client.post("/similarity", json={
+        "inputs": {"source_sentence": "a", "sentences": []}}), 422)
+    assert "inputs.source_sentence" in error_of(client.post("/", json={"inputs": {"sentences": ["a"]}}), 422)
+    assert "malformed JSON" in error_of(client.post("/", content=b"{", headers={"content-type": "application/json"}),
+                                        400)
+    assert "unknown prompt_name" in error_of(client.post("/tokenize", json={"inputs": "x", "prompt_name": "nope"}),
+                                             422)
+
+
 def test_health_info_and_metrics(client, store):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
     assert {k: info[k] for k in ("model_id", "dim", "pooling", "normalize", "max_input_length")} == {
         "model_id": "minilm", "dim": 384, "pooling": "mean", "normalize": True, "max_input_length": 256}
-    assert info["index"] == {"path": str(store), "size": 30, "dim": 384, "rescore": True}
+    assert info["index"] == {"name": store.name, "size": 30, "dim": 384, "rescore": True}
+    assert info["reranker"] == {"model_id": info["reranker"]["model_id"], "model_dtype": "torch.float32",
+                                "max_input_length": 128}
+    text = client.get("/info").text
+    assert str(store.parent) not in text and "/tmp" not in text  # no local paths
     assert info["max_client_batch_size"] == 16 and info["max_batch_tokens"] == 16384
 
     def sample(text, name):
@@ -491,6 +581,17 @@ def test_normalize_follows_the_request_on_a_model_that_does_not_normalize(tiny_e
     np.testing.assert_allclose(openai, unit, atol=1e-6)
 
 
+def test_a_server_without_a_reranker_says_how_to_get_one(tiny_encoder):
+    from fastapi.testclient import TestClient
+
+    from fastret.serve.app import create_app
+
+    with TestClient(create_app(tiny_encoder)) as http:
+        answer = http.post("/rerank", json={"query": "q", "texts": ["t"]})
+        assert "start it with --reranker MODEL" in error_of(answer, 404)
+        assert http.get("/info").json()["reranker"] is None
+
+
 
 def test_an_index_of_another_dimension_is_refused(tiny_encoder):
     from fastret.serve.app import create_app
@@ -528,7 +629,8 @@ def test_with_an_api_key_every_endpoint_but_health_needs_it(tiny_encoder, monkey
     monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or constant_time(a, b))
     with guarded_client(tiny_encoder, api_key=KEY) as http:
         for method, path in (("POST", "/embed"), ("POST", "/v1/embeddings"), ("POST", "/search"), ("GET", "/info"),
-                             ("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/nothing")):
+                             ("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/nothing"),
+                             ("POST", "/"), ("POST", "/similarity"), ("POST", "/tokenize"), ("POST", "/rerank")):
             response = http.request(method, path, json={"inputs": "x", "input": "x", "query": "x"})
             assert "needs an API key" in error_of(response, 401, "Unauthorized"), path
             assert response.headers["www-authenticate"].startswith("Bearer")

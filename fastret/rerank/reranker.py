@@ -122,28 +122,39 @@ class Reranker:
         checked = _checked_pairs(pairs)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        token_ids, type_ids, truncated = self.tokenize(checked)
+        warn_about_inputs({"texts": len(checked), "truncated": sum(truncated)}, self.max_length)
+        return self.score_tokens(token_ids, type_ids, batch_size, max_tokens_per_batch or batch_size * self.max_length,
+                                 activation, show_progress_bar)
+
+    # ------------------------------------------------------------------ the steps of `predict`, for
+    # callers that check the tokens before scoring them (the HTTP server refuses over-long pairs)
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None, list[bool]]:
+        """Token ids of (query, text) pairs of str, as the model takes them: (token_ids, type_ids
+        (None for models without them), whether each pair was longer than max_length)."""
+        encodings = self._backend.encode_batch(list(pairs), add_special_tokens=True)
+        type_ids = [enc.type_ids for enc in encodings] if self._uses_token_types else None
+        return [enc.ids for enc in encodings], type_ids, [bool(enc.overflowing) for enc in encodings]
+
+    def score_tokens(self, token_ids: list[list[int]], type_ids: list[list[int]] | None, max_pairs: int,
+                     max_tokens: int, activation: str = "sigmoid", show_progress_bar: bool = False) -> np.ndarray:
+        """float32 [n] scores of tokenized pairs (`tokenize`), in length-sorted batches of at most
+        `max_pairs` pairs and `max_tokens` padded tokens; `activation` as `predict`."""
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-        scores = np.empty(len(checked), np.float32)
-        if not checked:
-            return scores
-        encodings = self._backend.encode_batch(checked, add_special_tokens=True)
-        token_ids = [enc.ids for enc in encodings]
-        type_ids = [enc.type_ids for enc in encodings] if self._uses_token_types else None
-        warn_about_inputs({"texts": len(checked), "truncated": sum(bool(enc.overflowing) for enc in encodings)},
-                          self.max_length)
-        max_tokens = max_tokens_per_batch or batch_size * self.max_length
+        scores = np.empty(len(token_ids), np.float32)
 
         def padded():
-            for rows in plan_batches([len(ids) for ids in token_ids], batch_size, max_tokens):
+            for rows in plan_batches([len(ids) for ids in token_ids], max_pairs, max_tokens):
                 yield rows, collate([token_ids[r] for r in rows],
                                     None if type_ids is None else [type_ids[r] for r in rows], self.pad_id)
 
         from tqdm.auto import tqdm
 
-        with torch.inference_mode(), tqdm(total=len(checked), unit="pair", desc="rerank",
+        with torch.inference_mode(), tqdm(total=len(token_ids), unit="pair", desc="rerank",
                                           disable=not show_progress_bar) as bar:
-            for rows, batch in prefetch(padded()):
+            for rows, batch in prefetch(padded()) if token_ids else ():
                 logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits[:, 0].float()
                 if activation == "sigmoid":
                     logits = torch.sigmoid(logits)

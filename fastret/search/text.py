@@ -228,7 +228,7 @@ class TextSearch:
         """The first stage's candidates scored by the reranker over their stored text, the top k kept."""
         found = ids >= 0
         stored = self.searchable.fields(ids[found], names=list(self.rerank_fields))
-        documents = [" ".join(str(row[name]) for name in self.rerank_fields if row.get(name) is not None)
+        documents = [" ".join(str(row[name]) for name in self.rerank_fields if row.get(name) not in (None, ""))
                      for row in stored]
         if documents and not any(documents):
             raise ValueError(f"re-ranking reads each candidate's stored text (fields {', '.join(self.rerank_fields)}), "

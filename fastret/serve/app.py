@@ -5,8 +5,15 @@ Endpoints:
   POST /v1/embeddings    OpenAI-compatible: {"input", "model", "encoding_format"} -> {"object": "list", ...}
                          (unit-length rows, as OpenAI's)
   POST /search           {"query" | "queries", "k", "rescore", "filter", "fields", "hybrid", "binary",
-                          "oversample"}
+                          "oversample", "rerank", "rerank_top"}
                          -> {"results": [[{"id", "score", "fields"}]]} ("fields" when asked for)
+  POST /rerank           TEI-compatible, with --reranker: {"query", "texts", "raw_scores", "return_text",
+                         "truncate"} -> [{"index", "score", "text"?}], best first
+  POST /similarity       TEI-compatible: {"inputs": {"source_sentence", "sentences"}} -> [cosine]
+  POST /tokenize         TEI-compatible: {"inputs", "add_special_tokens", "prompt_name"}
+                         -> [[{"id", "text", "special", "start", "stop"}]]
+  POST /                 as TEI for an embedding model: /similarity's body there, else /embed's
+                         (what huggingface_hub's InferenceClient(base_url=...) posts)
   GET  /health, /info, /metrics (Prometheus text)
 
 Each request's texts are tokenized (on the event loop when short, else in a thread), then queued
@@ -41,12 +48,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..encode.encoder import Encoder
+from ..rerank.reranker import Reranker
 from ..search.rules import Searchable
 from ..search.searchers import open_searchable
 from ..search.text import TextSearch
@@ -116,6 +124,38 @@ class SearchRequest(_Body):
     # its candidates per result: "auto" (the default, fastret.search.binary.auto_oversample) or an int >= 1,
     # checked with the rest of the search (fastret.search.rules.check_first_stage)
     oversample: Optional[Union[int, str]] = None
+    rerank: bool = False  # the top rerank_top re-ranked by the server's cross-encoder (--reranker)
+    rerank_top: Optional[int] = None
+
+
+class SimilarityInputs(_Body):
+    source_sentence: str
+    sentences: List[str]
+
+
+class SimilarityRequest(_Body):
+    """TEI's POST /similarity body (huggingface_hub's sentence_similarity)."""
+
+    inputs: SimilarityInputs
+    parameters: Optional[Dict[str, Any]] = None  # TEI's truncate / prompt_name may come here too
+
+
+class TokenizeRequest(_Body):
+    """TEI's POST /tokenize body."""
+
+    inputs: Union[str, List[str]]
+    add_special_tokens: bool = True
+    prompt_name: Optional[str] = None
+
+
+class RerankRequest(_Body):
+    """TEI's POST /rerank body."""
+
+    query: str
+    texts: List[str]
+    raw_scores: bool = False  # the logits; else their sigmoid (TEI's and sentence-transformers' default)
+    return_text: bool = False
+    truncate: Optional[bool] = None
 
 
 # ---------------------------------------------------------------------------------- the service
@@ -164,14 +204,18 @@ class _Service:
     """What the routes share: the model, the index, the limits, the metrics and (while the app
     runs) the batcher whose worker thread runs the forward passes."""
 
-    def __init__(self, encoder: Encoder, index: Searchable | None, index_path: Path | None, config: ServeConfig):
+    def __init__(self, encoder: Encoder, index: Searchable | None, index_path: Path | None, config: ServeConfig,
+                 reranker: Reranker | None = None):
         self.encoder, self.index, self.index_path, self.config = encoder, index, index_path, config
+        self.reranker = reranker
         self.model_name = config.model_name or Path(str(encoder.model_dir)).name
         self.stats = _Metrics()
         self.batcher: Batcher | None = None
+        # one re-ranking at a time: concurrent forward passes would only share the same cores
+        self.rerank_lock = threading.Lock()
         self.text_search = None if index is None else TextSearch(
             index, encoder, lexical=index_path if index_path is not None and index_path.is_dir() else None,
-            mesh=config.mesh)
+            mesh=config.mesh, reranker=reranker)
 
     def search_options(self, body: "SearchRequest") -> dict:
         """The search a /search body asks for, as `TextSearch.rank`'s keywords, checked before its
@@ -182,7 +226,11 @@ class _Service:
                 copies, oversample without the binary stage, hybrid without a BM25 index), saying why.
         """
         options = {"filter": body.filter, "rescore": body.rescore or None, "hybrid": body.hybrid,
-                   "first_stage": "binary" if body.binary else "int8", "oversample": body.oversample}
+                   "first_stage": "binary" if body.binary else "int8", "oversample": body.oversample,
+                   "rerank": body.rerank, "rerank_top": body.rerank_top}
+        if body.rerank and self.reranker is None:
+            raise ServeError(422, "\"rerank\": true needs a cross-encoder, and this server has none: start it with "
+                                  "--reranker MODEL")
         try:
             options["filter"] = self.text_search.check(body.k, **options)  # parsed once
         except (ValueError, TypeError) as error:
@@ -198,9 +246,82 @@ class _Service:
                 files without sign bits).
         """
         try:
-            return self.text_search.search(texts, body.k, vectors=vectors, fields=body.fields, **options)
+            if not options["rerank"]:
+                return self.text_search.search(texts, body.k, vectors=vectors, fields=body.fields, **options)
+            with self.rerank_lock:
+                return self.text_search.search(texts, body.k, vectors=vectors, fields=body.fields, **options)
         except (ValueError, TypeError) as error:
             raise ServeError(422, str(error)) from None
+
+    async def similarity(self, body: "SimilarityRequest") -> list[float]:
+        """TEI's /similarity answer: the cosine of the source sentence's embedding with each sentence's."""
+        parameters = body.parameters or {}
+        truncate, prompt_name = parameters.get("truncate"), parameters.get("prompt_name")
+        if not isinstance(truncate, (bool, type(None))) or not isinstance(prompt_name, (str, type(None))):
+            raise ServeError(422, "parameters.truncate must be a bool and parameters.prompt_name a str")
+        if not body.inputs.sentences:
+            raise ServeError(422, "inputs.sentences is empty; send a non-empty list of str")
+        rows, _ = await self.embed([body.inputs.source_sentence, *body.inputs.sentences], truncate, prompt_name,
+                                   "inputs")
+        rows = _unit_rows(rows)
+        return (rows[1:] @ rows[0]).tolist()
+
+    def tokens(self, texts: list[str], add_special_tokens: bool, prompt_name: str | None) -> list[list[dict]]:
+        """TEI's /tokenize answer: per text its tokens as the model reads them (cut to max_length), with
+        the characters each covers (start, stop; None for special tokens)."""
+        encoder = self.encoder
+        if not texts:
+            raise ServeError(422, "inputs is empty; send a str or a non-empty list of str")
+        if len(texts) > self.config.max_client_batch_size:
+            raise ServeError(413, f"{len(texts)} texts in inputs; at most {self.config.max_client_batch_size} per "
+                                  "request (--max-client-batch-size): split the request")
+        try:
+            prefix = encoder.prompt_prefix(prompt_name=prompt_name)
+        except ValueError as error:
+            raise ServeError(422, str(error)) from None
+        inputs = [prefix + text for text in texts]
+        found = encoder.tokenizer(inputs, add_special_tokens=add_special_tokens, truncation=True,
+                                  max_length=encoder.max_length, return_offsets_mapping=True,
+                                  return_special_tokens_mask=True)
+        out = []
+        for text, ids, offsets, special in zip(inputs, found["input_ids"], found["offset_mapping"],
+                                               found["special_tokens_mask"]):
+            pieces = encoder.tokenizer.convert_ids_to_tokens(ids)
+            out.append([{"id": int(token), "text": piece if flag else text[start:stop], "special": bool(flag),
+                         "start": None if flag else int(start), "stop": None if flag else int(stop)}
+                        for token, piece, (start, stop), flag in zip(ids, pieces, offsets, special)])
+        return out
+
+    def rerank(self, body: "RerankRequest") -> list[dict]:
+        """TEI's /rerank answer: every text's score against the query, best first (run in a worker thread).
+
+        Raises:
+            ServeError: 404 without a reranker; 422 no texts, an empty query; 413 too many texts, or
+                a too-long pair with truncate false.
+        """
+        reranker, config = self.reranker, self.config
+        if reranker is None:
+            raise ServeError(404, "this server has no cross-encoder for /rerank: start it with --reranker MODEL")
+        if not body.query.strip():
+            raise ServeError(422, "query is empty or whitespace; send text")
+        if not body.texts:
+            raise ServeError(422, "texts is empty; send a non-empty list of str")
+        if len(body.texts) > config.max_client_batch_size:
+            raise ServeError(413, f"{len(body.texts)} texts; at most {config.max_client_batch_size} per request "
+                                  "(--max-client-batch-size): split the request")
+        token_ids, type_ids, truncated = reranker.tokenize([(body.query, text) for text in body.texts])
+        allow = config.auto_truncate if body.truncate is None else body.truncate
+        if not allow and any(truncated):
+            first = truncated.index(True)
+            more = f" (and {sum(truncated) - 1} more)" if sum(truncated) > 1 else ""
+            raise ServeError(413, f"the query with texts[{first}]{more} is longer than the reranker's max length of "
+                                  f"{reranker.max_length} tokens; send \"truncate\": true to cut it")
+        with self.rerank_lock:
+            scores = reranker.score_tokens(token_ids, type_ids, config.max_batch_texts, config.max_batch_tokens,
+                                           "none" if body.raw_scores else "sigmoid")
+        order = np.argsort(-scores, kind="stable")
+        return [{"index": int(i), "score": float(scores[i]), **({"text": body.texts[i]} if body.return_text else {})}
+                for i in order]
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
@@ -259,7 +380,7 @@ class _Service:
 
 
 def create_app(encoder: Encoder, index: Searchable | None = None, index_path: str | Path | None = None,
-               config: ServeConfig | None = None):
+               config: ServeConfig | None = None, reranker: Reranker | None = None):
     """The ASGI application serving `encoder` (and `index`, for /search).
 
     Args:
@@ -271,6 +392,8 @@ def create_app(encoder: Encoder, index: Searchable | None = None, index_path: st
         config: limits, access rules and defaults; `ServeConfig()` when None. With `api_key`,
             every endpoint but /health answers 401 unless the request carries
             `Authorization: Bearer KEY`; with `cors_origins`, browsers on those origins may call it.
+        reranker: the cross-encoder of /rerank and /search {"rerank": true} (None: /rerank
+            answers 404, naming --reranker).
 
     Returns:
         the app (FastAPI inside a wrapper that checks the key and the body size and counts every
@@ -280,11 +403,12 @@ def create_app(encoder: Encoder, index: Searchable | None = None, index_path: st
         ValueError: the index's dimension differs from the encoder's.
     """
     config = config or ServeConfig()
-    service = _Service(encoder, index, Path(index_path) if index_path is not None else None, config)
+    service = _Service(encoder, index, Path(index_path) if index_path is not None else None, config, reranker)
     app = FastAPI(title="fastret", version=__version__, lifespan=service.lifespan,
                   description="Embeddings (TEI- and OpenAI-compatible) and exact int8 search.")
     _add_embedding_routes(app, service)
     _add_search_route(app, service)
+    _add_rerank_route(app, service)
     _add_status_routes(app, service)
     _add_error_handlers(app, service.stats)
     guarded = _Guard(app, service.stats, config.max_body_bytes, config.api_key)
@@ -308,6 +432,28 @@ def _add_embedding_routes(app: FastAPI, service: _Service) -> None:
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         rows, _ = await service.embed(texts, body.truncate, body.prompt_name, "inputs")
         return _json_response((_unit_rows(rows) if body.normalize and not encoder.normalize else rows).tolist())
+
+    @app.post("/similarity")
+    async def similarity(body: SimilarityRequest) -> Response:
+        return _json_response(await service.similarity(body))
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> Response:
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        return _json_response(service.tokens(texts, body.add_special_tokens, body.prompt_name))
+
+    @app.post("/")
+    async def root(request: Request) -> Response:
+        try:
+            data = json.loads(await request.body())
+        except ValueError as error:
+            raise ServeError(400, f"malformed JSON: {error}; send a JSON object") from None
+        if not isinstance(data, dict):
+            raise ServeError(422, "send a JSON object: /embed's {\"inputs\": ...} or /similarity's "
+                                  "{\"inputs\": {\"source_sentence\": ..., \"sentences\": [...]}}")
+        if isinstance(data.get("inputs"), dict):
+            return await similarity(_validated(SimilarityRequest, data))
+        return await embed(_validated(EmbedRequest, data))
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
@@ -352,6 +498,14 @@ def _add_search_route(app: FastAPI, service: _Service) -> None:
         return _json_response({"results": results})
 
 
+def _add_rerank_route(app: FastAPI, service: _Service) -> None:
+    """POST /rerank (TEI): the texts scored against the query by the cross-encoder (off the event loop)."""
+
+    @app.post("/rerank")
+    async def rerank(body: RerankRequest) -> Response:
+        return _json_response(await run_in_threadpool(service.rerank, body))
+
+
 def _add_status_routes(app: FastAPI, service: _Service) -> None:
     """GET /health, /info and /metrics."""
     encoder, index = service.encoder, service.index
@@ -364,14 +518,18 @@ def _add_status_routes(app: FastAPI, service: _Service) -> None:
 
     @app.get("/info")
     async def info() -> Response:
+        reranker = service.reranker
         return _json_response({
-            "model_id": service.model_name, "model_dir": str(encoder.model_dir), "model_dtype": str(encoder.dtype),
+            "model_id": service.model_name, "model_dtype": str(encoder.dtype),
             "device": str(encoder.device), "dim": encoder.dim, "pooling": encoder.pooling,
             "normalize": encoder.normalize, "max_input_length": encoder.max_length,
             "prompts": sorted(encoder.prompts), "version": __version__, **service.config.public(),
             "index": None if index is None else {
-                "path": None if service.index_path is None else str(service.index_path), "size": len(index),
+                "name": None if service.index_path is None else service.index_path.name, "size": len(index),
                 "dim": index.dim, "rescore": index.store_float16},
+            "reranker": None if reranker is None else {
+                "model_id": Path(str(reranker.model_dir)).name, "model_dtype": str(reranker.dtype),
+                "max_input_length": reranker.max_length},
         })
 
     @app.get("/metrics")
@@ -439,6 +597,15 @@ def _describe(problems: list[dict]) -> str:
         lines.append(f"{location or 'body'}: {problem.get('msg', 'invalid')}"
                      + (f" (got {json.dumps(got)[:60]})" if got is not None and not isinstance(got, dict) else ""))
     return "; ".join(dict.fromkeys(lines))
+
+
+def _validated(model: type, data: dict):
+    """`data` as the request body `model`, or a 422 ServeError describing what is wrong."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ServeError(422, _describe([{**problem, "loc": ("body", *problem["loc"])}
+                                         for problem in error.errors()])) from None
 
 
 def _holds_ints(value: Any) -> bool:
@@ -561,7 +728,9 @@ def serve(encoder: Encoder, config: ServeConfig | None = None, *,
         OSError: the address cannot be listened on.
     """
     config = config or ServeConfig()
-    app = create_app(encoder, open_index(config), config.index, config)
+    reranker = None if config.reranker is None else Reranker(config.reranker, device=encoder.device,
+                                                             preset=config.reranker_preset)
+    app = create_app(encoder, open_index(config), config.index, config, reranker)
     warning = exposure_warning(config)
     if warning is not None:
         logger.warning(warning)

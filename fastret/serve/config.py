@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..search.ray_options import RAY_ADDRESS_HELP, REPLICAS_HELP, SHARDS_HELP
@@ -56,6 +57,9 @@ class ServeConfig:
     ray_address: str | None = _option(None, RAY_ADDRESS_HELP, flag="--ray")
     replicas: int = _option(1, REPLICAS_HELP)
     mesh: str | None = _option(None, "a MeSH tree file (fastret.MeshTree.from_file) for $under in /search filters")
+    reranker: str | None = _option(None, "a cross-encoder model directory (fastret.Reranker, e.g. "
+                                         "MedCPT-Cross-Encoder) for POST /rerank and /search {\"rerank\": true}")
+    reranker_preset: str | None = _option(None, "the cross-encoder's preset (medcpt-cross)")
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_batch_tokens", "max_batch_texts", "max_queue_tokens",
@@ -68,6 +72,8 @@ class ServeConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port!r}")
         if not 0 <= self.max_wait_ms < 60_000:
             raise ValueError(f"max_wait_ms must be in [0, 60000), got {self.max_wait_ms!r}")
+        if self.reranker is None and self.reranker_preset is not None:
+            raise ValueError("reranker_preset is the cross-encoder's preset: set reranker (--reranker MODEL) too")
         if self.index is None and (self.shards is not None or self.ray_address is not None or self.replicas != 1):
             raise ValueError("shards, ray_address and replicas search an index: set index (--index STORE) too")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
@@ -82,9 +88,13 @@ class ServeConfig:
                                  "https://app.example.org) or *")
 
     def public(self) -> dict:
-        """The settings as a dict for /info: everything but the API key."""
+        """The settings as a dict for /info: everything but the API key, and files by their names
+        (where they lie on the server's disk is not the clients' business)."""
         values = asdict(self)
         del values["api_key"]
+        for name in ("index", "mesh", "reranker"):
+            if values[name] is not None:
+                values[name] = Path(values[name]).name
         return values
 
 
