@@ -10,8 +10,9 @@
 #include <string>
 #include <utility>
 
-#include "machine_limits.h"
+#include "amx_tiles.h"
 #include "gemm_int8.h"
+#include "machine_limits.h"
 #include "topk_binary.h"
 #include "topk_int8.h"
 
@@ -221,7 +222,7 @@ Array<uint8_t> pack_int8_weights(const Array<int8_t>& weights) {
   return packed;
 }
 
-Array<int32_t> gemm_int8(const Array<int8_t>& a, const Array<uint8_t>& packed) {
+Array<int32_t> gemm_int8(const Array<int8_t>& a, const Array<uint8_t>& packed, const std::optional<std::string>& kernel) {
   const auto [n, k] = packed_shape(packed);
   require(a.ndim() == 2 && static_cast<size_t>(a.shape(1)) == k && a.shape(0) >= 1,
           "activations must be 2-D [m >= 1, " + std::to_string(k) + "] for these weights");
@@ -230,7 +231,7 @@ Array<int32_t> gemm_int8(const Array<int8_t>& a, const Array<uint8_t>& packed) {
   int32_t* out_data = out.mutable_data();
   {
     py::gil_scoped_release release;
-    fastret::gemm_int8(a.data(), m, packed.data(), out_data);
+    fastret::gemm_int8(a.data(), m, packed.data(), out_data, kernel ? kernel->c_str() : nullptr);
   }
   return out;
 }
@@ -301,7 +302,12 @@ PYBIND11_MODULE(_core, m) {
         "Pack int8 weights [n, k] (codes in [-127, 127]) once for gemm_int8 / linear_int8;\n"
         "returns uint8 [bytes], recording n and k.");
   m.def("gemm_int8", &gemm_int8, py::arg("a").noconvert(), py::arg("packed").noconvert(),
-        "Exact int32 [m, n] = a int8 [m, k] (codes in [-127, 127]) times the packed weights' transpose.");
+        py::arg("kernel") = py::none(),
+        "Exact int32 [m, n] = a int8 [m, k] (codes in [-127, 127]) times the packed weights' transpose, on the\n"
+        "active path's micro-kernel or the one named by kernel (a path's name; 'amx' where the CPU has AMX;\n"
+        "'amx-emulated': the AMX kernel's tile operations in scalar code, on any CPU).");
+  m.def("amx_usable", &fastret::amx_usable,
+        "True when this CPU has AMX-INT8 tiles that this process may use (CPUID, XCR0, Linux's permission).");
   m.def("linear_int8", &linear_int8, py::arg("x").noconvert(), py::arg("packed").noconvert(),
         py::arg("weight_scales").noconvert(), py::arg("bias").noconvert() = py::none(),
         py::arg("gelu") = false,

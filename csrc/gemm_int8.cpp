@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "amx_tiles.h"
 #include "gemm_int8_paths.h"
 #include "topk_int8.h"
 
@@ -43,6 +44,26 @@ const GemmPath& active_gemm_path() {
   for (const GemmPath* path : kGemmPaths)
     if (name == path->name) return *path;
   return kScalarGemm;
+}
+
+// A micro-kernel by name (gemm_int8's `kernel`): a path's, "amx" where the CPU has it, or
+// "amx-emulated" (the AMX kernel's tile operations in scalar code, on any CPU).
+const GemmPath& gemm_path_named(const std::string& name) {
+  for (const GemmPath* path : kGemmPaths)
+    if (name == path->name) return *path;
+  if (name == kAmxEmulatedGemm.name) return kAmxEmulatedGemm;
+#if defined(__x86_64__) || defined(_M_X64)
+  if (name == kAmxGemm.name) {
+    if (!amx_usable())
+      throw std::invalid_argument("gemm_int8: kernel 'amx' needs a CPU with AMX-INT8 (and Linux's permission "
+                                  "to use its tiles); this one has none: use 'amx-emulated' to test the kernel");
+    return kAmxGemm;
+  }
+#endif
+  std::string known;
+  for (const GemmPath* path : kGemmPaths) known += std::string(path->name) + ", ";
+  throw std::invalid_argument("gemm_int8: unknown kernel '" + name + "'; expected one of " + known +
+                              "amx, amx-emulated");
 }
 
 size_t round_up(size_t x, size_t multiple) { return (x + multiple - 1) / multiple * multiple; }
@@ -153,7 +174,7 @@ void pack_int8_weights(const int8_t* weights, size_t n, size_t k, uint8_t* packe
   std::memcpy(packed + n_panels * k_padded * kPanel, colsums.data(), colsums.size() * sizeof(int32_t));
 }
 
-void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out) {
+void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out, const char* kernel) {
   const PackedHeader header = read_header(packed);
   const size_t n = static_cast<size_t>(header.n), k = static_cast<size_t>(header.k);
   if (m == 0) throw std::invalid_argument("gemm_int8: the activation matrix has no rows");
@@ -167,8 +188,8 @@ void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out) {
     }
     std::memcpy(padded.data() + r * k_padded, a + r * k, k);
   }
-  multiply(active_gemm_path(), padded.data(), m, packed, header, k_padded,
-           [&](size_t r0, size_t n_rows, size_t col0, size_t n_cols, const int32_t* tile, size_t ldo) {
+  multiply(kernel == nullptr ? active_gemm_path() : gemm_path_named(kernel), padded.data(), m, packed, header,
+           k_padded, [&](size_t r0, size_t n_rows, size_t col0, size_t n_cols, const int32_t* tile, size_t ldo) {
              for (size_t r = 0; r < n_rows; ++r)
                std::memcpy(out + (r0 + r) * n + col0, tile + r * ldo, n_cols * sizeof(int32_t));
            });

@@ -30,9 +30,12 @@ void pack_int8_weights(const int8_t* weights, size_t n, size_t k, uint8_t* packe
 // Throws std::invalid_argument if the buffer is not one that pack_int8_weights made.
 void packed_weights_shape(const uint8_t* packed, size_t bytes, size_t* n, size_t* k);
 
-// out int32 [m, n] = a int8 [m, k] times the packed weights' transpose, exactly.
-// Activation codes must lie in [-127, 127]; throws std::invalid_argument otherwise, and for m == 0.
-void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out);
+// out int32 [m, n] = a int8 [m, k] times the packed weights' transpose, exactly, on the active
+// path's micro-kernel, or the one named by `kernel` (a path's name, "amx" where the CPU has AMX,
+// or "amx-emulated": the AMX kernel's tile operations in scalar code, for tests on any CPU).
+// Activation codes must lie in [-127, 127]; throws std::invalid_argument otherwise, for m == 0,
+// and for an unknown kernel or "amx" without AMX.
+void gemm_int8(const int8_t* a, size_t m, const uint8_t* packed, int32_t* out, const char* kernel = nullptr);
 
 // out float32 [m, n] from x float32 [m, k] (see the formula above); bias may be nullptr; gelu
 // applies GELU to the outputs.

@@ -91,9 +91,12 @@ void gelu_avx2(float* data, size_t n_rows, size_t n_cols, size_t ld);
 #endif
 
 extern const GemmPath kScalarGemm;
+// The AMX kernel's tile operations in scalar code (gemm_int8_amx.cpp): any CPU, for tests.
+extern const GemmPath kAmxEmulatedGemm;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const GemmPath kAvx2Gemm;
 extern const GemmPath kAvx512VnniGemm;
+extern const GemmPath kAmxGemm;  // only where amx_usable() (amx_tiles.h)
 #endif
 
 }  // namespace fastret
