@@ -5,7 +5,7 @@ damaged file, and no silently different answer.
 
 The store is one as saves leave it (3 shards, float16 copies, stored fields, sign bits, deletion
 files of the last generation). Each case takes one of its sidecars (`.bits`, `.deleted`,
-`.fields.arrow`) or its manifest and damages it: flipped bits, a truncation, an extension, an
+`.fields.arrow`, `.fields.index`) or its manifest and damages it: flipped bits, a truncation, an extension, an
 overwritten run of bytes. Then it loads the store with verify=True and reads it as a user would
 (`fingerprint`: exact and rescored int8 search, a binary search, the stored fields and document
 ids of every live row):
@@ -37,7 +37,10 @@ from harness import run_fuzz
 
 DIM = 8
 QUERIES = np.random.default_rng(7).standard_normal((5, DIM)).astype(np.float32)
-DAMAGED_KINDS = (".bits", ".deleted", ".fields.arrow", "manifest.json")
+DAMAGED_KINDS = (".bits", ".deleted", ".fields.arrow", ".fields.index", "manifest.json")
+# filters of the fingerprint: a list field's postings, a number range, their $and and a complement
+FILTERS = ({"mesh": "Humans"}, {"year": {"$gte": 2010}}, {"mesh": {"$in": ["Humans"]}, "year": {"$lt": 2005}},
+           {"mesh": {"$ne": "Humans"}})
 
 
 class FuzzFailure(AssertionError):
@@ -81,15 +84,17 @@ def change(index: fastret.Index, rng) -> None:
 
 def fingerprint(path: Path) -> str:
     """What a reader gets from the store or index file at `path`, loaded with every check: its size,
-    exact, rescored and binary results, and the fields and document ids of every live row (as JSON)."""
+    exact, rescored and binary results, filtered ones (answered from the field indexes), and the
+    fields and document ids of every live row (as JSON)."""
     index = fastret.Index.load(path)
     scores, ids = index.search(QUERIES, 10, rescore=True)
     _, exact = index.search(QUERIES, 10)
     _, binary = index.search(QUERIES, 5, first_stage="binary", oversample=2)
+    filtered = [index.search(QUERIES, 10, filter=spec)[1].tolist() for spec in FILTERS]
     _, live = index.search(QUERIES[:1], len(index))
     live = np.sort(live[0])
     return json.dumps([len(index), ids.tolist(), np.round(scores, 6).tolist(), exact.tolist(), binary.tolist(),
-                       live.tolist(), index.fields(live), index.documents(live).tolist()], sort_keys=True)
+                       filtered, live.tolist(), index.fields(live), index.documents(live).tolist()], sort_keys=True)
 
 
 def mutations(data: bytes, rng, count: int):

@@ -269,7 +269,7 @@ def test_damaged_sidecars_and_manifests_are_named_errors_or_change_nothing(tmp_p
     """A short run of benchmarks/fuzz_store.py (the long one runs 20,000 cases)."""
     counts = fuzz(320, seed=2026, workdir=tmp_path)
     assert sum(counts.values()) == 320
-    for kind in (".bits", ".deleted", ".fields.arrow", "manifest.json"):  # each kind of damage is caught
+    for kind in (".bits", ".deleted", ".fields.arrow", ".fields.index", "manifest.json"):  # each kind of damage is caught
         assert sum(n for outcome, n in counts.items() if outcome.startswith(kind) and "unchanged" not in outcome) > 20
 
 

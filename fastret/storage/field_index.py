@@ -24,7 +24,7 @@ Layout (little-endian), a sidecar of its segment file (fastret.storage.segment_f
       segment_crc     u32  the segment file's data checksum (fastret.storage.index_file)
       segment_count   u64  its rows
       directory_size  u64  bytes of the directory
-      contents_crc    u32  CRC-32 of the directory and then every array, in directory order
+      contents_crc    u32  CRC-32 of every byte after the header (directory, padding, arrays)
       header_crc      u32  CRC-32 of the bytes above
       (zeros up to 64 bytes)
     directory   JSON: {"fields": {name: {"kind": "terms" | "numbers",
@@ -58,7 +58,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .fields import StoredFields, require_arrow
-from .index_file import Header, IndexFileError, checksum
+from .index_file import Header, IndexFileError
 
 MAGIC = b"FRTFIDX\0"
 VERSION = 1
@@ -68,6 +68,9 @@ TERMS_SHARE = 1 / 4  # ... and one with more, while they are at most this share 
 MAX_ROWS = 1 << 32  # rows are uint32
 _HEAD = struct.Struct("<8sIIQQI")  # magic, version, segment crc, segment count, directory size, contents crc
 _ALIGN = 64
+_CRC_CHUNK = 1 << 24
+# the array types a field index holds (a directory naming another is damaged)
+_DTYPES = frozenset(("|u1", "|i1", "<i2", "<i4", "<i8", "<u4", "<u8", "<f8"))
 TERMS, NUMBERS = "terms", "numbers"
 
 
@@ -181,23 +184,31 @@ def write_field_index(target: str | os.PathLike, header: Header, fields: StoredF
         directory["fields"][name] = {"kind": kind, "arrays": placed}
     text = json.dumps(directory, separators=(",", ":")).encode()
     base = _arrays_start(len(text))
-    crc = zlib.crc32(text)
-    for _, array in parts:
-        crc = checksum(array, crc)
+    body = [text]
+    position = HEADER_SIZE + len(text)
+    for where, array in parts:
+        body += [b"\0" * (base + where - position), memoryview(array.reshape(-1).view(np.uint8))]
+        position = base + where + array.nbytes
+    crc = 0
+    for piece in body:
+        crc = zlib.crc32(piece, crc)
     with atomic_write(target) as f:
         head = _HEAD.pack(MAGIC, VERSION, header.data_crc, header.count, len(text), crc)
         f.write(head + struct.pack("<I", zlib.crc32(head)))
         f.write(b"\0" * (HEADER_SIZE - _HEAD.size - 4))
-        f.write(text)
-        position = HEADER_SIZE + len(text)
-        for where, array in parts:
-            f.write(b"\0" * (base + where - position))
-            f.write(memoryview(array.reshape(-1).view(np.uint8)))
-            position = base + where + array.nbytes
+        for piece in body:
+            f.write(piece)
     return True
 
 
 # ----------------------------------------------------------------------------------------- reading
+
+
+def _array_type(name: str) -> np.dtype:
+    """The numpy type a directory names; ValueError for one a field index never holds."""
+    if name not in _DTYPES:
+        raise ValueError(f"array type {name!r}")
+    return np.dtype(name)
 
 
 def _arrays_start(directory_size: int) -> int:
@@ -295,8 +306,8 @@ def read_field_index(target: str | os.PathLike, header: Header, mmap: bool = Tru
         target: the field index file.
         header: its segment file's header (`fastret.storage.index_file.read_header`).
         mmap: map the arrays instead of reading them.
-        verify: check the contents' checksum (reads the file once); without it, the header, the
-            directory and the arrays' bounds are checked and the values trusted.
+        verify: check the contents' checksum first (reads the file once); without it, the header,
+            the directory and the arrays' bounds and types are checked and the values trusted.
 
     Raises:
         IndexFileError: a file that is not a field index, is truncated or corrupted, or of another
@@ -317,17 +328,22 @@ def read_field_index(target: str | os.PathLike, header: Header, mmap: bool = Tru
             raise IndexFileError(f"{path}: field index version {version}; this fastret reads version {VERSION}; {remake}")
         if segment_crc != header.data_crc or segment_count != header.count:
             return None
+        if verify:  # every byte after the header, before any of it is believed
+            crc = 0
+            while chunk := f.read(_CRC_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+            if crc != contents_crc:
+                raise IndexFileError(f"{path}: the field index is corrupted (checksum mismatch); {remake}")
+            f.seek(HEADER_SIZE)
         text = f.read(directory_size)
     try:
         directory = json.loads(text)
-        entries = directory["fields"].items()
-        layout = {name: (entry["kind"], {part: (int(where), np.dtype(dtype), int(length))
+        layout = {name: (entry["kind"], {part: (int(where), _array_type(dtype), int(length))
                                          for part, (where, dtype, length) in entry["arrays"].items()})
-                  for name, entry in entries}
+                  for name, entry in directory["fields"].items()}
     except (ValueError, TypeError, KeyError, AttributeError):
         raise IndexFileError(f"{path}: the directory is unreadable (corrupted); {remake}") from None
     source = np.memmap(path, np.uint8, mode="r") if mmap and size else np.fromfile(path, np.uint8)
-    crc = zlib.crc32(text)
     base = _arrays_start(directory_size)
     fields: dict[str, TermsIndex | NumbersIndex] = {}
     for name, (kind, parts) in layout.items():
@@ -339,14 +355,8 @@ def read_field_index(target: str | os.PathLike, header: Header, mmap: bool = Tru
                 raise IndexFileError(f"{path}: array {name}/{part} lies outside the file (truncated or corrupted); "
                                      f"{remake}")
             arrays[part] = source[where:stop].view(dtype)
-            if verify:
-                crc = checksum(arrays[part], crc)
         try:
-            fields[name] = (TermsIndex if kind == TERMS else NumbersIndex)(arrays) if kind in (TERMS, NUMBERS) else None
+            fields[name] = {TERMS: TermsIndex, NUMBERS: NumbersIndex}[kind](arrays)
         except KeyError:
-            fields[name] = None
-        if fields[name] is None:
-            raise IndexFileError(f"{path}: field {name!r} has an unknown kind or misses an array; {remake}")
-    if verify and crc != contents_crc:
-        raise IndexFileError(f"{path}: the field index is corrupted (checksum mismatch); {remake}")
+            raise IndexFileError(f"{path}: field {name!r} has an unknown kind or misses an array; {remake}") from None
     return FieldIndex(fields)
