@@ -9,6 +9,7 @@
 //   dot_int8<C, A, B>()            TDPBSSD: C[m][n] += sum_{k < 16} sum_{j < 4} A[m][4k + j] * B[k][4n + j]
 //                                  (A and B signed bytes, C int32: B in the VNNI layout, 4 consecutive
 //                                  k of a column side by side)
+//   dot_int8_ub<C, A, B>()         TDPBSUD: the same with B's bytes unsigned (a corpus biased by 128)
 //   release()                      TILERELEASE: back to the init state (no tile state to save)
 //
 // Tiles 0-7; T, C, A, B are template arguments because the instructions encode the tile numbers.
@@ -54,6 +55,17 @@ class EmulatedTiles {
   }
   template <int C, int A, int B>
   void dot_int8() {
+    dot<C, A, B, int8_t>();
+  }
+  template <int C, int A, int B>
+  void dot_int8_ub() {
+    dot<C, A, B, uint8_t>();
+  }
+  void release() {}
+
+ private:
+  template <int C, int A, int B, typename BByte>
+  void dot() {
     for (size_t m = 0; m < kTileRows; ++m)
       for (size_t n = 0; n < kTileBytes / 4; ++n) {
         int32_t sum;
@@ -61,13 +73,11 @@ class EmulatedTiles {
         for (size_t k = 0; k < kTileRows; ++k)
           for (size_t j = 0; j < 4; ++j)
             sum += int32_t(static_cast<int8_t>(tiles_[A][m][4 * k + j])) *
-                   int32_t(static_cast<int8_t>(tiles_[B][k][4 * n + j]));
+                   int32_t(static_cast<BByte>(tiles_[B][k][4 * n + j]));
         std::memcpy(tiles_[C][m] + 4 * n, &sum, 4);
       }
   }
-  void release() {}
 
- private:
   uint8_t tiles_[8][kTileRows][kTileBytes];
 };
 
@@ -97,6 +107,8 @@ class AmxTiles {
   void store(void* ptr, size_t stride) const;
   template <int C, int A, int B>
   void dot_int8();
+  template <int C, int A, int B>
+  void dot_int8_ub();
   FASTRET_AMX void release() { _tile_release(); }
 };
 
@@ -125,6 +137,10 @@ FASTRET_AMX_TILE(5)
   template <>                                                                                               \
   FASTRET_AMX inline void AmxTiles::dot_int8<C, A, B>() {                                                   \
     _tile_dpbssd(C, A, B);                                                                                  \
+  }                                                                                                         \
+  template <>                                                                                               \
+  FASTRET_AMX inline void AmxTiles::dot_int8_ub<C, A, B>() {                                                \
+    _tile_dpbsud(C, A, B);                                                                                  \
   }
 FASTRET_AMX_DOT(0, 4, 5)
 FASTRET_AMX_DOT(1, 4, 5)

@@ -38,11 +38,16 @@ const GemmPath* const kGemmPaths[] = {
 #endif
     &kScalarGemm};
 
-// The micro-kernel of the search's active SIMD path (a path without one runs the portable kernel).
+// The micro-kernel of the search's active SIMD path (a path without one runs the portable kernel):
+// the AMX paths' is the AMX tile kernel (emulated with the emulated path).
 const GemmPath& active_gemm_path() {
   const std::string name = simd_path();
   for (const GemmPath* path : kGemmPaths)
     if (name == path->name) return *path;
+  if (name == kAmxEmulatedGemm.name) return kAmxEmulatedGemm;
+#if defined(__x86_64__) || defined(_M_X64)
+  if (name == kAmxGemm.name) return kAmxGemm;  // the search path exists only where amx_usable()
+#endif
   return kScalarGemm;
 }
 

@@ -237,16 +237,20 @@ constexpr VpopcntdqKernel kVpopcntdqKernels[] = {
     binary_distances_vpopcntdq<7>, binary_distances_vpopcntdq<8>};
 static_assert(sizeof(kVpopcntdqKernels) / sizeof(kVpopcntdqKernels[0]) == kMaxQueryBits, "one kernel per B");
 
-uint32_t binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                          size_t query_bits, uint32_t* out) {
+}  // namespace
+
+uint32_t binary_distances_avx512(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+                                 size_t query_bits, uint32_t* out) {
   if (has_vpopcntdq()) return kVpopcntdqKernels[query_bits - 1](blocks, n_rows, words, planes, out);
   return binary_distances_avx2(blocks, n_rows, words, planes, query_bits, out);
 }
 
-}  // namespace
+void dots_direct_avx512vnni(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query, int32_t* out) {
+  dots_direct(rows, n_rows, dim, query, out);
+}
 
 const SimdPath kAvx512VnniPath = {"avx512vnni", true, supported, {kRows, packed_bytes, pack, dots}, {},
-                                  dots_direct, binary_distances};
+                                  dots_direct, binary_distances_avx512};
 
 }  // namespace fastret
 

@@ -28,7 +28,7 @@
 namespace fastret {
 
 constexpr size_t kTile = 64;          // corpus vectors per packed tile
-constexpr size_t kMaxQueryRows = 8;   // the largest query_rows of any path
+constexpr size_t kMaxQueryRows = 16;  // the largest query_rows of any path (AMX: one tile of queries)
 
 // The largest query code magnitude a narrow batch kernel accepts.
 constexpr int kNarrowQueryCode = 63;
@@ -82,15 +82,25 @@ struct SimdPath {
   void (*dots_direct)(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
                       int32_t* out);  // nullptr: use pack + dots
   BinaryDistances binary_distances;
+  // false: taken only when asked for (FASTRET_SIMD, set_simd_path), never picked on its own: a path
+  // not yet measured faster than the one before it, or an emulation for tests
+  bool automatic = true;
 };
 
 // The path topk_int8 uses now (chosen on first use; see set_simd_path in topk_int8.h).
 const SimdPath& active_simd_path();
 
 extern const SimdPath kScalarPath;
+// The AMX batch kernel's tile operations in scalar code (simd_amx.cpp), for tests on any CPU.
+extern const SimdPath kAmxEmulatedPath;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const SimdPath kAvx2Path;
 extern const SimdPath kAvx512VnniPath;
+extern const SimdPath kAmxPath;
+// The AVX-512 path's kernels that the AMX path shares (simd_avx512vnni.cpp).
+void dots_direct_avx512vnni(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query, int32_t* out);
+uint32_t binary_distances_avx512(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+                                 size_t query_bits, uint32_t* out);
 #endif
 #if defined(__aarch64__)
 extern const SimdPath kNeonPath;

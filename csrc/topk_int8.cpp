@@ -42,12 +42,12 @@ constexpr size_t kDirectMaxQueries = 2;
 
 const SimdPath* const kPaths[] = {
 #if defined(__x86_64__) || defined(_M_X64)
-    &kAvx512VnniPath, &kAvx2Path,
+    &kAvx512VnniPath, &kAmxPath, &kAvx2Path,
 #endif
 #if defined(__aarch64__)
     &kNeonPath,
 #endif
-    &kScalarPath};
+    &kAmxEmulatedPath, &kScalarPath};
 
 std::atomic<const SimdPath*> g_path{nullptr};
 std::atomic<int> g_threads{0};
@@ -56,7 +56,7 @@ const SimdPath* active_path() {
   const SimdPath* path = g_path.load();
   if (path == nullptr) {
     for (const SimdPath* candidate : kPaths) {
-      if (candidate->supported()) {
+      if (candidate->automatic && candidate->supported()) {
         path = candidate;
         break;
       }

@@ -81,7 +81,7 @@ def test_int8_peak_follows_the_active_path():
         fastret.set_simd_path(before)
     for (path, narrow), peak in peaks.items():
         assert 1e8 < peak < 1e13, (path, narrow, peak)  # multiply-adds/s of one thread
-        if path != "scalar":
+        if path not in ("scalar", "amx-emulated"):  # the emulation is the tiles' scalar model, for tests
             # SIMD kernels do many products per instruction
             assert peak > 2 * peaks["scalar", narrow], peaks
 
