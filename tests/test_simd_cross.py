@@ -17,9 +17,10 @@ import fastret
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "tests" / "cpp" / "test_topk_paths.cpp"
-# The driver and every path; OpenMP stays off (the pragmas are ignored) so that a static aarch64
-# build needs no libgomp; the Python tests cover the threading.
-SOURCES = [PROGRAM, ROOT / "csrc" / "topk_int8.cpp", *sorted((ROOT / "csrc").glob("simd_*.cpp"))]
+# The driver, every path and the AMX detection; OpenMP stays off (the pragmas are ignored) so that a
+# static aarch64 build needs no libgomp; the Python tests cover the threading.
+SOURCES = [PROGRAM, ROOT / "csrc" / "topk_int8.cpp", ROOT / "csrc" / "amx.cpp",
+           *sorted((ROOT / "csrc").glob("simd_*.cpp"))]
 CROSS_TOOLS = "aarch64-linux-gnu-g++ and qemu-aarch64 (make cross-tools, or apt-get install g++-aarch64-linux-gnu qemu-user)"
 
 
@@ -71,10 +72,10 @@ def aarch64_program(tmp_path_factory):
 def test_neon_path_matches_the_reference_under_qemu(aarch64_program):
     qemu, program = aarch64_program
     tested, _ = run(qemu, "-cpu", "max", program)  # "max": every extension qemu emulates, sdot too
-    assert tested == ["neon", "scalar"]
+    assert tested == ["neon", "amx-emulated", "scalar"]  # the tile kernels' emulation runs on ARM too
 
 
 def test_neon_path_is_not_chosen_without_the_dot_product_extension(aarch64_program):
     qemu, program = aarch64_program
     tested, _ = run(qemu, "-cpu", "cortex-a53", program)  # Armv8.0: NEON without sdot
-    assert tested == ["scalar"]
+    assert tested == ["amx-emulated", "scalar"]
