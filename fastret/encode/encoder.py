@@ -19,7 +19,8 @@ from ..kernels.pooling import pool_normalize
 from .batches import collate, plan_batches, prefetch, warn_about_inputs
 from .corpus_to_store import encode_corpus, torchrun_env
 from .int8_linear import quantize_linear_layers
-from .loading import check_quantize, first_given, load_model, locate_model, resolve_dtype, truncating_tokenizer
+from .loading import (check_quantize, first_given, load_model, locate_model, resolve_dtype, resolve_max_length,
+                      truncating_tokenizer)
 from .presets import POOLING_MODES, get_preset
 
 PRECISIONS = ("float32", "int8")
@@ -92,13 +93,8 @@ class Encoder:
         if self.quantize == "int8":
             quantize_linear_layers(self.model)
 
-        limits = [v for v in (getattr(self.model.config, "max_position_embeddings", None),
-                              self.tokenizer.model_max_length) if isinstance(v, int) and 0 < v < 10**6]
-        wanted = first_given(max_length, preset_config and preset_config.max_length, st_config.get("max_length"),
-                       min(limits) if limits else 512)
-        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 2:
-            raise ValueError(f"max_length must be an int >= 2, got {wanted!r}")
-        self.max_length = min([wanted, *limits])
+        self.max_length = resolve_max_length(self.model, self.tokenizer, max_length,
+                                             preset_config and preset_config.max_length, st_config.get("max_length"))
         self._backend = truncating_tokenizer(self.tokenizer, self.max_length - 1 if self.append_eos else self.max_length)
         self._eos_id = self.tokenizer.eos_token_id
         if self.append_eos and self._eos_id is None:

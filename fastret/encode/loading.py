@@ -24,6 +24,21 @@ def first_given(*choices):
     return next((choice for choice in choices if choice is not None), None)
 
 
+def resolve_max_length(model, tokenizer, *choices) -> int:
+    """Tokens per input: the first of `choices` that is given (else the model's own limit, or 512
+    when it states none), never beyond the model's position embeddings or the tokenizer's limit.
+
+    Raises:
+        ValueError: a chosen length that is not an int >= 2.
+    """
+    limits = [v for v in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
+              if isinstance(v, int) and 0 < v < 10**6]
+    wanted = first_given(*choices, min(limits) if limits else 512)
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 2:
+        raise ValueError(f"max_length must be an int >= 2, got {wanted!r}")
+    return min([wanted, *limits])
+
+
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     if dtype is None or dtype == "auto":
         if device.type == "cuda":

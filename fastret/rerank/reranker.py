@@ -24,7 +24,8 @@ import torch
 
 from ..encode.batches import collate, plan_batches, prefetch, warn_about_inputs
 from ..encode.int8_linear import quantize_linear_layers
-from ..encode.loading import check_quantize, first_given, load_model, locate_model, resolve_dtype, truncating_tokenizer
+from ..encode.loading import (check_quantize, load_model, locate_model, resolve_dtype, resolve_max_length,
+                              truncating_tokenizer)
 
 ACTIVATIONS = ("sigmoid", "none")
 
@@ -82,13 +83,8 @@ class Reranker:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         if self.quantize == "int8":
             quantize_linear_layers(self.model)
-        limits = [v for v in (getattr(self.model.config, "max_position_embeddings", None),
-                              self.tokenizer.model_max_length) if isinstance(v, int) and 0 < v < 10**6]
-        wanted = first_given(max_length, preset and RERANKER_PRESETS[preset].max_length,
-                             min(limits) if limits else 512)
-        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 2:
-            raise ValueError(f"max_length must be an int >= 2, got {wanted!r}")
-        self.max_length = min([wanted, *limits])
+        self.max_length = resolve_max_length(self.model, self.tokenizer, max_length,
+                                             preset and RERANKER_PRESETS[preset].max_length)
         self._backend = truncating_tokenizer(self.tokenizer, self.max_length)
         pad = self.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else pad

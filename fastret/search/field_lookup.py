@@ -35,7 +35,7 @@ def lookup(node: tuple, index: TermsIndex | NumbersIndex, n: int) -> np.ndarray 
     positions = index.positions(node[2] if kind == "in" else (node[3],))
     if len(positions) == 1:
         return row_sets.compact(np.asarray(index.posting(positions[0]), np.int64), n)
-    return row_sets.compact(_scattered(index.postings(positions), n), n)
+    return row_sets.compact(row_sets.as_mask(index.postings(positions), n), n)
 
 
 def _numbers(index: NumbersIndex, values: tuple | None, comparison: tuple | None, n: int) -> np.ndarray:
@@ -49,7 +49,7 @@ def _numbers(index: NumbersIndex, values: tuple | None, comparison: tuple | None
     if len(spans) == 1 and sorted_values[spans[0][0]] == sorted_values[spans[0][1] - 1]:
         return row_sets.compact(np.asarray(index.rows(*spans[0]), np.int64), n)
     if total <= row_sets.ROWS_SHARE * n:
-        return row_sets.compact(_scattered(np.concatenate([index.rows(*span) for span in spans]), n), n)
+        return row_sets.compact(row_sets.as_mask(np.concatenate([index.rows(*span) for span in spans]), n), n)
     # many rows: a comparison of the values in row order (the span's ends bound them; an end at the
     # first or last value needs no test), its count known from the spans (already the mask's form)
     by_row, as_stored = index.by_row, index.by_row.dtype.type
@@ -65,9 +65,3 @@ def _numbers(index: NumbersIndex, values: tuple | None, comparison: tuple | None
     mask[np.asarray(index.nulls, np.int64)] = False  # their by_row value is a placeholder
     return mask
 
-
-def _scattered(rows: np.ndarray, n: int) -> np.ndarray:
-    """bool [n]: True at `rows` (any order, repeats allowed)."""
-    mask = np.zeros(n, bool)
-    mask[rows] = True
-    return mask

@@ -7,8 +7,8 @@ cheaper for how many they are.
 
 Every operation takes either form and gives the result in the cheaper one (`compact`): rows while
 they are at most ROWS_SHARE of the segment's rows, else a mask. An intersection starts from its
-smallest part and tests the others' membership on those rows alone, so `{"mesh": ..., "year": ...}`
-costs what the rarer condition matches (the rule Lucene's conjunctions follow).
+shortest row list and tests the others' membership on those rows alone, so `{"mesh": ..., "year":
+...}` costs what the rarer condition matches (the rule Lucene's conjunctions follow).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def count(selection: np.ndarray) -> int:
 
 
 def as_mask(selection: np.ndarray, n: int) -> np.ndarray:
-    """bool [n]: the set as a mask over the segment's n rows."""
+    """bool [n]: the set as a mask over the segment's n rows (rows may come in any order, and
+    repeat: a concatenation of postings)."""
     if not is_rows(selection):
         return selection
     mask = np.zeros(n, bool)

@@ -253,6 +253,22 @@ class _Service:
         except (ValueError, TypeError) as error:
             raise ServeError(422, str(error)) from None
 
+    def check_count(self, count: int, field: str) -> None:
+        """A 413 ServeError for more than --max-client-batch-size texts in a request's `field`."""
+        if count > self.config.max_client_batch_size:
+            raise ServeError(413, f"{count} texts in {field}; at most {self.config.max_client_batch_size} per "
+                                  "request (--max-client-batch-size): split the request")
+
+    def check_truncation(self, truncated: list[bool], truncate: bool | None, field: str, limit: str) -> None:
+        """A 413 ServeError when an input was longer than `limit` (tokens) and the request (or, when it
+        does not say, --auto-truncate) does not allow cutting it; `field` names the inputs."""
+        allow = self.config.auto_truncate if truncate is None else truncate
+        if not allow and any(truncated):
+            first = truncated.index(True)
+            more = f" (and {sum(truncated) - 1} more)" if sum(truncated) > 1 else ""
+            raise ServeError(413, f"{field}[{first}]{more} is longer than {limit} tokens; send \"truncate\": true "
+                                  "to cut it")
+
     async def similarity(self, body: "SimilarityRequest") -> list[float]:
         """TEI's /similarity answer: the cosine of the source sentence's embedding with each sentence's."""
         parameters = body.parameters or {}
@@ -272,9 +288,7 @@ class _Service:
         encoder = self.encoder
         if not texts:
             raise ServeError(422, "inputs is empty; send a str or a non-empty list of str")
-        if len(texts) > self.config.max_client_batch_size:
-            raise ServeError(413, f"{len(texts)} texts in inputs; at most {self.config.max_client_batch_size} per "
-                                  "request (--max-client-batch-size): split the request")
+        self.check_count(len(texts), "inputs")
         try:
             prefix = encoder.prompt_prefix(prompt_name=prompt_name)
         except ValueError as error:
@@ -306,16 +320,10 @@ class _Service:
             raise ServeError(422, "query is empty or whitespace; send text")
         if not body.texts:
             raise ServeError(422, "texts is empty; send a non-empty list of str")
-        if len(body.texts) > config.max_client_batch_size:
-            raise ServeError(413, f"{len(body.texts)} texts; at most {config.max_client_batch_size} per request "
-                                  "(--max-client-batch-size): split the request")
+        self.check_count(len(body.texts), "texts")
         token_ids, type_ids, truncated = reranker.tokenize([(body.query, text) for text in body.texts])
-        allow = config.auto_truncate if body.truncate is None else body.truncate
-        if not allow and any(truncated):
-            first = truncated.index(True)
-            more = f" (and {sum(truncated) - 1} more)" if sum(truncated) > 1 else ""
-            raise ServeError(413, f"the query with texts[{first}]{more} is longer than the reranker's max length of "
-                                  f"{reranker.max_length} tokens; send \"truncate\": true to cut it")
+        self.check_truncation(truncated, body.truncate, "the query with texts", f"the reranker's max length of "
+                              f"{reranker.max_length}")
         with self.rerank_lock:
             scores = reranker.score_tokens(token_ids, type_ids, config.max_batch_texts, config.max_batch_tokens,
                                            "none" if body.raw_scores else "sigmoid")
@@ -347,12 +355,10 @@ class _Service:
     async def embed(self, texts: list[str], truncate: bool | None, prompt_name: str | None,
                     field: str) -> tuple[np.ndarray, int]:
         """float32 [n, d] embeddings of `texts` (validated, tokenized, batched) and their token count."""
-        encoder, config = self.encoder, self.config
+        encoder = self.encoder
         if not texts:
             raise ServeError(422, f"{field} is empty; send a str or a non-empty list of str")
-        if len(texts) > config.max_client_batch_size:
-            raise ServeError(413, f"{len(texts)} texts in {field}; at most {config.max_client_batch_size} per "
-                                  "request (--max-client-batch-size): split the request")
+        self.check_count(len(texts), field)
         for position, text in enumerate(texts):
             if not text.strip():
                 raise ServeError(422, f"{field}[{position}] is empty or whitespace; send text")
@@ -365,12 +371,7 @@ class _Service:
             token_ids, type_ids, truncated = encoder.tokenize(inputs)
         else:
             token_ids, type_ids, truncated = await run_in_threadpool(encoder.tokenize, inputs)
-        allow = config.auto_truncate if truncate is None else truncate
-        if not allow and any(truncated):
-            first = truncated.index(True)
-            more = f" (and {sum(truncated) - 1} more)" if sum(truncated) > 1 else ""
-            raise ServeError(413, f"{field}[{first}]{more} is longer than the model's max length of "
-                                  f"{encoder.max_length} tokens; send \"truncate\": true to cut it")
+        self.check_truncation(truncated, truncate, field, f"the model's max length of {encoder.max_length}")
         tokens = sum(len(ids) for ids in token_ids)
         items = list(zip(token_ids, type_ids if type_ids is not None else [None] * len(token_ids)))
         if self.batcher is None:

@@ -118,9 +118,7 @@ def write_segment(path: str | os.PathLike, arrays: index_file.IndexArrays, bits:
             write_fields(sidecar_path(path, header, FIELDS), header, fields)
         else:  # same checksum as the version replaced (the same vectors): its fields must not stay
             sidecar_path(path, header, FIELDS).unlink(missing_ok=True)
-        if fields is None or fields.table is None or not write_field_index(
-                sidecar_path(path, header, FIELD_INDEX), header, fields):
-            sidecar_path(path, header, FIELD_INDEX).unlink(missing_ok=True)
+        _write_field_index(path, header, fields)
     remove_paths(stale_sidecars(path, header, after_save=True))
     return header
 
@@ -141,8 +139,16 @@ def add_fields(path: str | os.PathLike, fields: StoredFields) -> None:
     path = Path(path)
     header = index_file.read_header(path)
     write_fields(sidecar_path(path, header, FIELDS), header, fields)
-    if not write_field_index(sidecar_path(path, header, FIELD_INDEX), header, fields):
-        sidecar_path(path, header, FIELD_INDEX).unlink(missing_ok=True)
+    _write_field_index(path, header, fields)
+
+
+def _write_field_index(path: Path, header: index_file.Header, fields: StoredFields | None) -> None:
+    """Write the field index of `fields` beside this version of `path`; where there is none to write
+    (no fields, or no indexable column), remove one of the same name (the version replaced had the
+    same checksum: its index must not stay)."""
+    target = sidecar_path(path, header, FIELD_INDEX)
+    if fields is None or fields.table is None or not write_field_index(target, header, fields):
+        target.unlink(missing_ok=True)
 
 
 def add_field_index(path: str | os.PathLike) -> bool:
