@@ -15,7 +15,7 @@ import torch
 
 import fastret
 from fastret.kernels import pooling
-from fastret.kernels.pooling import pool_normalize, pool_normalize_ref
+from fastret.kernels.pooling import pool_normalize, pool_normalize_packed, pool_normalize_ref
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("mean", "cls", "last")
@@ -224,6 +224,11 @@ def test_quantize_rejects_nan_at_real_tokens_on_every_path(monkeypatch):
     hidden = make_hidden((2, 4, 8), torch.float32)
     hidden[1, 1, 3] = float("nan")
     mask = torch.ones(2, 4, dtype=torch.int64, device=device())
+    if torch.cuda.is_available():  # unchecked on a GPU (no host sync): the row's scale says NaN
+        monkeypatch.delenv("FASTRET_DEVICE_CHECKS", raising=False)
+        scales = pool_normalize(hidden, mask, quantize=True)[2].cpu()
+        assert scales[0].isfinite() and scales[1].isnan()
+        monkeypatch.setenv("FASTRET_DEVICE_CHECKS", "1")
     with pytest.raises(ValueError, match="NaN or inf"):
         pool_normalize(hidden, mask, quantize=True)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -379,3 +384,114 @@ def test_bad_mode_and_flags_are_explained():
         pool_normalize(hidden, mask, normalize="no")
     with pytest.raises(TypeError, match=r"quantize must be True or False, got 1"):
         pool_normalize(hidden, mask, quantize=1)
+
+
+# --------------------------------------------------------------------------------- packed layout
+
+
+def pack(hidden, lengths):
+    """Right-padded [B, T, D] states -> packed [N, D] (the real tokens back to back) and cu_seqlens."""
+    rows = torch.cat([hidden[b, :n] for b, n in enumerate(lengths)])
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=hidden.device)
+    return rows, cu
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(1, 1, 8), (5, 17, 97), (3, 40, 384)], ids=str)
+def test_packed_matches_padded_reference(shape, mode, dtype, normalize, quantize):
+    B, T, D = shape
+    hidden = make_hidden(shape, dtype, seed=11)
+    lengths = lengths_for(B, T, seed=11)  # a full row, an empty one, partial ones
+    packed, cu = pack(hidden, lengths)
+    out = pool_normalize_packed(packed, cu, mode=mode, normalize=normalize, quantize=quantize)
+    y = out[0] if quantize else out
+    assert y.dtype == torch.float32 and y.shape == (B, D)
+    assert_close(y, pool_normalize_ref(hidden, make_mask(lengths, T, "right"), mode, normalize), dtype)
+    assert_close(y, pooling.pool_normalize_packed_ref(packed, cu, mode, normalize), dtype)
+    if quantize:
+        codes, scales = fastret.quantize_int8(y)
+        assert torch.equal(out[1], codes) and torch.equal(out[2], scales)
+    if B >= 2:
+        assert torch.equal(y[1], torch.zeros(D, device=y.device))
+
+
+def test_packed_reads_only_its_rows_and_takes_strided_int64_inputs():
+    hidden = make_hidden((30, 64), torch.float16, seed=2)[::2]  # [15, 64], row stride 128
+    cu = torch.tensor([0, 4, 4, 15], dtype=torch.int64, device=hidden.device)
+    for mode in MODES:
+        expected = pooling.pool_normalize_packed_ref(hidden.contiguous(), cu, mode)
+        assert_close(pool_normalize_packed(hidden, cu, mode=mode), expected, torch.float16)
+    first = pool_normalize_packed(hidden, cu, mode="cls")
+    assert_close(first[2], torch.nn.functional.normalize(hidden[4].float(), dim=0), torch.float16)
+
+
+def test_packed_without_sequences_or_rows():
+    none = pool_normalize_packed(torch.zeros(0, 8, device=device()), torch.zeros(1, dtype=torch.int32, device=device()))
+    assert none.shape == (0, 8)
+    empty = pool_normalize_packed(torch.zeros(0, 8, device=device()),
+                                  torch.zeros(3, dtype=torch.int32, device=device()), quantize=True)
+    assert torch.equal(empty[0], torch.zeros(2, 8, device=device())) and torch.equal(empty[2], torch.zeros(2, device=device()))
+
+
+@pytest.mark.parametrize(
+    "hidden, cu, error, match",
+    [
+        pytest.param((2, 3, 8), [0, 2], ValueError, r"packed hidden must be \[N, D\].*pool_normalize", id="3d"),
+        pytest.param((5, 8), [[0, 5]], ValueError, r"cu_seqlens must be \[B \+ 1\]", id="cu-2d"),
+        pytest.param((5, 8), [0.0, 5.0], TypeError, r"cu_seqlens must be int32 or int64", id="cu-float"),
+        pytest.param((5, 8), [1, 5], ValueError, r"start at 0, never decrease and end at N = 5", id="start"),
+        pytest.param((5, 8), [0, 4], ValueError, r"end at N = 5.*\[0, 4\]", id="end"),
+        pytest.param((5, 8), [0, 3, 2, 5], ValueError, r"never decrease", id="decrease"),
+    ],
+)
+def test_bad_packed_inputs_are_explained(hidden, cu, error, match):
+    hidden = make_hidden(hidden, torch.float32)
+    cu = torch.tensor(cu, device=hidden.device, dtype=torch.float32 if error is TypeError else torch.int32)
+    for fn in (pool_normalize_packed, pooling.pool_normalize_packed_ref):
+        with pytest.raises(error, match=match):
+            fn(hidden, cu)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        pool_normalize_packed(make_hidden((5, 8), torch.float32), torch.tensor([0, 5], device=hidden.device), "max")
+
+
+# ------------------------------------------------------------------------------ no host syncs
+
+
+HOST_READS = {"aten::any", "aten::all", "aten::ne", "aten::item", "aten::_local_scalar_dense", "aten::isfinite",
+              "aten::tolist", "aten::diff"}
+
+
+def ops_of(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events()}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, tests/test_gpu_check.py's run proves it")
+def test_wrappers_read_no_device_values_where_checks_are_off(monkeypatch):
+    """What runs for a CUDA tensor, shown in the interpreter: with the value checks off (as on a
+    GPU without FASTRET_DEVICE_CHECKS), the wrappers only allocate and launch."""
+    hidden = make_hidden((3, 9, 16), torch.float16)
+    mask = make_mask([9, 4, 1], 9, "right")
+    packed, cu = pack(hidden, [9, 4, 1])
+
+    def both():
+        pool_normalize(hidden, mask, quantize=True)
+        pool_normalize_packed(packed, cu, quantize=True)
+
+    assert ops_of(both) & HOST_READS  # the CPU path checks values: the profile sees those reads
+    monkeypatch.setattr(pooling, "device_checks", lambda device: False)
+    assert not ops_of(both) & HOST_READS
+
+
+def test_device_checks_run_on_the_cpu_and_elsewhere_only_when_asked(monkeypatch):
+    monkeypatch.delenv("FASTRET_DEVICE_CHECKS", raising=False)
+    assert pooling.device_checks(torch.device("cpu"))
+    assert not pooling.device_checks(torch.device("cuda", 0))
+    monkeypatch.setenv("FASTRET_DEVICE_CHECKS", "1")
+    assert pooling.device_checks(torch.device("cuda", 0))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        pooling.check_quantizable(torch.tensor([0.5, float("nan")]))

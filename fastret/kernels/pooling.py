@@ -19,12 +19,27 @@ y float32 [B, D] (accumulation is float32 for every input dtype); q int8 [B, D];
 Padding positions never contribute, even when they hold garbage (NaN, inf). The float output is
 differentiable with respect to hidden; the int8 outputs are not.
 
+Packed layout (`pool_normalize_packed`): hidden [N, D] holds the B sequences back to back, with
+no padding; sequence b is rows cu_seqlens[b] .. cu_seqlens[b + 1] - 1 (cu_seqlens [B + 1], int32 or
+int64, cu_seqlens[0] = 0, nondecreasing, cu_seqlens[B] = N). Then first_b = cu_seqlens[b],
+last_b = cu_seqlens[b + 1] - 1, n_b = last_b - first_b + 1, and every formula above holds as is. The
+same forward kernel serves both layouts (no mask is read in the packed one).
+
 Dispatch: a CUDA tensor runs the Triton kernels; a CPU tensor runs `pool_normalize_ref` (plain
 torch), or the Triton kernels in Triton's interpreter when TRITON_INTERPRET=1 (how the tests check
 the kernels on machines without a GPU).
+
+No host synchronisation on a GPU: checks of values (a mask holding only 0/1, finite pooled vectors
+before quantizing, a well-formed cu_seqlens) read device memory from the host, which waits for the
+GPU and costs far more than the kernels; they run for CPU tensors (where they are free) and for
+CUDA tensors only with FASTRET_DEVICE_CHECKS=1 (debugging; see `device_checks`). Unchecked on a
+GPU, a nonzero mask value counts as a real token (as in the reference), and a row whose pooled
+vector holds NaN/inf gets the scale NaN, which `check_quantizable` reports wherever the scales are
+on the host.
 """
 
 import contextlib
+import os
 from typing import Tuple, Union
 
 import torch
@@ -36,6 +51,7 @@ MODES = ("mean", "cls", "last")
 _MODE_IDS = {"mean": 0, "cls": 1, "last": 2}
 _HIDDEN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_CU_DTYPES = (torch.int32, torch.int64)
 _MEAN_EPS = 1e-9  # sentence-transformers: torch.clamp(sum_mask, min=1e-9)
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize's default eps
 _MAX_GRID_YZ = 65535  # CUDA limit on grid axes 1 and 2 (axis 0 takes 2**31 - 1)
@@ -90,13 +106,49 @@ def pool_normalize_ref(
     return x
 
 
+def pool_normalize_packed_ref(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor, mode: str = "mean", normalize: bool = True
+) -> torch.Tensor:
+    """`pool_normalize_ref` for packed sequences, in plain torch (the reference of the packed kernel).
+
+    Args:
+        hidden: float16/bfloat16/float32 [N, D]: B sequences back to back, no padding.
+        cu_seqlens: int32/int64 [B + 1]: sequence b is rows cu_seqlens[b] .. cu_seqlens[b + 1] - 1.
+        mode, normalize: as in `pool_normalize_ref`.
+
+    Returns:
+        float32 [B, D], not differentiable (the packed layout serves inference).
+
+    Raises:
+        TypeError / ValueError: see `pool_normalize_packed`.
+    """
+    _check_packed_inputs(hidden, cu_seqlens, mode, normalize, False)
+    with torch.no_grad():
+        h = hidden.float()
+        starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
+        counts = ends - starts  # [B]
+        B, (N, D) = counts.shape[0], h.shape
+        if mode == "mean":
+            sequence = torch.repeat_interleave(torch.arange(B, device=h.device), counts, output_size=N)  # [N]
+            x = h.new_zeros((B, D)).index_add_(0, sequence, h)
+            x /= counts[:, None].to(torch.float32).clamp(min=_MEAN_EPS)
+        else:
+            rows = starts if mode == "cls" else ends - 1
+            x = h[rows.clamp(0, max(N - 1, 0))] if N else h.new_zeros((B, D))  # [B, D]
+            x = torch.where((counts > 0)[:, None], x, x.new_zeros(()))
+        if normalize:
+            x = F.normalize(x, p=2.0, dim=-1, eps=_NORM_EPS)
+    return x
+
+
 # --------------------------------------------------------------------------------------- kernels
 
 
 @triton.jit
 def _pool_fwd_kernel(
-    H,  # [B, T, D] hidden, any strides
-    M,  # [B, T] mask (0/1), any strides
+    H,  # [B, T, D] hidden, any strides (packed: [N, D], stride_hb = 0, stride_ht its row stride)
+    M,  # [B, T] mask (0/1), any strides (packed: not read)
+    CU,  # [B + 1] cu_seqlens, int32/int64 (padded: not read)
     X,  # [B, D] float32 out: pooled rows (contiguous)
     SUMSQ,  # [B, N_DBLK] float32 out: sum_i x_i^2 over this program's columns
     ABSMAX,  # [B, N_DBLK] float32 out: max_i |x_i| over this program's columns
@@ -109,6 +161,7 @@ def _pool_fwd_kernel(
     stride_mb,
     stride_mt,
     MODE: tl.constexpr,  # 0 mean, 1 cls, 2 last
+    PACKED: tl.constexpr,  # rows from CU (packed [N, D]) instead of the mask (padded [B, T, D])
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -119,19 +172,25 @@ def _pool_fwd_kernel(
     offs_t = tl.arange(0, BLOCK_T)  # [BLOCK_T]
     mask_row = M + b * stride_mb
 
-    # first / last real token and count, from the whole mask row: [BLOCK_T] lanes, reduced once
-    first_v = tl.zeros([BLOCK_T], dtype=tl.int32) + T
-    last_v = tl.zeros([BLOCK_T], dtype=tl.int32) - 1
-    count_v = tl.zeros([BLOCK_T], dtype=tl.int32)
-    for t0 in range(0, T, BLOCK_T):
-        t = t0 + offs_t
-        real = tl.load(mask_row + t * stride_mt, mask=t < T, other=0) != 0  # [BLOCK_T]
-        first_v = tl.minimum(first_v, tl.where(real, t, T))
-        last_v = tl.maximum(last_v, tl.where(real, t, -1))
-        count_v += real.to(tl.int32)
-    first = tl.min(first_v, axis=0)
-    last = tl.max(last_v, axis=0)
-    count = tl.sum(count_v, axis=0)
+    if PACKED:
+        # sequence b is rows [CU[b], CU[b + 1]): two loads instead of a mask scan
+        first = tl.load(CU + b).to(tl.int32)
+        last = tl.load(CU + b + 1).to(tl.int32) - 1
+        count = last - first + 1  # 0 for an empty sequence (then [first, last] is empty too)
+    else:
+        # first / last real token and count, from the whole mask row: [BLOCK_T] lanes, reduced once
+        first_v = tl.zeros([BLOCK_T], dtype=tl.int32) + T
+        last_v = tl.zeros([BLOCK_T], dtype=tl.int32) - 1
+        count_v = tl.zeros([BLOCK_T], dtype=tl.int32)
+        for t0 in range(0, T, BLOCK_T):
+            t = t0 + offs_t
+            real = tl.load(mask_row + t * stride_mt, mask=t < T, other=0) != 0  # [BLOCK_T]
+            first_v = tl.minimum(first_v, tl.where(real, t, T))
+            last_v = tl.maximum(last_v, tl.where(real, t, -1))
+            count_v += real.to(tl.int32)
+        first = tl.min(first_v, axis=0)
+        last = tl.max(last_v, axis=0)
+        count = tl.sum(count_v, axis=0)
     tl.store(ROWS + b * 3, first, mask=j == 0)
     tl.store(ROWS + b * 3 + 1, last, mask=j == 0)
     tl.store(ROWS + b * 3 + 2, count, mask=j == 0)
@@ -146,7 +205,10 @@ def _pool_fwd_kernel(
         acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)  # [BLOCK_T, BLOCK_D], reduced once
         for t0 in range(first, last + 1, BLOCK_T):
             t = t0 + offs_t
-            real = tl.load(mask_row + t * stride_mt, mask=t <= last, other=0) != 0  # [BLOCK_T]
+            if PACKED:
+                real = t <= last  # [BLOCK_T]
+            else:
+                real = tl.load(mask_row + t * stride_mt, mask=t <= last, other=0) != 0  # [BLOCK_T]
             ptrs = h_row + t.to(tl.int64)[:, None] * stride_ht + offs_d[None, :] * stride_hd
             h = tl.load(ptrs, mask=real[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_T, BLOCK_D]
             acc += h.to(tl.float32)
@@ -313,13 +375,21 @@ def _pool_blocks(T: int, D: int) -> Tuple[int, int]:
     return block_t, block_d
 
 
-def _pool_normalize_fwd(hidden, mask, mode: str, normalize: bool, quantize: bool):
-    """Launch the forward kernels. hidden [B, T, D] (B, T, D > 0), mask [B, T] integer 0/1.
+def _pool_normalize_fwd(hidden, mask, mode: str, normalize: bool, quantize: bool, cu_seqlens=None):
+    """Launch the forward kernels: hidden [B, T, D] (B, T, D > 0) with mask [B, T] integer 0/1, or
+    packed hidden [N, D] (N, D > 0) with cu_seqlens [B + 1] (B > 0) and mask None. Enqueues work
+    only: nothing here waits for the device.
 
     Returns y float32 [B, D], codes int8 [B, D] or None, scales float32 [B] or None,
     norm float32 [B] or None, rows int32 [B, 3].
     """
-    B, T, D = hidden.shape
+    if cu_seqlens is None:
+        B, T, D = hidden.shape
+        strides = (hidden.stride(0), hidden.stride(1), hidden.stride(2), mask.stride(0), mask.stride(1))
+    else:
+        (T, D), B = hidden.shape, cu_seqlens.shape[0] - 1  # T: the packed rows (block choice only)
+        strides = (0, hidden.stride(0), hidden.stride(1), 0, 0)
+        mask = cu_seqlens  # not read by the packed kernel
     block_t, block_d = _pool_blocks(T, D)
     n_dblk = triton.cdiv(D, block_d)
     if n_dblk > _MAX_GRID_YZ:
@@ -334,9 +404,8 @@ def _pool_normalize_fwd(hidden, mask, mode: str, normalize: bool, quantize: bool
     scales = torch.empty(B, dtype=torch.float32, device=dev) if quantize else None
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         _pool_fwd_kernel[(B, n_dblk)](
-            hidden, mask, y, sumsq, absmax, rows, T, D,
-            hidden.stride(0), hidden.stride(1), hidden.stride(2), mask.stride(0), mask.stride(1),
-            MODE=_MODE_IDS[mode], BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4,
+            hidden, mask, mask if cu_seqlens is None else cu_seqlens, y, sumsq, absmax, rows, T, D, *strides,
+            MODE=_MODE_IDS[mode], PACKED=cu_seqlens is not None, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
         if normalize or quantize:
             _normalize_quantize_kernel[(B,)](
@@ -345,17 +414,9 @@ def _pool_normalize_fwd(hidden, mask, mode: str, normalize: bool, quantize: bool
                 NORMALIZE=normalize, QUANTIZE=quantize, BLOCK_P=_pow2(n_dblk),
                 BLOCK_D=min(_pow2(D), 1024), num_warps=4,
             )  # fmt: skip
-    if quantize:
-        _check_quantizable(scales)
+    if quantize and device_checks(dev):
+        check_quantizable(scales)
     return y, codes, scales, norm, rows
-
-
-def _check_quantizable(scales: torch.Tensor) -> None:
-    if not bool(torch.isfinite(scales).all()):
-        raise ValueError(
-            "the pooled vectors contain NaN or inf, so they cannot be quantized; "
-            "check hidden for NaN/inf at real-token positions"
-        )
 
 
 def _pool_normalize_bwd(dy, y, norm, mask, rows, hidden_shape, hidden_dtype, mode: str, normalize: bool):
@@ -433,8 +494,10 @@ def pool_normalize(
 
     Raises:
         TypeError: hidden or attention_mask is not a tensor of a supported dtype; a flag is not bool.
-        ValueError: wrong ranks, mismatched [B, T], different devices, a mask value other than 0/1,
-            an unknown mode, or (quantize=True) NaN/inf in the pooled vectors.
+        ValueError: wrong ranks, mismatched [B, T], different devices, an unknown mode; where
+            values are checked (CPU tensors, or FASTRET_DEVICE_CHECKS=1: see `device_checks`), a
+            mask value other than 0/1 or (quantize=True) NaN/inf in the pooled vectors (unchecked
+            on a GPU, such a row's scale is NaN).
         RuntimeError: a CUDA tensor (or TRITON_INTERPRET=1) without triton installed.
     """
     _check_inputs(hidden, attention_mask, mode, normalize, quantize)
@@ -443,10 +506,73 @@ def pool_normalize(
         mask = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
         return _PoolNormalize.apply(hidden, mask, mode, normalize, quantize)
     y = pool_normalize_ref(hidden, attention_mask, mode, normalize)
-    if not quantize:
-        return y
+    return _quantized(y) if quantize else y
+
+
+def pool_normalize_packed(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    mode: str = "mean",
+    normalize: bool = True,
+    quantize: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`pool_normalize` for packed sequences (no padding): one vector per sequence.
+
+    The same fused kernels as `pool_normalize`, reading each sequence's rows from cu_seqlens
+    instead of scanning a mask; on a GPU nothing here waits for the device (see the module
+    docstring). Equal to `pool_normalize` of the same sequences padded, to float32 rounding.
+
+    Args:
+        hidden: float16/bfloat16/float32 [N, D]: B sequences back to back (any strides).
+        cu_seqlens: int32/int64 [B + 1] on hidden's device: sequence b is rows
+            cu_seqlens[b] .. cu_seqlens[b + 1] - 1 (cu_seqlens[0] = 0, nondecreasing,
+            cu_seqlens[B] = N). An empty sequence gives zeros.
+        mode, normalize, quantize: as in `pool_normalize`.
+
+    Returns:
+        y float32 [B, D], or (y, codes int8 [B, D], scales float32 [B]) when quantize=True. Not
+        differentiable: training pools padded batches with `pool_normalize`.
+
+    Raises:
+        TypeError: a tensor of the wrong type or dtype; a flag that is not bool.
+        ValueError: wrong ranks, different devices, an unknown mode; where values are checked
+            (CPU, or FASTRET_DEVICE_CHECKS=1): a malformed cu_seqlens, NaN/inf to quantize.
+        RuntimeError: a CUDA tensor (or TRITON_INTERPRET=1) without triton installed.
+    """
+    _check_packed_inputs(hidden, cu_seqlens, mode, normalize, quantize)
+    if hidden.numel() > 0 and cu_seqlens.shape[0] > 1 and use_triton(hidden.device):
+        require_triton("pool_normalize_packed", hidden.device, _pool_fwd_kernel)
+        with torch.no_grad():
+            y, codes, scales, _, _ = _pool_normalize_fwd(hidden, None, mode, normalize, quantize, cu_seqlens)
+        return (y, codes, scales) if quantize else y
+    y = pool_normalize_packed_ref(hidden, cu_seqlens, mode, normalize)
+    return _quantized(y) if quantize else y
+
+
+def device_checks(device: torch.device) -> bool:
+    """Whether checks that read tensor values on the host run for tensors on `device`: always on
+    the CPU (free there), elsewhere only with the environment variable FASTRET_DEVICE_CHECKS=1
+    (read per call), because each such read waits for the device to finish its queued work."""
+    if device.type == "cpu":
+        return True
+    return os.environ.get("FASTRET_DEVICE_CHECKS", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_quantizable(scales: torch.Tensor) -> None:
+    """Raise ValueError if any int8 scale from the pooling is NaN (the kernel's mark of a pooled
+    vector with NaN/inf). Reads the values: call it where `scales` are on the host, or in a debug run."""
+    if not bool(torch.isfinite(scales).all()):
+        raise ValueError(
+            "the pooled vectors contain NaN or inf, so they cannot be quantized; "
+            "check hidden for NaN/inf at real-token positions"
+        )
+
+
+def _quantized(y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference paths' int8 step, checked where checks are free."""
     codes, scales = quantize_rows_ref(y)
-    _check_quantizable(scales)
+    if device_checks(y.device):
+        check_quantizable(scales)
     return y, codes, scales
 
 
@@ -501,6 +627,45 @@ def _check_inputs(hidden, attention_mask, mode, normalize, quantize) -> None:
             f"attention_mask is on {attention_mask.device} but hidden is on {hidden.device}; "
             "move both to one device"
         )
+    _check_mode_and_flags(mode, normalize, quantize)
+    if attention_mask.dtype != torch.bool and attention_mask.numel() > 0 and device_checks(attention_mask.device):
+        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):  # reads the mask on the host
+            bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)][0].item()
+            raise ValueError(
+                f"attention_mask must hold only 0 (padding) and 1 (real token), found {bad}; "
+                "pass the tokenizer's attention_mask, or (mask != 0).long()"
+            )
+
+
+def _check_packed_inputs(hidden, cu_seqlens, mode, normalize, quantize) -> None:
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"hidden must be a torch.Tensor [N, D], got {type(hidden).__name__}")
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor [B + 1], got {type(cu_seqlens).__name__}")
+    if hidden.ndim != 2:
+        raise ValueError(
+            f"packed hidden must be [N, D] (sequences back to back), got shape {tuple(hidden.shape)}; "
+            "padded [B, T, D] states go to pool_normalize"
+        )
+    if cu_seqlens.ndim != 1 or cu_seqlens.shape[0] < 1:
+        raise ValueError(f"cu_seqlens must be [B + 1] with B >= 0, got shape {tuple(cu_seqlens.shape)}")
+    if hidden.dtype not in _HIDDEN_DTYPES:
+        raise TypeError(f"hidden must be float16, bfloat16 or float32, got {hidden.dtype}; convert it, e.g. hidden.float()")
+    if cu_seqlens.dtype not in _CU_DTYPES:
+        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.device != hidden.device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but hidden is on {hidden.device}; move both to one device")
+    _check_mode_and_flags(mode, normalize, quantize)
+    if device_checks(cu_seqlens.device):  # reads cu_seqlens on the host
+        steps = cu_seqlens.diff()
+        if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != hidden.shape[0] or bool((steps < 0).any()):
+            raise ValueError(
+                f"cu_seqlens must start at 0, never decrease and end at N = {hidden.shape[0]} (the rows of "
+                f"hidden), got {cu_seqlens.tolist()[:8]}{' ...' if cu_seqlens.shape[0] > 8 else ''}"
+            )
+
+
+def _check_mode_and_flags(mode, normalize, quantize) -> None:
     if mode not in MODES:
         raise ValueError(
             f"mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}"
@@ -509,10 +674,3 @@ def _check_inputs(hidden, attention_mask, mode, normalize, quantize) -> None:
     for name, flag in (("normalize", normalize), ("quantize", quantize)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r} ({type(flag).__name__})")
-    if attention_mask.dtype != torch.bool and attention_mask.numel() > 0:
-        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):  # one sync; never a silent mismatch
-            bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)][0].item()
-            raise ValueError(
-                f"attention_mask must hold only 0 (padding) and 1 (real token), found {bad}; "
-                "pass the tokenizer's attention_mask, or (mask != 0).long()"
-            )
