@@ -1,11 +1,21 @@
 """The torch backend: exact int8 top-k on the queries' device (the CUDA path; it runs on the CPU
 too), with the same ids and scores as the C++ core.
 
-Each segment's live rows are copied to the device once (`device_arrays`) and reused until its
-deletions change; a filter's rows are picked from that copy per call. Ties are ranked by 64-bit
-keys (`_rank_keys`: order-preserving score bits, then the inverted id rank), the torch form of
-fastret.search.rules' tie rule. torch is imported inside the functions: nothing here loads it
-until a torch query comes.
+Two ways to search, picked per call by `search_kernel`:
+
+- "scan" (CUDA, up to fastret.kernels.topk_int8_scan.MAX_K results): the fused int8 scan + top-k
+  kernel over each segment's resident rows (`resident_rows`: every row, copied to the device once
+  per segment and kept while the segment lives), deleted rows and a filter's left-out rows skipped
+  by a bitmap (`skip_bitmap`: the segment's deletion words, or deleted | not allowed for one call),
+  so a delete uploads a bitmap, never the rows again;
+- "torch": an int8 matmul per chunk of the corpus and a chunked top-k (`topk_int8_torch`) over each
+  segment's live rows (`device_arrays`: copied once per device and reused until its deletions
+  change; a filter's rows are picked from that copy per call). The fallback for more results, for a
+  machine without triton, and the CPU path.
+
+Ties are ranked by 64-bit keys (`_rank_keys`: order-preserving score bits, then the inverted id
+rank), the torch form of fastret.search.rules' tie rule; the scan kernel ranks by the same keys.
+torch is imported inside the functions: nothing here loads it until a torch query comes.
 """
 
 from __future__ import annotations
@@ -27,19 +37,27 @@ _CANDIDATE_GROUP = 128
 
 
 def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None,
-                     allowed: Sequence[np.ndarray] | None = None):
+                     allowed: Sequence[np.ndarray] | None = None, *, kernel: str | None = None):
     """`core_candidates` in torch on the device of `q_codes` (the CUDA path; runs on the CPU too).
 
-    Each segment is searched on its own device copy (`device_arrays`: live rows only, made once per
-    device and reused until the segment's deletions change) with `topk_int8_torch`; the segments'
-    top candidates are merged with `merge_candidates`. Results are numpy arrays, equal to
-    `core_candidates`' (float dot products up to float rounding: torch sums in its own order).
-    A filter's `allowed` rows are picked from the device copies for this call only (the copies
-    stay those of the live rows; the ids' ranks keep their order on any subset).
+    Each segment is searched on its own device copy with the fused scan kernel (`scan_candidates`)
+    or with `topk_int8_torch` (module docstring), and the segments' top candidates are merged with
+    `merge_candidates`. Results are numpy arrays, equal to `core_candidates'` (float dot products
+    up to float rounding: torch sums in its own order). `allowed` holds a filter's bool mask per
+    segment (or None: every live row).
+
+    Args:
+        kernel: "scan" or "torch"; None: `search_kernel`'s choice for the device and c ("scan"
+            runs in Triton's interpreter on CPU tensors when TRITON_INTERPRET=1).
     """
     import torch
 
+    kernel = search_kernel(q_codes.device, c) if kernel is None else kernel
+    if kernel not in SEARCH_KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(map(repr, SEARCH_KERNELS))} or None, got {kernel!r}")
     check_score_range(np.array([float(q_scales.max())]), max_scale(segments), q_codes.shape[1])
+    if kernel == "scan":
+        return scan_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
     device = q_codes.device
     scores, ids, exact = [], [], []
     for number, segment in enumerate(segments):
@@ -58,8 +76,106 @@ def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_f
         if q_floats is not None:
             float16 = device_arrays(segment, device, float16=True)
             exact.append(float_products((float16 if keep is None else float16[keep])[rows], q_floats))
+    return _joined(scores, ids, exact, c)
+
+
+SEARCH_KERNELS = ("scan", "torch")
+
+
+def search_kernel(device: Any, c: int) -> str:
+    """The way `torch_candidates` searches for c candidates on `device` by default: "scan" (the
+    fused Triton kernel) on CUDA with triton installed and c <= its MAX_K, else "torch"."""
+    import torch
+
+    from ..kernels.topk_int8_scan import HAS_TRITON, MAX_K
+
+    cuda = torch.device(device).type == "cuda"
+    return "scan" if cuda and HAS_TRITON and c <= MAX_K else "torch"
+
+
+def scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None,
+                    allowed: Sequence[np.ndarray] | None = None):
+    """`torch_candidates` with the fused scan kernel (fastret.kernels.topk_int8_scan): each
+    segment's resident rows (`resident_rows`) searched in one pass, skipping the rows of
+    `skip_bitmap`; c <= MAX_K. Same arguments and results as `torch_candidates`."""
+    from ..kernels.topk_int8_scan import topk_int8_scan
+
+    device = q_codes.device
+    q_codes, q_scales = q_codes.contiguous(), q_scales.float().contiguous()
+    scores, ids, exact = [], [], []
+    for number, segment in enumerate(segments):
+        selection = None if allowed is None else allowed[number]
+        count = segment.passing_count(selection)
+        if count == 0:
+            continue
+        codes, scales, segment_ids, order = resident_rows(segment, device)
+        found, rows = topk_int8_scan(q_codes, q_scales, codes, scales, min(c, count), id_order=order,
+                                     skip=skip_bitmap(segment, selection, device))
+        scores.append(found)
+        ids.append(segment_ids[rows])
+        if q_floats is not None:
+            exact.append(float_products(resident_rows(segment, device, float16=True)[rows], q_floats))
+    return _joined(scores, ids, exact, c)
+
+
+def _joined(scores: list, ids: list, exact: list, c: int):
+    """Per-segment device results [q, c_i] as `merge_candidates`' numpy (scores, ids, exact or None)."""
+    import torch
+
     parts = [torch.cat(found, 1).cpu().numpy() for found in (scores, ids)]
     return merge_candidates([(*parts, torch.cat(exact, 1).cpu().numpy() if exact else None)], c)
+
+
+def resident_rows(segment: Segment, device: Any, *, float16: bool = False):
+    """Every row of `segment` (deleted ones too) as torch tensors on `device`: (codes, scales, ids,
+    `id_order(ids)` or None when the ids ascend with the rows), or the float16 copies with
+    `float16=True`. Copied once per device into the segment's cache, which every version of the
+    segment shares (its arrays never change; deletions are `skip_bitmap`'s)."""
+    import torch
+
+    from ..kernels.topk_int8_scan import id_order
+
+    device = _device(device)
+    key = ("resident-float16" if float16 else "resident", str(device))
+    if key not in segment.cache:
+        if float16:
+            segment.cache[key] = torch.tensor(np.asarray(segment.float16), device=device)
+        else:
+            ids = np.asarray(segment.ids)
+            tensors = [torch.tensor(np.asarray(array), device=device) for array in (segment.codes, segment.scales, ids)]
+            ascending = bool(np.all(ids[1:] >= ids[:-1]))
+            segment.cache[key] = (*tensors, None if ascending else id_order(tensors[2]))
+    return segment.cache[key]
+
+
+def skip_bitmap(segment: Segment, allowed: np.ndarray | None, device: Any):
+    """uint8 bitmap on `device` of the rows a scan of `segment` skips (bit r % 8 of byte r // 8):
+    the deleted rows (their words, uploaded once per deletion count), or deleted | not `allowed`
+    (a bool [n] mask, uploaded for this call); None when no row is skipped."""
+    import torch
+
+    device = _device(device)
+    if allowed is not None:
+        words = segment.core_view(allowed)[3]
+        return torch.tensor(words.view(np.uint8), device=device)
+    if segment.deleted is None or not segment.deleted_count:
+        return None
+    key = ("resident-deleted", str(device))
+    cached = segment.cache.get(key)
+    if cached is None or cached[0] != segment.deleted_count:
+        cached = (segment.deleted_count, torch.tensor(np.asarray(segment.deleted).view(np.uint8), device=device))
+        segment.cache[key] = cached
+    return cached[1]
+
+
+def _device(device: Any):
+    """`device` as a torch.device, "cuda" as the current CUDA device (so "cuda" and "cuda:0" share copies)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def device_arrays(segment: Segment, device: Any, *, float16: bool = False):
@@ -69,9 +185,7 @@ def device_arrays(segment: Segment, device: Any, *, float16: bool = False):
     deletions (deletions only grow) makes fresh ones."""
     import torch
 
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = _device(device)
     key = ("device-float16" if float16 else "device", str(device))
     cached = segment.cache.get(key)
     if cached is None or cached[0] != segment.deleted_count:
@@ -84,7 +198,8 @@ def device_arrays(segment: Segment, device: Any, *, float16: bool = False):
 
 
 def topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
-    """`fastret.search.core.topk_int8` for CUDA tensors: checked, then `topk_int8_torch`."""
+    """`fastret.search.core.topk_int8` for CUDA tensors: checked, then the scan kernel
+    (fastret.kernels.topk_int8_scan) or `topk_int8_torch` as `search_kernel` picks."""
     import torch
 
     device = db_int8.device
@@ -94,7 +209,14 @@ def topk_int8_torch_inputs(queries, db_int8, db_scales, k, ids):
     k = checks.check_k(k, n)
     q_codes, q_scales, _ = query_codes(queries, dim, device)
     row_ids = None if ids is None else torch.as_tensor(ids, device=device, dtype=torch.int64)
-    scores, rows = topk_int8_torch(q_codes, q_scales, db_int8, db_scales.float(), k, row_ids)
+    if search_kernel(device, k) == "scan":
+        from ..kernels.topk_int8_scan import id_order, topk_int8_scan
+
+        scores, rows = topk_int8_scan(q_codes.contiguous(), q_scales.float().contiguous(), db_int8.contiguous(),
+                                      db_scales.float().contiguous(), k,
+                                      id_order=None if row_ids is None else id_order(row_ids))
+    else:
+        scores, rows = topk_int8_torch(q_codes, q_scales, db_int8, db_scales.float(), k, row_ids)
     return scores, rows if row_ids is None else row_ids[rows]
 
 
