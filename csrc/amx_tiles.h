@@ -2,15 +2,17 @@
 // with one interface, so that a kernel's layout and blocking are tested on every CPU (the
 // emulation) and run on the matrix units where the CPU has them (the intrinsics):
 //
-//   configure()                    every tile 16 rows x 64 bytes (palette 1); zeroes the tiles
+//   configure()                    every tile 16 rows x 64 bytes (palette 1); tiles undefined until
+//                                  zeroed or loaded (the instructions: once per thread, until release)
 //   zero<T>()                      tile T = 0
 //   load<T>(ptr, stride)           tile T row r = the 64 bytes at ptr + r * stride   (TILELOADD)
 //   store<T>(ptr, stride)          the 16 int32 of tile T's row r to ptr + r * stride (TILESTORED)
 //   dot_int8<C, A, B>()            TDPBSSD: C[m][n] += sum_{k < 16} sum_{j < 4} A[m][4k + j] * B[k][4n + j]
 //                                  (A and B signed bytes, C int32: B in the VNNI layout, 4 consecutive
 //                                  k of a column side by side)
-//   dot_int8_ub<C, A, B>()         TDPBSUD: the same with B's bytes unsigned (a corpus biased by 128)
 //   release()                      TILERELEASE: back to the init state (no tile state to save)
+//   release_thread()               (static) release, if this thread configured the tiles: for a
+//                                  kernel that configures per call and releases once per thread
 //
 // Tiles 0-7; T, C, A, B are template arguments because the instructions encode the tile numbers.
 // Every tile keeps the full shape: a kernel pads short row blocks and a short last K step with
@@ -55,17 +57,6 @@ class EmulatedTiles {
   }
   template <int C, int A, int B>
   void dot_int8() {
-    dot<C, A, B, int8_t>();
-  }
-  template <int C, int A, int B>
-  void dot_int8_ub() {
-    dot<C, A, B, uint8_t>();
-  }
-  void release() {}
-
- private:
-  template <int C, int A, int B, typename BByte>
-  void dot() {
     for (size_t m = 0; m < kTileRows; ++m)
       for (size_t n = 0; n < kTileBytes / 4; ++n) {
         int32_t sum;
@@ -73,11 +64,14 @@ class EmulatedTiles {
         for (size_t k = 0; k < kTileRows; ++k)
           for (size_t j = 0; j < 4; ++j)
             sum += int32_t(static_cast<int8_t>(tiles_[A][m][4 * k + j])) *
-                   int32_t(static_cast<BByte>(tiles_[B][k][4 * n + j]));
+                   int32_t(static_cast<int8_t>(tiles_[B][k][4 * n + j]));
         std::memcpy(tiles_[C][m] + 4 * n, &sum, 4);
       }
   }
+  void release() {}
+  static void release_thread() {}
 
+ private:
   uint8_t tiles_[8][kTileRows][kTileBytes];
 };
 
@@ -90,6 +84,7 @@ class EmulatedTiles {
 class AmxTiles {
  public:
   FASTRET_AMX void configure() {
+    if (configured_) return;  // LDTILECFG costs more than a short kernel call: once per thread
     alignas(64) uint8_t config[64] = {};
     config[0] = 1;  // palette 1
     for (int t = 0; t < 8; ++t) {
@@ -98,6 +93,7 @@ class AmxTiles {
       config[48 + t] = kTileRows;
     }
     _tile_loadconfig(config);
+    configured_ = true;
   }
   template <int T>
   void zero();
@@ -107,9 +103,16 @@ class AmxTiles {
   void store(void* ptr, size_t stride) const;
   template <int C, int A, int B>
   void dot_int8();
-  template <int C, int A, int B>
-  void dot_int8_ub();
-  FASTRET_AMX void release() { _tile_release(); }
+  FASTRET_AMX void release() {
+    _tile_release();
+    configured_ = false;
+  }
+  static void release_thread() {
+    if (configured_) AmxTiles().release();
+  }
+
+ private:
+  static inline thread_local bool configured_ = false;
 };
 
 #define FASTRET_AMX_TILE(T)                                                                                 \
@@ -131,21 +134,22 @@ FASTRET_AMX_TILE(2)
 FASTRET_AMX_TILE(3)
 FASTRET_AMX_TILE(4)
 FASTRET_AMX_TILE(5)
+FASTRET_AMX_TILE(6)
 #undef FASTRET_AMX_TILE
 
 #define FASTRET_AMX_DOT(C, A, B)                                                                            \
   template <>                                                                                               \
   FASTRET_AMX inline void AmxTiles::dot_int8<C, A, B>() {                                                   \
     _tile_dpbssd(C, A, B);                                                                                  \
-  }                                                                                                         \
-  template <>                                                                                               \
-  FASTRET_AMX inline void AmxTiles::dot_int8_ub<C, A, B>() {                                                \
-    _tile_dpbsud(C, A, B);                                                                                  \
   }
 FASTRET_AMX_DOT(0, 4, 5)
 FASTRET_AMX_DOT(1, 4, 5)
 FASTRET_AMX_DOT(2, 4, 5)
 FASTRET_AMX_DOT(3, 4, 5)
+FASTRET_AMX_DOT(0, 5, 4)
+FASTRET_AMX_DOT(1, 6, 4)
+FASTRET_AMX_DOT(2, 5, 4)
+FASTRET_AMX_DOT(3, 6, 4)
 #undef FASTRET_AMX_DOT
 #endif
 

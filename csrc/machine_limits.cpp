@@ -66,7 +66,7 @@ uint64_t fold(const uint64_t* words, size_t count) {
 // The largest dim_padded (a multiple of 32) whose packed tile, queries and output fit kL1Budget.
 size_t l1_dim(const BatchKernel& kernel) {
   size_t dim = 32;
-  while (kernel.packed_bytes(dim + 32) + kernel.query_rows * (dim + 32) +
+  while (kernel.packed_bytes(dim + 32) + kernel.group_bytes(dim + 32) +
              kMaxQueryRows * kTile * sizeof(int32_t) <=
          kL1Budget)
     dim += 32;
@@ -136,11 +136,16 @@ double int8_peak(int threads, double seconds, int repeats, bool narrow) {
   for (size_t t = 0; t < work.size(); ++t) {
     Work& w = work[t];
     w.corpus.resize(kTile * dim);
-    w.queries.resize(rows * dim);
     uint32_t x = 12345u + static_cast<uint32_t>(t);  // any codes: the timing does not depend on them
     for (int8_t& c : w.corpus) c = static_cast<int8_t>((x = x * 1664525u + 1013904223u) >> 24);
-    for (int8_t& c : w.queries)
+    std::vector<int8_t> plain(rows * dim);
+    for (int8_t& c : plain)
       c = static_cast<int8_t>(int(((x = x * 1664525u + 1013904223u) >> 24) % (2 * max_code + 1)) - max_code);
+    w.queries.resize(kernel.group_bytes(dim));
+    if (kernel.pack_queries != nullptr)
+      kernel.pack_queries(plain.data(), dim, w.queries.data());
+    else
+      w.queries = plain;
     w.packed = aligned_array<uint8_t>(kernel.packed_bytes(dim));
     w.out = aligned_array<int32_t>(kMaxQueryRows * kTile);
     kernel.pack(w.corpus.data(), kTile, dim, dim, w.packed.get());
@@ -168,6 +173,7 @@ double int8_peak(int threads, double seconds, int repeats, bool narrow) {
       } while (elapsed < window);
       w.rate = std::max(w.rate, calls * macs_per_call / elapsed);
     }
+    if (kernel.finish != nullptr) kernel.finish();
   }
   double total = 0;
   for (const Work& w : work) total += w.rate;

@@ -3,15 +3,17 @@
 // scalar code on any CPU (tests). One or two queries, and the binary first stage, keep the
 // AVX-512 path's kernels (the bandwidth ones); "amx-emulated" takes the scalar path's.
 //
-// The corpus is stored biased to unsigned (d + 128), as on the AVX-512 path, and multiplied as
-// unsigned by the signed queries (TDPBSUD): each dot holds <q, d> + 128 * sum(q), which the caller
-// removes (corpus_bias).
-//
-// Packed tile layout: for each 64-byte step s of the dimension (zero padded), each group g of 16
-// of the tile's 64 rows, a B tile of 16 slices of 4 bytes x 16 rows (TDPBSUD's layout):
-//   packed[((s * 4 + g) * 16 + k) * 64 + v * 4 + b] = rows[g * 16 + v][s * 64 + k * 4 + b] ^ 0x80
-// (0x80, a zero, past the rows and the dimension). dots: for 16 queries (tile 4), per step, C_g
-// (tiles 0-3: 16 queries x 16 rows of int32) += A x B_g, then C_g to out[q][g * 16 ..].
+// The corpus is the A operand, read where it lies: a tile row is 64 code bytes of a corpus row,
+// the next at a stride of the row's length, so the codes as stored are already the tiles' layout
+// and nothing is packed per call (a tile of fewer than 64 rows, or a dim that is not a multiple of
+// 64, is copied zero padded into scratch at a stride of dim rounded up to 64). The queries are the
+// B operand, laid out once per search in TDPBSSD's VNNI layout, one B tile per 64 dimensions:
+//   group[(s * 16 + k) * 64 + n * 4 + b] = queries[n][s * 64 + k * 4 + b]      (zero past dim)
+// Signed corpus by signed queries (TDPBSSD): no bias. Per dots call (64 rows x 16 queries):
+//   C_g = 0 (tiles 0-3: 16 rows x 16 queries of int32), g < 4 groups of 16 rows
+//   per step s: load B_s (tile 4); for each g: load A_g (tiles 5, 6 in turn), C_g += A_g x B_s
+//   C_g to out[(g * 16 + m) * 16 + n] (tile major: row, then query)
+// |sum| <= dim * 127 * 127 fits int32 for dim <= 65536 (the driver's limit).
 #include <algorithm>
 #include <cstring>
 
@@ -21,39 +23,53 @@
 namespace fastret {
 namespace {
 
-constexpr size_t kQueries = kTileRows;        // queries per dots call: one A tile
-constexpr size_t kGroups = kTile / kTileRows;  // B tiles per step
-constexpr size_t kStep = kTileBytes;           // dimensions per step
+constexpr size_t kQueries = kTileRows;  // queries per dots call: one B tile's 16 columns
+constexpr size_t kStep = kTileBytes;    // dimensions per step
 constexpr size_t kBTile = kTileRows * kTileBytes;
-static_assert(kQueries <= kMaxQueryRows, "the driver's buffers hold one A tile of queries");
-static_assert(kGroups == 4, "4 int32 accumulator tiles");
+static_assert(kQueries <= kMaxQueryRows, "the driver's buffers hold one group of queries");
+static_assert(kTile == 4 * kTileRows, "4 int32 accumulator tiles cover a tile's rows");
 
 size_t steps(size_t dim_padded) { return (dim_padded + kStep - 1) / kStep; }
 
-size_t packed_bytes(size_t dim_padded) { return steps(dim_padded) * kGroups * kBTile; }
+// The row stride of a tile the kernel reads: the rows' own length when it reads them in place.
+size_t row_stride(size_t dim_padded) { return steps(dim_padded) * kStep; }
+
+bool in_place(size_t n_rows, size_t dim) { return n_rows == kTile && dim % kStep == 0; }
+
+size_t packed_bytes(size_t dim_padded) { return kTile * row_stride(dim_padded); }
 
 void pack(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded, uint8_t* packed) {
-  std::memset(packed, 0x80, packed_bytes(dim_padded));
-  for (size_t r = 0; r < n_rows; ++r) {
-    const size_t g = r / kTileRows, v = r % kTileRows;
-    for (size_t i = 0; i < dim; ++i) {
+  const size_t stride = row_stride(dim_padded);
+  std::memset(packed, 0, packed_bytes(dim_padded));
+  for (size_t r = 0; r < n_rows; ++r) std::memcpy(packed + r * stride, rows + r * dim, dim);
+}
+
+size_t query_group_bytes(size_t dim_padded) { return steps(dim_padded) * kBTile; }
+
+void pack_queries(const int8_t* queries, size_t dim_padded, int8_t* out) {
+  std::memset(out, 0, query_group_bytes(dim_padded));
+  for (size_t n = 0; n < kQueries; ++n)
+    for (size_t i = 0; i < dim_padded; ++i) {
       const size_t s = i / kStep, k = (i % kStep) / 4, b = i % 4;
-      packed[((s * kGroups + g) * kTileRows + k) * kTileBytes + v * 4 + b] =
-          static_cast<uint8_t>(rows[r * dim + i]) ^ 0x80;
+      out[(s * kTileRows + k) * kTileBytes + n * 4 + b] = queries[n * dim_padded + i];
     }
-  }
+}
+
+template <class Tiles, int G, int A>
+void accumulate(Tiles& tiles, const uint8_t* group_rows, size_t stride) {
+  tiles.template load<A>(group_rows, stride);
+  tiles.template dot_int8<G, A, 4>();
 }
 
 template <class Tiles, int G>
-void accumulate(Tiles& tiles, const uint8_t* step) {
-  tiles.template load<5>(step + G * kBTile, kTileBytes);
-  tiles.template dot_int8_ub<G, 4, 5>();
+void store(Tiles& tiles, int32_t* out) {
+  tiles.template store<G>(out + G * kTileRows * kQueries, kQueries * sizeof(int32_t));
 }
 
 template <class Tiles>
-void dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows, int32_t* out) {
-  alignas(64) int8_t a_pad[kQueries * kStep];
-  alignas(64) int32_t c_pad[kQueries * kTile];
+void dots(const uint8_t* tile, size_t dim_padded, const int8_t* queries, size_t /*n_rows*/, int32_t* out) {
+  const size_t stride = row_stride(dim_padded);
+  const size_t group = kTileRows * stride;  // bytes of 16 rows
   Tiles tiles;
   tiles.configure();
   tiles.template zero<0>();
@@ -61,40 +77,39 @@ void dots(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_
   tiles.template zero<2>();
   tiles.template zero<3>();
   for (size_t s = 0; s < steps(dim_padded); ++s) {
-    const size_t width = std::min(kStep, dim_padded - s * kStep);
-    if (n_rows == kQueries && width == kStep) {
-      tiles.template load<4>(queries + s * kStep, dim_padded);
-    } else {  // a short step or block of queries: zeros past them
-      std::memset(a_pad, 0, sizeof(a_pad));
-      for (size_t q = 0; q < n_rows; ++q) std::memcpy(a_pad + q * kStep, queries + q * dim_padded + s * kStep, width);
-      tiles.template load<4>(a_pad, kStep);
-    }
-    const uint8_t* step = packed + s * kGroups * kBTile;
-    accumulate<Tiles, 0>(tiles, step);
-    accumulate<Tiles, 1>(tiles, step);
-    accumulate<Tiles, 2>(tiles, step);
-    accumulate<Tiles, 3>(tiles, step);
+    tiles.template load<4>(queries + s * kBTile, kTileBytes);
+    const uint8_t* rows = tile + s * kStep;
+    accumulate<Tiles, 0, 5>(tiles, rows, stride);
+    accumulate<Tiles, 1, 6>(tiles, rows + group, stride);
+    accumulate<Tiles, 2, 5>(tiles, rows + 2 * group, stride);
+    accumulate<Tiles, 3, 6>(tiles, rows + 3 * group, stride);
   }
-  int32_t* target = n_rows == kQueries ? out : c_pad;
-  tiles.template store<0>(target, kTile * sizeof(int32_t));
-  tiles.template store<1>(target + kTileRows, kTile * sizeof(int32_t));
-  tiles.template store<2>(target + 2 * kTileRows, kTile * sizeof(int32_t));
-  tiles.template store<3>(target + 3 * kTileRows, kTile * sizeof(int32_t));
-  tiles.release();
-  if (n_rows < kQueries) std::memcpy(out, c_pad, n_rows * kTile * sizeof(int32_t));
+  store<Tiles, 0>(tiles, out);
+  store<Tiles, 1>(tiles, out);
+  store<Tiles, 2>(tiles, out);
+  store<Tiles, 3>(tiles, out);
+}
+
+template <class Tiles>
+void finish() {
+  Tiles::release_thread();
 }
 
 bool always() { return true; }
 
+template <class Tiles>
+constexpr BatchKernel kBatch = {kQueries, packed_bytes, pack, dots<Tiles>, /*corpus_bias=*/false, in_place,
+                                query_group_bytes, pack_queries, /*tile_major=*/true, finish<Tiles>};
+
 }  // namespace
 
-const SimdPath kAmxEmulatedPath = {"amx-emulated", true, always, {kQueries, packed_bytes, pack, dots<EmulatedTiles>},
-                                   {}, nullptr, binary_distances_portable, /*automatic=*/false};
+const SimdPath kAmxEmulatedPath = {"amx-emulated", false, always, kBatch<EmulatedTiles>, {}, nullptr,
+                                   binary_distances_portable, /*automatic=*/false};
 #if defined(__x86_64__) || defined(_M_X64)
 // Not picked on its own until measured faster than the AVX-512 path on an AMX Xeon (benchmarks/amx_gemm.py
 // and search_vs_faiss.py); FASTRET_SIMD=amx asks for it.
-const SimdPath kAmxPath = {"amx", true, amx_usable, {kQueries, packed_bytes, pack, dots<AmxTiles>}, {},
-                           dots_direct_avx512vnni, binary_distances_avx512, /*automatic=*/false};
+const SimdPath kAmxPath = {"amx", true, amx_usable, kBatch<AmxTiles>, {}, dots_direct_avx512vnni,
+                           binary_distances_avx512, /*automatic=*/false};
 #endif
 
 }  // namespace fastret

@@ -368,8 +368,8 @@ FASTRET_AVX2 void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, con
 }  // namespace
 
 const SimdPath kAvx2Path = {"avx2", true, supported,
-                            {kRows, packed_bytes, pack, dots_tile<false>},
-                            {kNarrowRows, narrow_packed_bytes, narrow_pack, dots_tile<true>},
+                            {kRows, packed_bytes, pack, dots_tile<false>, true},
+                            {kNarrowRows, narrow_packed_bytes, narrow_pack, dots_tile<true>, true},
                             dots_direct, binary_distances_avx2};
 
 }  // namespace fastret

@@ -249,7 +249,7 @@ void dots_direct_avx512vnni(const int8_t* rows, size_t n_rows, size_t dim, const
   dots_direct(rows, n_rows, dim, query, out);
 }
 
-const SimdPath kAvx512VnniPath = {"avx512vnni", true, supported, {kRows, packed_bytes, pack, dots}, {},
+const SimdPath kAvx512VnniPath = {"avx512vnni", true, supported, {kRows, packed_bytes, pack, dots, true}, {},
                                   dots_direct, binary_distances_avx512};
 
 }  // namespace fastret

@@ -1,11 +1,17 @@
 // The per-instruction-set kernels behind topk_int8, and the tile they work on.
 //
-// A batch kernel packs a tile of up to kTile corpus rows into its own layout (once per tile), then
-// computes int32 dot products of query_rows queries at a time against the packed tile:
+// A batch kernel lays out a tile of up to kTile corpus rows for itself (once per tile), then
+// computes int32 dot products of query_rows queries at a time against it:
 //
 //   pack:  rows int8 [n_rows <= kTile, dim]          -> packed uint8 [packed_bytes(dim_padded)]
-//   dots:  packed, queries int8 [n_rows <= query_rows, dim_padded] (zero padded)
-//          -> int32 [n_rows, kTile] (rows of a [query_rows, kTile] buffer)
+//   dots:  tile, queries (one group of query_rows)    -> int32 [query_rows, kTile] buffer:
+//          out[r * kTile + j] (query r, row j), or out[j * query_rows + r] for a tile_major kernel
+//
+// A kernel with in_place reads a tile's rows where they lie when in_place(n_rows, dim) holds (the
+// driver then passes the rows to dots and never packs). The queries are int8 [query_rows,
+// dim_padded] (zero padded rows and columns), or, for a kernel with pack_queries, that group laid
+// out once per search in query_group_bytes(dim_padded) bytes. A kernel with finish needs it
+// called by each thread that ran its dots before the thread does anything else (AMX: tile release).
 //
 // Every path has a batch kernel for any query codes in [-127, 127]. A path may add a narrow one,
 // exact only for query codes in [-kNarrowQueryCode, kNarrowQueryCode] (what fastret's own query
@@ -17,9 +23,9 @@
 //   dots_direct: rows int8 [n_rows <= kTile, dim], query int8 [dim_padded] -> int32 [n_rows]
 //
 // dim_padded is dim rounded up to a multiple of 4. Rows past n_rows pack as zero vectors.
-// A path whose corpus_bias is true computes with corpus bytes as unsigned (d + 128) in every
-// kernel; its dots and dots_direct then hold <q, d> + 128 * sum(q), and the caller subtracts the
-// query's bias.
+// A kernel (batch: its corpus_bias; dots_direct: the path's direct_corpus_bias) that computes with
+// corpus bytes as unsigned (d + 128) holds <q, d> + 128 * sum(q) in its dots, and the caller
+// subtracts the query's bias.
 #pragma once
 
 #include <cstddef>
@@ -37,8 +43,19 @@ struct BatchKernel {
   size_t query_rows;
   size_t (*packed_bytes)(size_t dim_padded);
   void (*pack)(const int8_t* rows, size_t n_rows, size_t dim, size_t dim_padded, uint8_t* packed);
-  void (*dots)(const uint8_t* packed, size_t dim_padded, const int8_t* queries, size_t n_rows,
-               int32_t* out);
+  // n_rows: the queries of the group (the rest of it is zeros)
+  void (*dots)(const uint8_t* tile, size_t dim_padded, const int8_t* queries, size_t n_rows, int32_t* out);
+  bool corpus_bias = false;
+  bool (*in_place)(size_t n_rows, size_t dim) = nullptr;  // nullptr: always pack
+  size_t (*query_group_bytes)(size_t dim_padded) = nullptr;
+  void (*pack_queries)(const int8_t* queries, size_t dim_padded, int8_t* out) = nullptr;  // one group
+  bool tile_major = false;
+  void (*finish)() = nullptr;
+
+  // Bytes of one group of query_rows queries as dots reads them.
+  size_t group_bytes(size_t dim_padded) const {
+    return pack_queries != nullptr ? query_group_bytes(dim_padded) : query_rows * dim_padded;
+  }
 };
 
 // Sign bits are stored in blocks of kBitBlock rows, word-major within a block, so that one vector
@@ -75,7 +92,7 @@ uint32_t binary_distances_avx2(const uint64_t* blocks, size_t n_rows, size_t wor
 
 struct SimdPath {
   const char* name;
-  bool corpus_bias;
+  bool direct_corpus_bias;  // dots_direct's corpus bias
   bool (*supported)();
   BatchKernel batch;         // query codes in [-127, 127]
   BatchKernel narrow_batch;  // query codes in [-kNarrowQueryCode, kNarrowQueryCode]; dots nullptr: none

@@ -142,25 +142,51 @@ ScaleRange scale_range(const TileSource& tile) {
   return range;
 }
 
-// Offers one query's scores against one tile to its heap. NaN ranks as -inf, so every live row
-// has a place in the order and a heap always fills up to k.
+// Where a kernel call's dot of query r and tile row j lies: dots[r * query_stride + j * row_stride].
+struct DotsLayout {
+  size_t query_stride, row_stride;
+
+  static DotsLayout of(const BatchKernel& kernel) {
+    return kernel.tile_major ? DotsLayout{1, kernel.query_rows} : DotsLayout{kTile, 1};
+  }
+};
+
+// best[r] = the largest dot of query r < n_queries over the tile's n_rows rows. Tile major, one
+// pass down the rows takes every query's maximum at once (a vector of queries per row).
+inline void tile_bests(const int32_t* dots, DotsLayout layout, size_t n_queries, size_t n_rows, int32_t* best) {
+  if (layout.row_stride == 1) {
+    for (size_t r = 0; r < n_queries; ++r) {
+      const int32_t* row = dots + r * layout.query_stride;
+      best[r] = *std::max_element(row, row + n_rows);
+    }
+    return;
+  }
+  std::copy(dots, dots + n_queries, best);
+  for (size_t j = 1; j < n_rows; ++j) {
+    const int32_t* row = dots + j * layout.row_stride;
+    for (size_t r = 0; r < n_queries; ++r) best[r] = std::max(best[r], row[r]);
+  }
+}
+
+// Offers one query's scores against one tile to its heap: dots[j * row_stride] is row j's dot,
+// best the largest of them. NaN ranks as -inf, so every live row has a place in the order and a
+// heap always fills up to k.
 //
 // Most tiles hold no row that can enter a full heap, so the tile's largest dot product is checked
-// first: with t = float(max dot - bias) * q_scale, every score (float(dot - bias) * q_scale) * s
+// first: with t = float(best - bias) * q_scale, every score (float(dot - bias) * q_scale) * s
 // is at most t * max scale when t >= 0 and t * min scale when t < 0 (float rounding is monotone
 // and the scales are >= 0), so a bound below the threshold rejects the whole tile. A NaN bound
 // (an infinite scale) rejects nothing, and a negative or NaN query scale skips the check.
-inline void offer_tile(TopK& heap, const int32_t* dots, int32_t bias, float q_scale,
-                       const TileSource& tile, const ScaleRange& range) {
+inline void offer_tile(TopK& heap, const int32_t* dots, size_t row_stride, int32_t best, int32_t bias,
+                       float q_scale, const TileSource& tile, const ScaleRange& range) {
   const float threshold = heap.threshold();
   if (range.bounded && q_scale >= 0) {
-    int32_t best = dots[0];
-    for (size_t j = 1; j < tile.n_rows; ++j) best = std::max(best, dots[j]);
     const float top = static_cast<float>(best - bias) * q_scale;
     if (top * (top >= 0 ? range.max : range.min) < threshold) return;
   }
   float scores[kTile];
-  for (size_t j = 0; j < tile.n_rows; ++j) scores[j] = int8_score(dots[j] - bias, q_scale, tile.scales[j]);
+  for (size_t j = 0; j < tile.n_rows; ++j)
+    scores[j] = int8_score(dots[j * row_stride] - bias, q_scale, tile.scales[j]);
   bool any = false;
   for (size_t j = 0; j < tile.n_rows; ++j) any |= scores[j] >= threshold;
   if (!any) return;
@@ -240,15 +266,16 @@ void gather_picked(const Segment& seg, size_t dim, TileSource& tile, Scratch& mi
   tile.scales = mine.picked_scales;
 }
 
-// Scores one block of queries (zero padded to dim_padded columns and to a multiple of
-// query_rows rows) against every tile of every segment.
-void search_block(const SimdPath& path, const BatchKernel& kernel, const int8_t* padded_queries,
-                  const int32_t* biases, const float* query_scales, size_t n_block, const TileMap& tiles,
-                  size_t dim, size_t dim_padded, std::vector<Scratch>& scratch) {
+// Scores one block of queries against every tile of every segment: with `direct`, the path's
+// dots_direct on the zero padded queries [n_block, dim_padded]; else the kernel's dots on
+// `queries`, its groups of query_rows queries group_bytes apart.
+void search_block(const SimdPath& path, const BatchKernel& kernel, bool direct, const int8_t* queries,
+                  size_t group_bytes, const int32_t* biases, const float* query_scales, size_t n_block,
+                  const TileMap& tiles, size_t dim, size_t dim_padded, std::vector<Scratch>& scratch) {
   const size_t rows_per_call = kernel.query_rows;
   const size_t n_tiles = tiles.n_tiles();
   const int n_threads = static_cast<int>(scratch.size());
-  const bool direct = path.dots_direct != nullptr && n_block <= kDirectMaxQueries;
+  const DotsLayout layout = DotsLayout::of(kernel);
 
 #pragma omp parallel num_threads(n_threads)
   {
@@ -260,6 +287,7 @@ void search_block(const SimdPath& path, const BatchKernel& kernel, const int8_t*
 #endif
     Scratch& mine = scratch[t];
     int32_t* dots = mine.dots.get();
+    int32_t best[kMaxQueryRows];
     size_t segment = 0;
     for (size_t tile = t * n_tiles / team; tile < (t + 1) * n_tiles / team; ++tile) {
       segment = tiles.segment_of(tile, segment);
@@ -268,8 +296,9 @@ void search_block(const SimdPath& path, const BatchKernel& kernel, const int8_t*
       const ScaleRange range = scale_range(source);
       if (direct) {  // dots_direct prefetches as it reads
         for (size_t q = 0; q < n_block; ++q) {
-          path.dots_direct(source.rows, source.n_rows, dim, padded_queries + q * dim_padded, dots);
-          offer_tile(mine.heaps[q], dots, biases[q], query_scales[q], source, range);
+          path.dots_direct(source.rows, source.n_rows, dim, queries + q * dim_padded, dots);
+          tile_bests(dots, DotsLayout{0, 1}, 1, source.n_rows, best);
+          offer_tile(mine.heaps[q], dots, 1, best[0], biases[q], query_scales[q], source, range);
         }
         continue;
       }
@@ -282,16 +311,23 @@ void search_block(const SimdPath& path, const BatchKernel& kernel, const int8_t*
         for (const int8_t* line = source.rows + source.n_rows * dim; line < next_end; line += 64)
           __builtin_prefetch(line, 0, 3);
       }
-      kernel.pack(source.rows, source.n_rows, dim, dim_padded, mine.packed.get());
+      const uint8_t* laid_out = reinterpret_cast<const uint8_t*>(source.rows);
+      if (kernel.in_place == nullptr || !kernel.in_place(source.n_rows, dim)) {
+        kernel.pack(source.rows, source.n_rows, dim, dim_padded, mine.packed.get());
+        laid_out = mine.packed.get();
+      }
       for (size_t r0 = 0; r0 < n_block; r0 += rows_per_call) {
         const size_t n_rows = std::min(rows_per_call, n_block - r0);
-        kernel.dots(mine.packed.get(), dim_padded, padded_queries + r0 * dim_padded, n_rows, dots);
+        kernel.dots(laid_out, dim_padded, queries + (r0 / rows_per_call) * group_bytes, n_rows, dots);
+        tile_bests(dots, layout, n_rows, source.n_rows, best);
         for (size_t r = 0; r < n_rows; ++r) {
           const size_t q = r0 + r;
-          offer_tile(mine.heaps[q], dots + r * kTile, biases[q], query_scales[q], source, range);
+          offer_tile(mine.heaps[q], dots + r * layout.query_stride, layout.row_stride, best[r], biases[q],
+                     query_scales[q], source, range);
         }
       }
     }
+    if (!direct && kernel.finish != nullptr) kernel.finish();
   }
 }
 
@@ -320,7 +356,8 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
     s.picked_rows = aligned_buffer<int8_t>(kTile * dim);
   }
   std::vector<int8_t> padded(block * dim_padded);
-  std::vector<int32_t> biases(block);
+  std::vector<int32_t> sums(block), biases(block);
+  std::vector<int8_t> laid_out_queries;
   std::vector<Candidate> merged;
 
   for (size_t q0 = 0; q0 < n_queries; q0 += block) {
@@ -330,18 +367,30 @@ void topk_int8(const int8_t* queries, const float* query_scales, size_t n_querie
     for (size_t q = 0; q < n_block; ++q) {
       const int8_t* src = queries + (q0 + q) * dim;
       std::memcpy(padded.data() + q * dim_padded, src, dim);
-      int32_t sum = 0;
+      sums[q] = 0;
       for (size_t i = 0; i < dim; ++i) {
-        sum += src[i];
+        sums[q] += src[i];
         max_code = std::max(max_code, std::abs(int(src[i])));
       }
-      biases[q] = path.corpus_bias ? 128 * sum : 0;
     }
-    const bool narrow = has_narrow && max_code <= kNarrowQueryCode;
+    const bool direct = path.dots_direct != nullptr && n_block <= kDirectMaxQueries;
+    const BatchKernel& kernel = has_narrow && max_code <= kNarrowQueryCode ? path.narrow_batch : path.batch;
+    const bool biased = direct ? path.direct_corpus_bias : kernel.corpus_bias;
+    for (size_t q = 0; q < n_block; ++q) biases[q] = biased ? 128 * sums[q] : 0;
+    const int8_t* block_queries = padded.data();
+    const size_t group_bytes = kernel.group_bytes(dim_padded);
+    if (!direct && kernel.pack_queries != nullptr) {  // the kernel's own query layout, once per block
+      const size_t groups = (n_block + kernel.query_rows - 1) / kernel.query_rows;
+      laid_out_queries.resize(groups * group_bytes);
+      for (size_t g = 0; g < groups; ++g)
+        kernel.pack_queries(padded.data() + g * kernel.query_rows * dim_padded, dim_padded,
+                            laid_out_queries.data() + g * group_bytes);
+      block_queries = laid_out_queries.data();
+    }
     for (Scratch& s : scratch) s.heaps.assign(n_block, TopK(k));
 
-    search_block(path, narrow ? path.narrow_batch : path.batch, padded.data(), biases.data(),
-                 query_scales + q0, n_block, tiles, dim, dim_padded, scratch);
+    search_block(path, kernel, direct, block_queries, group_bytes, biases.data(), query_scales + q0, n_block,
+                 tiles, dim, dim_padded, scratch);
 
     for (size_t q = 0; q < n_block; ++q) {
       merged.clear();

@@ -52,3 +52,40 @@ def test_kernels_are_named_clearly():
     for name in [p for p in _core.simd_paths_supported() if p != "neon"]:
         np.testing.assert_array_equal(_core.gemm_int8(codes, packed, kernel=name),
                                       _core.gemm_int8(codes, packed, kernel="amx-emulated"))
+
+
+def search_paths():
+    return ["amx-emulated"] + (["amx"] if _core.amx_usable() else [])
+
+
+@pytest.fixture
+def restore_simd_path():
+    import fastret
+
+    before = fastret.simd_path()
+    yield fastret.set_simd_path
+    fastret.set_simd_path(before)
+
+
+# (rows, dim, queries): full 64-row tiles read in place (dim a multiple of 64) and a short last tile
+# from scratch; a dim that is not (scratch for every tile); one group of 16 queries, a group and one
+# more, several groups and a short one
+SEARCH_SHAPES = [(200, 128, 16), (128, 64, 17), (130, 100, 40), (64, 768, 3), (300, 384, 35)]
+
+
+@pytest.mark.parametrize("path", search_paths())
+@pytest.mark.parametrize("shape", SEARCH_SHAPES)
+def test_the_tile_search_kernel_equals_the_reference(restore_simd_path, path, shape):
+    import fastret
+
+    rows, dim, n_queries = shape
+    rng = np.random.default_rng(rows + dim + n_queries)
+    codes = rng.integers(-128, 128, (rows, dim), dtype=np.int8)
+    scales = rng.random(rows).astype(np.float32)
+    queries = (rng.integers(-127, 128, (n_queries, dim), dtype=np.int8), rng.random(n_queries).astype(np.float32))
+    restore_simd_path(path)
+    for k in (1, 10, rows):
+        got = fastret.topk_int8(queries, codes, scales, k)
+        expected = fastret.topk_int8_ref(queries, codes, scales, k)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
