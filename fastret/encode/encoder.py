@@ -3,9 +3,10 @@
 Pipeline for one call:
   texts -> (prompt) -> tokenize (Rust tokenizer, truncation; on a GPU TOKENIZE_CHUNK texts at a
   time, one chunk ahead of the model in a background thread) -> sort each chunk by token length ->
-  batches under a token budget, padded in a background thread -> model forward (inference mode,
-  SDPA attention, fp16/bf16 where asked) -> fused pool + L2-normalize (+ int8) kernel ->
-  rows written back in input order.
+  batches under a token budget, collated in a background thread: packed (no padding, on CUDA by
+  default: `fastret.encode.packed`) or padded -> model forward (inference mode, varlen or SDPA
+  attention, fp16/bf16 where asked) -> fused pool + L2-normalize (+ int8) kernel -> rows copied to
+  the host while the next batch runs, written back in input order.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ..kernels.pooling import pool_normalize
-from .batches import collate, plan_batches, prefetch, warn_about_inputs
+from ..kernels.pooling import check_quantizable, pool_normalize, pool_normalize_packed
+from .batches import PackedBatch, collate, collate_packed, plan_batches, prefetch, warn_about_inputs
 from .corpus_to_store import encode_corpus, torchrun_env
 from .int8_linear import quantize_linear_layers
 from .loading import (check_quantize, first_given, load_model, locate_model, resolve_dtype, resolve_max_length,
                       truncating_tokenizer)
+from .packed import PackedModel, supports_packed
 from .presets import POOLING_MODES, get_preset
 
 PRECISIONS = ("float32", "int8")
@@ -47,20 +49,26 @@ class Encoder:
         preset: a seed model's conventions, see `fastret.encode.presets.PRESETS`.
         quantize: "int8" runs the model's linear layers on the C++ core's int8 GEMM (CPU and float32
             only; see `fastret.encode.int8_linear`): weights per output channel, activations per token.
+        packed: run batches without padding (`fastret.encode.packed`: packed sequences, varlen
+            attention, pooling on cu_seqlens): True, False (the model's own padded forward), or
+            "auto" (default): packed on CUDA for the model types it wires (BERT family, GPT-NeoX,
+            Llama, Qwen2, Mistral), padded elsewhere. Both give the same embeddings to float
+            rounding. `packed_model` holds the packed runner (None on the padded path).
 
     Precedence: explicit arguments, then the preset, then the model's sentence-transformers
     config, then defaults (mean pooling, no normalization, the model's maximum length).
 
     Raises:
         ValueError: not a model directory, unknown preset or pooling, unsupported pooling in the
-            model's config; quantize on a GPU or with a dtype other than float32.
+            model's config; quantize on a GPU or with a dtype other than float32; packed=True
+            for a model type the packed path does not wire.
         TypeError: arguments of the wrong type.
     """
 
     def __init__(self, model_name_or_path: str | Path, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, pooling: str | None = None,
                  normalize: bool | None = None, max_length: int | None = None, preset: str | None = None,
-                 quantize: str | None = None):
+                 quantize: str | None = None, packed: bool | str = "auto"):
         from transformers import AutoModel, AutoTokenizer
 
         model_dir, st_config = locate_model(model_name_or_path)
@@ -92,6 +100,11 @@ class Encoder:
         self.model = load_model(AutoModel, model_dir).to(device=self.device, dtype=self.dtype).eval()
         if self.quantize == "int8":
             quantize_linear_layers(self.model)
+        if packed is not True and packed is not False and packed != "auto":
+            raise ValueError(f"packed must be True, False or 'auto', got {packed!r}")
+        if packed == "auto":
+            packed = self.device.type == "cuda" and supports_packed(self.model)
+        self.packed_model: PackedModel | None = PackedModel(self.model) if packed else None
 
         self.max_length = resolve_max_length(self.model, self.tokenizer, max_length,
                                              preset_config and preset_config.max_length, st_config.get("max_length"))
@@ -120,6 +133,7 @@ class Encoder:
     def __repr__(self) -> str:
         return (f"fastret.Encoder({str(self.model_dir)!r}, device={str(self.device)!r}, dtype={self.dtype}, "
                 f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}"
+                + f", packed={self.packed_model is not None}"
                 + (f", quantize={self.quantize!r})" if self.quantize else ")"))
 
     # ------------------------------------------------------------------ encoding
@@ -143,8 +157,9 @@ class Encoder:
             prompt_name: a named prefix from the model's config or the preset (e.g. "query").
             precision: "float32", or "int8" for (codes int8 [n, d], scales float32 [n]) equal to
                 `fastret.quantize_int8` of the float32 embeddings (computed in the same kernel pass).
-            max_tokens_per_batch: most padded tokens per batch; default batch_size * max_length.
-                Texts are sorted by length, so short texts share larger batches.
+            max_tokens_per_batch: most tokens per batch (padded tokens on the padded path, the texts'
+                own on the packed one); default batch_size * max_length. Texts are sorted by
+                length, so short texts share larger batches.
 
         Returns:
             float32 [n, d] (numpy, tensor, or list of tensors); [d] for a single str. With
@@ -293,7 +308,8 @@ class Encoder:
         Args:
             token_ids: n lists of token ids; type_ids: n lists of type ids, or None.
             max_texts: most texts per forward pass.
-            max_tokens: most padded tokens (texts x longest) per forward pass.
+            max_tokens: most tokens per forward pass (texts x longest when padded, the texts' own
+                when packed).
             normalize: L2-normalize the embeddings; quantize: also return int8 codes and scales.
             show_progress_bar: tqdm bar with texts/s.
 
@@ -333,32 +349,63 @@ class Encoder:
     def _embed_into(self, outputs, offset: int, token_ids, type_ids, max_texts: int, max_tokens: int,
                     normalize: bool, quantize: bool, bar) -> None:
         """Embed tokenized texts into rows offset.. of `outputs` (from `_allocate`), in length-sorted
-        batches; padding runs one batch ahead in a thread; `bar` counts the texts."""
+        batches; collating runs one batch ahead in a thread; on CUDA each batch's results copy to
+        the host while the next batch runs (the host waits for a batch only once the next one is
+        queued); `bar` counts the texts."""
         if not token_ids:
             return
-        pin = self.device.type == "cuda"
-
-        def padded():
-            for rows in plan_batches([len(ids) for ids in token_ids], max_texts, max_tokens):
-                batch = collate([token_ids[r] for r in rows], None if type_ids is None else [type_ids[r] for r in rows],
-                                self.pad_id)
-                yield rows, ({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
-
-        with torch.inference_mode():
-            for rows, batch in prefetch(padded()):
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                if self.append_eos:
-                    self._check_last_token_is_eos(batch)
-                hidden = self.model(**batch).last_hidden_state
-                pooled = pool_normalize(hidden, batch["attention_mask"], mode=self.pooling, normalize=normalize,
-                                        quantize=quantize)
-                index = torch.from_numpy(rows + offset)
-                for target, part in zip(outputs, pooled if quantize else (pooled,)):
-                    target[index] = part.cpu()
-                bar.update(len(rows))
-
-    def _check_last_token_is_eos(self, batch: dict[str, torch.Tensor]) -> None:
-        last = batch["attention_mask"].sum(dim=1) - 1
-        pooled = batch["input_ids"].gather(1, last[:, None])
-        if not bool((pooled == self._eos_id).all()):
+        if self.append_eos and any(not ids or ids[-1] != self._eos_id for ids in token_ids):
             raise RuntimeError("last-token pooling expected EOS at every row's last real token")
+        pin = self.device.type == "cuda"
+        packed = self.packed_model is not None
+
+        def collated():
+            for rows in plan_batches([len(ids) for ids in token_ids], max_texts, max_tokens, padded=not packed):
+                ids = [token_ids[r] for r in rows]
+                types = None if type_ids is None else [type_ids[r] for r in rows]
+                if packed:
+                    batch = collate_packed(ids, types)
+                    yield rows, (batch.pin_memory() if pin else batch)
+                else:
+                    batch = collate(ids, types, self.pad_id)
+                    yield rows, ({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
+
+        def write(rows, parts, copied) -> None:
+            if copied is not None:
+                copied.synchronize()
+            if quantize:
+                check_quantizable(parts[2])  # on the host now: free
+            index = torch.from_numpy(rows + offset)
+            for target, part in zip(outputs, parts):
+                target[index] = part
+            bar.update(len(rows))
+
+        pending = None  # the previous batch: (rows, host tensors, CUDA event of their copy)
+        with torch.inference_mode():
+            for rows, batch in prefetch(collated()):
+                pooled = self._forward(batch, normalize, quantize)
+                parts = tuple(part.to("cpu", non_blocking=pin) for part in pooled)  # pinned when non_blocking
+                copied = None
+                if pin:
+                    copied = torch.cuda.Event()
+                    copied.record()
+                if pending is not None:
+                    write(*pending)
+                pending = (rows, parts, copied)
+            if pending is not None:
+                write(*pending)
+
+    def _forward(self, batch, normalize: bool, quantize: bool) -> tuple[torch.Tensor, ...]:
+        """One collated batch (host tensors) through the model and the pooling kernel, on the
+        encoder's device: (vectors,) or (vectors, codes, scales), queued without waiting."""
+        if isinstance(batch, PackedBatch):
+            batch = batch.to(self.device, non_blocking=True)
+            hidden = self.packed_model(batch)  # [N, hidden]
+            pooled = pool_normalize_packed(hidden, batch.cu_seqlens, mode=self.pooling, normalize=normalize,
+                                           quantize=quantize)
+        else:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            hidden = self.model(**batch).last_hidden_state  # [B, L, hidden]
+            pooled = pool_normalize(hidden, batch["attention_mask"], mode=self.pooling, normalize=normalize,
+                                    quantize=quantize)
+        return pooled if quantize else (pooled,)

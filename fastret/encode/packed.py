@@ -1,0 +1,200 @@
+"""Hugging Face encoders run on packed batches: no pad token in any matmul.
+
+A padded batch [B, L] spends B x L tokens of work on sum(lengths) real ones; a length-sorted
+token-budget batch keeps that waste small, but not zero, and attention masks cost their own
+passes. Here the B texts of a `fastret.encode.batches.PackedBatch` go through the model as one
+[N, hidden] matrix (N = the real tokens): embeddings with each token's position in its own text,
+every linear layer and norm over [N, hidden], attention per text (`varlen_attention`), and the
+output [N, hidden] pooled by `fastret.kernels.pooling.pool_normalize_packed`. The model's own
+modules (its nn.Linear or int8 layers, norms, activations, rotary tables) compute every step; only
+the wiring between them is written here, once per family:
+
+    "bert"                      post-norm encoder, absolute positions (BERT, MiniLM, BGE, MedCPT)
+    "gpt_neox"                  pre-norm decoder, partial rotary, parallel residual (Pythia, BMRetriever-1B)
+    "llama", "qwen2", "mistral" pre-norm decoder, RMSNorm, rotary, grouped-query attention, gated MLP
+
+The padded path (the model's own forward) is the reference: the same inputs give the same
+hidden states at real tokens, to float rounding (the tests compare them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batches import PackedBatch
+from .varlen_attention import pick_backend, varlen_attention
+
+PACKED_MODEL_TYPES = ("bert", "gpt_neox", "llama", "qwen2", "mistral")
+
+
+def supports_packed(model: nn.Module) -> bool:
+    """Whether `PackedModel` can run `model` (a Hugging Face base model, e.g. from AutoModel)."""
+    return getattr(getattr(model, "config", None), "model_type", None) in PACKED_MODEL_TYPES and _unsupported(model) is None
+
+
+class PackedModel:
+    """A Hugging Face base model run on `PackedBatch`es: `packed(batch)` -> hidden [N, hidden].
+
+    Args:
+        model: a BertModel, GPTNeoXModel, LlamaModel, Qwen2Model or MistralModel (eval mode), its
+            weights on the device and in the dtype to run.
+        attention: "auto" or one of `fastret.encode.varlen_attention.ATTENTION_BACKENDS`.
+        fuse_qkv: one GEMM for the query, key and value projections: their weights concatenated
+            once (a copy, made again if a projection module or its weights change, e.g. after an
+            optimizer step or a LoRA wrap); only where all three are nn.Linear (int8 layers keep
+            three calls).
+
+    Raises:
+        ValueError: a model type or configuration this module does not wire (the message says
+            which), or an attention backend that cannot run on the model's device and dtype.
+    """
+
+    def __init__(self, model: nn.Module, attention: str = "auto", fuse_qkv: bool = True):
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in PACKED_MODEL_TYPES:
+            raise ValueError(f"packed encoding wires the model types {', '.join(PACKED_MODEL_TYPES)}; "
+                             f"got {model_type!r} (use the padded path: packed=False)")
+        problem = _unsupported(model)
+        if problem is not None:
+            raise ValueError(f"packed encoding cannot run this {model_type} model: {problem} (use packed=False)")
+        if not isinstance(fuse_qkv, bool):
+            raise TypeError(f"fuse_qkv must be True or False, got {fuse_qkv!r}")
+        self.model = model
+        self.config = model.config
+        self.causal = model_type != "bert"
+        weight = next(model.parameters())
+        self.attention = pick_backend(attention, weight.device, weight.dtype, self.causal)
+        self.fuse_qkv = fuse_qkv
+        self._fused: dict[int, tuple] = {}  # layer -> (key of the projections it was made from, weight, bias, sizes)
+
+    def __repr__(self) -> str:
+        return (f"PackedModel({self.config.model_type}, attention={self.attention!r}, "
+                f"fuse_qkv={self.fuse_qkv})")
+
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
+        """Hidden states of the batch's tokens, [N, hidden] in the model's dtype (inference: run it
+        under torch.inference_mode or no_grad). Reads no device value on the host."""
+        if not isinstance(batch, PackedBatch):
+            raise TypeError(f"PackedModel takes a PackedBatch (fastret.encode.batches.collate_packed), "
+                            f"got {type(batch).__name__}")
+        window = getattr(self.config, "sliding_window", None) if getattr(self.config, "use_sliding_window", True) else None
+        if window is not None and batch.max_seqlen > window:
+            raise ValueError(f"a text of {batch.max_seqlen} tokens is longer than the model's sliding window "
+                             f"({window}), which packed attention does not apply; use packed=False")
+        if self.config.model_type == "bert":
+            return self._bert(batch)
+        if self.config.model_type == "gpt_neox":
+            return self._gpt_neox(batch)
+        return self._llama(batch)
+
+    # ------------------------------------------------------------------ the families
+
+    def _bert(self, batch: PackedBatch) -> torch.Tensor:
+        emb = self.model.embeddings
+        types = (emb.token_type_embeddings(batch.token_type_ids) if batch.token_type_ids is not None
+                 else emb.token_type_embeddings.weight[0])  # type 0 everywhere: one row, broadcast
+        x = emb.LayerNorm(emb.word_embeddings(batch.input_ids) + types + emb.position_embeddings(batch.position_ids))
+        heads = self.config.num_attention_heads
+        for i, layer in enumerate(self.model.encoder.layer):  # x [N, hidden] throughout
+            attention = layer.attention
+            q, k, v = self._project(i, x, heads, heads)  # [N, heads, head_dim] each
+            a = varlen_attention(q, k, v, batch, False, attention.self.scaling, self.attention)
+            x = attention.output.LayerNorm(attention.output.dense(a.flatten(1)) + x)
+            x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+        return x
+
+    def _gpt_neox(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.model.embed_in(batch.input_ids)  # [N, hidden]
+        cos, sin = (t[0] for t in self.model.rotary_emb(x[None], batch.position_ids[None]))  # [N, rotary dims]
+        heads = self.config.num_attention_heads
+        for layer in self.model.layers:
+            attention = layer.attention
+            qkv = attention.query_key_value(layer.input_layernorm(x)).view(x.shape[0], heads, -1)
+            q, k, v = qkv.chunk(3, dim=-1)  # [N, heads, head_dim] each
+            q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+            a = attention.dense(varlen_attention(q, k, v, batch, True, attention.scaling, self.attention).flatten(1))
+            if layer.use_parallel_residual:
+                x = layer.mlp(layer.post_attention_layernorm(x)) + a + x
+            else:
+                a = a + x
+                x = layer.mlp(layer.post_attention_layernorm(a)) + a
+        return self.model.final_layer_norm(x)
+
+    def _llama(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.model.embed_tokens(batch.input_ids)  # [N, hidden]
+        cos, sin = (t[0] for t in self.model.rotary_emb(x[None], batch.position_ids[None]))  # [N, head_dim]
+        heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
+        for i, layer in enumerate(self.model.layers):
+            attention = layer.self_attn
+            q, k, v = self._project(i, layer.input_layernorm(x), heads, kv_heads)
+            q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+            a = varlen_attention(q, k, v, batch, True, attention.scaling, self.attention)  # [N, heads, head_dim]
+            x = x + attention.o_proj(a.flatten(1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.model.norm(x)
+
+    # ------------------------------------------------------------------ shared steps
+
+    def _projections(self, i: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """Layer i's query, key and value projections (BERT, Llama family)."""
+        if self.config.model_type == "bert":
+            attention = self.model.encoder.layer[i].attention.self
+            return attention.query, attention.key, attention.value
+        attention = self.model.layers[i].self_attn
+        return attention.q_proj, attention.k_proj, attention.v_proj
+
+    def _project(self, i: int, x: torch.Tensor, heads: int, kv_heads: int):
+        """Layer i's q [N, heads, head_dim], k and v [N, kv_heads, head_dim] of x [N, hidden]."""
+        projections = self._projections(i)
+        fused = self._fused_weights(i, projections) if self.fuse_qkv else None
+        n = x.shape[0]
+        if fused is None:
+            return tuple(p(x).view(n, h, -1) for p, h in zip(projections, (heads, kv_heads, kv_heads)))
+        weight, bias, sizes = fused
+        q, k, v = F.linear(x, weight, bias).split(sizes, dim=-1)  # [N, q + k + v] -> three views
+        return q.view(n, heads, -1), k.view(n, kv_heads, -1), v.view(n, kv_heads, -1)
+
+    def _fused_weights(self, i: int, projections) -> tuple[torch.Tensor, torch.Tensor | None, list[int]] | None:
+        """(weight [q + k + v, hidden], bias or None, [q, k, v] sizes) of three nn.Linear, made once
+        and again whenever a module, weight or bias is replaced or changed in place; else None."""
+        if not all(type(p) is nn.Linear for p in projections):
+            return None
+        tensors = [t for p in projections for t in (p.weight, p.bias)]
+        key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+        cached = self._fused.get(i)
+        if cached is not None and cached[0] == key:
+            return cached[2:]
+        biases = [p.bias for p in projections]
+        if any(b is None for b in biases) and not all(b is None for b in biases):
+            return None
+        with torch.no_grad():
+            weight = torch.cat([p.weight for p in projections])
+            bias = None if biases[0] is None else torch.cat(biases)
+        self._fused[i] = (key, tensors, weight, bias, [p.out_features for p in projections])  # tensors: ids stay theirs
+        return self._fused[i][2:]
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [N, heads, head_dim] at each token's position: cos, sin [N, R] (R <=
+    head_dim: the first R dimensions rotate, as in the models' apply_rotary_pos_emb)."""
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [N, 1, R]
+    rotary = cos.shape[-1]
+    part, rest = x[..., :rotary], x[..., rotary:]
+    half = rotary // 2
+    rotated = torch.cat((-part[..., half:], part[..., :half]), dim=-1)  # rotate_half
+    return torch.cat((part * cos + rotated * sin, rest), dim=-1)
+
+
+def _unsupported(model: nn.Module) -> str | None:
+    """Why this model's configuration is outside what the packed wiring computes, or None."""
+    config = model.config
+    if config.model_type == "bert":
+        if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+            return f"position_embedding_type {config.position_embedding_type!r} (only absolute)"
+        if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+            return "a decoder BERT (is_decoder / add_cross_attention)"
+    if getattr(config, "layer_types", None) and any(t != "full_attention" for t in config.layer_types):
+        return f"layer types {sorted(set(config.layer_types))} (only full attention)"
+    return None
