@@ -13,12 +13,19 @@
 #include "amx_tiles.h"
 #include "gemm_int8.h"
 #include "machine_limits.h"
+#include "simd_paths.h"
 #include "topk_binary.h"
 #include "topk_int8.h"
 
 namespace py = pybind11;
 
 namespace {
+
+// A measurement's thread count: `threads`, or the search's own for 0.
+int search_threads(int threads, const char* what) {
+  if (threads < 0) throw std::invalid_argument(std::string(what) + ": threads must be >= 0 (0 = default)");
+  return threads > 0 ? threads : fastret::num_threads();
+}
 
 template <typename T>
 using Array = py::array_t<T, py::array::c_style>;
@@ -289,11 +296,19 @@ PYBIND11_MODULE(_core, m) {
 
   // ------------------------------------------------------------------ machine limits
   // Measurements of this machine, for benchmarks; both run with the GIL released.
-  m.def("read_bandwidth", &fastret::read_bandwidth, py::arg("bytes"), py::arg("threads"),
-        py::arg("repeats"), py::call_guard<py::gil_scoped_release>(),
+  m.def("read_bandwidth",
+        [](size_t bytes, int threads, int repeats) {
+          return fastret::read_bandwidth(bytes, search_threads(threads, "read_bandwidth"), repeats);
+        },
+        py::arg("bytes"), py::arg("threads"), py::arg("repeats"), py::call_guard<py::gil_scoped_release>(),
         "Bytes/s that `threads` threads (0 = search default) read from a `bytes`-byte buffer, best pass.");
-  m.def("int8_peak", &fastret::int8_peak, py::arg("threads"), py::arg("seconds"), py::arg("repeats"),
-        py::arg("narrow"), py::call_guard<py::gil_scoped_release>(),
+  m.def("int8_peak",
+        [](int threads, double seconds, int repeats, bool narrow) {
+          return fastret::int8_peak(fastret::active_simd_path(), search_threads(threads, "int8_peak"), seconds,
+                                    repeats, narrow);
+        },
+        py::arg("threads"), py::arg("seconds"), py::arg("repeats"), py::arg("narrow"),
+        py::call_guard<py::gil_scoped_release>(),
         "Multiply-adds/s of the active SIMD path's batch kernel (narrow: for query codes in\n"
         "[-63, 63], where the path has one) on L1-resident data, all threads.");
 

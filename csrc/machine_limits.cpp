@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "simd_paths.h"
-#include "topk_int8.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -41,8 +40,6 @@ std::unique_ptr<T[], FreeDeleter> aligned_array(size_t count) {
 
 // Where each read pass leaves its folded words, so that the compiler keeps the reads.
 volatile uint64_t g_read_sink = 0;
-
-int team_size(int threads) { return threads > 0 ? threads : num_threads(); }
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -79,22 +76,21 @@ double read_bandwidth(size_t bytes, int threads, int repeats) {
   if (bytes < (size_t(1) << 20))
     throw std::invalid_argument("read_bandwidth: bytes must be at least 1 MiB (and much larger "
                                 "than the last-level cache), got " + std::to_string(bytes));
-  if (threads < 0) throw std::invalid_argument("read_bandwidth: threads must be >= 0 (0 = default)");
+  if (threads < 1) throw std::invalid_argument("read_bandwidth: threads must be >= 1");
   if (repeats < 1) throw std::invalid_argument("read_bandwidth: repeats must be >= 1");
   const size_t words = bytes / sizeof(uint64_t);
   auto buffer = aligned_array<uint64_t>(words);
-  const int team = team_size(threads);
   uint64_t* data = buffer.get();
 
   // Each thread touches (and so maps, on its own NUMA node) the part it will read.
-#pragma omp parallel for num_threads(team) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static)
   for (size_t i = 0; i < words; ++i) data[i] = i * 0x9E3779B97F4A7C15ull;
 
   double best = 0;
   uint64_t sink = 0;
   for (int pass = 0; pass < repeats; ++pass) {
     const Clock::time_point start = Clock::now();
-#pragma omp parallel num_threads(team) reduction(^ : sink)
+#pragma omp parallel num_threads(threads) reduction(^ : sink)
     {
 #ifdef _OPENMP
       const size_t t = static_cast<size_t>(omp_get_thread_num());
@@ -111,18 +107,16 @@ double read_bandwidth(size_t bytes, int threads, int repeats) {
   return best;
 }
 
-double int8_peak(int threads, double seconds, int repeats, bool narrow) {
-  if (threads < 0) throw std::invalid_argument("int8_peak: threads must be >= 0 (0 = default)");
+double int8_peak(const SimdPath& path, int threads, double seconds, int repeats, bool narrow) {
+  if (threads < 1) throw std::invalid_argument("int8_peak: threads must be >= 1");
   if (repeats < 1) throw std::invalid_argument("int8_peak: repeats must be >= 1");
   if (!(seconds > 0 && seconds <= 60))
     throw std::invalid_argument("int8_peak: seconds must be in (0, 60]");
-  const SimdPath& path = active_simd_path();
   const bool use_narrow = narrow && path.narrow_batch.dots != nullptr;
   const BatchKernel& kernel = use_narrow ? path.narrow_batch : path.batch;
   const int max_code = use_narrow ? kNarrowQueryCode : 127;
   const size_t dim = l1_dim(kernel);
   const size_t rows = kernel.query_rows;
-  const int team = team_size(threads);
   const double window = seconds / repeats;
 
   // Per-thread buffers, allocated before the parallel region (no exceptions inside it).
@@ -132,7 +126,7 @@ double int8_peak(int threads, double seconds, int repeats, bool narrow) {
     std::unique_ptr<int32_t[], FreeDeleter> out;
     double rate = 0;
   };
-  std::vector<Work> work(static_cast<size_t>(team));
+  std::vector<Work> work(static_cast<size_t>(threads));
   for (size_t t = 0; t < work.size(); ++t) {
     Work& w = work[t];
     w.corpus.resize(kTile * dim);
@@ -152,7 +146,7 @@ double int8_peak(int threads, double seconds, int repeats, bool narrow) {
   }
   const double macs_per_call = static_cast<double>(rows * kTile * dim);
 
-#pragma omp parallel num_threads(team)
+#pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
     Work& w = work[static_cast<size_t>(omp_get_thread_num())];

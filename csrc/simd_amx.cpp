@@ -104,12 +104,11 @@ constexpr BatchKernel kBatch = {kQueries, packed_bytes, pack, dots<Tiles>, /*cor
 }  // namespace
 
 const SimdPath kAmxEmulatedPath = {"amx-emulated", false, always, kBatch<EmulatedTiles>, {}, nullptr,
-                                   binary_distances_portable, /*automatic=*/false};
+                                   binary_distances_portable, SimdPath::Pick::on_request};
 #if defined(__x86_64__) || defined(_M_X64)
-// Not picked on its own until measured faster than the AVX-512 path on an AMX Xeon (benchmarks/amx_gemm.py
-// and search_vs_faiss.py); FASTRET_SIMD=amx asks for it.
+// Picked where its batch kernel, measured at first use, beats the AVX-512 path's (simd_paths.h).
 const SimdPath kAmxPath = {"amx", true, amx_usable, kBatch<AmxTiles>, {}, dots_direct_avx512vnni,
-                           binary_distances_avx512, /*automatic=*/false};
+                           binary_distances_avx512, SimdPath::Pick::when_faster};
 #endif
 
 }  // namespace fastret

@@ -99,9 +99,13 @@ struct SimdPath {
   void (*dots_direct)(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
                       int32_t* out);  // nullptr: use pack + dots
   BinaryDistances binary_distances;
-  // false: taken only when asked for (FASTRET_SIMD, set_simd_path), never picked on its own: a path
-  // not yet measured faster than the one before it, or an emulation for tests
-  bool automatic = true;
+  // How the path is picked when none is asked for (FASTRET_SIMD, set_simd_path): the first supported
+  // path of the list in topk_int8.cpp that is automatic, or is when_faster and, measured on this
+  // machine at first use, runs its batch kernel kFasterBy times the rate of the next automatic
+  // path (a matrix unit whose speed depends on the CPU generation); on_request paths never (an
+  // emulation for tests).
+  enum class Pick { automatic, when_faster, on_request };
+  Pick pick = Pick::automatic;
 };
 
 // The path topk_int8 uses now (chosen on first use; see set_simd_path in topk_int8.h).

@@ -16,11 +16,13 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <new>
 #include <stdexcept>
 
+#include "machine_limits.h"
 #include "simd_paths.h"
 #include "topk_heap.h"
 
@@ -42,7 +44,7 @@ constexpr size_t kDirectMaxQueries = 2;
 
 const SimdPath* const kPaths[] = {
 #if defined(__x86_64__) || defined(_M_X64)
-    &kAvx512VnniPath, &kAmxPath, &kAvx2Path,
+    &kAmxPath, &kAvx512VnniPath, &kAvx2Path,
 #endif
 #if defined(__aarch64__)
     &kNeonPath,
@@ -52,15 +54,32 @@ const SimdPath* const kPaths[] = {
 std::atomic<const SimdPath*> g_path{nullptr};
 std::atomic<int> g_threads{0};
 
+// How much faster a when_faster path's batch kernel must run than the next path's to be picked,
+// measured on one thread for kCalibrationSeconds each at first use.
+constexpr double kFasterBy = 1.2;
+constexpr double kCalibrationSeconds = 0.02;
+
+const SimdPath* picked_path() {
+  for (size_t i = 0; i < std::size(kPaths); ++i) {
+    const SimdPath* candidate = kPaths[i];
+    if (candidate->pick == SimdPath::Pick::on_request || !candidate->supported()) continue;
+    if (candidate->pick == SimdPath::Pick::automatic) return candidate;
+    for (size_t j = i + 1; j < std::size(kPaths); ++j) {  // when_faster: against the next automatic path
+      const SimdPath* fallback = kPaths[j];
+      if (fallback->pick != SimdPath::Pick::automatic || !fallback->supported()) continue;
+      if (int8_peak(*candidate, 1, kCalibrationSeconds, 4, true) >=
+          kFasterBy * int8_peak(*fallback, 1, kCalibrationSeconds, 4, true))
+        return candidate;
+      break;
+    }
+  }
+  return &kScalarPath;
+}
+
 const SimdPath* active_path() {
   const SimdPath* path = g_path.load();
   if (path == nullptr) {
-    for (const SimdPath* candidate : kPaths) {
-      if (candidate->automatic && candidate->supported()) {
-        path = candidate;
-        break;
-      }
-    }
+    path = picked_path();
     g_path.store(path);
   }
   return path;

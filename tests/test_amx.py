@@ -89,3 +89,35 @@ def test_the_tile_search_kernel_equals_the_reference(restore_simd_path, path, sh
         expected = fastret.topk_int8_ref(queries, codes, scales, k)
         np.testing.assert_array_equal(got[1], expected[1])
         np.testing.assert_array_equal(got[0], expected[0])
+
+
+@pytest.mark.skipif(not _core.amx_usable(), reason="this CPU has no AMX-INT8 tiles (grep amx_int8 /proc/cpuinfo)")
+def test_an_amx_cpu_dispatches_to_the_tiles_and_they_beat_vnni_on_a_batch(restore_simd_path):
+    """The smoke test of a dispatch that silently runs the slow kernel: the path a fresh process picks
+    on its own is the AMX one, and it out-runs the AVX-512 VNNI path on a batch."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import fastret
+
+    env = {name: value for name, value in os.environ.items() if name != "FASTRET_SIMD"}
+    picked = subprocess.run([sys.executable, "-c", "import fastret; print(fastret.simd_path())"], env=env,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert picked == "amx"
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-127, 128, (65536, 768), dtype=np.int8)
+    scales = np.ones(65536, np.float32)
+    queries = (rng.integers(-63, 64, (256, 768), dtype=np.int8), np.ones(256, np.float32))
+    seconds = {}
+    for path in ("avx512vnni", "amx"):
+        restore_simd_path(path)
+        fastret.topk_int8(queries, codes, scales, 10)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fastret.topk_int8(queries, codes, scales, 10)
+            times.append(time.perf_counter() - start)
+        seconds[path] = min(times)
+    assert seconds["amx"] * 1.5 < seconds["avx512vnni"], seconds

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "tests" / "cpp" / "test_topk_paths.cpp"
 # The driver, every path and the AMX detection; OpenMP stays off (the pragmas are ignored) so that a
 # static aarch64 build needs no libgomp; the Python tests cover the threading.
-SOURCES = [PROGRAM, ROOT / "csrc" / "topk_int8.cpp", ROOT / "csrc" / "amx.cpp",
+SOURCES = [PROGRAM, ROOT / "csrc" / "topk_int8.cpp", ROOT / "csrc" / "amx.cpp", ROOT / "csrc" / "machine_limits.cpp",
            *sorted((ROOT / "csrc").glob("simd_*.cpp"))]
 CROSS_TOOLS = "aarch64-linux-gnu-g++ and qemu-aarch64 (make cross-tools, or apt-get install g++-aarch64-linux-gnu qemu-user)"
 
