@@ -8,7 +8,7 @@ Two functions, for this script and for benchmarks/gpu_check.py:
 
   dry_run() -> dict
       Every new path at tiny sizes on the CPU, against the padded reference: a random BERT (mean
-      and CLS pooling; "padded" and "nested" attention; fused QKV on and off), GPT-NeoX and Llama
+      and CLS pooling; "padded" and "nested" attention; each fusion switch), GPT-NeoX and Llama
       (last token) through fastret.encode.packed.PackedModel + pool_normalize_packed, against the
       model's own forward + pool_normalize. With TRITON_INTERPRET=1 set before torch is imported
       the pooling runs in Triton's interpreter. {"ok": bool, case: {"max_abs_diff", "min_cosine"}}.
@@ -16,8 +16,9 @@ Two functions, for this script and for benchmarks/gpu_check.py:
   measure(device="cuda", peak_tflops=989.0, budget_s=240.0, ...) -> dict
       On the GPU, on ready token ids (no tokenizer: the model's throughput), for fp16 and bf16:
       a BERT-base shape (random weights, PubMed-length texts, max 256 tokens, mean pooling) packed
-      with each usable attention backend, with and without the fused QKV GEMM, and padded (the
-      model's forward + pool_normalize on length-sorted batches); then a decoder of BMRetriever-1B's
+      with each usable attention backend, with and without each fusion (fuse_qkv, fuse_add_norm,
+      fuse_bias_gelu: fastret.encode.packed), and padded (the model's forward + pool_normalize on
+      length-sorted batches); then a decoder of BMRetriever-1B's
       shape (Pythia-1B: GPT-NeoX, 2048 x 16 layers, random weights, last-token pooling), packed and
       padded. Each row: docs/s, tokens/s, TFLOP/s, MFU (against peak_tflops) and the min cosine
       to the padded path's embeddings. Also: whether a packed forward + pooling runs under
@@ -195,7 +196,7 @@ def compare(model, token_ids: list, pooling: str, variants: list, batch_texts: i
         if time.monotonic() > deadline:
             result["stopped"] = "budget spent"
             break
-        name = f"packed/{variant['attention']}{'' if variant['fuse_qkv'] else '/unfused-qkv'}"
+        name = variant_name(variant)
         try:
             runner = PackedModel(model, **variant)
             row = differences(run_packed(runner, packed, pooling, n, dim), reference)
@@ -208,25 +209,44 @@ def compare(model, token_ids: list, pooling: str, variants: list, batch_texts: i
     return result
 
 
+FUSION_DEFAULTS = {"fuse_qkv": True, "fuse_add_norm": False, "fuse_bias_gelu": False}
+
+
+def variant_name(variant: dict) -> str:
+    """"packed/<attention>" and each fusion switch that differs from PackedModel's default."""
+    changed = [f"{key}={value}" for key, value in variant.items() if key in FUSION_DEFAULTS
+               and value != FUSION_DEFAULTS[key]]
+    return "/".join(["packed", variant["attention"], *changed])
+
+
 def variants_for(device: torch.device, dtype: torch.dtype, causal: bool, all_backends: bool) -> list:
-    """Packed variants to run: every usable attention backend (or just the first) with fused QKV,
-    and the first backend unfused."""
+    """Packed variants to run: every usable attention backend (or just the first) with the default
+    fusions; then on the first backend QKV unfused, and for BERT (not causal) each BERT fusion
+    alone and both together."""
     usable = [b for b in ATTENTION_BACKENDS if can_run(b, device, dtype, causal)]
-    chosen = usable if all_backends else usable[:1]
-    return [{"attention": b, "fuse_qkv": True} for b in chosen] + [{"attention": usable[0], "fuse_qkv": False}]
+    first = usable[0]
+    variants = [{"attention": b} for b in (usable if all_backends else usable[:1])]
+    variants.append({"attention": first, "fuse_qkv": False})
+    if not causal:
+        variants += [{"attention": first, "fuse_add_norm": True}, {"attention": first, "fuse_bias_gelu": True},
+                     {"attention": first, "fuse_add_norm": True, "fuse_bias_gelu": True}]
+    return variants
 
 
 def dry_run() -> dict:
     """Every packed path at tiny sizes on the CPU against the padded reference (see the module
-    docstring). Returns {"ok": all max_abs_diff <= 1e-4, "<case>": compare(...) result}."""
+    docstring). Returns {"ok": all max_abs_diff <= 1e-4, "<case>": compare(...) result}; each
+    result's "rows" are named by `variant_name`."""
     cpu = torch.device("cpu")
     shrink = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
               "max_position_embeddings": 64}
     cases = {
-        "bert_mean": ("bert", "mean", [{"attention": a, "fuse_qkv": f} for a in ("padded", "nested") for f in (True, False)]),
-        "bert_cls": ("bert", "cls", [{"attention": "padded", "fuse_qkv": True}]),
-        "gpt_neox_last": ("gpt_neox", "last", [{"attention": "padded", "fuse_qkv": True}]),
-        "llama_last": ("llama", "last", [{"attention": "padded", "fuse_qkv": True}, {"attention": "padded", "fuse_qkv": False}]),
+        "bert_mean": ("bert", "mean", [{"attention": "padded"}, {"attention": "nested"}, *[
+            {"attention": "padded", **fusions} for fusions in ({"fuse_qkv": False}, {"fuse_add_norm": True},
+                                                               {"fuse_bias_gelu": True})]]),
+        "bert_cls": ("bert", "cls", [{"attention": "padded"}]),
+        "gpt_neox_last": ("gpt_neox", "last", [{"attention": "padded"}]),
+        "llama_last": ("llama", "last", [{"attention": "padded"}, {"attention": "padded", "fuse_qkv": False}]),
     }
     report, ok = {}, True
     for case, (family, pooling, variants) in cases.items():

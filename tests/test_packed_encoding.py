@@ -228,3 +228,24 @@ def test_packed_option_is_checked(tiny_bert):
         fastret.Encoder(tiny_bert, device="cpu", packed="yes")
     with pytest.raises(ValueError, match="packed must be True, False or 'auto', got 1"):
         fastret.Encoder(tiny_bert, device="cpu", packed=1)
+
+
+@pytest.mark.parametrize("fusions", [dict(fuse_add_norm=True), dict(fuse_bias_gelu=True),
+                                     dict(fuse_add_norm=True, fuse_bias_gelu=True, fuse_qkv=False)], ids=str)
+def test_bert_fusions_equal_the_padded_forward(fusions):
+    model = tiny("bert")
+    token_ids = texts()
+    packed = PackedModel(model, **fusions)
+    assert all(getattr(packed, name) is value for name, value in fusions.items())
+    with torch.no_grad():
+        got = packed(collate_packed(token_ids, None))
+    torch.testing.assert_close(got, padded_states(model, token_ids), atol=1e-5, rtol=1e-5)
+
+
+def test_fusions_are_refused_where_they_do_not_apply():
+    with pytest.raises(ValueError, match="fuse BERT-family layers, not llama"):
+        PackedModel(tiny("llama"), fuse_add_norm=True)
+    with pytest.raises(ValueError, match="fuse_bias_gelu needs a GELU activation, the model has 'relu'"):
+        PackedModel(tiny("bert", hidden_act="relu"), fuse_bias_gelu=True)
+    with pytest.raises(TypeError, match="fuse_add_norm must be True or False"):
+        PackedModel(tiny("bert"), fuse_add_norm=1)

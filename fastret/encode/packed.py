@@ -15,6 +15,13 @@ the wiring between them is written here, once per family:
 
 The padded path (the model's own forward) is the reference: the same inputs give the same
 hidden states at real tokens, to float rounding (the tests compare them).
+
+Fusions, each a switch so that its gain is measured on its own (benchmarks/gpu_encode_paths.py):
+fuse_qkv (one GEMM for q, k and v; on by default), and for BERT-family layers fuse_add_norm
+(residual add + LayerNorm in one Triton kernel, `fastret.kernels.add_layer_norm`) and
+fuse_bias_gelu (the intermediate GEMM with its bias and GELU in the epilogue,
+torch._addmm_activation: cuBLASLt on CUDA, where the GELU is the tanh approximation; exact on
+the CPU), both off until a GPU run shows their gain.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.add_layer_norm import add_layer_norm
 from .batches import PackedBatch
 from .varlen_attention import pick_backend, varlen_attention
 
 PACKED_MODEL_TYPES = ("bert", "gpt_neox", "llama", "qwen2", "mistral")
+GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
 def supports_packed(model: nn.Module) -> bool:
@@ -45,13 +54,17 @@ class PackedModel:
             once (a copy, made again if a projection module or its weights change, e.g. after an
             optimizer step or a LoRA wrap); only where all three are nn.Linear (int8 layers keep
             three calls).
+        fuse_add_norm: BERT family: residual add + LayerNorm in one kernel (nn.LayerNorm only).
+        fuse_bias_gelu: BERT family with a GELU activation: the intermediate layer's bias and GELU
+            in its GEMM's epilogue (nn.Linear only; tanh-approximate GELU on CUDA).
 
     Raises:
         ValueError: a model type or configuration this module does not wire (the message says
             which), or an attention backend that cannot run on the model's device and dtype.
     """
 
-    def __init__(self, model: nn.Module, attention: str = "auto", fuse_qkv: bool = True):
+    def __init__(self, model: nn.Module, attention: str = "auto", fuse_qkv: bool = True,
+                 fuse_add_norm: bool = False, fuse_bias_gelu: bool = False):
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in PACKED_MODEL_TYPES:
             raise ValueError(f"packed encoding wires the model types {', '.join(PACKED_MODEL_TYPES)}; "
@@ -59,19 +72,24 @@ class PackedModel:
         problem = _unsupported(model)
         if problem is not None:
             raise ValueError(f"packed encoding cannot run this {model_type} model: {problem} (use packed=False)")
-        if not isinstance(fuse_qkv, bool):
-            raise TypeError(f"fuse_qkv must be True or False, got {fuse_qkv!r}")
+        for name, flag in (("fuse_qkv", fuse_qkv), ("fuse_add_norm", fuse_add_norm), ("fuse_bias_gelu", fuse_bias_gelu)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if (fuse_add_norm or fuse_bias_gelu) and model_type != "bert":
+            raise ValueError(f"fuse_add_norm and fuse_bias_gelu fuse BERT-family layers, not {model_type}")
+        if fuse_bias_gelu and getattr(model.config, "hidden_act", None) not in GELU_ACTIVATIONS:
+            raise ValueError(f"fuse_bias_gelu needs a GELU activation, the model has {model.config.hidden_act!r}")
         self.model = model
         self.config = model.config
         self.causal = model_type != "bert"
         weight = next(model.parameters())
         self.attention = pick_backend(attention, weight.device, weight.dtype, self.causal)
-        self.fuse_qkv = fuse_qkv
+        self.fuse_qkv, self.fuse_add_norm, self.fuse_bias_gelu = fuse_qkv, fuse_add_norm, fuse_bias_gelu
         self._fused: dict[int, tuple] = {}  # layer -> (key of the projections it was made from, weight, bias, sizes)
 
     def __repr__(self) -> str:
-        return (f"PackedModel({self.config.model_type}, attention={self.attention!r}, "
-                f"fuse_qkv={self.fuse_qkv})")
+        return (f"PackedModel({self.config.model_type}, attention={self.attention!r}, fuse_qkv={self.fuse_qkv}, "
+                f"fuse_add_norm={self.fuse_add_norm}, fuse_bias_gelu={self.fuse_bias_gelu})")
 
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
         """Hidden states of the batch's tokens, [N, hidden] in the model's dtype (inference: run it
@@ -101,8 +119,8 @@ class PackedModel:
             attention = layer.attention
             q, k, v = self._project(i, x, heads, heads)  # [N, heads, head_dim] each
             a = varlen_attention(q, k, v, batch, False, attention.self.scaling, self.attention)
-            x = attention.output.LayerNorm(attention.output.dense(a.flatten(1)) + x)
-            x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+            x = self._add_norm(attention.output.LayerNorm, attention.output.dense(a.flatten(1)), x)
+            x = self._add_norm(layer.output.LayerNorm, layer.output.dense(self._intermediate(layer.intermediate, x)), x)
         return x
 
     def _gpt_neox(self, batch: PackedBatch) -> torch.Tensor:
@@ -136,6 +154,19 @@ class PackedModel:
         return self.model.norm(x)
 
     # ------------------------------------------------------------------ shared steps
+
+    def _add_norm(self, norm: nn.Module, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """norm(y + x) for [N, hidden] y and x: one kernel with fuse_add_norm."""
+        if self.fuse_add_norm and type(norm) is nn.LayerNorm and norm.weight is not None and norm.bias is not None:
+            return add_layer_norm(y, x, norm.weight, norm.bias, norm.eps)
+        return norm(y + x)
+
+    def _intermediate(self, intermediate: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A BERT layer's dense + activation of x [N, hidden]: one GEMM with fuse_bias_gelu."""
+        dense = intermediate.dense
+        if self.fuse_bias_gelu and type(dense) is nn.Linear and dense.bias is not None:
+            return torch._addmm_activation(dense.bias, x, dense.weight.t(), use_gelu=True)
+        return intermediate(x)
 
     def _projections(self, i: int) -> tuple[nn.Module, nn.Module, nn.Module]:
         """Layer i's query, key and value projections (BERT, Llama family)."""
