@@ -16,7 +16,9 @@ Steps (in this order; each one's failure is recorded and the run goes on):
              int8 output and backward) against pool_normalize_ref; mesh_similarity against
              mesh_similarity_ref (self and cross); the CUDA search path (Index over a mapped file
              segment, an in-memory segment and deletes, plain and rescored; topk_int8 on CUDA
-             tensors) against the CPU core, ids and scores exactly.
+             tensors) against the CPU core, ids and scores exactly; the fused scan kernel
+             (fastret.kernels.topk_int8_scan) in that path, k 1 / 10 / 100 and a filter, and
+             against its reference (in the dry run: Triton's interpreter on the CPU).
   encode     all-MiniLM-L6-v2 and a BERT-base-shaped model (random weights, BertConfig(), max 256
              tokens) on PubMed-length NFCorpus abstracts (200-350 tokens before truncation):
              fastret fp16 and bf16 against sentence-transformers fp16 at several batch sizes (and
@@ -29,7 +31,11 @@ Steps (in this order; each one's failure is recorded and the run goes on):
   search     exact int8 search, --search-rows x 768 (default 1,000,000) random unit vectors:
              fastret Index on CUDA (1 query: median latency; 1,000 queries: QPS), against a
              chunked torch float16 matmul + top-k (what faiss-gpu's flat index does); top-10 ids
-             and scores against the CPU core's.
+             and scores against the CPU core's. The scan kernel alone on the resident rows (one
+             query: ms and GB/s of codes read, as a fraction of the copy bandwidth measured here;
+             1,000 queries: QPS; k 10 and 100), the torch matmul path beside it, a sweep of launch
+             configurations (SCAN_SWEEP), and one query over 36M x 384 codes (--scan-large-rows
+             fewer where GPU memory is short; checked against the CPU core).
   bandwidth  device-to-device copy bandwidth (the HBM ceiling measured here), pool_normalize's
              effective GB/s on a 64 x 384 x 768 bfloat16 batch against it and against plain torch,
              and mesh_similarity at batch 512 against its dense reference.
@@ -75,7 +81,11 @@ from encode_vs_st import (ST, FASTRET, Engine, build_bert_base, load_st, measure
 from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.kernels.mesh_similarity import mesh_similarity, mesh_similarity_ref  # noqa: E402
 from fastret.kernels.pooling import pool_normalize, pool_normalize_ref  # noqa: E402
-from fastret.search.torch_backend import topk_int8_torch  # noqa: E402
+from fastret.kernels.topk_int8_scan import ScanBlocks, scan_blocks, topk_int8_scan, topk_int8_scan_ref  # noqa: E402
+from fastret.search.core import core_candidates, narrowed  # noqa: E402
+from fastret.search.filters import allowed_rows  # noqa: E402
+from fastret.search.rules import query_codes  # noqa: E402
+from fastret.search.torch_backend import resident_rows, topk_int8_torch, torch_candidates  # noqa: E402
 from harness import cpu_info  # noqa: E402
 
 # (atol, rtol) of pool_normalize's float32 output against the reference, per input dtype.
@@ -83,6 +93,11 @@ POOL_TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.float16: (1e-3, 1e-3), torc
 GRAD_TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
 PUBMED_TOKENS = (200, 350)  # abstract lengths (BERT word pieces, before truncation) the encode steps use
 BERT_BASE_MAX_LENGTH = 256
+# Launch configurations of the scan kernel timed in the search step beside the one it picks
+# (ScanBlocks: block_q, block_n, block_d, splits, num_warps, num_stages; splits 0: the picked count).
+SCAN_SWEEP = [ScanBlocks(16, 128, 128, 0, 4, 4), ScanBlocks(16, 256, 128, 0, 8, 3), ScanBlocks(16, 128, 256, 0, 4, 3),
+              ScanBlocks(64, 128, 64, 0, 8, 3), ScanBlocks(64, 128, 128, 0, 8, 3), ScanBlocks(128, 128, 64, 0, 8, 3),
+              ScanBlocks(64, 256, 64, 0, 8, 3), ScanBlocks(32, 128, 64, 0, 4, 3)]
 
 
 # ---------------------------------------------------------------------------------------- sizes
@@ -95,10 +110,14 @@ def sizes(dry_run: bool) -> dict:
                 "st_batches": [4], "fastret_batch": 4,
                 "bert_shrink": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                                 "intermediate_size": 64}, "bandwidth_mib": 4,
-                "pool_bench": (4, 16, 32), "mesh_bench": (16, 8, 200)}
+                "pool_bench": (4, 16, 32), "mesh_bench": (16, 8, 200),
+                "scan": {"batch": 16, "ks": (10,), "repeats_one": 1, "repeats_batch": 1, "warmup": 0,
+                         "sweep": SCAN_SWEEP[:1], "large": (3000, 384)}}
     return {"pool": (7, 77, 768), "mesh": (300, 40, 30000), "search_check": (20000, 96), "encode_texts": 8192,
             "st_batches": [128, 256, 512], "fastret_batch": 256, "bert_shrink": None, "bandwidth_mib": 4096,
-            "pool_bench": (64, 384, 768), "mesh_bench": (512, 64, 30000)}
+            "pool_bench": (64, 384, 768), "mesh_bench": (512, 64, 30000),
+            "scan": {"batch": 1000, "ks": (10, 100), "repeats_one": 50, "repeats_batch": 10, "warmup": 2,
+                     "sweep": SCAN_SWEEP, "large": (36_000_000, 384)}}
 
 
 def sync(device: torch.device) -> None:
@@ -243,6 +262,47 @@ def check_search(device: torch.device, size: tuple) -> list:
     return cases
 
 
+def check_scan(device: torch.device, size: tuple) -> list:
+    """The fused scan kernel in the CUDA search path (torch_candidates(kernel="scan"), Index.search
+    on CUDA) against the CPU core over three segments (a mapped file, an in-memory one, deletes in
+    both, tied scores): k 1 / 10 / 100, a filter; and topk_int8_scan against topk_int8_scan_ref."""
+    rows, dim = size
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="fastret-gpu-check-") as scratch:
+        index, queries, vectors, ids = search_fixture(rows, dim, Path(scratch))
+        if device.type == "cpu":  # the interpreter: one block of 16 queries, ties included
+            queries = queries[::4]
+        segments = index.segments
+        q_codes, q_scales, _ = query_codes(queries, dim)
+        on_device = [torch.from_numpy(a).to(device) for a in (q_codes, q_scales)]
+        mask = np.random.default_rng(5).random(sum(len(s) for s in segments)) < 0.3
+        kept, allowed, passing = narrowed(segments, allowed_rows(mask, segments), pick=False)
+        for name, searched, selection, c in (("k=1", segments, None, 1), ("k=10", segments, None, 10),
+                                             ("k=100", segments, None, 100),
+                                             ("filter k=10", kept, allowed, min(10, passing))):
+            want = core_candidates(searched, q_codes, q_scales, c, None, selection)
+            got = torch_candidates(searched, *on_device, c, None, selection, kernel="scan")
+            cases.append(same_results(f"scan over {len(searched)} segments {name}", got, want))
+        if device.type == "cuda":  # the Index's own path on CUDA: the scan, picked by default
+            cuda_queries = torch.from_numpy(queries).to(device)
+            for k in (1, 10, 100):
+                got = [t.cpu().numpy() for t in index.search(cuda_queries, k, filter=mask)]
+                cases.append(same_results(f"Index.search filter k={k}", got, index.search(queries, k, filter=mask)))
+        codes, scales = (torch.from_numpy(np.asarray(a)).to(device) for a in fastret.quantize_int8(vectors))
+        got = topk_int8_scan(*on_device, codes, scales, 10)
+        want = topk_int8_scan_ref(*on_device, codes, scales, 10)
+        cases.append(same_results("topk_int8_scan vs topk_int8_scan_ref k=10", [t.cpu().numpy() for t in got],
+                                  [t.cpu().numpy() for t in want]))
+    return cases
+
+
+def same_results(name: str, got, want) -> dict:
+    """A case: (scores, ids) equal to the expected ones, id for id and bit for bit."""
+    ids_equal = bool(np.array_equal(got[1], want[1]))
+    scores_equal = bool(np.array_equal(got[0], want[0]))
+    return {"case": name, "passed": ids_equal and scores_equal, "ids_equal": ids_equal, "scores_equal": scores_equal}
+
+
 def torch_backend_search(index, queries: np.ndarray, k: int, vectors: np.ndarray, ids: np.ndarray):
     """`topk_int8_torch` over the index's live vectors (the dry run's stand-in for Index on CUDA)."""
     live = index.contains(ids)
@@ -256,7 +316,8 @@ def torch_backend_search(index, queries: np.ndarray, k: int, vectors: np.ndarray
 def step_kernels(args, device, size) -> dict:
     checks = {"pooling": lambda: check_pooling(device, size["pool"]),
               "mesh_similarity": lambda: check_mesh(device, size["mesh"]),
-              "search": lambda: check_search(device, size["search_check"])}
+              "search": lambda: check_search(device, size["search_check"]),
+              "scan": lambda: check_scan(device, size["search_check"])}
     result = {}
     for name, check in checks.items():  # one failing check does not hide the others
         try:
@@ -509,8 +570,93 @@ def step_search(args, device, size) -> dict:
         "batch_1000_speedup_vs_fp16": batch["torch_fp16"] / batch["fastret_int8"],
         "single_query_speedup_vs_fp16": single["torch_fp16"] / single["fastret_int8"],
         "cpu_core_batch_1000_seconds": cpu_batch_seconds, "cpu_simd_path": fastret.simd_path(),
+        "scan": scan_timings(index, queries, device, size),
+        "large": scan_large(args, device, size),
         "passed": same_ids and same_scores and batch["fastret_int8"] <= batch["torch_fp16"],
     }
+
+
+def scan_timings(index, queries: torch.Tensor, device: torch.device, size: dict) -> dict:
+    """The scan kernel alone on the index's resident rows: one query (ms, GB/s of codes and scales
+    read, and that as a fraction of the copy bandwidth measured here) and a batch (QPS), k 10 and
+    100 (10 in the dry run), beside the torch matmul path on the same rows; then each launch configuration of the
+    sweep, its results checked against the picked one's."""
+    plan = size["scan"]
+    codes, scales, _, _ = resident_rows(index.segments[0], device)
+    q_codes, q_scales = fastret.quantize_queries(queries[: plan["batch"]])
+    one = (q_codes[:1], q_scales[:1])
+    copy = copy_bandwidth(device, size["bandwidth_mib"])
+    read = codes.numel() + 4 * scales.numel()
+    out = {"rows": codes.shape[0], "dim": codes.shape[1], "batch": len(q_codes), "copy_gb_per_s": copy}
+    for k in plan["ks"]:
+        calls = {"scan_one": lambda: topk_int8_scan(*one, codes, scales, k),
+                 "scan_batch": lambda: topk_int8_scan(q_codes, q_scales, codes, scales, k),
+                 "torch_one": lambda: topk_int8_torch(*one, codes, scales, k),
+                 "torch_batch": lambda: topk_int8_torch(q_codes, q_scales, codes, scales, k)}
+        times = {name: median_seconds(call, device, plan["repeats_one" if name.endswith("one") else "repeats_batch"],
+                                      plan["warmup"]) for name, call in calls.items()}
+        out[f"k{k}"] = {
+            "one_query_ms": times["scan_one"] * 1e3, "one_query_gb_per_s": read / times["scan_one"] / 1e9,
+            "one_query_fraction_of_copy_bandwidth": read / times["scan_one"] / 1e9 / copy,
+            "batch_qps": len(q_codes) / times["scan_batch"],
+            "torch_path_one_query_ms": times["torch_one"] * 1e3,
+            "torch_path_batch_qps": len(q_codes) / times["torch_batch"],
+        }
+    out["sweep"] = scan_sweep(q_codes, q_scales, codes, scales, device, plan)
+    return out
+
+
+def scan_sweep(q_codes, q_scales, codes, scales, device: torch.device, plan: dict) -> list:
+    """Each ScanBlocks of plan["sweep"] for one query and the batch (k = 10), with as many programs
+    as the picked configuration (splits scaled to its query blocks): time and same results."""
+    rows = []
+    for blocks in plan["sweep"]:
+        for label, count in (("one", 1), ("batch", len(q_codes))):
+            queries = (q_codes[:count], q_scales[:count])
+            picked = scan_blocks(count, codes.shape[0], codes.shape[1], 10, device)
+            programs = picked.splits * math.ceil(count / picked.block_q)
+            tiles = math.ceil(codes.shape[0] / blocks.block_n)
+            chosen = blocks._replace(splits=max(1, min(tiles, math.ceil(programs / math.ceil(count / blocks.block_q)))))
+            row = {"queries": label, **chosen._asdict()}
+            try:
+                want = topk_int8_scan(*queries, codes, scales, 10)
+                got = topk_int8_scan(*queries, codes, scales, 10, blocks=chosen)
+                row["same_results"] = bool(torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]))
+                row["ms"] = median_seconds(lambda: topk_int8_scan(*queries, codes, scales, 10, blocks=chosen), device,
+                                           plan["repeats_one" if count == 1 else "repeats_batch"], plan["warmup"]) * 1e3
+            except Exception as error:  # a configuration past the GPU's shared memory or registers
+                row["error"] = f"{type(error).__name__}: {error}"
+            rows.append(row)
+    return rows
+
+
+def scan_large(args, device: torch.device, size: dict) -> dict:
+    """One query over size["scan"]["large"] random int8 codes (36M x 384 on a GPU: PubMed's size;
+    fewer rows where the GPU's free memory is short, said in the result) with the scan kernel on
+    resident rows, k = 10; two queries' ids and scores against the CPU core."""
+    rows, dim = size["scan"]["large"]
+    rows = args.scan_large_rows or rows
+    note = None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        fits = int(0.8 * free) // (dim + 4) // 1_000_000 * 1_000_000
+        if fits < rows:
+            note = f"{rows:,} rows do not fit in the free GPU memory ({free / 2**30:.1f} GiB): {fits:,} searched"
+            rows = fits
+    g = torch.Generator(device=device).manual_seed(11)
+    codes = torch.randint(-127, 128, (rows, dim), dtype=torch.int8, generator=g, device=device)
+    scales = torch.rand(rows, generator=g, device=device) * 0.01 + 1e-3
+    q_codes = torch.randint(-127, 128, (2, dim), dtype=torch.int8, generator=g, device=device)
+    q_scales = torch.rand(2, generator=g, device=device) * 0.01 + 1e-3
+    scores, found = topk_int8_scan(q_codes, q_scales, codes, scales, 10)
+    want = fastret.topk_int8((q_codes.cpu().numpy(), q_scales.cpu().numpy()), codes.cpu().numpy(),
+                             scales.cpu().numpy(), 10)
+    same = bool(np.array_equal(found.cpu().numpy(), want[1]) and np.array_equal(scores.cpu().numpy(), want[0]))
+    seconds = median_seconds(lambda: topk_int8_scan(q_codes[:1], q_scales[:1], codes, scales, 10), device,
+                             size["scan"]["repeats_one"], size["scan"]["warmup"])
+    read = codes.numel() + 4 * rows
+    return {"rows": rows, "dim": dim, "note": note, "same_as_cpu_core": same, "one_query_ms": seconds * 1e3,
+            "one_query_gb_per_s": read / seconds / 1e9}
 
 
 # ---------------------------------------------------------------------------------------- bandwidth
@@ -614,6 +760,8 @@ def parse_args() -> argparse.Namespace:
                         help="comma-separated steps to run, in the order given")
     parser.add_argument("--corpus-docs", type=int, help="documents through encode_corpus (default 100,000)")
     parser.add_argument("--search-rows", type=int, help="vectors in the search step (default 1,000,000)")
+    parser.add_argument("--scan-large-rows", type=int, help="rows of the search step's large scan (default "
+                        "36,000,000 x 384, fewer where GPU memory is short)")
     parser.add_argument("--repeats", type=int, help="timed encode rounds per engine, best kept (default 3; 1 dry)")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="dense fp16/bf16 peak TFLOP/s for MFU (989: H100/H200 SXM)")

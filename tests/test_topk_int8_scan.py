@@ -9,7 +9,7 @@ import torch
 
 import fastret
 from fastret import _core
-from fastret.kernels.topk_int8_scan import (MAX_K, ScanBlocks, id_order, topk_int8_scan, topk_int8_scan_ref)
+from fastret.kernels.topk_int8_scan import MAX_K, ScanBlocks, id_order, topk_int8_scan, topk_int8_scan_ref
 from fastret.search.core import core_candidates, narrowed
 from fastret.search.rules import query_codes
 from fastret.search.torch_backend import resident_rows, search_kernel, skip_bitmap, torch_candidates
@@ -183,3 +183,52 @@ def test_scan_over_segments_equals_the_core(rng, tmp_path):
     masks[0][[3, 7, 8]] = True  # fewer rows than c pass
     kept, allowed, passing = narrowed(renewed, masks, pick=False)
     compare(kept, allowed, cs=(1, min(10, passing)))
+
+
+COMPILE = """
+import json, sys
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastret.kernels.topk_int8_scan import _EMPTY, _pow2, _scan_kernel, scan_blocks
+
+report = []
+for n_queries, k, rank_is_row, has_skip in json.loads(sys.argv[1]):
+    blocks = scan_blocks(n_queries, 1_000_000, 768, k, torch.device("cuda"), multiprocessors=132)
+    pointers = {"Q": "*i8", "QS": "*fp32", "C": "*i8", "CS": "*fp32", "RANK": "*i32", "SKIP": "*u8", "OUT": "*i64"}
+    scalars = dict.fromkeys(["n_queries", "n_rows", "dim", "stride_q", "stride_c", "tiles_per_split"], "i32")
+    constexprs = {"EMPTY": _EMPTY, "RANK_IS_ROW": rank_is_row, "HAS_SKIP": has_skip, "KB": _pow2(k),
+                  "BLOCK_Q": blocks.block_q, "BLOCK_N": blocks.block_n, "BLOCK_D": blocks.block_d}
+    signature = {**pointers, **scalars, **dict.fromkeys(constexprs, "constexpr")}
+    aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 2, 4, 5, 6, 9, 10, 11)}
+    source = ASTSource(fn=_scan_kernel, signature=signature, constexprs=constexprs, attrs=aligned)
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": blocks.num_warps, "num_stages": blocks.num_stages})
+    report.append({"blocks": blocks._asdict(), "shared": kernel.metadata.shared,
+                   "int8_mma": "mma" in kernel.asm["ptx"] and ".s8.s8" in kernel.asm["ptx"]})
+print(json.dumps(report))
+"""
+
+
+def test_kernel_compiles_for_hopper(tmp_path):
+    """The configurations scan_blocks picks on an H100 (132 multiprocessors: one query and a batch,
+    k 1 / 10 / 100 / 256) compile to sm_90 code with int8 tensor-core instructions and fit its
+    shared memory: what the interpreter cannot show (Triton's compiler runs without a GPU)."""
+    pytest.importorskip("triton.backends.nvidia", reason="triton without its NVIDIA backend")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    cases = [(1, 10, False, True), (1, 1, True, False), (1000, 10, True, False), (1000, 100, False, True),
+             (1000, 256, False, False)]
+    done = subprocess.run([sys.executable, "-c", COMPILE, json.dumps(cases)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert len(report) == len(cases)
+    for case in report:
+        assert case["int8_mma"], case
+        assert case["shared"] <= 227 * 1024, case  # an H100's shared memory per block

@@ -26,8 +26,11 @@ bound changes nothing; otherwise the keys above the bounds enter one at a time, 
 risen, which on random order they do after a few tiles (sorting networks, tl.sort/tl.topk, cost more
 per tile, and in Triton's interpreter far more). A tile whose rows are all skipped is not read. Only
 candidates leave the kernel, keys [splits, q, KB] (no [q, n] score matrix in memory); one top-k over
-them in torch (`_merged`) gives the result. One to a few queries take the same kernel with one query block and the rows split over many programs
-(the bandwidth configuration, `_blocks`): then the scan reads the codes once, at memory speed.
+them in torch (`_merged`) gives the result. One to sixteen queries take the same kernel with one
+query block and the rows split over ~4 programs per multiprocessor (the bandwidth configuration,
+`scan_blocks`): the codes are read once, in [BLOCK_D, BLOCK_N] tiles of 16-byte loads; the empty
+rows of the query block (tl.dot takes 16 at least) cost tensor-core time that a scan bound by memory
+has to spare.
 
 Dispatch: CUDA tensors run the Triton kernel; CPU tensors run `topk_int8_scan_ref` (plain torch), or
 the Triton kernel in Triton's interpreter when TRITON_INTERPRET=1 (how the tests check the kernel on
@@ -48,7 +51,7 @@ _MAX_ROWS = 2**31 - 1  # id ranks are int32 (and take the low 32 bits of a key)
 
 
 class ScanBlocks(NamedTuple):
-    """A launch configuration of the scan kernel (`_blocks` picks one; benchmarks may pass others)."""
+    """A launch configuration of the scan kernel (`scan_blocks` picks one; benchmarks may pass others)."""
 
     block_q: int  # queries per program (>= 16: tl.dot's smallest M)
     block_n: int  # rows per tile (>= KB: the bitonic merge takes the tile's top KB)
@@ -194,25 +197,31 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _blocks(n_queries: int, n_rows: int, dim: int, k: int, device: torch.device) -> ScanBlocks:
-    """The launch configuration for a search's shape on `device`."""
+def scan_blocks(n_queries: int, n_rows: int, dim: int, k: int, device: torch.device,
+                multiprocessors: Optional[int] = None) -> ScanBlocks:
+    """The launch configuration `topk_int8_scan` uses for n_queries x n_rows codes of `dim` columns
+    and k results on `device`: on CUDA by the shape and the GPU's `multiprocessors` (default: the
+    device's; one to sixteen queries: the bandwidth configuration), on the CPU the interpreter's."""
     kb = _pow2(k)
     if device.type != "cuda":
-        # Triton's interpreter costs per operation, not per element: few big programs, but at least
-        # two splits where there are rows for them, so that the merge of splits is always exercised
-        block_n = max(32, kb)
+        # Triton's interpreter costs per operation, not per element: big tiles (small ones for few
+        # rows, so that tests see many), and at least two splits where there are rows for them, so
+        # that the merge of splits is always exercised
+        block_n = max(32 if n_rows <= 512 else 128, kb)
         splits = max(1, min(3, triton.cdiv(n_rows, block_n)))
-        return ScanBlocks(16, block_n, max(16, min(_pow2(dim), 64)), splits, 1, 1)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return ScanBlocks(16, block_n, max(16, min(_pow2(dim), 256)), splits, 1, 1)
+    sms = multiprocessors or torch.cuda.get_device_properties(device).multi_processor_count
     block_n = max(128, kb)
     tiles = triton.cdiv(n_rows, block_n)
     if n_queries <= 16:
         # the bandwidth configuration: one query block, rows over ~4 programs per multiprocessor,
         # each streaming [BLOCK_N, BLOCK_D] int8 tiles (16-byte loads per thread)
         return ScanBlocks(16, block_n, 128, max(1, min(tiles, 4 * sms)), 4, 4)
+    # a batch: ~8 programs per multiprocessor (waves short enough that the last one costs little);
+    # a split's query blocks run side by side (grid axis 0 first), so its rows come from HBM once
     block_q = 64 if kb <= 64 else 32 if kb <= 128 else 16
     q_blocks = triton.cdiv(n_queries, block_q)
-    splits = max(1, min(tiles, triton.cdiv(2 * sms, q_blocks)))
+    splits = max(1, min(tiles, triton.cdiv(8 * sms, q_blocks)))
     return ScanBlocks(block_q, block_n, 64, splits, 8, 3)
 
 
@@ -221,7 +230,7 @@ def _scan(q_codes, q_scales, codes, scales, k: int, id_order, skip, blocks: Opti
     n_queries, dim = q_codes.shape
     n_rows = codes.shape[0]
     kb = _pow2(k)
-    blocks = blocks or _blocks(n_queries, n_rows, dim, k, codes.device)
+    blocks = blocks or scan_blocks(n_queries, n_rows, dim, k, codes.device)
     if blocks.block_n < kb or blocks.block_q < 16 or blocks.block_d < 16:
         raise ValueError(f"scan blocks need block_n >= {kb} (k = {k}), block_q >= 16 and block_d >= 16, "
                          f"got {blocks}")
