@@ -110,8 +110,10 @@ FASTRET_DOTPROD int8x16_t load_tail(const int8_t* row, size_t dim, size_t begin)
   return vld1q_s8(tail);
 }
 
+}  // namespace
+
 // One query against rows read where they are, kDirectRows rows at a time.
-FASTRET_DOTPROD void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
+FASTRET_DOTPROD void dots_direct_neon(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query,
                                  int32_t* out) {
   const size_t full = dim / 16;
   const bool has_tail = dim % 16 != 0;
@@ -149,8 +151,8 @@ FASTRET_DOTPROD void dots_direct(const int8_t* rows, size_t n_rows, size_t dim, 
 
 // Two rows at a time: one 128-bit register holds word w of rows j and j + 1 (the blocked layout,
 // simd_paths.h); vcnt counts each byte's bits and pairwise widening adds sum them per row.
-uint32_t binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
-                          size_t query_bits, uint32_t* out) {
+uint32_t binary_distances_neon(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+                               size_t query_bits, uint32_t* out) {
   uint32_t nearest = UINT32_MAX;
   for (size_t j = 0; j < n_rows; j += 2) {  // kBitBlock is even: rows j and j + 1 share a block
     const uint64_t* lanes = bit_lane(blocks, j, words);
@@ -172,10 +174,8 @@ uint32_t binary_distances(const uint64_t* blocks, size_t n_rows, size_t words, c
   return nearest;
 }
 
-}  // namespace
-
-const SimdPath kNeonPath = {"neon", false, supported, {kRows, packed_bytes, pack, dots}, {}, dots_direct,
-                            binary_distances};
+const SimdPath kNeonPath = {"neon", false, supported, {kRows, packed_bytes, pack, dots}, {}, dots_direct_neon,
+                            binary_distances_neon};
 
 }  // namespace fastret
 

@@ -124,7 +124,12 @@ uint32_t binary_distances_avx512(const uint64_t* blocks, size_t n_rows, size_t w
                                  size_t query_bits, uint32_t* out);
 #endif
 #if defined(__aarch64__)
+extern const SimdPath kI8mmPath;
 extern const SimdPath kNeonPath;
+// The NEON path's kernels that the I8MM path shares (simd_neon.cpp).
+void dots_direct_neon(const int8_t* rows, size_t n_rows, size_t dim, const int8_t* query, int32_t* out);
+uint32_t binary_distances_neon(const uint64_t* blocks, size_t n_rows, size_t words, const uint64_t* planes,
+                               size_t query_bits, uint32_t* out);
 #endif
 
 }  // namespace fastret

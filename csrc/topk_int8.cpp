@@ -47,7 +47,7 @@ const SimdPath* const kPaths[] = {
     &kAmxPath, &kAvx512VnniPath, &kAvx2Path,
 #endif
 #if defined(__aarch64__)
-    &kNeonPath,
+    &kI8mmPath, &kNeonPath,
 #endif
     &kAmxEmulatedPath, &kScalarPath};
 

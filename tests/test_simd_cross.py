@@ -71,11 +71,17 @@ def aarch64_program(tmp_path_factory):
 
 def test_neon_path_matches_the_reference_under_qemu(aarch64_program):
     qemu, program = aarch64_program
-    tested, _ = run(qemu, "-cpu", "max", program)  # "max": every extension qemu emulates, sdot too
-    assert tested == ["neon", "amx-emulated", "scalar"]  # the tile kernels' emulation runs on ARM too
+    tested, _ = run(qemu, "-cpu", "max", program)  # "max": every extension qemu emulates, sdot and smmla too
+    assert tested == ["i8mm", "neon", "amx-emulated", "scalar"]  # the tile kernels' emulation runs on ARM too
 
 
 def test_neon_path_is_not_chosen_without_the_dot_product_extension(aarch64_program):
     qemu, program = aarch64_program
     tested, _ = run(qemu, "-cpu", "cortex-a53", program)  # Armv8.0: NEON without sdot
     assert tested == ["amx-emulated", "scalar"]
+
+
+def test_i8mm_path_needs_the_matrix_extension(aarch64_program):
+    qemu, program = aarch64_program
+    tested, _ = run(qemu, "-cpu", "neoverse-n1", program)  # Armv8.2 with sdot, without smmla
+    assert tested == ["neon", "amx-emulated", "scalar"]
