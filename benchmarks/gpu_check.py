@@ -18,7 +18,8 @@ Steps (in this order; each one's failure is recorded and the run goes on):
              segment, an in-memory segment and deletes, plain and rescored; topk_int8 on CUDA
              tensors) against the CPU core, ids and scores exactly; the fused scan kernel
              (fastret.kernels.topk_int8_scan) in that path, k 1 / 10 / 100 and a filter, and
-             against its reference (in the dry run: Triton's interpreter on the CPU).
+             against its reference; the binary first stage on the device against the core's
+             (in the dry run: Triton's interpreter on the CPU).
   encode     all-MiniLM-L6-v2 and a BERT-base-shaped model (random weights, BertConfig(), max 256
              tokens) on PubMed-length NFCorpus abstracts (200-350 tokens before truncation):
              fastret fp16 and bf16 against sentence-transformers fp16 at several batch sizes (and
@@ -34,8 +35,10 @@ Steps (in this order; each one's failure is recorded and the run goes on):
              and scores against the CPU core's. The scan kernel alone on the resident rows (one
              query: ms and GB/s of codes read, as a fraction of the copy bandwidth measured here;
              1,000 queries: QPS; k 10 and 100), the torch matmul path beside it, a sweep of launch
-             configurations (SCAN_SWEEP), and one query over 36M x 384 codes (--scan-large-rows
-             fewer where GPU memory is short; checked against the CPU core).
+             configurations (SCAN_SWEEP), the binary first stage (one query, oversample "auto",
+             against the exact scan; the popcount kernel's GB/s), and one query over 36M x 384
+             codes, exact and the binary scan (--scan-large-rows fewer where GPU memory is short;
+             checked against the CPU core).
   bandwidth  device-to-device copy bandwidth (the HBM ceiling measured here), pool_normalize's
              effective GB/s on a 64 x 384 x 768 bfloat16 batch against it and against plain torch,
              and mesh_similarity at batch 512 against its dense reference.
@@ -82,10 +85,13 @@ from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.kernels.mesh_similarity import mesh_similarity, mesh_similarity_ref  # noqa: E402
 from fastret.kernels.pooling import pool_normalize, pool_normalize_ref  # noqa: E402
 from fastret.kernels.topk_int8_scan import ScanBlocks, scan_blocks, topk_int8_scan, topk_int8_scan_ref  # noqa: E402
-from fastret.search.core import core_candidates, narrowed  # noqa: E402
+from fastret.search.binary import auto_oversample, query_planes  # noqa: E402
+from fastret.search.core import binary_candidates, core_candidates, narrowed  # noqa: E402
 from fastret.search.filters import allowed_rows  # noqa: E402
 from fastret.search.rules import query_codes  # noqa: E402
-from fastret.search.torch_backend import resident_rows, topk_int8_torch, torch_candidates  # noqa: E402
+from fastret.kernels.binary_scores import binary_scores  # noqa: E402
+from fastret.search.torch_backend import (binary_scan_candidates, resident_rows, topk_int8_torch,  # noqa: E402
+                                          torch_candidates)
 from harness import cpu_info  # noqa: E402
 
 # (atol, rtol) of pool_normalize's float32 output against the reference, per input dtype.
@@ -265,7 +271,8 @@ def check_search(device: torch.device, size: tuple) -> list:
 def check_scan(device: torch.device, size: tuple) -> list:
     """The fused scan kernel in the CUDA search path (torch_candidates(kernel="scan"), Index.search
     on CUDA) against the CPU core over three segments (a mapped file, an in-memory one, deletes in
-    both, tied scores): k 1 / 10 / 100, a filter; and topk_int8_scan against topk_int8_scan_ref."""
+    both, tied scores): k 1 / 10 / 100, a filter; the binary first stage on the device
+    (binary_scan_candidates) against the core's; and topk_int8_scan against topk_int8_scan_ref."""
     rows, dim = size
     cases = []
     with tempfile.TemporaryDirectory(prefix="fastret-gpu-check-") as scratch:
@@ -288,6 +295,10 @@ def check_scan(device: torch.device, size: tuple) -> list:
             for k in (1, 10, 100):
                 got = [t.cpu().numpy() for t in index.search(cuda_queries, k, filter=mask)]
                 cases.append(same_results(f"Index.search filter k={k}", got, index.search(queries, k, filter=mask)))
+        for oversample in (2, 50):  # the binary first stage on the device against the core's
+            want = binary_candidates(kept, q_codes, q_scales, min(10, passing), None, allowed, oversample=oversample)
+            got = binary_scan_candidates(kept, *on_device, min(10, passing), None, allowed, oversample=oversample)
+            cases.append(same_results(f"binary first stage, filter, oversample {oversample}", got, want))
         codes, scales = (torch.from_numpy(np.asarray(a)).to(device) for a in fastret.quantize_int8(vectors))
         got = topk_int8_scan(*on_device, codes, scales, 10)
         want = topk_int8_scan_ref(*on_device, codes, scales, 10)
@@ -603,7 +614,35 @@ def scan_timings(index, queries: torch.Tensor, device: torch.device, size: dict)
             "torch_path_batch_qps": len(q_codes) / times["torch_batch"],
         }
     out["sweep"] = scan_sweep(q_codes, q_scales, codes, scales, device, plan)
+    out["binary"] = binary_timings(index, q_codes[:1], q_scales[:1], device, plan)
     return out
+
+
+def binary_timings(index, q_codes, q_scales, device: torch.device, plan: dict) -> dict:
+    """One query through the binary first stage on the device (binary_scan_candidates, k = 10,
+    oversample "auto" as Index.search resolves it): ms against the exact scan, same results as the
+    C++ core's binary stage, and the popcount kernel alone (ms, GB/s of sign bits read)."""
+    segments = index.segments
+    rows = sum(len(s) for s in segments)
+    oversample = auto_oversample(rows, 10)
+    want = binary_candidates(segments, q_codes.cpu().numpy(), q_scales.cpu().numpy(), 10, oversample=oversample)
+    got = binary_scan_candidates(segments, q_codes, q_scales, 10, oversample=oversample)
+    planes = torch.from_numpy(query_planes(q_codes.cpu().numpy(), 4).view(np.int64)).to(device)
+    bits = torch.from_numpy(segments[0].sign_bits().view(np.int64)).to(device)
+    dim = q_codes.shape[1]
+    seconds = {
+        "binary": median_seconds(lambda: binary_scan_candidates(segments, q_codes, q_scales, 10, oversample=oversample),
+                                 device, plan["repeats_one"], plan["warmup"]),
+        "exact_scan": median_seconds(lambda: torch_candidates(segments, q_codes, q_scales, 10, kernel="scan"),
+                                     device, plan["repeats_one"], plan["warmup"]),
+        "popcount_kernel": median_seconds(lambda: binary_scores(planes, bits, len(segments[0]), dim), device,
+                                          plan["repeats_one"], plan["warmup"]),
+    }
+    return {"oversample": oversample, "same_as_cpu_core": same_results("binary", got, want)["passed"],
+            "one_query_ms": seconds["binary"] * 1e3, "exact_scan_one_query_ms": seconds["exact_scan"] * 1e3,
+            "speedup_vs_exact_scan": seconds["exact_scan"] / seconds["binary"],
+            "popcount_kernel_ms": seconds["popcount_kernel"] * 1e3,
+            "popcount_kernel_gb_per_s": bits.numel() * 8 / seconds["popcount_kernel"] / 1e9}
 
 
 def scan_sweep(q_codes, q_scales, codes, scales, device: torch.device, plan: dict) -> list:
@@ -655,8 +694,27 @@ def scan_large(args, device: torch.device, size: dict) -> dict:
     seconds = median_seconds(lambda: topk_int8_scan(q_codes[:1], q_scales[:1], codes, scales, 10), device,
                              size["scan"]["repeats_one"], size["scan"]["warmup"])
     read = codes.numel() + 4 * rows
+    bits = blocked_sign_bits(codes)
+    planes = torch.from_numpy(query_planes(q_codes[:1].cpu().numpy(), 4).view(np.int64)).to(device)
+    popcount = median_seconds(lambda: binary_scores(planes, bits, rows, dim), device, size["scan"]["repeats_one"],
+                              size["scan"]["warmup"])
     return {"rows": rows, "dim": dim, "note": note, "same_as_cpu_core": same, "one_query_ms": seconds * 1e3,
-            "one_query_gb_per_s": read / seconds / 1e9}
+            "one_query_gb_per_s": read / seconds / 1e9, "binary_first_stage_scan_ms": popcount * 1e3,
+            "binary_first_stage_gb_per_s": bits.numel() * 8 / popcount / 1e9}
+
+
+def blocked_sign_bits(codes: torch.Tensor) -> torch.Tensor:
+    """int64 [ceil(n / 8), words, 8]: fastret.storage.sign_bits' blocked layout, made on the device
+    a million rows at a time (bit i of a row's words: code i > 0, little-endian)."""
+    n, dim = codes.shape
+    words = (dim + 63) // 64
+    weights = 1 << torch.arange(8, device=codes.device)
+    packed = torch.zeros((-(-n // 8) * 8, words * 8), dtype=torch.uint8, device=codes.device)
+    for start in range(0, n, 1_000_000):
+        signs = (codes[start:start + 1_000_000] > 0).long()
+        signs = torch.nn.functional.pad(signs, (0, words * 64 - dim)).view(-1, words * 8, 8)
+        packed[start:start + len(signs)] = (signs * weights).sum(-1).to(torch.uint8)
+    return packed.view(torch.int64).view(-1, 8, words).permute(0, 2, 1).contiguous()
 
 
 # ---------------------------------------------------------------------------------------- bandwidth

@@ -25,7 +25,7 @@ def test_dry_run_passes_every_step(tmp_path):
     kernels = steps["kernels"]
     assert len(kernels["pooling"]) == 18 and all(case["passed"] for case in kernels["pooling"])
     assert all(case["passed"] for case in kernels["mesh_similarity"] + kernels["search"] + kernels["scan"])
-    assert len(kernels["scan"]) == 5  # the fused scan: k 1 / 10 / 100, a filter, against its reference
+    assert len(kernels["scan"]) == 7  # the fused scan: k 1 / 10 / 100, a filter; binary stage x 2; its reference
     for model in ("all-MiniLM-L6-v2", "bert-base-shaped"):
         assert steps["encode"][model]["summary"]["fastret_fp32"]["min_cosine"] > 0.99999
     assert steps["corpus"]["rows_in_index"] == steps["corpus"]["documents"] == 64
@@ -33,7 +33,8 @@ def test_dry_run_passes_every_step(tmp_path):
     scan = steps["search"]["scan"]
     assert scan["k10"]["one_query_ms"] > 0 and scan["k10"]["batch_qps"] > 0
     assert all(row["same_results"] for row in scan["sweep"])
-    assert steps["search"]["large"]["same_as_cpu_core"]
+    assert scan["binary"]["same_as_cpu_core"] and scan["binary"]["popcount_kernel_ms"] > 0
+    assert steps["search"]["large"]["same_as_cpu_core"] and steps["search"]["large"]["binary_first_stage_scan_ms"] > 0
 
 
 def test_a_failing_step_is_recorded_and_fails_the_run(tmp_path):

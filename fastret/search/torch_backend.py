@@ -13,6 +13,10 @@ Two ways to search, picked per call by `search_kernel`:
   change; a filter's rows are picked from that copy per call). The fallback for more results, for a
   machine without triton, and the CPU path.
 
+The binary first stage (`binary_scan_candidates`) scores every row's resident sign bits with the
+popcount kernel (fastret.kernels.binary_scores), keeps the best c x oversample rows of all segments
+by that score (ties to the lower id) and ranks those by int8 score: `binary_candidates`' results.
+
 Ties are ranked by 64-bit keys (`_rank_keys`: order-preserving score bits, then the inverted id
 rank), the torch form of fastret.search.rules' tie rule; the scan kernel ranks by the same keys.
 torch is imported inside the functions: nothing here loads it until a torch query comes.
@@ -26,6 +30,7 @@ import numpy as np
 
 from .. import checks
 from ..storage.segment import Segment
+from . import binary
 from .rules import check_score_range, float_products, max_scale, merge_candidates, query_codes
 
 # Corpus rows scored per torch matmul on the GPU: bounds the [queries, chunk] score buffers.
@@ -118,6 +123,84 @@ def scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_fl
     return _joined(scores, ids, exact, c)
 
 
+def binary_scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None,
+                           allowed: Sequence[np.ndarray] | None = None, *, oversample: int,
+                           query_bits: int = binary.DEFAULT_QUERY_BITS):
+    """`fastret.search.core.binary_candidates` on the queries' device, with the same results: the
+    first-stage score of every row (fastret.kernels.binary_scores over each segment's resident
+    sign bits, `resident_bits`), the best min(c x oversample, rows) live (and allowed) rows of all
+    segments by that score (ties to the lower id), and the top c of those by int8 score.
+
+    Args:
+        segments, q_codes, q_scales, c, q_floats, allowed: as `torch_candidates` (torch queries).
+        oversample: first-stage candidates per result (an int >= 1: "auto" is resolved by the caller).
+        query_bits: the planes of the queries' levels (fastret.search.binary).
+    """
+    import torch
+
+    from ..kernels.binary_scores import binary_scores
+
+    check_score_range(np.array([float(q_scales.max())]), max_scale(segments), q_codes.shape[1])
+    device = q_codes.device
+    planes = torch.from_numpy(binary.query_planes(q_codes.cpu().numpy(), query_bits).view(np.int64)).to(device)
+    kept = min(c * oversample, sum(len(s) for s in segments))  # as binary_candidates
+    first, ids, second, exact = [], [], [], []  # per segment [q, m]: first-stage score, id, int8 score, float
+    for number, segment in enumerate(segments):
+        selection = None if allowed is None else allowed[number]
+        count = segment.passing_count(selection)
+        if count == 0:
+            continue
+        codes, scales, segment_ids, order = resident_rows(segment, device)
+        n = len(segment)
+        rank = torch.arange(n, device=device) if order is None else order[0].long()
+        keys = (binary_scores(planes, resident_bits(segment, device), n, q_codes.shape[1]).long() << 32) | (
+            0xFFFFFFFF - rank)  # [q, n] ordered like (score desc, id asc) within the segment
+        skip = skip_bitmap(segment, selection, device)
+        if skip is not None:
+            rows = torch.arange(n, device=device)
+            keys.masked_fill_(((skip[rows >> 3] >> (rows & 7).to(torch.uint8)) & 1).bool(), -(2**63))
+        top = keys.topk(min(kept, count), dim=1).values  # the segment's best: a superset of its share
+        rows = 0xFFFFFFFF - (top & 0xFFFFFFFF)
+        rows = rows if order is None else order[1][rows]
+        first.append(top >> 32)
+        ids.append(segment_ids[rows])
+        second.append(_int8_scores(q_codes, q_scales, codes, scales, rows))
+        if q_floats is not None:
+            exact.append(float_products(resident_rows(segment, device, float16=True)[rows], q_floats))
+    first, ids, second = (torch.cat(parts, 1) for parts in (first, ids, second))
+    exact = torch.cat(exact, 1) if exact else None
+    candidates = _ranked(first, ids)[:, :kept]  # the first stage over every segment: (score, then id)
+    ids, second = ids.gather(1, candidates), second.gather(1, candidates)
+    exact = None if exact is None else exact.gather(1, candidates)
+    best = _ranked(second, ids)[:, :c]
+    return (second.gather(1, best).cpu().numpy(), ids.gather(1, best).cpu().numpy(),
+            None if exact is None else exact.gather(1, best).cpu().numpy())
+
+
+def _ranked(scores, ids):
+    """int64 [q, m]: each row's positions ordered by the tie rule (score descending, then id
+    ascending): a stable sort by id, then a stable sort by score."""
+    import torch
+
+    by_id = torch.sort(ids, dim=1, stable=True).indices
+    by_score = torch.sort(scores.gather(1, by_id), dim=1, descending=True, stable=True).indices
+    return by_id.gather(1, by_score)
+
+
+def _int8_scores(q_codes, q_scales, codes, scales, rows):
+    """float32 [q, m]: the int8 scores of each query's rows [q, m], the core's float32 expression
+    (dot products exact in float64, a chunk of queries at a time; NaN ranks as -inf)."""
+    import torch
+
+    out = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+    step = max(1, (1 << 25) // max(1, rows.shape[1] * codes.shape[1]))  # [step, m, d] float64: <= 256 MiB
+    for start in range(0, rows.shape[0], step):
+        picked = codes[rows[start:start + step]].double()  # [step, m, d]
+        dots = torch.bmm(picked, q_codes[start:start + step].double()[:, :, None])[:, :, 0]
+        out[start:start + step] = (dots.float() * q_scales[start:start + step, None]) * scales[rows[start:start + step]]
+    return out.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
 def _joined(scores: list, ids: list, exact: list, c: int):
     """Per-segment device results [q, c_i] as `merge_candidates`' numpy (scores, ids, exact or None)."""
     import torch
@@ -145,6 +228,18 @@ def resident_rows(segment: Segment, device: Any, *, float16: bool = False):
             tensors = [torch.tensor(np.asarray(array), device=device) for array in (segment.codes, segment.scales, ids)]
             ascending = bool(np.all(ids[1:] >= ids[:-1]))
             segment.cache[key] = (*tensors, None if ascending else id_order(tensors[2]))
+    return segment.cache[key]
+
+
+def resident_bits(segment: Segment, device: Any):
+    """The sign bits of every row of `segment` (`Segment.sign_bits`, blocked) as an int64 tensor on
+    `device`, copied once per device into the segment's cache, like `resident_rows`."""
+    import torch
+
+    device = _device(device)
+    key = ("resident-bits", str(device))
+    if key not in segment.cache:
+        segment.cache[key] = torch.tensor(np.asarray(segment.sign_bits()).view(np.int64), device=device)
     return segment.cache[key]
 
 
@@ -180,9 +275,9 @@ def _device(device: Any):
 
 def device_arrays(segment: Segment, device: Any, *, float16: bool = False):
     """The live rows of `segment` as torch tensors on `device`: (codes, scales, ids, the ids' ranks
-    from `rank_ids`), or the float16 copies with `float16=True`. Copied once per device and kept in the segment's cache, which every
-    version of the segment shares, with the deletion count they were made at: a version with other
-    deletions (deletions only grow) makes fresh ones."""
+    from `rank_ids`), or the float16 copies with `float16=True`. Copied once per device and kept in
+    the segment's cache, which every version of the segment shares, with the deletion count they
+    were made at: a version with other deletions (deletions only grow) makes fresh ones."""
     import torch
 
     device = _device(device)
