@@ -249,3 +249,18 @@ def test_fusions_are_refused_where_they_do_not_apply():
         PackedModel(tiny("bert", hidden_act="relu"), fuse_bias_gelu=True)
     with pytest.raises(TypeError, match="fuse_add_norm must be True or False"):
         PackedModel(tiny("bert"), fuse_add_norm=1)
+
+
+def test_auto_attention_falls_back_only_before_its_first_batch():
+    model = tiny("llama")
+    packed = PackedModel(model)
+    assert packed.attention == "padded" and packed._fallbacks == []  # the CPU has one choice
+    packed.attention, packed._fallbacks = "nested", ["padded"]  # as if "auto" on a GPU had picked a failing one
+    batch = collate_packed(texts(), None)
+    with pytest.warns(RuntimeWarning, match="'nested' failed on the first batch.*no causal mask.*using 'padded'"):
+        with torch.no_grad():
+            got = packed(batch)
+    torch.testing.assert_close(got, padded_states(model, texts()), atol=1e-5, rtol=1e-5)
+    packed.attention, packed._fallbacks = "nested", ["padded"]  # after a batch has run: raised
+    with pytest.raises(ValueError, match="no causal mask"):
+        packed(batch)

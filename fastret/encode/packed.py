@@ -26,13 +26,15 @@ the CPU), both off until a GPU run shows their gain.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.add_layer_norm import add_layer_norm
 from .batches import PackedBatch
-from .varlen_attention import pick_backend, varlen_attention
+from .varlen_attention import auto_backends, pick_backend, varlen_attention
 
 PACKED_MODEL_TYPES = ("bert", "gpt_neox", "llama", "qwen2", "mistral")
 GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -49,7 +51,10 @@ class PackedModel:
     Args:
         model: a BertModel, GPTNeoXModel, LlamaModel, Qwen2Model or MistralModel (eval mode), its
             weights on the device and in the dtype to run.
-        attention: "auto" or one of `fastret.encode.varlen_attention.ATTENTION_BACKENDS`.
+        attention: "auto" or one of `fastret.encode.varlen_attention.ATTENTION_BACKENDS`. With
+            "auto", a backend that fails on the first batch (a kernel this GPU or build lacks)
+            is replaced by the next of `auto_backends`, with a RuntimeWarning; once a batch has
+            run, errors are raised.
         fuse_qkv: one GEMM for the query, key and value projections: their weights concatenated
             once (a copy, made again if a projection module or its weights change, e.g. after an
             optimizer step or a LoRA wrap); only where all three are nn.Linear (int8 layers keep
@@ -84,6 +89,8 @@ class PackedModel:
         self.causal = model_type != "bert"
         weight = next(model.parameters())
         self.attention = pick_backend(attention, weight.device, weight.dtype, self.causal)
+        self._fallbacks = auto_backends(weight.device, weight.dtype, self.causal)[1:] if attention == "auto" else []
+        self._proven = False  # a batch has run with self.attention
         self.fuse_qkv, self.fuse_add_norm, self.fuse_bias_gelu = fuse_qkv, fuse_add_norm, fuse_bias_gelu
         self._fused: dict[int, tuple] = {}  # layer -> (key of the projections it was made from, weight, bias, sizes)
 
@@ -101,11 +108,21 @@ class PackedModel:
         if window is not None and batch.max_seqlen > window:
             raise ValueError(f"a text of {batch.max_seqlen} tokens is longer than the model's sliding window "
                              f"({window}), which packed attention does not apply; use packed=False")
-        if self.config.model_type == "bert":
-            return self._bert(batch)
-        if self.config.model_type == "gpt_neox":
-            return self._gpt_neox(batch)
-        return self._llama(batch)
+        forward = {"bert": self._bert, "gpt_neox": self._gpt_neox}.get(self.config.model_type, self._llama)
+        while True:
+            try:
+                hidden = forward(batch)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as error:  # only until one batch has run; then raised
+                if self._proven or not self._fallbacks:
+                    raise
+                failed, self.attention = self.attention, self._fallbacks.pop(0)
+                warnings.warn(f"packed attention {failed!r} failed on the first batch ({type(error).__name__}: "
+                              f"{str(error)[:200]}); using {self.attention!r}", RuntimeWarning, stacklevel=2)
+                continue
+            self._proven = True
+            return hidden
 
     # ------------------------------------------------------------------ the families
 

@@ -40,17 +40,22 @@ def can_run(backend: str, device: torch.device, dtype: torch.dtype, causal: bool
     return backend == "padded"
 
 
+def auto_backends(device: torch.device, dtype: torch.dtype, causal: bool) -> list[str]:
+    """What "auto" tries, best first: on CUDA every backend of `ATTENTION_BACKENDS` that can run
+    here, in that order; elsewhere "padded"."""
+    if device.type != "cuda":
+        return ["padded"]
+    return [name for name in ATTENTION_BACKENDS if can_run(name, device, dtype, causal)]
+
+
 def pick_backend(requested: str, device: torch.device, dtype: torch.dtype, causal: bool) -> str:
-    """The backend to run: `requested` if it can run here; for "auto" on CUDA the first of
-    `ATTENTION_BACKENDS` that can, elsewhere "padded".
+    """The backend to run: `requested` if it can run here, the first of `auto_backends` for "auto".
 
     Raises:
         ValueError: an unknown name, or a backend that cannot run on this device/dtype/causality.
     """
     if requested == "auto":
-        if device.type != "cuda":
-            return "padded"
-        return next(name for name in ATTENTION_BACKENDS if can_run(name, device, dtype, causal))
+        return auto_backends(device, dtype, causal)[0]
     if requested not in ATTENTION_BACKENDS:
         raise ValueError(f"attention must be 'auto' or one of {', '.join(ATTENTION_BACKENDS)}, got {requested!r}")
     if not can_run(requested, device, dtype, causal):
@@ -76,6 +81,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: P
         return _torch_varlen()(q, k, v, batch.cu_seqlens, batch.cu_seqlens, n, n, scale=scale,
                                window_size=(-1, 0) if causal else (-1, -1), enable_gqa=q.shape[1] != k.shape[1])
     if backend == "nested":
+        if causal:
+            raise ValueError("the nested backend has no causal mask; use flash_attn, varlen or padded")
         return _nested(q, k, v, batch, scale)
     if backend == "padded":
         return _padded(q, k, v, batch, causal, scale)
