@@ -133,15 +133,20 @@ def test_scan_refuses_bad_input(rng):
         topk_int8_scan(q, qs, c, s, 3, skip=torch.zeros(2, dtype=torch.uint8, device=DEVICE))
     with pytest.raises(TypeError, match="id_order must be"):
         topk_int8_scan(q, qs, c, s, 3, id_order=(torch.zeros(20, dtype=torch.int64), torch.zeros(20)))
-    with pytest.raises(ValueError, match="scan blocks need block_n >= 16"):
+    with pytest.raises(ValueError, match="scan blocks need block_q, block_n and block_d >= 16"):
         topk_int8_scan(q, qs, c, s, 10, blocks=ScanBlocks(16, 8, 16, 1, 1, 1))
 
 
-def test_search_kernel_picks_the_scan_on_cuda_up_to_max_k():
+def test_search_kernel_picks_the_scan_on_cuda_up_to_max_k(rng):
     assert search_kernel(torch.device("cuda"), 10) == "scan"
     assert search_kernel(torch.device("cuda", 0), MAX_K) == "scan"
     assert search_kernel(torch.device("cuda"), MAX_K + 1) == "torch"
     assert search_kernel(torch.device("cpu"), 10) == "torch"
+    index = fastret.Index(8)
+    index.add(unit_rows(rng, 5, 8))
+    q_codes, q_scales, _ = query_codes(unit_rows(rng, 1, 8), 8)
+    with pytest.raises(ValueError, match="kernel must be one of 'scan', 'torch' or None"):
+        torch_candidates(index.segments, *tensors(q_codes, q_scales), 3, kernel="matmul")
 
 
 def test_scan_over_segments_equals_the_core(rng, tmp_path):

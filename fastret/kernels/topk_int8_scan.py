@@ -53,8 +53,8 @@ _MAX_ROWS = 2**31 - 1  # id ranks are int32 (and take the low 32 bits of a key)
 class ScanBlocks(NamedTuple):
     """A launch configuration of the scan kernel (`scan_blocks` picks one; benchmarks may pass others)."""
 
-    block_q: int  # queries per program (>= 16: tl.dot's smallest M)
-    block_n: int  # rows per tile (>= KB: the bitonic merge takes the tile's top KB)
+    block_q: int  # queries per program (tl.dot takes 16 at least, as for the other two)
+    block_n: int  # rows per tile
     block_d: int  # code columns per tl.dot
     splits: int  # programs the rows are split over, per query block
     num_warps: int
@@ -231,9 +231,9 @@ def _scan(q_codes, q_scales, codes, scales, k: int, id_order, skip, blocks: Opti
     n_rows = codes.shape[0]
     kb = _pow2(k)
     blocks = blocks or scan_blocks(n_queries, n_rows, dim, k, codes.device)
-    if blocks.block_n < kb or blocks.block_q < 16 or blocks.block_d < 16:
-        raise ValueError(f"scan blocks need block_n >= {kb} (k = {k}), block_q >= 16 and block_d >= 16, "
-                         f"got {blocks}")
+    if min(blocks.block_q, blocks.block_n, blocks.block_d) < 16 or blocks.splits < 1:
+        raise ValueError(f"scan blocks need block_q, block_n and block_d >= 16 (tl.dot's smallest tiles) and "
+                         f"splits >= 1, got {blocks}")
     tiles_per_split = triton.cdiv(triton.cdiv(n_rows, blocks.block_n), blocks.splits)
     splits = triton.cdiv(triton.cdiv(n_rows, blocks.block_n), tiles_per_split)
     out = torch.empty((splits, n_queries, kb), dtype=torch.int64, device=codes.device)

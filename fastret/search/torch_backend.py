@@ -40,6 +40,9 @@ _TORCH_CHUNK_ELEMENTS = 1 << 27
 # Corpus rows per group whose best score pre-selects candidates in the torch backend.
 _CANDIDATE_GROUP = 128
 
+# The ways `torch_candidates` searches (module docstring).
+SEARCH_KERNELS = ("scan", "torch")
+
 
 def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None,
                      allowed: Sequence[np.ndarray] | None = None, *, kernel: str | None = None):
@@ -47,8 +50,8 @@ def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_f
 
     Each segment is searched on its own device copy with the fused scan kernel (`scan_candidates`)
     or with `topk_int8_torch` (module docstring), and the segments' top candidates are merged with
-    `merge_candidates`. Results are numpy arrays, equal to `core_candidates'` (float dot products
-    up to float rounding: torch sums in its own order). `allowed` holds a filter's bool mask per
+    `merge_candidates`. Results are numpy arrays, equal to those of `core_candidates` (float dot
+    products up to float rounding: torch sums in its own order). `allowed` holds a filter's bool mask per
     segment (or None: every live row).
 
     Args:
@@ -82,9 +85,6 @@ def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_f
             float16 = device_arrays(segment, device, float16=True)
             exact.append(float_products((float16 if keep is None else float16[keep])[rows], q_floats))
     return _joined(scores, ids, exact, c)
-
-
-SEARCH_KERNELS = ("scan", "torch")
 
 
 def search_kernel(device: Any, c: int) -> str:
