@@ -276,12 +276,26 @@ def test_auto_oversample_grows_with_the_rows_and_keeps_the_small_corpus_floor():
         binary.auto_oversample(100, 0)
 
 
-@needs_cuda
-def test_binary_first_stage_refuses_gpu_queries(rng):
+def test_binary_first_stage_takes_cpu_torch_queries_as_numpy_ones(rng):
     index = fastret.Index(16)
-    index.add(unit_rows(rng, 20, 16))
-    with pytest.raises(ValueError, match="runs in the C\\+\\+ core on the CPU"):
-        index.search(torch.from_numpy(unit_rows(rng, 1, 16)).cuda(), 3, first_stage="binary")
+    index.add(unit_rows(rng, 200, 16))
+    queries = unit_rows(rng, 3, 16)
+    got = index.search(torch.from_numpy(queries), 5, first_stage="binary", oversample=2)
+    expected = index.search(queries, 5, first_stage="binary", oversample=2)
+    np.testing.assert_array_equal(torch.as_tensor(got[1]).numpy(), expected[1])
+    np.testing.assert_array_equal(torch.as_tensor(got[0]).numpy(), expected[0])
+
+
+@needs_cuda
+def test_binary_first_stage_on_gpu_queries_equals_the_cpu(rng):
+    index = fastret.Index(64)
+    index.add(unit_rows(rng, 3000, 64))
+    queries = unit_rows(rng, 5, 64)
+    for oversample in ("auto", 2):
+        expected = index.search(queries, 10, first_stage="binary", oversample=oversample)
+        got = index.search(torch.from_numpy(queries).cuda(), 10, first_stage="binary", oversample=oversample)
+        np.testing.assert_array_equal(torch.as_tensor(got[1]).cpu().numpy(), expected[1])
+        np.testing.assert_array_equal(torch.as_tensor(got[0]).cpu().numpy(), expected[0])
 
 
 def test_core_reads_the_candidates_codes_from_a_codes_file_and_names_a_failed_read(rng, tmp_path):

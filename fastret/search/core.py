@@ -86,11 +86,13 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
     `allowed` (a filter's bool mask per segment or None for every row, see fastret.search.filters)
     narrows the search to those rows (`narrowed` picks each segment's way): the results are those
     of an index holding only the allowed live rows, with min(c, such rows) columns (none when no
-    row passes). An oversample of "auto" is `binary.auto_oversample` of those rows.
+    row passes). An oversample of "auto" is `binary.auto_oversample` of those rows. The binary first
+    stage of torch queries runs on their CUDA device (`torch_backend.binary_scan_candidates`).
     """
-    if oversample is not None and checks.is_torch(q_codes):
-        raise ValueError("first_stage='binary' runs in the C++ core on the CPU: pass CPU queries, or search "
-                         "GPU queries with first_stage='int8'")
+    if oversample is not None and checks.is_torch(q_codes) and not torch_backend.binary_on_device(q_codes.device):
+        raise ValueError(f"first_stage='binary' runs in the C++ core on the CPU or on a CUDA GPU with triton, not on "
+                         f"torch tensors on {q_codes.device}: pass numpy queries, or search these with "
+                         "first_stage='int8'")
     passing = None
     if allowed is not None:
         # the binary first stage reads every row's bits, skipping those a filter leaves out
@@ -103,12 +105,15 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
                     None if q_floats is None else np.empty((q, 0), np.float32))
         if all(mask is None for mask in allowed):
             allowed = None
+    if oversample == binary.AUTO:
+        searched = sum(s.live_count for s in segments) if passing is None else passing
+        oversample = binary.auto_oversample(searched, c)
     if checks.is_torch(q_codes):
+        if oversample is not None:
+            return torch_backend.binary_scan_candidates(segments, q_codes, q_scales, c, q_floats, allowed,
+                                                        oversample=oversample)
         return torch_backend.torch_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
     if oversample is not None:
-        if oversample == binary.AUTO:
-            searched = sum(s.live_count for s in segments) if passing is None else passing
-            oversample = binary.auto_oversample(searched, c)
         return binary_candidates(segments, q_codes, q_scales, c, q_floats, allowed, oversample=oversample)
     return core_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
 

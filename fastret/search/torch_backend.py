@@ -98,6 +98,15 @@ def search_kernel(device: Any, c: int) -> str:
     return "scan" if cuda and HAS_TRITON and c <= MAX_K else "torch"
 
 
+def binary_on_device(device: Any) -> bool:
+    """Whether `binary_scan_candidates` runs on `device`: a CUDA device, with triton installed."""
+    import torch
+
+    from ..kernels.topk_int8_scan import HAS_TRITON
+
+    return torch.device(device).type == "cuda" and HAS_TRITON
+
+
 def scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None,
                     allowed: Sequence[np.ndarray] | None = None):
     """`torch_candidates` with the fused scan kernel (fastret.kernels.topk_int8_scan): each
