@@ -25,6 +25,7 @@ def tiny(family, **overrides):
         "gpt_neox": ("GPTNeoXConfig", "GPTNeoXModel", dict(use_parallel_residual=True)),
         "llama": ("LlamaConfig", "LlamaModel", dict(num_key_value_heads=2)),
         "qwen2": ("Qwen2Config", "Qwen2Model", dict(num_key_value_heads=2)),
+        "gemma": ("GemmaConfig", "GemmaModel", dict(num_key_value_heads=1, head_dim=16)),
         "gpt2": ("GPT2Config", "GPT2Model", dict(n_embd=32, n_layer=1, n_head=4)),
     }
     config_name, model_name, extra = configs[family]
@@ -58,7 +59,8 @@ def padded_states(model, token_ids, type_ids=None):
     ("gpt_neox", {"use_parallel_residual": False}),
     ("llama", {}),
     ("qwen2", {}),
-], ids=["bert", "neox-parallel", "neox-sequential", "llama-gqa", "qwen2-bias"])
+    ("gemma", {}),
+], ids=["bert", "neox-parallel", "neox-sequential", "llama-gqa", "qwen2-bias", "gemma-mqa"])
 def test_packed_model_equals_the_padded_forward(family, overrides, fuse_qkv):
     model = tiny(family, **overrides)
     token_ids = texts()

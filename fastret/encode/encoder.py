@@ -52,7 +52,7 @@ class Encoder:
         packed: run batches without padding (`fastret.encode.packed`: packed sequences, varlen
             attention, pooling on cu_seqlens): True, False (the model's own padded forward), or
             "auto" (default): packed on CUDA for the model types it wires (BERT family, GPT-NeoX,
-            Llama, Qwen2, Mistral), padded elsewhere. Both give the same embeddings to float
+            Llama, Qwen2, Mistral, Gemma), padded elsewhere. Both give the same embeddings to float
             rounding. `packed_model` holds the packed runner (None on the padded path).
 
     Precedence: explicit arguments, then the preset, then the model's sentence-transformers

@@ -11,7 +11,9 @@ the wiring between them is written here, once per family:
 
     "bert"                      post-norm encoder, absolute positions (BERT, MiniLM, BGE, MedCPT)
     "gpt_neox"                  pre-norm decoder, partial rotary, parallel residual (Pythia, BMRetriever-1B)
-    "llama", "qwen2", "mistral" pre-norm decoder, RMSNorm, rotary, grouped-query attention, gated MLP
+    "llama", "qwen2", "mistral", "gemma"
+                                pre-norm decoder, RMSNorm, rotary, grouped-query attention, gated MLP
+                                (Gemma's embedding scale is inside its embedding module: BMRetriever-2B)
 
 The padded path (the model's own forward) is the reference: the same inputs give the same
 hidden states at real tokens, to float rounding (the tests compare them).
@@ -36,7 +38,7 @@ from ..kernels.add_layer_norm import add_layer_norm
 from .batches import PackedBatch
 from .varlen_attention import auto_backends, pick_backend, varlen_attention
 
-PACKED_MODEL_TYPES = ("bert", "gpt_neox", "llama", "qwen2", "mistral")
+PACKED_MODEL_TYPES = ("bert", "gpt_neox", "llama", "qwen2", "mistral", "gemma")
 GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
@@ -49,8 +51,8 @@ class PackedModel:
     """A Hugging Face base model run on `PackedBatch`es: `packed(batch)` -> hidden [N, hidden].
 
     Args:
-        model: a BertModel, GPTNeoXModel, LlamaModel, Qwen2Model or MistralModel (eval mode), its
-            weights on the device and in the dtype to run.
+        model: a BertModel, GPTNeoXModel, LlamaModel, Qwen2Model, MistralModel or GemmaModel (eval
+            mode), its weights on the device and in the dtype to run.
         attention: "auto" or one of `fastret.encode.varlen_attention.ATTENTION_BACKENDS`. With
             "auto", a backend that fails on the first batch (a kernel this GPU or build lacks)
             is replaced by the next of `auto_backends`, with a RuntimeWarning; once a batch has
