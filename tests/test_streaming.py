@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -98,6 +99,30 @@ def test_interrupted_run_resumes_to_identical_bytes(encoder, tmp_path, monkeypat
     monkeypatch.setattr("fastret.encode.corpus_to_store.write_shard", real_write)
     encoder.encode_corpus(corpus, tmp_path / "resumed", shard_size=8, store_float16=True, show_progress_bar=False)
     assert directory_bytes(tmp_path / "resumed") == directory_bytes(tmp_path / "whole")
+
+
+def test_a_shard_is_written_while_the_next_one_is_encoded(encoder, tmp_path, monkeypatch):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 20)
+    real_write, real_embed = store_module.write_shard, encoder.embed
+    next_shard_encoding, writers, embeds = threading.Event(), [], []
+
+    def embed(*args, **kwargs):
+        embeds.append(len(args[0]))
+        if len(embeds) == 2:
+            next_shard_encoding.set()
+        return real_embed(*args, **kwargs)
+
+    def write_shard(directory, number, *args):
+        writers.append(threading.current_thread().name)
+        if number == 0:  # waits for shard 1's encoding: a write in the encoding thread would never see it
+            assert next_shard_encoding.wait(timeout=60), "shard 1 was not encoded while shard 0 was written"
+        real_write(directory, number, *args)
+
+    monkeypatch.setattr("fastret.encode.corpus_to_store.write_shard", write_shard)
+    monkeypatch.setattr(encoder, "embed", embed)
+    store = encoder.encode_corpus(corpus, tmp_path / "store", shard_size=8, show_progress_bar=False)
+    assert len(store) == 20 and embeds == [8, 8, 4]
+    assert len(writers) == 3 and all(name.startswith("fastret-shard-writer") for name in writers)
 
 
 KILL_SCRIPT = textwrap.dedent("""

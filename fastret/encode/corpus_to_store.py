@@ -2,9 +2,12 @@
 
 Shard k is documents [k * shard_size, (k + 1) * shard_size) in corpus order. A run reads the corpus
 once, encodes the shards that are not finished yet (under `torchrun`, rank r takes shards
-k % world_size == r), and writes each shard atomically (store.py). Memory holds one shard's texts
-and embeddings. Killed and restarted with the same settings, a run skips finished shards and ends
-with the same bytes as an uninterrupted run.
+k % world_size == r), and writes each shard atomically (store.py). So that the model never waits
+for the files, shard k + 1 is read in a background thread while shard k is encoded, and shard k is
+written by a writer thread while shard k + 1 is encoded (one write at a time, in shard order; an
+error in it stops the run before the next shard is handed over). Memory holds a few shards' texts
+(reading, encoding) and two shards' embeddings (encoding, writing). Killed and restarted with the
+same settings, a run skips finished shards and ends with the same bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -27,7 +31,7 @@ from ..storage.atomic import remove_temporaries_in
 from ..storage.fields import StoredFields
 from ..storage.store import Store, StoreError, finished_shards, read_manifest, shard_name, write_manifest, write_shard
 from ..storage.writer_lock import writer_lock
-from .batches import warn_about_inputs
+from .batches import prefetch, warn_about_inputs
 
 DEFAULT_SHARD_SIZE = 65536
 
@@ -87,28 +91,43 @@ def _encode_shards(encoder, corpus: Any, out_dir: Path, settings: dict, names: l
 
     total = count_documents(corpus) if show_progress_bar and rank == 0 else None
     input_stats: dict = {}
-    with tqdm(total=total, unit="doc", desc="encode corpus", disable=not show_progress_bar or rank != 0) as bar:
-        for number, documents in enumerate(_chunks(iter_document_records(corpus, encoder.text_pairs), shard_size)):
+
+    def write(number: int, documents: list, mine: bool, embedded) -> None:
+        """Shard `number`'s files (run by the writer thread, one shard at a time, in order)."""
+        if mine:
+            vectors, codes, scales = embedded
+            write_shard(out_dir, number, [doc_id for doc_id, _, _ in documents], number * shard_size, codes.numpy(),
+                        scales.numpy(), vectors.numpy().astype(np.float16) if store_float16 else None)
+        shard = out_dir / f"{shard_name(number)}.frt"
+        # a shard is finished when its .frt exists (written with its sign bits); its fields follow
+        # it, and a run killed in between writes them when it resumes (as the bits of a shard
+        # written by an older fastret, which wrote them after it)
+        if not mine and number % world == rank and not segment_files.has_sidecar(shard, segment_files.BITS):
+            segment_files.add_bits(shard)
+        if fields and number % world == rank and (mine or not segment_files.has_sidecar(shard, segment_files.FIELDS)):
+            records = [stored_fields(record, names) for _, _, record in documents]
+            segment_files.add_fields(shard, StoredFields.from_records(records, f"the fields of shard {number}"))
+        if mine and world == 1:
+            write_manifest(out_dir, settings, complete=False)
+
+    reading = prefetch(enumerate(_chunks(iter_document_records(corpus, encoder.text_pairs), shard_size)), depth=1)
+    writing: Future | None = None  # the previous shard's write
+    with tqdm(total=total, unit="doc", desc="encode corpus", disable=not show_progress_bar or rank != 0) as bar, \
+            contextlib.closing(reading) as shards, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastret-shard-writer") as writer:
+        for number, documents in shards:
             mine = number % world == rank and number not in done
+            embedded = None
             if mine:
-                ids = [doc_id for doc_id, _, _ in documents]
                 inputs = [encoder.prepare(text, i, prefix) for i, (_, text, _) in enumerate(documents)]
-                vectors, codes, scales = encoder.embed(inputs, batch_size, encoder.normalize, True,
-                                                       max_tokens_per_batch, input_stats=input_stats)
-                write_shard(out_dir, number, ids, number * shard_size, codes.numpy(), scales.numpy(),
-                            vectors.numpy().astype(np.float16) if store_float16 else None)
-            shard = out_dir / f"{shard_name(number)}.frt"
-            # a shard is finished when its .frt exists (written with its sign bits); its fields follow
-            # it, and a run killed in between writes them when it resumes (as the bits of a shard
-            # written by an older fastret, which wrote them after it)
-            if not mine and number % world == rank and not segment_files.has_sidecar(shard, segment_files.BITS):
-                segment_files.add_bits(shard)
-            if fields and number % world == rank and (mine or not segment_files.has_sidecar(shard, segment_files.FIELDS)):
-                records = [stored_fields(record, names) for _, _, record in documents]
-                segment_files.add_fields(shard, StoredFields.from_records(records, f"the fields of shard {number}"))
-            if mine and world == 1:
-                write_manifest(out_dir, settings, complete=False)
+                embedded = encoder.embed(inputs, batch_size, encoder.normalize, True, max_tokens_per_batch,
+                                         input_stats=input_stats)
+            if writing is not None:
+                writing.result()  # raises the previous write's error here, before handing this shard over
+            writing = writer.submit(write, number, documents, mine, embedded)
             bar.update(len(documents))
+        if writing is not None:
+            writing.result()
     warn_about_inputs(input_stats, encoder.max_length)
 
 
