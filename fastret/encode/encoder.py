@@ -205,7 +205,8 @@ class Encoder:
                 BEIR directory holding one, or an iterable of such dicts or of str.
             out_dir: the store directory (created if missing). Rerunning with the same settings
                 after an interruption skips the finished shards and ends with identical files.
-            shard_size: documents per shard; memory holds one shard.
+            shard_size: documents per shard; memory holds a few shards (one read ahead, one
+                encoding, one being written).
             store_float16: also store float16 vectors (for `Index.search(..., rescore=True)`).
             batch_size, max_tokens_per_batch, prompt, prompt_name: as in `encode`.
             show_progress_bar: tqdm bar with documents/s.
