@@ -137,7 +137,7 @@ class PackedModel:
         for i, layer in enumerate(self.model.encoder.layer):  # x [N, hidden] throughout
             attention = layer.attention
             q, k, v = self._project(i, x, heads, heads)  # [N, heads, head_dim] each
-            a = varlen_attention(q, k, v, batch, False, attention.self.scaling, self.attention)
+            a = varlen_attention(q, k, v, batch, False, _scale(attention.self, q), self.attention)
             x = self._add_norm(attention.output.LayerNorm, attention.output.dense(a.flatten(1)), x)
             x = self._add_norm(layer.output.LayerNorm, layer.output.dense(self._intermediate(layer.intermediate, x)), x)
         return x
@@ -151,7 +151,7 @@ class PackedModel:
             qkv = attention.query_key_value(layer.input_layernorm(x)).view(x.shape[0], heads, -1)
             q, k, v = qkv.chunk(3, dim=-1)  # [N, heads, head_dim] each
             q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
-            a = attention.dense(varlen_attention(q, k, v, batch, True, attention.scaling, self.attention).flatten(1))
+            a = attention.dense(varlen_attention(q, k, v, batch, True, _scale(attention, q), self.attention).flatten(1))
             if layer.use_parallel_residual:
                 x = layer.mlp(layer.post_attention_layernorm(x)) + a + x
             else:
@@ -167,7 +167,7 @@ class PackedModel:
             attention = layer.self_attn
             q, k, v = self._project(i, layer.input_layernorm(x), heads, kv_heads)
             q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
-            a = varlen_attention(q, k, v, batch, True, attention.scaling, self.attention)  # [N, heads, head_dim]
+            a = varlen_attention(q, k, v, batch, True, _scale(attention, q), self.attention)  # [N, heads, head_dim]
             x = x + attention.o_proj(a.flatten(1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.model.norm(x)
@@ -224,6 +224,12 @@ class PackedModel:
             bias = None if biases[0] is None else torch.cat(biases)
         self._fused[i] = (key, tensors, weight, bias, [p.out_features for p in projections])  # tensors: ids stay theirs
         return self._fused[i][2:]
+
+
+def _scale(attention: nn.Module, q: torch.Tensor) -> float:
+    """The attention module's softmax scale: its own `scaling` (transformers >= 4.48 and a model's
+    own choice, e.g. Gemma's), else 1 / sqrt(head_dim) of q [N, heads, head_dim]."""
+    return float(getattr(attention, "scaling", q.shape[-1] ** -0.5))
 
 
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
