@@ -189,7 +189,7 @@ def throughput(seconds: float, lengths: np.ndarray, flops: float, peak_tflops: f
 
 def compare(model, token_ids: list, pooling: str, variants: list, batch_texts: int, max_length: int,
             repeats: int = 0, peak_tflops: float | None = None, deadline: float = float("inf")) -> dict:
-    """The padded path, then each packed variant ({"attention", "fuse_qkv"}) on the same texts:
+    """The padded path, then each packed variant ({"attention", fusion switches}) on the same texts:
     differences to the padded embeddings, and with repeats > 0 their timings."""
     device = next(model.parameters()).device
     causal = model.config.model_type != "bert"
@@ -222,24 +222,19 @@ def compare(model, token_ids: list, pooling: str, variants: list, batch_texts: i
     return result
 
 
-FUSION_DEFAULTS = {"fuse_qkv": True, "fuse_add_norm": False, "fuse_bias_gelu": False}
-
-
 def variant_name(variant: dict) -> str:
-    """"packed/<attention>" and each fusion switch that differs from PackedModel's default."""
-    changed = [f"{key}={value}" for key, value in variant.items() if key in FUSION_DEFAULTS
-               and value != FUSION_DEFAULTS[key]]
-    return "/".join(["packed", variant["attention"], *changed])
+    """"packed/<attention>" and each fusion switch the variant sets (the others: PackedModel's defaults)."""
+    return "/".join(["packed", variant["attention"], *(f"{k}={v}" for k, v in variant.items() if k != "attention")])
 
 
 def variants_for(device: torch.device, dtype: torch.dtype, causal: bool, all_backends: bool) -> list:
     """Packed variants to run: every usable attention backend (or just the first) with the default
-    fusions; then on the first backend QKV unfused, and for BERT (not causal) each BERT fusion
-    alone and both together."""
+    fusions; then on the first backend QKV fused the other way than by default (unfused for BERT,
+    fused for decoders), and for BERT (not causal) each BERT fusion alone and both together."""
     usable = [b for b in ATTENTION_BACKENDS if can_run(b, device, dtype, causal)]
     first = usable[0]
     variants = [{"attention": b} for b in (usable if all_backends else usable[:1])]
-    variants.append({"attention": first, "fuse_qkv": False})
+    variants.append({"attention": first, "fuse_qkv": causal})
     if not causal:
         variants += [{"attention": first, "fuse_add_norm": True}, {"attention": first, "fuse_bias_gelu": True},
                      {"attention": first, "fuse_add_norm": True, "fuse_bias_gelu": True}]
@@ -259,7 +254,7 @@ def dry_run() -> dict:
                                                                {"fuse_bias_gelu": True})]]),
         "bert_cls": ("bert", "cls", [{"attention": "padded"}]),
         "gpt_neox_last": ("gpt_neox", "last", [{"attention": "padded"}]),
-        "llama_last": ("llama", "last", [{"attention": "padded"}, {"attention": "padded", "fuse_qkv": False}]),
+        "llama_last": ("llama", "last", [{"attention": "padded"}, {"attention": "padded", "fuse_qkv": True}]),
     }
     report, ok = {}, True
     for case, (family, pooling, variants) in cases.items():

@@ -118,6 +118,7 @@ def test_unwired_models_are_refused_with_the_reason():
         PackedModel(tiny("bert"))(collate(texts(), None, 0))
     with pytest.raises(TypeError, match="fuse_qkv must be True or False"):
         PackedModel(tiny("bert"), fuse_qkv="yes")
+    assert PackedModel(tiny("bert")).fuse_qkv and not PackedModel(tiny("llama")).fuse_qkv  # "auto"
 
 
 # ---------------------------------------------------------------------------- varlen attention

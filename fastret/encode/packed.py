@@ -19,7 +19,9 @@ The padded path (the model's own forward) is the reference: the same inputs give
 hidden states at real tokens, to float rounding (the tests compare them).
 
 Fusions, each a switch so that its gain is measured on its own (benchmarks/gpu_encode_paths.py):
-fuse_qkv (one GEMM for q, k and v; on by default), and for BERT-family layers fuse_add_norm
+fuse_qkv (one GEMM for q, k and v; by default on for BERT-family encoders, whose weight copy is
+small, and off for decoders, where it would copy a large model's attention weights), and for
+BERT-family layers fuse_add_norm
 (residual add + LayerNorm in one Triton kernel, `fastret.kernels.add_layer_norm`) and
 fuse_bias_gelu (the intermediate GEMM with its bias and GELU in the epilogue,
 torch._addmm_activation: cuBLASLt on CUDA, where the GELU is the tanh approximation; exact on
@@ -57,7 +59,8 @@ class PackedModel:
             "auto", a backend that fails on the first batch (a kernel this GPU or build lacks)
             is replaced by the next of `auto_backends`, with a RuntimeWarning; once a batch has
             run, errors are raised.
-        fuse_qkv: one GEMM for the query, key and value projections: their weights concatenated
+        fuse_qkv: True, False or "auto" (True for the BERT family, False for decoders): one GEMM
+            for the query, key and value projections: their weights concatenated
             once (a copy, made again if a projection module or its weights change, e.g. after an
             optimizer step or a LoRA wrap); only where all three are nn.Linear (int8 layers keep
             three calls).
@@ -70,7 +73,7 @@ class PackedModel:
             which), or an attention backend that cannot run on the model's device and dtype.
     """
 
-    def __init__(self, model: nn.Module, attention: str = "auto", fuse_qkv: bool = True,
+    def __init__(self, model: nn.Module, attention: str = "auto", fuse_qkv: bool | str = "auto",
                  fuse_add_norm: bool = False, fuse_bias_gelu: bool = False):
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in PACKED_MODEL_TYPES:
@@ -79,6 +82,8 @@ class PackedModel:
         problem = _unsupported(model)
         if problem is not None:
             raise ValueError(f"packed encoding cannot run this {model_type} model: {problem} (use packed=False)")
+        if fuse_qkv == "auto":
+            fuse_qkv = model_type == "bert"
         for name, flag in (("fuse_qkv", fuse_qkv), ("fuse_add_norm", fuse_add_norm), ("fuse_bias_gelu", fuse_bias_gelu)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
