@@ -3,6 +3,7 @@ with one) against `pool_normalize_ref`, the reference against sentence-transform
 outputs against `fastret.quantize_int8`, gradients against autograd through the reference,
 dispatch, and input errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -495,3 +496,39 @@ def test_device_checks_run_on_the_cpu_and_elsewhere_only_when_asked(monkeypatch)
     assert pooling.device_checks(torch.device("cuda", 0))
     with pytest.raises(ValueError, match="NaN or inf"):
         pooling.check_quantizable(torch.tensor([0.5, float("nan")]))
+
+
+COMPILE_FOR_HOPPER = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastret.kernels import pooling
+
+compiled = []
+for packed in (True, False):
+    for mode in (0, 1, 2):
+        for hidden in ("*fp16", "*bf16", "*fp32"):
+            signature = {"H": hidden, "M": "*i32" if packed else "*i64", "CU": "*i32", "X": "*fp32",
+                         "SUMSQ": "*fp32", "ABSMAX": "*fp32", "ROWS": "*i32", "T": "i32", "D": "i32",
+                         "stride_hb": "i32", "stride_ht": "i32", "stride_hd": "i32", "stride_mb": "i32",
+                         "stride_mt": "i32", "MODE": "constexpr", "PACKED": "constexpr", "BLOCK_T": "constexpr",
+                         "BLOCK_D": "constexpr"}
+            source = ASTSource(fn=pooling._pool_fwd_kernel, signature=signature,
+                               constexprs={"MODE": mode, "PACKED": packed, "BLOCK_T": 16, "BLOCK_D": 128})
+            kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+            compiled.append(len(kernel.asm["cubin"]) > 0)
+print(json.dumps(compiled))
+"""
+
+
+def test_forward_kernel_compiles_for_hopper_in_both_layouts():
+    """The interpreter runs any Python; this takes the forward kernel, packed and padded, every mode
+    and input dtype, through Triton's compiler to sm_90 code without a GPU (a fresh process without
+    TRITON_INTERPRET: triton decides compiled or interpreted when it is imported)."""
+    pytest.importorskip("triton.backends.nvidia", reason="triton without its NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True] * 18
