@@ -504,7 +504,10 @@ def pool_normalize(
     if hidden.numel() > 0 and use_triton(hidden.device):
         require_triton("pool_normalize", hidden.device, _pool_fwd_kernel)
         mask = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
-        return _PoolNormalize.apply(hidden, mask, mode, normalize, quantize)
+        if hidden.requires_grad and torch.is_grad_enabled():
+            return _PoolNormalize.apply(hidden, mask, mode, normalize, quantize)
+        y, codes, scales, _, _ = _pool_normalize_fwd(hidden, mask, mode, normalize, quantize)  # inference: no graph
+        return (y, codes, scales) if quantize else y
     y = pool_normalize_ref(hidden, attention_mask, mode, normalize)
     return _quantized(y) if quantize else y
 
