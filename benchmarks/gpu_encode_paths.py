@@ -309,7 +309,9 @@ def measure(device: str | torch.device = "cuda", peak_tflops: float = 989.0, bud
             dtypes: tuple = ("float16", "bfloat16"), bert_docs: int = 4096, decoder_docs: int = 512,
             batch_texts: int = 256, decoder_batch_texts: int = 64, repeats: int = 3) -> dict:
     """The GPU measurement (see the module docstring): {"bert_base": {dtype: compare(...)},
-    "decoder_1b": {dtype: compare(...)}, "sync": ..., "pooling_host_cost": ..., "min_cosine_ok"}.
+    "decoder_1b": {dtype: compare(...)}, "sync": ..., "pooling_host_cost": ..., "min_cosine",
+    "min_cosine_ok"}. A part that fails is recorded as {"error": ...} and the others still run;
+    parts not started before budget_s is spent are marked {"stopped": "budget spent"}.
 
     Raises:
         ValueError: a device that is not CUDA.
@@ -319,39 +321,48 @@ def measure(device: str | torch.device = "cuda", peak_tflops: float = 989.0, bud
         raise ValueError(f"measure() times the GPU; got device {device} (dry_run() is the CPU check)")
     deadline = time.monotonic() + budget_s
     report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "peak_tflops": peak_tflops,
-              "attention_backends": {str(d): [b for b in ATTENTION_BACKENDS if can_run(b, device, getattr(torch, d), False)]
+              "attention_backends": {d: [b for b in ATTENTION_BACKENDS if can_run(b, device, getattr(torch, d), False)]
                                      for d in dtypes},
               "bert_base": {}, "decoder_1b": {}}
     bert_texts = random_texts(bert_docs, BERT_MAX_LENGTH, 30522, seed=2)
-    for name in dtypes:
-        if time.monotonic() > deadline:
-            break
-        dtype = getattr(torch, name)
-        model = build_model("bert", device, dtype)
-        report["bert_base"][name] = compare(model, bert_texts, "mean", variants_for(device, dtype, False, True),
-                                            batch_texts, BERT_MAX_LENGTH, repeats, peak_tflops, deadline)
-        if "sync" not in report:
-            report["sync"] = sync_free(model, bert_texts[:32], "mean")
-        del model
-        torch.cuda.empty_cache()
-    report["pooling_host_cost"] = pooling_host_cost(device)
     decoder_texts = random_texts(decoder_docs, DECODER_MAX_LENGTH, PYTHIA_1B["vocab_size"], seed=3,
                                  lengths=(200, DECODER_MAX_LENGTH))
-    for name in dtypes:
-        if time.monotonic() > deadline:
-            report["decoder_1b"]["stopped"] = "budget spent"
-            break
-        dtype = getattr(torch, name)
+
+    def bert(dtype: torch.dtype) -> dict:
+        model = build_model("bert", device, dtype)
+        result = compare(model, bert_texts, "mean", variants_for(device, dtype, False, True), batch_texts,
+                         BERT_MAX_LENGTH, repeats, peak_tflops, deadline)
+        if "sync" not in report:
+            report["sync"] = sync_free(model, bert_texts[:32], "mean")
+        return result
+
+    def decoder(dtype: torch.dtype) -> dict:
         model = build_model("gpt_neox", device, dtype)
-        report["decoder_1b"][name] = compare(model, decoder_texts, "last", variants_for(device, dtype, True, False),
-                                             decoder_batch_texts, DECODER_MAX_LENGTH, repeats, peak_tflops, deadline)
-        del model
-        torch.cuda.empty_cache()
+        return compare(model, decoder_texts, "last", variants_for(device, dtype, True, False), decoder_batch_texts,
+                       DECODER_MAX_LENGTH, repeats, peak_tflops, deadline)
+
+    for part, run in (("bert_base", bert), ("decoder_1b", decoder)):
+        for name in dtypes:
+            if time.monotonic() > deadline:
+                report[part][name] = {"stopped": "budget spent"}
+                continue
+            report[part][name] = attempt(lambda: run(getattr(torch, name)))
+            torch.cuda.empty_cache()
+        if part == "bert_base":
+            report["pooling_host_cost"] = attempt(lambda: pooling_host_cost(device))
     cosines = [row["min_cosine"] for part in ("bert_base", "decoder_1b") for result in report[part].values()
-               if isinstance(result, dict) for row in result.get("rows", {}).values() if "min_cosine" in row]
+               for row in result.get("rows", {}).values() if "min_cosine" in row]
     report["min_cosine"] = min(cosines) if cosines else None
     report["min_cosine_ok"] = bool(cosines) and min(cosines) >= MIN_COSINE_TARGET
     return report
+
+
+def attempt(fn) -> dict:
+    """fn()'s result, or {"error": its type and message} (one part's failure ends only that part)."""
+    try:
+        return fn()
+    except Exception as error:  # recorded in the report; the caller goes on with the next part
+        return {"error": f"{type(error).__name__}: {str(error)[:500]}"}
 
 
 def pubmed_length_documents(encoder, count: int) -> list:
