@@ -200,11 +200,12 @@ def compare(model, token_ids: list, pooling: str, variants: list, batch_texts: i
     padded = padded_batches(token_ids, batch_texts, max_tokens, device)
     packed = packed_batches(token_ids, batch_texts, max_tokens, device)
     reference = run_padded(model, padded, pooling, n, dim)
-    result = {"texts": n, "tokens": int(lengths.sum()), "padded_tokens": int(sum(b["input_ids"].numel() for _, b in padded)),
-              "flops_per_pass": flops, "rows": {}}
+    padded_tokens = int(sum(b["input_ids"].numel() for _, b in padded))
+    result = {"texts": n, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens, "flops_per_pass": flops,
+              "rows": {}}
     if repeats:
-        result["rows"]["padded"] = throughput(timed(lambda: run_padded(model, padded, pooling, n, dim), device, repeats),
-                                              lengths, flops, peak_tflops)
+        seconds = timed(lambda: run_padded(model, padded, pooling, n, dim), device, repeats)
+        result["rows"]["padded"] = throughput(seconds, lengths, flops, peak_tflops)
     for variant in variants:
         if time.monotonic() > deadline:
             result["stopped"] = "budget spent"

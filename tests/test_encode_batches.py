@@ -34,7 +34,7 @@ def test_collate_packed_puts_texts_back_to_back_with_positions():
     assert batch.position_ids.tolist() == [0, 1, 2, 0, 0, 1]
     assert batch.token_type_ids.tolist() == [0, 0, 1, 0, 0, 1]
     assert batch.cu_seqlens.tolist() == [0, 3, 4, 6] and batch.cu_seqlens.dtype == torch.int32
-    assert batch.lengths.tolist() == [3, 1, 2] and batch.max_seqlen == 3 and batch.num_texts == 3
+    assert batch.lengths.tolist() == [3, 1, 2] and (batch.max_seqlen, batch.min_seqlen, batch.num_texts) == (3, 1, 3)
     assert batch.padded_index.tolist() == [0, 1, 2, 3, 6, 7]  # rows of the [3, 3] padded layout
     assert collate_packed([[7]], None).token_type_ids is None
     moved = batch.to("cpu")

@@ -18,8 +18,9 @@ def test_dry_run_finds_packed_equal_to_padded(tmp_path):
     report = json.loads(out.read_text())
     assert report["ok"]
     assert set(report) == {"ok", "bert_mean", "bert_cls", "gpt_neox_last", "llama_last"}
-    assert list(report["bert_mean"]["rows"]) == ["packed/padded", "packed/nested", "packed/padded/fuse_qkv=False",
-                                                 "packed/padded/fuse_add_norm=True", "packed/padded/fuse_bias_gelu=True"]
+    assert list(report["bert_mean"]["rows"]) == [
+        "packed/padded", "packed/nested", "packed/padded/fuse_qkv=False", "packed/padded/fuse_add_norm=True",
+        "packed/padded/fuse_bias_gelu=True"]
     for case in ("bert_mean", "bert_cls", "gpt_neox_last", "llama_last"):
         result = report[case]
         assert result["tokens"] < result["padded_tokens"]  # the padded path did pad

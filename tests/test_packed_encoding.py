@@ -64,7 +64,9 @@ def padded_states(model, token_ids, type_ids=None):
 def test_packed_model_equals_the_padded_forward(family, overrides, fuse_qkv):
     model = tiny(family, **overrides)
     token_ids = texts()
-    type_ids = [[0] * (len(ids) // 2) + [1] * (len(ids) - len(ids) // 2) for ids in token_ids] if family == "bert" else None
+    type_ids = None
+    if family == "bert":  # two segments per text
+        type_ids = [[0] * (len(ids) // 2) + [1] * (len(ids) - len(ids) // 2) for ids in token_ids]
     expected = padded_states(model, token_ids, type_ids)
     backends = ["padded", "nested"] if family == "bert" else ["padded"]
     for attention in backends:
@@ -160,7 +162,8 @@ def test_backend_choice_and_errors():
     assert pick_backend("auto", cuda, torch.float16, causal=True) in ("flash_attn", "varlen", "padded")
     with pytest.raises(ValueError, match="attention must be 'auto' or one of flash_attn, varlen, nested, padded"):
         pick_backend("xformers", cpu, torch.float32, causal=False)
-    with pytest.raises(ValueError, match="'nested' cannot run on cpu with torch.float32 \\(causal\\); usable here: padded"):
+    with pytest.raises(ValueError, match=r"'nested' cannot run on cpu with torch.float32 \(causal\); "
+                                         r"usable here: padded"):
         pick_backend("nested", cpu, torch.float32, causal=True)
     with pytest.raises(ValueError, match="'varlen' cannot run on cpu"):
         pick_backend("varlen", cpu, torch.float16, causal=False)
@@ -197,7 +200,11 @@ def test_packed_batches_hold_more_texts_than_padded_ones(minilm_pair, nfcorpus_d
     for name, encoder in (("padded", padded), ("packed", packed)):
         calls = []
         forward = encoder._forward
-        encoder._forward = lambda batch, *args, calls=calls, forward=forward: calls.append(batch) or forward(batch, *args)
+        def spy(batch, *args, calls=calls, forward=forward):
+            calls.append(batch)
+            return forward(batch, *args)
+
+        encoder._forward = spy
         try:
             vectors, _, _ = encoder.embed_tokens(token_ids, type_ids, max_texts=24, max_tokens=600, normalize=True)
         finally:

@@ -434,7 +434,8 @@ def test_packed_without_sequences_or_rows():
     assert none.shape == (0, 8)
     empty = pool_normalize_packed(torch.zeros(0, 8, device=device()),
                                   torch.zeros(3, dtype=torch.int32, device=device()), quantize=True)
-    assert torch.equal(empty[0], torch.zeros(2, 8, device=device())) and torch.equal(empty[2], torch.zeros(2, device=device()))
+    assert torch.equal(empty[0], torch.zeros(2, 8, device=device()))
+    assert torch.equal(empty[2], torch.zeros(2, device=device()))
 
 
 @pytest.mark.parametrize(

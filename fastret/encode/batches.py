@@ -88,6 +88,7 @@ class PackedBatch:
         padded_index: int64 [N], each token's row in the [B, max_seqlen] padded layout
             (b * max_seqlen + position), for attention that pads (`fastret.encode.varlen_attention`).
         max_seqlen: the longest text's token count (a host int: kernels size their grids with it).
+        min_seqlen: the shortest text's token count (a host int).
     """
 
     input_ids: torch.Tensor
@@ -97,6 +98,7 @@ class PackedBatch:
     lengths: torch.Tensor
     padded_index: torch.Tensor
     max_seqlen: int
+    min_seqlen: int
 
     @property
     def num_texts(self) -> int:
@@ -143,6 +145,7 @@ def collate_packed(token_ids: Sequence[Sequence[int]], type_ids: Sequence[Sequen
         lengths=torch.from_numpy(lengths),
         padded_index=torch.from_numpy(texts * longest + positions),
         max_seqlen=longest,
+        min_seqlen=int(lengths.min()),
     )
 
 

@@ -46,7 +46,8 @@ GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 def supports_packed(model: nn.Module) -> bool:
     """Whether `PackedModel` can run `model` (a Hugging Face base model, e.g. from AutoModel)."""
-    return getattr(getattr(model, "config", None), "model_type", None) in PACKED_MODEL_TYPES and _unsupported(model) is None
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return model_type in PACKED_MODEL_TYPES and _unsupported(model) is None
 
 
 class PackedModel:
@@ -84,7 +85,8 @@ class PackedModel:
             raise ValueError(f"packed encoding cannot run this {model_type} model: {problem} (use packed=False)")
         if fuse_qkv == "auto":
             fuse_qkv = model_type == "bert"
-        for name, flag in (("fuse_qkv", fuse_qkv), ("fuse_add_norm", fuse_add_norm), ("fuse_bias_gelu", fuse_bias_gelu)):
+        flags = {"fuse_qkv": fuse_qkv, "fuse_add_norm": fuse_add_norm, "fuse_bias_gelu": fuse_bias_gelu}
+        for name, flag in flags.items():
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
         if (fuse_add_norm or fuse_bias_gelu) and model_type != "bert":
@@ -111,7 +113,9 @@ class PackedModel:
         if not isinstance(batch, PackedBatch):
             raise TypeError(f"PackedModel takes a PackedBatch (fastret.encode.batches.collate_packed), "
                             f"got {type(batch).__name__}")
-        window = getattr(self.config, "sliding_window", None) if getattr(self.config, "use_sliding_window", True) else None
+        window = getattr(self.config, "sliding_window", None)
+        if not getattr(self.config, "use_sliding_window", True):
+            window = None
         if window is not None and batch.max_seqlen > window:
             raise ValueError(f"a text of {batch.max_seqlen} tokens is longer than the model's sliding window "
                              f"({window}), which packed attention does not apply; use packed=False")

@@ -105,7 +105,9 @@ def _nested(q, k, v, batch: PackedBatch, scale: float) -> torch.Tensor:
         k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
 
     def jagged(x):  # [N, H, Dh] -> nested [B, H, j, Dh]
-        return torch.nested.nested_tensor_from_jagged(x.contiguous(), offsets, max_seqlen=batch.max_seqlen).transpose(1, 2)
+        nested = torch.nested.nested_tensor_from_jagged(x.contiguous(), offsets, min_seqlen=batch.min_seqlen,
+                                                        max_seqlen=batch.max_seqlen)  # both given: no device read
+        return nested.transpose(1, 2)
 
     out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), scale=scale)
     return out.transpose(1, 2).values()  # [N, Hq, Dh]
@@ -126,4 +128,4 @@ def _padded(q, k, v, batch: PackedBatch, causal: bool, scale: float) -> torch.Te
         mask = mask & (keys[None, :] <= keys[:, None])  # [B, 1, L, L]: and not after the query
     out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask, scale=scale,
                                          enable_gqa=q.shape[1] != k.shape[1])  # [B, Hq, L, Dh]
-    return out.transpose(1, 2).reshape(B * L, *out.shape[1:2], out.shape[-1]).index_select(0, batch.padded_index)
+    return out.transpose(1, 2).reshape(B * L, out.shape[1], out.shape[3]).index_select(0, batch.padded_index)

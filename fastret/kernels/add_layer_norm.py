@@ -107,7 +107,8 @@ def _check_inputs(x, residual, weight, bias, eps) -> None:
     if x.ndim != 2 or residual.shape != x.shape:
         raise ValueError(f"x and residual must be the same [M, D], got {tuple(x.shape)} and {tuple(residual.shape)}")
     if weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
-        raise ValueError(f"weight and bias must be [D] = [{x.shape[1]}], got {tuple(weight.shape)} and {tuple(bias.shape)}")
+        raise ValueError(f"weight and bias must be [D] = [{x.shape[1]}], got {tuple(weight.shape)} and "
+                         f"{tuple(bias.shape)}")
     if residual.dtype != x.dtype:
         raise ValueError(f"x and residual must have one dtype, got {x.dtype} and {residual.dtype}")
     if any(t.device != x.device for t in (residual, weight, bias)):

@@ -653,11 +653,13 @@ def _check_packed_inputs(hidden, cu_seqlens, mode, normalize, quantize) -> None:
     if cu_seqlens.ndim != 1 or cu_seqlens.shape[0] < 1:
         raise ValueError(f"cu_seqlens must be [B + 1] with B >= 0, got shape {tuple(cu_seqlens.shape)}")
     if hidden.dtype not in _HIDDEN_DTYPES:
-        raise TypeError(f"hidden must be float16, bfloat16 or float32, got {hidden.dtype}; convert it, e.g. hidden.float()")
+        raise TypeError(f"hidden must be float16, bfloat16 or float32, got {hidden.dtype}; "
+                        "convert it, e.g. hidden.float()")
     if cu_seqlens.dtype not in _CU_DTYPES:
         raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
     if cu_seqlens.device != hidden.device:
-        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but hidden is on {hidden.device}; move both to one device")
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but hidden is on {hidden.device}; "
+                         "move both to one device")
     _check_mode_and_flags(mode, normalize, quantize)
     if device_checks(cu_seqlens.device):  # reads cu_seqlens on the host
         steps = cu_seqlens.diff()
