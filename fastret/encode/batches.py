@@ -13,6 +13,7 @@ sequence, each token's position) is computed here, so the forward never reads de
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import warnings
@@ -135,7 +136,7 @@ def collate_packed(token_ids: Sequence[Sequence[int]], type_ids: Sequence[Sequen
     texts = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
 
     def flat(lists):
-        return torch.from_numpy(np.fromiter((v for ids in lists for v in ids), dtype=np.int64, count=total))
+        return torch.from_numpy(np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=total))
 
     return PackedBatch(
         input_ids=flat(token_ids),
