@@ -52,6 +52,39 @@ def test_batching_and_int8_keep_the_scores(tiny_cross_encoder):
     assert "max_length=128" in repr(reranker) and "int8" in repr(int8)
 
 
+def test_packed_scoring_equals_the_models_padded_forward(tiny_cross_encoder):
+    pairs = [(QUERY, text) for text in TEXTS[:3] + TEXTS[4:]] * 3 + [("q", "t")]
+    packed, padded = Reranker(tiny_cross_encoder, device="cpu"), Reranker(tiny_cross_encoder, device="cpu", packed=False)
+    assert packed.packed_model is not None and padded.packed_model is None
+    assert "packed=True" in repr(packed) and "packed=False" in repr(padded)
+    for batch_size, budget in ((32, None), (4, 40), (1, None)):
+        np.testing.assert_allclose(packed.predict(pairs, batch_size, "none", budget),
+                                   padded.predict(pairs, batch_size, "none", budget), atol=1e-6)
+    int8 = Reranker(tiny_cross_encoder, device="cpu", quantize="int8")
+    int8_padded = Reranker(tiny_cross_encoder, device="cpu", quantize="int8", packed=False)
+    assert int8.packed_model is not None
+    np.testing.assert_allclose(int8.predict(pairs, activation="none"), int8_padded.predict(pairs, activation="none"),
+                               atol=1e-5)
+    assert packed.default_max_tokens(64) == 2048 and padded.default_max_tokens(64) == 64 * 128
+
+
+def test_packed_scoring_needs_a_bert_sequence_classifier(tiny_cross_encoder, tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=130, type_vocab_size=2, num_labels=1)
+    RobertaForSequenceClassification(config).save_pretrained(tmp_path / "roberta")
+    for path in tiny_cross_encoder.iterdir():
+        if path.name.startswith(("tokenizer", "vocab", "special")):
+            (tmp_path / "roberta" / path.name).write_bytes(path.read_bytes())
+    assert Reranker(tmp_path / "roberta", device="cpu").packed_model is None  # auto: the model's own forward
+    with pytest.raises(ValueError, match="packed scoring cannot run this model: a BERT-family sequence classifier "
+                                         "is needed, this is a RobertaForSequenceClassification"):
+        Reranker(tmp_path / "roberta", device="cpu", packed=True)
+    with pytest.raises(ValueError, match="packed must be True, False or 'auto', got 'yes'"):
+        Reranker(tiny_cross_encoder, device="cpu", packed="yes")
+
+
 def test_bad_input_is_refused_clearly(tiny_cross_encoder, tiny_bert, tmp_path):
     reranker = Reranker(tiny_cross_encoder, device="cpu", preset="medcpt-cross")
     assert reranker.max_length == 128  # the preset's 512, within the model's limit
