@@ -428,7 +428,7 @@ def acceptance(result: dict, cuda: bool) -> list:
     for dtype in dict.fromkeys(row["dtype"] for row in rows.values()):
         cosine = min(row["min_cosine"] for row in rows.values() if row["dtype"] == dtype)
         if dtype == "int8":  # a quality figure, not a pass/fail: judged by the mean below
-            checks.append(("INFO", f"min cosine vs ST fp32, int8 engines, all docs: " + ", ".join(
+            checks.append(("INFO", "min cosine vs ST fp32, int8 engines, all docs: " + ", ".join(
                 f"{row['library']} {row['min_cosine']:.6f}" for row in rows.values() if row["dtype"] == "int8")))
             continue
         checks.append((verdict(cosine >= MIN_COSINE[dtype]),

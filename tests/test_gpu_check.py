@@ -21,13 +21,15 @@ def test_dry_run_passes_every_step(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert report["dry_run"] and report["failed_steps"] == []
     steps = report["steps"]
-    assert list(steps) == ["kernels", "encode", "corpus", "search", "bandwidth", "profile"]
+    assert list(steps) == ["kernels", "encode", "encode_paths", "corpus", "search", "bandwidth", "profile"]
     kernels = steps["kernels"]
     assert len(kernels["pooling"]) == 18 and all(case["passed"] for case in kernels["pooling"])
     assert all(case["passed"] for case in kernels["mesh_similarity"] + kernels["search"] + kernels["scan"])
     assert len(kernels["scan"]) == 7  # the fused scan: k 1 / 10 / 100, a filter; binary stage x 2; its reference
     for model in ("all-MiniLM-L6-v2", "bert-base-shaped"):
         assert steps["encode"][model]["summary"]["fastret_fp32"]["min_cosine"] > 0.99999
+    packed = steps["encode_paths"]
+    assert packed["ok"] and {"bert_mean", "bert_cls", "gpt_neox_last", "llama_last"} <= set(packed)
     assert steps["corpus"]["rows_in_index"] == steps["corpus"]["documents"] == 64
     assert steps["search"]["same_top10_ids_as_cpu_core"] and steps["search"]["same_top10_scores_as_cpu_core"]
     scan = steps["search"]["scan"]
