@@ -107,6 +107,16 @@ def binary_on_device(device: Any) -> bool:
     return torch.device(device).type == "cuda" and HAS_TRITON
 
 
+def passing_segments(segments: Sequence[Segment], allowed: Sequence[np.ndarray] | None, device: Any):
+    """(segment, its selection, its passing live rows, `resident_rows` on `device`) of each segment
+    with a row that passes (`allowed`: a selection per segment, or None for every live row)."""
+    for number, segment in enumerate(segments):
+        selection = None if allowed is None else allowed[number]
+        count = segment.passing_count(selection)
+        if count:
+            yield segment, selection, count, resident_rows(segment, device)
+
+
 def scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None,
                     allowed: Sequence[np.ndarray] | None = None):
     """`torch_candidates` with the fused scan kernel (fastret.kernels.topk_int8_scan): each
@@ -117,12 +127,7 @@ def scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_fl
     device = q_codes.device
     q_codes, q_scales = q_codes.contiguous(), q_scales.float().contiguous()
     scores, ids, exact = [], [], []
-    for number, segment in enumerate(segments):
-        selection = None if allowed is None else allowed[number]
-        count = segment.passing_count(selection)
-        if count == 0:
-            continue
-        codes, scales, segment_ids, order = resident_rows(segment, device)
+    for segment, selection, count, (codes, scales, segment_ids, order) in passing_segments(segments, allowed, device):
         found, rows = topk_int8_scan(q_codes, q_scales, codes, scales, min(c, count), id_order=order,
                                      skip=skip_bitmap(segment, selection, device))
         scores.append(found)
@@ -154,12 +159,7 @@ def binary_scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: in
     planes = torch.from_numpy(binary.query_planes(q_codes.cpu().numpy(), query_bits).view(np.int64)).to(device)
     kept = min(c * oversample, sum(len(s) for s in segments))  # as binary_candidates
     first, ids, second, exact = [], [], [], []  # per segment [q, m]: first-stage score, id, int8 score, float
-    for number, segment in enumerate(segments):
-        selection = None if allowed is None else allowed[number]
-        count = segment.passing_count(selection)
-        if count == 0:
-            continue
-        codes, scales, segment_ids, order = resident_rows(segment, device)
+    for segment, selection, count, (codes, scales, segment_ids, order) in passing_segments(segments, allowed, device):
         n = len(segment)
         rank = torch.arange(n, device=device) if order is None else order[0].long()
         keys = (binary_scores(planes, resident_bits(segment, device), n, q_codes.shape[1]).long() << 32) | (
