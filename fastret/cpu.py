@@ -2,9 +2,10 @@
 whether the CPU computes bfloat16 natively; and the machine's limits that bound a search (read
 bandwidth, int8 multiply-add peak), measured.
 
-The best path the CPU supports is chosen at import. Set the environment variable
-``FASTRET_SIMD=avx512vnni|avx2|neon|scalar`` before importing fastret, or call `set_simd_path`, to force
-one (tests do this to cover every path).
+The best path the CPU supports is chosen on first use (a matrix-unit path, amx or i8mm, where
+its batch kernel measures faster than the vector path's). Set the environment variable
+``FASTRET_SIMD=amx|avx512vnni|avx2|i8mm|neon|amx-emulated|scalar`` before importing fastret, or call
+`set_simd_path`, to force one (tests do this to cover every path).
 """
 
 from __future__ import annotations
