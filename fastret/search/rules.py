@@ -66,12 +66,19 @@ def rank(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     """The tie rule: positions of the k best entries of each row, higher score first, then lower id.
 
     Args:
-        scores: float [q, n]. ids: int [q, n], or [n] shared by every row.
+        scores: float [q, n]. ids: int [q, n], or [n] shared by every row. numpy arrays, or torch
+            tensors on one device (ranked there: a stable sort by id, then a stable sort by score).
         k: entries kept per row (all n when k >= n).
 
     Returns:
-        int64 [q, min(k, n)] positions into each row, best first.
+        int64 [q, min(k, n)] positions into each row, best first (a tensor for tensors).
     """
+    if checks.is_torch(scores):
+        import torch
+
+        by_id = torch.sort(ids.expand_as(scores), dim=1, stable=True).indices
+        by_score = torch.sort(scores.gather(1, by_id), dim=1, descending=True, stable=True).indices
+        return by_id.gather(1, by_score)[:, :k]
     return np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=-1)[:, :k]
 
 

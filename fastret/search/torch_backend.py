@@ -31,7 +31,7 @@ import numpy as np
 from .. import checks
 from ..storage.segment import Segment
 from . import binary
-from .rules import check_score_range, float_products, max_scale, merge_candidates, query_codes
+from .rules import check_score_range, float_products, max_scale, merge_candidates, query_codes, rank
 
 # Corpus rows scored per torch matmul on the GPU: bounds the [queries, chunk] score buffers.
 _TORCH_CHUNK_ELEMENTS = 1 << 27
@@ -161,9 +161,9 @@ def binary_scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: in
     first, ids, second, exact = [], [], [], []  # per segment [q, m]: first-stage score, id, int8 score, float
     for segment, selection, count, (codes, scales, segment_ids, order) in passing_segments(segments, allowed, device):
         n = len(segment)
-        rank = torch.arange(n, device=device) if order is None else order[0].long()
+        id_rank = torch.arange(n, device=device) if order is None else order[0].long()
         keys = (binary_scores(planes, resident_bits(segment, device), n, q_codes.shape[1]).long() << 32) | (
-            0xFFFFFFFF - rank)  # [q, n] ordered like (score desc, id asc) within the segment
+            0xFFFFFFFF - id_rank)  # [q, n] ordered like (score desc, id asc) within the segment
         skip = skip_bitmap(segment, selection, device)
         if skip is not None:
             rows = torch.arange(n, device=device)
@@ -178,22 +178,12 @@ def binary_scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: in
             exact.append(float_products(resident_rows(segment, device, float16=True)[rows], q_floats))
     first, ids, second = (torch.cat(parts, 1) for parts in (first, ids, second))
     exact = torch.cat(exact, 1) if exact else None
-    candidates = _ranked(first, ids)[:, :kept]  # the first stage over every segment: (score, then id)
+    candidates = rank(first, ids, kept)  # the first stage over every segment: (score, then id)
     ids, second = ids.gather(1, candidates), second.gather(1, candidates)
     exact = None if exact is None else exact.gather(1, candidates)
-    best = _ranked(second, ids)[:, :c]
+    best = rank(second, ids, c)
     return (second.gather(1, best).cpu().numpy(), ids.gather(1, best).cpu().numpy(),
             None if exact is None else exact.gather(1, best).cpu().numpy())
-
-
-def _ranked(scores, ids):
-    """int64 [q, m]: each row's positions ordered by the tie rule (score descending, then id
-    ascending): a stable sort by id, then a stable sort by score."""
-    import torch
-
-    by_id = torch.sort(ids, dim=1, stable=True).indices
-    by_score = torch.sort(scores.gather(1, by_id), dim=1, descending=True, stable=True).indices
-    return by_id.gather(1, by_score)
 
 
 def _int8_scores(q_codes, q_scales, codes, scales, rows):
@@ -360,9 +350,9 @@ def rank_ids(ids):
     """int64 tensor: each id's position in ascending id order (the tie rule's order)."""
     import torch
 
-    rank = torch.empty_like(ids)
-    rank[torch.argsort(ids, stable=True)] = torch.arange(len(ids), device=ids.device)
-    return rank
+    positions = torch.empty_like(ids)
+    positions[torch.argsort(ids, stable=True)] = torch.arange(len(ids), device=ids.device)
+    return positions
 
 
 def _chunk_candidates(scores, id_rank, k: int):
