@@ -99,7 +99,7 @@ from fastret.search.rules import query_codes  # noqa: E402
 from fastret.kernels.binary_scores import binary_scores  # noqa: E402
 from fastret.search.torch_backend import (binary_scan_candidates, resident_rows, topk_int8_torch,  # noqa: E402
                                           torch_candidates)
-from harness import cpu_info  # noqa: E402
+from harness import chunked_matmul_topk, cpu_info  # noqa: E402
 
 # (atol, rtol) of pool_normalize's float32 output against the reference, per input dtype.
 POOL_TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1e-2, 1e-2)}
@@ -539,19 +539,7 @@ def step_corpus(args, device, size, scratch: Path) -> dict:
 
 def fp16_search(docs_fp16: torch.Tensor, queries: torch.Tensor, k: int, chunk_rows: int):
     """The baseline: chunked float16 matmul + top-k, merged across chunks (faiss-gpu flat style)."""
-    best_scores = best_ids = None
-    q = queries.half()
-    for start in range(0, docs_fp16.shape[0], chunk_rows):
-        scores = q @ docs_fp16[start:start + chunk_rows].T
-        top = scores.topk(k, dim=1)
-        ids = top.indices + start
-        values = top.values.float()
-        if best_scores is not None:
-            values, ids = torch.cat([best_scores, values], 1), torch.cat([best_ids, ids], 1)
-            values, take = values.topk(k, dim=1)
-            ids = ids.gather(1, take)
-        best_scores, best_ids = values, ids
-    return best_scores, best_ids
+    return chunked_matmul_topk(docs_fp16, queries.half(), k, chunk_rows)
 
 
 def step_search(args, device, size) -> dict:

@@ -66,6 +66,24 @@ def timed(fn):
     return run
 
 
+def chunked_matmul_topk(corpus, queries, k: int, chunk_rows: int):
+    """Exact search the float way (what faiss's flat indexes do, on the CPU or a GPU): queries
+    [q, d] x corpus [n, d] (torch tensors of one dtype) a chunk of corpus rows at a time, each
+    chunk's top k merged with the best so far. Returns (scores float32 [q, k], row ids int64 [q, k])."""
+    import torch
+
+    best_scores = best_ids = None
+    for start in range(0, corpus.shape[0], chunk_rows):
+        top = (queries @ corpus[start:start + chunk_rows].T).topk(k, dim=1)
+        values, ids = top.values.float(), top.indices + start
+        if best_scores is not None:
+            values, ids = torch.cat([best_scores, values], 1), torch.cat([best_ids, ids], 1)
+            values, take = values.topk(k, dim=1)
+            ids = ids.gather(1, take)
+        best_scores, best_ids = values, ids
+    return best_scores, best_ids
+
+
 def cached_embeddings(encoder, texts: list[str], name: str):
     """`encoder.encode(texts)` as float32 numpy, cached under benchmarks/.cache/ by model and content
     (written to a temporary name and renamed, so an interrupted run leaves no half file)."""

@@ -74,7 +74,7 @@ from usearch.index import search as usearch_search  # noqa: E402
 
 import fastret  # noqa: E402
 from fastret.cpu import int8_peak, read_bandwidth  # noqa: E402
-from harness import cpu_info, finish, recall_at_k, verdict  # noqa: E402
+from harness import chunked_matmul_topk, cpu_info, finish, recall_at_k, verdict  # noqa: E402
 from fastret.corpus import BUNDLED_NFCORPUS, find_file, load_corpus, load_qrels, load_queries  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -271,16 +271,7 @@ def torch_bf16_engine(x: np.ndarray, k: int) -> Engine:
     corpus = torch.from_numpy(x).bfloat16()
 
     def search(queries: np.ndarray) -> np.ndarray:
-        q = torch.from_numpy(queries).bfloat16()
-        best_scores, best_ids = None, None
-        for first in range(0, len(corpus), TORCH_CHUNK_ROWS):
-            scores, ids = (q @ corpus[first : first + TORCH_CHUNK_ROWS].T).float().topk(k, dim=1)
-            ids += first
-            if best_scores is not None:
-                scores, at = torch.cat([best_scores, scores], 1).topk(k, dim=1)
-                ids = torch.cat([best_ids, ids], 1).gather(1, at)
-            best_scores, best_ids = scores, ids
-        return best_ids.numpy()
+        return chunked_matmul_topk(corpus, torch.from_numpy(queries).bfloat16(), k, TORCH_CHUNK_ROWS)[1].numpy()
 
     return Engine(TORCH_BF16, search, corpus.numel() * 2, "bf16 corpus tensor (n*d*2)", time.perf_counter() - start)
 
