@@ -89,7 +89,7 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
     row passes). An oversample of "auto" is `binary.auto_oversample` of those rows. The binary first
     stage of torch queries runs on their CUDA device (`torch_backend.binary_scan_candidates`).
     """
-    if oversample is not None and checks.is_torch(q_codes) and not torch_backend.binary_on_device(q_codes.device):
+    if oversample is not None and checks.is_torch(q_codes) and not torch_backend.kernels_on_device(q_codes.device):
         raise ValueError(f"first_stage='binary' runs in the C++ core on the CPU or on a CUDA GPU with triton, not on "
                          f"torch tensors on {q_codes.device}: pass numpy queries, or search these with "
                          "first_stage='int8'")

@@ -89,17 +89,15 @@ def torch_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_f
 
 def search_kernel(device: Any, c: int) -> str:
     """The way `torch_candidates` searches for c candidates on `device` by default: "scan" (the
-    fused Triton kernel) on CUDA with triton installed and c <= its MAX_K, else "torch"."""
-    import torch
+    fused Triton kernel) where `kernels_on_device` and c <= its MAX_K, else "torch"."""
+    from ..kernels.topk_int8_scan import MAX_K
 
-    from ..kernels.topk_int8_scan import HAS_TRITON, MAX_K
-
-    cuda = torch.device(device).type == "cuda"
-    return "scan" if cuda and HAS_TRITON and c <= MAX_K else "torch"
+    return "scan" if kernels_on_device(device) and c <= MAX_K else "torch"
 
 
-def binary_on_device(device: Any) -> bool:
-    """Whether `binary_scan_candidates` runs on `device`: a CUDA device, with triton installed."""
+def kernels_on_device(device: Any) -> bool:
+    """Whether the Triton search kernels (the fused scan, the binary stage's popcount) run on
+    `device`: a CUDA device, with triton installed."""
     import torch
 
     from ..kernels.topk_int8_scan import HAS_TRITON
