@@ -302,6 +302,13 @@ def check_scan(device: torch.device, size: tuple) -> list:
             for k in (1, 10, 100):
                 got = [t.cpu().numpy() for t in index.search(cuda_queries, k, filter=mask)]
                 cases.append(same_results(f"Index.search filter k={k}", got, index.search(queries, k, filter=mask)))
+            # an index moved to the GPU (what `fastret serve` searches there): numpy queries in and out
+            want = [index.search(queries, 10, filter=mask), index.search(queries, 10, first_stage="binary")]
+            index.to(device)
+            got = [index.search(queries, 10, filter=mask), index.search(queries, 10, first_stage="binary")]
+            index.to("cpu")
+            for name, found, expected in zip(("filter", "binary first stage"), got, want):
+                cases.append(same_results(f"Index.to(cuda), numpy queries, {name} k=10", found, expected))
         for oversample in (2, 50):  # the binary first stage on the device against the core's
             want = binary_candidates(kept, q_codes, q_scales, min(10, passing), None, allowed, oversample=oversample)
             got = binary_scan_candidates(kept, *on_device, min(10, passing), None, allowed, oversample=oversample)
@@ -575,6 +582,13 @@ def step_search(args, device, size) -> dict:
         "fastret_int8": median_seconds(lambda: index.search(one[next(counter) % 50], k), device, 50),
         "torch_fp16": median_seconds(lambda: fp16_search(docs_fp16, one[next(counter) % 50], k, chunk_rows), device, 50),
     }
+    if device.type == "cuda":  # the index moved to the GPU, numpy queries: /search on the GPU, host copies in
+        index.to(device)
+        numpy_one = [cpu_queries[i:i + 1] for i in range(50)]
+        single["fastret_int8_resident_numpy_query"] = median_seconds(
+            lambda: index.search(numpy_one[next(counter) % 50], k), device, 50)
+        resident_ids = index.search(cpu_queries, k)[1]
+        same_ids = same_ids and bool(np.array_equal(resident_ids, cpu_ids))
     batch = {
         "fastret_int8": median_seconds(lambda: index.search(queries, k), device, 10),
         "torch_fp16": median_seconds(lambda: fp16_search(docs_fp16, queries, k, chunk_rows), device, 10),

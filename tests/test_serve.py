@@ -371,7 +371,8 @@ def test_health_info_and_metrics(client, store):
     info = client.get("/info").json()
     assert {k: info[k] for k in ("model_id", "dim", "pooling", "normalize", "max_input_length")} == {
         "model_id": "minilm", "dim": 384, "pooling": "mean", "normalize": True, "max_input_length": 256}
-    assert info["index"] == {"name": store.name, "size": 30, "dim": 384, "rescore": True}
+    assert info["index"] == {"name": store.name, "size": 30, "dim": 384, "rescore": True, "device": "cpu"}
+    assert info["search_device"] == "auto"  # auto on a model on the CPU: the index searches on the CPU
     assert info["reranker"] == {"model_id": info["reranker"]["model_id"], "model_dtype": "torch.float32",
                                 "max_input_length": 128}
     text = client.get("/info").text

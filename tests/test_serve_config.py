@@ -35,6 +35,8 @@ def test_the_api_key_stays_out_of_repr_and_info():
     ({"api_key": ""}, ValueError, "api_key is empty"),
     ({"cors_origins": "https://a.example"}, TypeError, "cors_origins must be a list of origins"),
     ({"cors_origins": ["a.example"]}, ValueError, r"CORS origin 'a.example': expected scheme://host"),
+    ({"search_device": "gpu"}, ValueError, "search_device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ({"search_device": "cuda", "index": "store", "shards": 2}, ValueError, "searches on its actors' CPUs"),
 ])
 def test_bad_settings_are_refused(values, error, message):
     with pytest.raises(error, match=message):

@@ -28,7 +28,7 @@ from ..storage.fields import StoredFields, concatenate
 from ..storage.index_file import IndexArrays
 from ..storage.segment import Segment, SegmentBuilder
 from ..storage.writer_lock import DEFAULT_TIMEOUT, ConcurrentWriteError, writer_lock
-from . import row_sets
+from . import row_sets, torch_backend
 from .core import segment_candidates
 from .filters import allowed_rows
 from .rules import EMPTY_ID, SearchableBase, check_first_stage, check_rescore, query_codes, search_by_candidates
@@ -63,6 +63,7 @@ class Index(SearchableBase):
         # (resolved path, its version) this index was loaded from or last saved to: a save there
         # first checks that no other writer changed it since (see `save`)
         self._origin: tuple[Path, Any] | None = None
+        self._device = None  # where numpy queries are searched: None, the C++ core; or a CUDA device (`to`)
 
     @classmethod
     def from_segments(cls, segments: Sequence[Segment], dim: int, store_float16: bool) -> "Index":
@@ -111,8 +112,42 @@ class Index(SearchableBase):
         """True when some vector has stored fields (`add(..., fields=...)`, a store encoded with them)."""
         return any(s.fields is not None and s.fields.names for s in self._snapshot())
 
+    @property
+    def device(self) -> str:
+        """Where searches run: "cpu" (the C++ core) or the CUDA device the index was moved to (`to`)."""
+        return "cpu" if self._device is None else str(self._device)
+
+    def to(self, device: Any) -> "Index":
+        """Search on `device` from now on; returns this index.
+
+        "cpu" (the default): the C++ core, on the mapped segments. A CUDA GPU ("cuda", "cuda:1", a
+        torch.device): every segment's int8 rows are copied there now and stay resident
+        (fastret.search.torch_backend), and every search runs on that GPU (the fused scan, the
+        binary stage's popcount, filters as bitmaps), numpy queries included: their results come
+        back as numpy arrays, the same as the core's. Rows added later are copied at their first
+        search; float16 copies (rescoring) and sign bits (the binary stage) at their first use.
+        Moving back to "cpu" drops the GPU copies.
+
+        Raises:
+            ValueError: a device that is neither "cpu" nor a CUDA GPU torch sees (with triton); an
+                index whose rows do not fit in the GPU's free memory (the sizes named).
+        """
+        segments = self._snapshot()
+        if str(device) == "cpu":
+            if self._device is not None:
+                torch_backend.drop_resident(segments, self._device)
+            self._device = None
+            return self
+        device = torch_backend.search_device(device)
+        torch_backend.make_resident(segments, device)
+        if self._device is not None and self._device != device:
+            torch_backend.drop_resident(segments, self._device)
+        self._device = device
+        return self
+
     def __repr__(self) -> str:
         extra = ", store_float16=True" if self.store_float16 else ""
+        extra += f", device={self.device!r}" if self._device is not None else ""
         return f"fastret.Index(dim={self.dim}, count={len(self)}, segments={self.segment_count}{extra})"
 
     def _snapshot(self) -> tuple[Segment, ...]:
@@ -233,7 +268,8 @@ class Index(SearchableBase):
             queries: float [q, dim] (numpy or torch; quantized here to 7-bit codes with
                 `fastret.quantize_queries`), or a (codes int8, scales) tuple (codes within
                 [-63, 63] take the fastest kernels). One 1-D vector counts as q = 1. CUDA tensors
-                search on that GPU (each segment copied there once, see fastret.search.rules).
+                search on that GPU (each segment copied there once, see fastret.search.torch_backend),
+                and every query does after `to("cuda")`.
             k: results per query, 1 <= k <= len(index).
             rescore: re-rank the top min(len, k * rescore_factor) int8 candidates by the exact dot
                 product of the float query with the stored float16 vectors (needs
@@ -249,7 +285,7 @@ class Index(SearchableBase):
             first_stage: "int8" (exact: every int8 code is read) or "binary": the rows' sign bits
                 (an eighth of the codes) are scanned for the best k x oversample by the binary
                 score (fastret.storage.sign_bits), and only those rows' int8 codes are read and ranked
-                exactly; numpy queries only (the C++ core).
+                exactly (in the C++ core, or on the GPU for CUDA queries or an index moved there).
             oversample: binary candidates per result: "auto" (the default; it grows with the live
                 rows searched, those a filter passes, by fastret.search.binary.auto_oversample, so
                 that recall against exact int8 stays >= 0.99 at any size) or an int >= 1, to trade
@@ -319,7 +355,7 @@ class Index(SearchableBase):
         c = checks.check_k(c, _live(segments))
         if exact:
             check_rescore(self.store_float16, queries, 1)
-        q_codes, q_scales, q_floats = query_codes(queries, self.dim)
+        q_codes, q_scales, q_floats = query_codes(queries, self.dim, self._device)
         return segment_candidates(segments, q_codes, q_scales, c, q_floats if exact else None, allowed,
                                   oversample=oversample)
 

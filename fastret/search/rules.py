@@ -106,7 +106,8 @@ class Searchable(Protocol):
     `search` and `candidates` follow `Index.search` and `Index.candidates` (same arguments and
     errors, filters and the binary first stage included; the results are those of `Index`, except
     where a searcher's own docstring says how they may differ); `contains`, `documents` and
-    `fields` follow `Index.contains`, `Index.documents` and `Index.fields`.
+    `fields` follow `Index.contains`, `Index.documents` and `Index.fields`; `device` says where
+    searches run ("cpu", or a CUDA device: `Index.to`).
     """
 
     @property
@@ -117,6 +118,9 @@ class Searchable(Protocol):
 
     @property
     def has_documents(self) -> bool: ...
+
+    @property
+    def device(self) -> str: ...
 
     def __len__(self) -> int: ...
 
@@ -150,6 +154,11 @@ class SearchableBase:
     def store_float16(self) -> bool:
         """Whether float16 copies are kept for rescoring."""
         return self._store_float16
+
+    @property
+    def device(self) -> str:
+        """Where searches run: "cpu" unless a searcher says otherwise (`Index.to`)."""
+        return "cpu"
 
 
 def check_rescore(store_float16: bool, queries: Any, rescore_factor: Any) -> None:

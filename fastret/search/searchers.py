@@ -6,13 +6,14 @@ and `fastret eval` open their `--index` here, so each of them searches on Ray th
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .index import Index
 from .rules import Searchable
 
 
 def open_searchable(path: str | os.PathLike, *, shards: int | None = None, ray_address: str | None = None,
-                    replicas: int = 1, verify: bool = True) -> Searchable:
+                    replicas: int = 1, verify: bool = True, device: Any = "cpu") -> Searchable:
     """A store directory or an index file, searchable here or on Ray.
 
     Args:
@@ -23,6 +24,8 @@ def open_searchable(path: str | os.PathLike, *, shards: int | None = None, ray_a
             `shards`, a local Ray is started (unless this process has joined one already).
         replicas: actors per shard.
         verify: check each file's checksum when it is opened (see `Index.load`).
+        device: where an `Index` searches: "cpu" (the C++ core) or a CUDA GPU, its rows copied
+            there now (`Index.to`); a Ray searcher's shards search on their CPUs.
 
     Returns:
         an `Index`, or a `ShardedIndex` whose actors share the CPUs Ray has free now (each
@@ -30,11 +33,14 @@ def open_searchable(path: str | os.PathLike, *, shards: int | None = None, ray_a
 
     Raises:
         ValueError: Ray is not installed, or as `Index.load` / `ShardedIndex.load` (e.g. more shards
-            than files).
+            than files) and `Index.to`; a device other than "cpu" with Ray.
         FileNotFoundError: no such file or directory.
     """
     if shards is None and ray_address is None:
-        return Index.load(path, verify=verify)
+        return Index.load(path, verify=verify).to(device)
+    if str(device) != "cpu":
+        raise ValueError(f"an index on Ray searches on its actors' CPUs, not on {device}: search on one GPU "
+                         "without shards or a Ray address, or on 'cpu'")
     try:
         import ray
 

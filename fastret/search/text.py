@@ -94,11 +94,13 @@ class TextSearch:
     @classmethod
     def open(cls, path: str | os.PathLike, encoder: Any = None, *, shards: int | None = None,
              ray_address: str | None = None, replicas: int = 1, mesh: MeshTree | str | os.PathLike | None = None,
-             verify: bool = True, reranker: Any = None) -> "TextSearch":
-        """A store directory or index file, searched here or on Ray (`fastret.search.searchers.open_searchable`
-        takes `shards`, `ray_address`, `replicas` and `verify`); a store's BM25 index serves hybrid searches."""
+             verify: bool = True, reranker: Any = None, device: Any = "cpu") -> "TextSearch":
+        """A store directory or index file, searched here (on the CPU, or on a CUDA GPU: `device`,
+        see `Index.to`) or on Ray (`fastret.search.searchers.open_searchable` takes `shards`,
+        `ray_address`, `replicas`, `verify` and `device`); a store's BM25 index serves hybrid searches."""
         path = Path(path)
-        searchable = open_searchable(path, shards=shards, ray_address=ray_address, replicas=replicas, verify=verify)
+        searchable = open_searchable(path, shards=shards, ray_address=ray_address, replicas=replicas, verify=verify,
+                                     device=device)
         return cls(searchable, encoder, lexical=path if path.is_dir() else None, mesh=mesh, reranker=reranker)
 
     def lexical(self) -> LexicalIndex:

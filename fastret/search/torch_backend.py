@@ -40,6 +40,10 @@ _TORCH_CHUNK_ELEMENTS = 1 << 27
 # Corpus rows per group whose best score pre-selects candidates in the torch backend.
 _CANDIDATE_GROUP = 128
 
+# The share of a GPU's free memory that an index's resident rows may take (`make_resident`): the
+# rest is left for search buffers, float16 copies and sign bits copied on first use, and the model.
+RESIDENT_SHARE = 0.8
+
 # The ways `torch_candidates` searches (module docstring).
 SEARCH_KERNELS = ("scan", "torch")
 
@@ -103,6 +107,69 @@ def kernels_on_device(device: Any) -> bool:
     from ..kernels.topk_int8_scan import HAS_TRITON
 
     return torch.device(device).type == "cuda" and HAS_TRITON
+
+
+def search_device(device: Any):
+    """`device` checked as a place for an index to search (`Index.to`): the torch.device of a CUDA
+    GPU that torch sees and the search kernels run on (`kernels_on_device`), "cuda" as the current one.
+
+    Raises:
+        ValueError: not a device name, not a CUDA device, no CUDA GPU (or not that many), no triton.
+    """
+    import torch
+
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (or a torch.device), got {device!r}") from None
+    if device.type != "cuda":
+        raise ValueError(f"an index searches on 'cpu' (the C++ core) or on a CUDA GPU, not on {device}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"searching on {device} needs a CUDA GPU, and torch sees none: search on 'cpu'")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"no {device}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if not kernels_on_device(device):
+        raise ValueError("searching on a GPU runs Triton kernels: pip install triton (torch's CUDA wheels bring it)")
+    return _device(device)
+
+
+def resident_bytes(segments: Sequence[Segment]) -> int:
+    """Device bytes of the segments' `resident_rows` at most: codes (dim bytes a row), scales (4),
+    ids (8) and the id order (12, when the ids do not ascend)."""
+    return sum(len(segment) * (segment.codes.shape[1] + 24) for segment in segments)
+
+
+def make_resident(segments: Sequence[Segment], device: Any) -> None:
+    """Copy the segments' rows to `device` now (`resident_rows`), so that no search waits for
+    them; on a GPU only once its free memory is known to hold them with a margin (RESIDENT_SHARE).
+
+    Raises:
+        ValueError: the rows would not fit, with the sizes and what to do.
+    """
+    import torch
+
+    device = _device(device)
+    if device.type == "cuda":
+        needed = resident_bytes(segments)
+        free, total = torch.cuda.mem_get_info(device)
+        if needed > RESIDENT_SHARE * free:
+            raise ValueError(f"the index's int8 rows take {needed / 2**30:.2f} GiB on {device}, which has "
+                             f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB (at most "
+                             f"{RESIDENT_SHARE:.0%} of the free memory is used): search on 'cpu', free memory "
+                             "on the GPU, or use a GPU with more")
+    for segment in segments:
+        if len(segment):
+            resident_rows(segment, device)
+
+
+def drop_resident(segments: Sequence[Segment], device: Any) -> None:
+    """Forget the segments' copies on `device` (every kind: rows, float16, sign bits, bitmaps,
+    live rows), so that the memory is freed once no search holds them."""
+    name = str(_device(device))
+    for segment in segments:
+        for key in [key for key in segment.cache if isinstance(key, tuple) and key[1:] == (name,)]:
+            del segment.cache[key]
 
 
 def passing_segments(segments: Sequence[Segment], allowed: Sequence[np.ndarray] | None, device: Any):

@@ -527,7 +527,7 @@ def _add_status_routes(app: FastAPI, service: _Service) -> None:
             "prompts": sorted(encoder.prompts), "version": __version__, **service.config.public(),
             "index": None if index is None else {
                 "name": None if service.index_path is None else service.index_path.name, "size": len(index),
-                "dim": index.dim, "rescore": index.store_float16},
+                "dim": index.dim, "rescore": index.store_float16, "device": index.device},
             "reranker": None if reranker is None else {
                 "model_id": Path(str(reranker.model_dir)).name, "model_dtype": str(reranker.dtype),
                 "max_input_length": reranker.max_length},
@@ -703,14 +703,30 @@ async def _send_json(send, status: int, content: dict, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
-def open_index(config: ServeConfig) -> Searchable | None:
+def open_index(config: ServeConfig, model_device: Any = "cpu") -> Searchable | None:
     """What /search searches: `config.index` (a store directory or an index file) mapped from
     disk, or, with `shards` / `ray_address`, a ShardedIndex of it on Ray; None when the config
-    names no index."""
+    names no index. It searches on `config.search_device` (`Index.to`); "auto" is the model's
+    device (`model_device`) when that is a CUDA GPU and the index fits there (else the CPU, with a
+    warning that says why), and the CPU for an index on Ray.
+
+    Raises:
+        ValueError: as `open_searchable` (e.g. an index that does not fit on the GPU named).
+    """
     if config.index is None:
         return None
-    return open_searchable(config.index, shards=config.shards, ray_address=config.ray_address,
-                           replicas=config.replicas)
+    device = config.search_device
+    if device != "auto":
+        return open_searchable(config.index, shards=config.shards, ray_address=config.ray_address,
+                               replicas=config.replicas, device=device)
+    index = open_searchable(config.index, shards=config.shards, ray_address=config.ray_address,
+                            replicas=config.replicas)
+    if str(model_device).startswith("cuda") and config.shards is None and config.ray_address is None:
+        try:
+            index.to(model_device)
+        except ValueError as error:
+            logger.warning(f"/search runs on the CPU, not on the model's {model_device}: {error}")
+    return index
 
 
 def serve(encoder: Encoder, config: ServeConfig | None = None, *,
@@ -731,7 +747,7 @@ def serve(encoder: Encoder, config: ServeConfig | None = None, *,
     config = config or ServeConfig()
     reranker = None if config.reranker is None else Reranker(config.reranker, device=encoder.device,
                                                              preset=config.reranker_preset)
-    app = create_app(encoder, open_index(config), config.index, config, reranker)
+    app = create_app(encoder, open_index(config, encoder.device), config.index, config, reranker)
     warning = exposure_warning(config)
     if warning is not None:
         logger.warning(warning)

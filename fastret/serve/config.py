@@ -7,6 +7,7 @@ Kept apart from serve.py, which needs FastAPI and uvicorn, so that the command l
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +54,9 @@ class ServeConfig:
     max_k: int = _option(1000, "most results per query for /search")
     model_name: str | None = _option(None, "the model's name in answers (default: the model directory's name)",
                                         flag="--served-model-name")
+    search_device: str = _option(
+        "auto", "where /search runs: cpu (the C++ core), cuda or cuda:N (the index's rows resident in that GPU's "
+                "memory), or auto: the model's GPU when the model runs on one and the index fits there, else the CPU")
     shards: int | None = _option(None, SHARDS_HELP)
     ray_address: str | None = _option(None, RAY_ADDRESS_HELP, flag="--ray")
     replicas: int = _option(1, REPLICAS_HELP)
@@ -76,6 +80,12 @@ class ServeConfig:
             raise ValueError("reranker_preset is the cross-encoder's preset: set reranker (--reranker MODEL) too")
         if self.index is None and (self.shards is not None or self.ray_address is not None or self.replicas != 1):
             raise ValueError("shards, ray_address and replicas search an index: set index (--index STORE) too")
+        if not isinstance(self.search_device, str) or not (
+                self.search_device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.search_device)):
+            raise ValueError(f"search_device must be auto, cpu, cuda or cuda:N, got {self.search_device!r}")
+        if self.search_device.startswith("cuda") and (self.shards is not None or self.ray_address is not None):
+            raise ValueError("an index on Ray searches on its actors' CPUs: drop search_device (--search-device) "
+                             "or shards and ray_address")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
             raise ValueError("api_key is empty; pass a secret (e.g. `openssl rand -hex 32`), or none for no key")
         if isinstance(self.cors_origins, str):
