@@ -8,22 +8,27 @@ Two functions, for this script and for benchmarks/gpu_check.py:
 
   dry_run() -> dict
       Every new path at tiny sizes on the CPU, against the padded reference: a random BERT (mean
-      and CLS pooling; "padded" and "nested" attention; each fusion switch), GPT-NeoX and Llama
-      (last token) through fastret.encode.packed.PackedModel + pool_normalize_packed, against the
-      model's own forward + pool_normalize. With TRITON_INTERPRET=1 set before torch is imported
-      the pooling runs in Triton's interpreter. {"ok": bool, case: {"max_abs_diff", "min_cosine"}}.
+      and CLS pooling; "padded" and "nested" attention; each fusion switch; compiled), GPT-NeoX
+      (eager and compiled) and Llama (last token) through fastret.encode.packed.PackedModel +
+      pool_normalize_packed, against the model's own forward + pool_normalize. With
+      TRITON_INTERPRET=1 set before torch is imported the pooling runs in Triton's interpreter.
+      {"ok": bool, case: {"rows": {variant: {"max_abs_diff", "min_cosine", "first_pass_s", ...}}}}.
 
   measure(device="cuda", peak_tflops=989.0, budget_s=240.0, ...) -> dict
       On the GPU, on ready token ids (no tokenizer: the model's throughput), for fp16 and bf16:
       a BERT-base shape (random weights, PubMed-length texts, max 256 tokens, mean pooling) packed
-      with each usable attention backend, with and without each fusion (fuse_qkv, fuse_add_norm,
-      fuse_bias_gelu: fastret.encode.packed), and padded (the model's forward + pool_normalize on
-      length-sorted batches); then a decoder of BMRetriever-1B's
-      shape (Pythia-1B: GPT-NeoX, 2048 x 16 layers, random weights, last-token pooling), packed and
-      padded. Each row: docs/s, tokens/s, TFLOP/s, MFU (against peak_tflops) and the min cosine
-      to the padded path's embeddings. Also: whether a packed forward + pooling runs under
-      torch.cuda.set_sync_debug_mode("error") (no host synchronisation), and the host time of one
-      pool_normalize call (the wrapper's launch cost). Stops adding rows once budget_s is spent.
+      with each usable attention backend, compiled (torch.compile, PackedModel(compile=True)),
+      with and without each fusion (fuse_qkv, fuse_add_norm, fuse_bias_gelu:
+      fastret.encode.packed), and padded (the model's forward + pool_normalize on length-sorted
+      batches); then a decoder of BMRetriever-1B's shape (Pythia-1B: GPT-NeoX, 2048 x 16 layers,
+      random weights, last-token pooling), packed (eager and compiled) and padded. Each row:
+      docs/s, tokens/s, TFLOP/s, MFU (against peak_tflops), speedup_vs_default (docs/s against the
+      first packed row: each switch's gain), the min cosine to the padded path's embeddings, and
+      first_pass_s: the first pass over the texts, which compiles (and warms up) and is left out
+      of docs/s; compiled rows also count their graphs and graph breaks. Also: whether a packed
+      forward + pooling runs under torch.cuda.set_sync_debug_mode("error") (no host
+      synchronisation), and the host time of one pool_normalize call (the wrapper's launch cost).
+      Stops adding rows once budget_s is spent.
 
   pipeline(device="cuda", tokenizer_dir=None, docs=8192, ...) -> dict
       The whole `Encoder.embed` on NFCorpus abstracts of PubMed length (BERT-base shape, random
@@ -189,8 +194,9 @@ def throughput(seconds: float, lengths: np.ndarray, flops: float, peak_tflops: f
 
 def compare(model, token_ids: list, pooling: str, variants: list, batch_texts: int, max_length: int,
             repeats: int = 0, peak_tflops: float | None = None, deadline: float = float("inf")) -> dict:
-    """The padded path, then each packed variant ({"attention", fusion switches}) on the same texts:
-    differences to the padded embeddings, and with repeats > 0 their timings."""
+    """The padded path, then each packed variant ({"attention", fusion switches, compile}) on the
+    same texts: differences to the padded embeddings and the first pass's seconds, and with
+    repeats > 0 their timings (after that first pass) and speedup over the first variant."""
     device = next(model.parameters()).device
     causal = model.config.model_type != "bert"
     n, dim = len(token_ids), model.config.hidden_size
@@ -210,31 +216,55 @@ def compare(model, token_ids: list, pooling: str, variants: list, batch_texts: i
         if time.monotonic() > deadline:
             result["stopped"] = "budget spent"
             break
-        name = variant_name(variant)
         try:
             runner = PackedModel(model, **variant)
-            row = differences(run_packed(runner, packed, pooling, n, dim), reference)
+            row = first_pass(runner, packed, pooling, n, dim, reference)
             if repeats:
                 row.update(throughput(timed(lambda: run_packed(runner, packed, pooling, n, dim), device, repeats),
                                       lengths, flops, peak_tflops))
         except Exception as error:  # one variant's failure is recorded, the others still run
             row = {"error": f"{type(error).__name__}: {error}"}
-        result["rows"][name] = row
+        result["rows"][variant_name(variant)] = row
+    default = result["rows"].get(variant_name(variants[0]), {}).get("docs_per_s")
+    for name, row in result["rows"].items():
+        if default and name != "padded" and "docs_per_s" in row:
+            row["speedup_vs_default"] = row["docs_per_s"] / default  # each switch's gain
     return result
 
 
+def first_pass(runner: PackedModel, batches: list, pooling: str, n: int, dim: int, reference: torch.Tensor) -> dict:
+    """The runner's first pass over the batches: its seconds (compiling, for a compiled runner:
+    kept out of the timings after it), its differences to the reference embeddings and, compiled,
+    the graphs torch.compile made and the graph breaks it met."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    start = time.perf_counter()
+    embeddings = run_packed(runner, batches, pooling, n, dim)
+    if embeddings.device.type == "cuda":
+        torch.cuda.synchronize(embeddings.device)
+    row = {"first_pass_s": time.perf_counter() - start, **differences(embeddings, reference)}
+    if runner.compile:
+        row["graphs"] = int(counters["stats"]["unique_graphs"])
+        row["graph_breaks"] = int(sum(counters["graph_break"].values()))
+    return row
+
+
 def variant_name(variant: dict) -> str:
-    """"packed/<attention>" and each fusion switch the variant sets (the others: PackedModel's defaults)."""
+    """"packed/<attention>" and each switch the variant sets (fusions, compile; the others:
+    PackedModel's defaults)."""
     return "/".join(["packed", variant["attention"], *(f"{k}={v}" for k, v in variant.items() if k != "attention")])
 
 
 def variants_for(device: torch.device, dtype: torch.dtype, causal: bool, all_backends: bool) -> list:
-    """Packed variants to run: every usable attention backend (or just the first) with the default
-    fusions; then on the first backend QKV fused the other way than by default (unfused for BERT,
-    fused for decoders), and for BERT (not causal) each BERT fusion alone and both together."""
+    """Packed variants to run: the first usable attention backend with the default switches, the
+    same compiled, every other usable backend (with all_backends); then on the first backend QKV
+    fused the other way than by default (unfused for BERT, fused for decoders), and for BERT (not
+    causal) each BERT fusion alone and both together."""
     usable = [b for b in ATTENTION_BACKENDS if can_run(b, device, dtype, causal)]
     first = usable[0]
-    variants = [{"attention": b} for b in (usable if all_backends else usable[:1])]
+    variants = [{"attention": first}, {"attention": first, "compile": True}]
+    variants += [{"attention": b} for b in (usable[1:] if all_backends else [])]
     variants.append({"attention": first, "fuse_qkv": causal})
     if not causal:
         variants += [{"attention": first, "fuse_add_norm": True}, {"attention": first, "fuse_bias_gelu": True},
@@ -244,17 +274,17 @@ def variants_for(device: torch.device, dtype: torch.dtype, causal: bool, all_bac
 
 def dry_run() -> dict:
     """Every packed path at tiny sizes on the CPU against the padded reference (see the module
-    docstring). Returns {"ok": all max_abs_diff <= 1e-4, "<case>": compare(...) result}; each
-    result's "rows" are named by `variant_name`."""
+    docstring). Returns {"ok": all max_abs_diff <= 1e-4 and no graph breaks in a compiled row,
+    "<case>": compare(...) result}; each result's "rows" are named by `variant_name`."""
     cpu = torch.device("cpu")
     shrink = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
               "max_position_embeddings": 64}
     cases = {
         "bert_mean": ("bert", "mean", [{"attention": "padded"}, {"attention": "nested"}, *[
-            {"attention": "padded", **fusions} for fusions in ({"fuse_qkv": False}, {"fuse_add_norm": True},
-                                                               {"fuse_bias_gelu": True})]]),
+            {"attention": "padded", **switches} for switches in ({"fuse_qkv": False}, {"fuse_add_norm": True},
+                                                                 {"fuse_bias_gelu": True}, {"compile": True})]]),
         "bert_cls": ("bert", "cls", [{"attention": "padded"}]),
-        "gpt_neox_last": ("gpt_neox", "last", [{"attention": "padded"}]),
+        "gpt_neox_last": ("gpt_neox", "last", [{"attention": "padded"}, {"attention": "padded", "compile": True}]),
         "llama_last": ("llama", "last", [{"attention": "padded"}, {"attention": "padded", "fuse_qkv": True}]),
     }
     report, ok = {}, True
@@ -264,7 +294,7 @@ def dry_run() -> dict:
         token_ids = random_texts(7, 40, 1200, seed=1, lengths=(1, 60))
         report[case] = compare(model, token_ids, pooling, variants, batch_texts=3, max_length=40)
         for row in report[case]["rows"].values():
-            ok = ok and "error" not in row and row["max_abs_diff"] <= 1e-4
+            ok = ok and "error" not in row and row["max_abs_diff"] <= 1e-4 and not row.get("graph_breaks")
     report["ok"] = ok
     return report
 

@@ -20,7 +20,12 @@ def test_dry_run_finds_packed_equal_to_padded(tmp_path):
     assert set(report) == {"ok", "bert_mean", "bert_cls", "gpt_neox_last", "llama_last"}
     assert list(report["bert_mean"]["rows"]) == [
         "packed/padded", "packed/nested", "packed/padded/fuse_qkv=False", "packed/padded/fuse_add_norm=True",
-        "packed/padded/fuse_bias_gelu=True"]
+        "packed/padded/fuse_bias_gelu=True", "packed/padded/compile=True"]
+    assert list(report["gpt_neox_last"]["rows"]) == ["packed/padded", "packed/padded/compile=True"]
+    for case in ("bert_mean", "gpt_neox_last"):  # compiled, its first pass timed apart
+        compiled = report[case]["rows"]["packed/padded/compile=True"]
+        # 7 texts, 3 a batch: the batches of three share one graph, the last (one text) has its own
+        assert compiled["graphs"] == 2 and compiled["graph_breaks"] == 0 and compiled["first_pass_s"] > 0
     for case in ("bert_mean", "bert_cls", "gpt_neox_last", "llama_last"):
         result = report[case]
         assert result["tokens"] < result["padded_tokens"]  # the padded path did pad

@@ -274,3 +274,90 @@ def test_auto_attention_falls_back_only_before_its_first_batch():
     packed.attention, packed._fallbacks = "nested", ["padded"]  # after a batch has run: raised
     with pytest.raises(ValueError, match="no causal mask"):
         packed(batch)
+
+
+# ------------------------------------------------------------------------------------- compiled
+
+
+@pytest.mark.parametrize("family, options", [("bert", {}), ("llama", {"fuse_qkv": True})],
+                         ids=["bert", "llama-gqa-fused-qkv"])
+def test_compiled_forward_equals_eager_in_one_graph(family, options):
+    from torch._dynamo.utils import counters
+
+    model = tiny(family)
+    eager, compiled = PackedModel(model, **options), PackedModel(model, compile=True, **options)
+    assert compiled.compile and "compile=True" in repr(compiled)
+    counters.clear()
+    graphs = []
+    # other token and text counts with the same longest text, then another longest text, then one text
+    for seed, lengths in enumerate([LENGTHS, [17, 4, 4, 9], [20, 2], [6]]):
+        token_ids = texts(lengths, seed)
+        batch = collate_packed(token_ids, None)
+        with torch.inference_mode():
+            got, want = compiled(batch), eager(batch)
+        assert (got - want).abs().max() <= 1e-4
+        torch.testing.assert_close(got, padded_states(model, token_ids), atol=1e-4, rtol=1e-4)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert not counters["graph_break"]  # the whole forward in one graph
+    assert graphs == [1, 1, 1, 2]  # shapes symbolic from the first compile; a single text compiles its own
+
+
+def test_compiled_auto_attention_proves_its_backend_eagerly():
+    from torch._dynamo.utils import counters
+
+    model = tiny("llama")
+    packed = PackedModel(model, compile=True)
+    assert packed._fallbacks == []  # the CPU has one choice: compiled from the first batch
+    packed._fallbacks = ["padded"]  # as "auto" on a GPU, where a flash kernel comes first
+    counters.clear()
+    batch = collate_packed(texts(), None)
+    with torch.inference_mode():
+        first = packed(batch)
+        assert counters["stats"]["unique_graphs"] == 0  # eager: a failure here would be the backend's
+        second = packed(batch)
+    assert counters["stats"]["unique_graphs"] == 1  # the backend has run: compiled from now on
+    torch.testing.assert_close(first, second, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(second, padded_states(model, texts()), atol=1e-4, rtol=1e-4)
+
+
+def test_encoder_compiled_equals_eager(tiny_bert):
+    from torch._dynamo.utils import counters
+
+    docs = ["statins and breast cancer mortality", "vitamin D", "fish oil and the heart " * 5, "a"]
+    eager = fastret.Encoder(tiny_bert, device="cpu", packed=True)
+    compiled = fastret.Encoder(tiny_bert, device="cpu", packed=True, compile=True)
+    assert compiled.packed_model.compile and "compile=True" in repr(compiled) and "compile" not in repr(eager)
+    counters.clear()
+    assert np.abs(compiled.encode(docs) - eager.encode(docs)).max() <= 1e-4
+    assert counters["stats"]["unique_graphs"] == 1  # the encoder's batches ran compiled
+    assert np.abs(compiled.encode(docs[:1]) - eager.encode(docs[:1])).max() <= 1e-4  # one text: its own graph
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_compile_option_is_checked(tiny_bert):
+    with pytest.raises(TypeError, match="compile must be True or False, got 'yes'"):
+        PackedModel(tiny("bert"), compile="yes")
+    with pytest.raises(ValueError, match="compile fuses the residual add and LayerNorm itself"):
+        PackedModel(tiny("bert"), compile=True, fuse_add_norm=True)
+    with pytest.raises(ValueError, match="attention 'nested' breaks torch.compile's graph"):
+        PackedModel(tiny("bert"), compile=True, attention="nested")
+    with pytest.raises(TypeError, match="compile must be True or False, got 1"):
+        fastret.Encoder(tiny_bert, device="cpu", packed=True, compile=1)
+    with pytest.raises(ValueError, match=r"runs padded.*pass packed=True"):
+        fastret.Encoder(tiny_bert, device="cpu", compile=True)  # packed="auto": padded on the CPU
+    with pytest.raises(ValueError, match="cannot trace the C\\+\\+ int8 layers"):
+        fastret.Encoder(tiny_bert, device="cpu", packed=True, quantize="int8", compile=True)
+
+
+def test_compile_without_a_cpp_compiler_names_the_fix(monkeypatch):
+    import torch._inductor.config
+
+    model = tiny("bert")
+    compiled = PackedModel(model, compile=True)  # a compiler is found: the check passes
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/g++",))
+    with pytest.raises(RuntimeError, match=r"C\+\+ compiler and found none.*install g\+\+.*compile=False"):
+        PackedModel(model, compile=True)
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # compile now, not from the cache
+    with pytest.raises(RuntimeError, match=r"torch.compile failed on the packed bert model.*compile=False"):
+        with torch.inference_mode():
+            compiled(collate_packed(texts(), None))

@@ -54,6 +54,11 @@ class Encoder:
             "auto" (default): packed on CUDA for the model types it wires (BERT family, GPT-NeoX,
             Llama, Qwen2, Mistral, Gemma), padded elsewhere. Both give the same embeddings to float
             rounding. `packed_model` holds the packed runner (None on the padded path).
+        compile: run the packed model through torch.compile (`PackedModel(compile=True)`: inductor's
+            fused kernels, the token count dynamic, no CUDA graphs); the same embeddings to float
+            rounding. Off by default until a GPU run shows its gain (benchmarks/gpu_check.py's
+            encode_paths step times it against the eager packed model). The first batches compile
+            (seconds to minutes). Needs the packed path and float layers.
 
     Precedence: explicit arguments, then the preset, then the model's sentence-transformers
     config, then defaults (mean pooling, no normalization, the model's maximum length).
@@ -61,14 +66,16 @@ class Encoder:
     Raises:
         ValueError: not a model directory, unknown preset or pooling, unsupported pooling in the
             model's config; quantize on a GPU or with a dtype other than float32; packed=True
-            for a model type the packed path does not wire.
+            for a model type the packed path does not wire; compile=True on the padded path or
+            with quantize.
         TypeError: arguments of the wrong type.
+        RuntimeError: compile=True where torch.compile cannot build kernels (the message names the fix).
     """
 
     def __init__(self, model_name_or_path: str | Path, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, pooling: str | None = None,
                  normalize: bool | None = None, max_length: int | None = None, preset: str | None = None,
-                 quantize: str | None = None, packed: bool | str = "auto"):
+                 quantize: str | None = None, packed: bool | str = "auto", compile: bool = False):
         from transformers import AutoModel, AutoTokenizer
 
         model_dir, st_config = locate_model(model_name_or_path)
@@ -79,6 +86,10 @@ class Encoder:
         self.dtype = resolve_dtype("float32" if quantize is not None and dtype in (None, "auto") else dtype,
                                     self.device)
         self.quantize = check_quantize(quantize, self.device, self.dtype)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
+        if compile and self.quantize is not None:
+            raise ValueError("compile=True cannot trace the C++ int8 layers of quantize='int8'; use one of them")
 
         chosen = first_given(pooling, preset_config and preset_config.pooling, None)
         if chosen is None and "pooling_error" in st_config:
@@ -104,7 +115,10 @@ class Encoder:
             raise ValueError(f"packed must be True, False or 'auto', got {packed!r}")
         if packed == "auto":
             packed = self.device.type == "cuda" and supports_packed(self.model)
-        self.packed_model: PackedModel | None = PackedModel(self.model) if packed else None
+        if compile and not packed:
+            raise ValueError("compile=True compiles the packed model and this encoder runs padded (packed=False, "
+                             "or packed='auto' off CUDA or for a model type it does not wire): pass packed=True")
+        self.packed_model: PackedModel | None = PackedModel(self.model, compile=compile) if packed else None
 
         self.max_length = resolve_max_length(self.model, self.tokenizer, max_length,
                                              preset_config and preset_config.max_length, st_config.get("max_length"))
@@ -134,6 +148,7 @@ class Encoder:
         return (f"fastret.Encoder({str(self.model_dir)!r}, device={str(self.device)!r}, dtype={self.dtype}, "
                 f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}"
                 + f", packed={self.packed_model is not None}"
+                + (", compile=True" if self.packed_model is not None and self.packed_model.compile else "")
                 + (f", quantize={self.quantize!r})" if self.quantize else ")"))
 
     # ------------------------------------------------------------------ encoding

@@ -26,10 +26,16 @@ BERT-family layers fuse_add_norm
 fuse_bias_gelu (the intermediate GEMM with its bias and GELU in the epilogue,
 torch._addmm_activation: cuBLASLt on CUDA, where the GELU is the tanh approximation; exact on
 the CPU), both off until a GPU run shows their gain.
+
+compile=True runs the family's forward through torch.compile (inductor: its own fused kernels for
+the elementwise steps and norms between the GEMMs), off until a GPU run shows its gain (see
+`PackedModel` for the shape handling and why there are no CUDA graphs).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import types
 import warnings
 
 import torch
@@ -42,6 +48,11 @@ from .varlen_attention import auto_backends, pick_backend, varlen_attention
 
 PACKED_MODEL_TYPES = ("bert", "gpt_neox", "llama", "qwen2", "mistral", "gemma")
 GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# What varies from one PackedBatch to the next, by the names torch.compile gives them (the family
+# forwards take it as `batch`): its tensors' one dimension (tokens or texts) and the longest and
+# shortest text; symbolic from the first compile, so that other batches reuse the compiled code.
+COMPILE_DYNAMIC = ",".join(f"L['batch'].{name}" for name in (
+    "input_ids", "position_ids", "token_type_ids", "cu_seqlens", "lengths", "padded_index", "max_seqlen", "min_seqlen"))
 
 
 def supports_packed(model: nn.Module) -> bool:
@@ -68,14 +79,35 @@ class PackedModel:
         fuse_add_norm: BERT family: residual add + LayerNorm in one kernel (nn.LayerNorm only).
         fuse_bias_gelu: BERT family with a GELU activation: the intermediate layer's bias and GELU
             in its GEMM's epilogue (nn.Linear only; tanh-approximate GELU on CUDA).
+        compile: run the forward through `torch.compile` (inductor, its default mode): the
+            elementwise steps and norms between the GEMMs become generated fused kernels (so
+            fuse_add_norm, a hand-written one, is refused beside it). Shapes: a packed batch's
+            token count, text count and longest text vary from batch to batch, so they are
+            symbolic from the first compile (`COMPILE_DYNAMIC`; the weights stay static) and one
+            graph serves every batch; a batch of a single text compiles one more (torch
+            specializes sizes of 1). Each compile takes seconds to minutes, once. Each PackedModel
+            compiles its own (torch's limit of 8 graphs per function applies to each). No CUDA
+            graphs ("reduce-overhead"): a graph replays one recorded shape, so packed batches
+            would record anew nearly every batch, unless padded to a few bucket sizes, which
+            brings back the padding this path removes; and at encoding batch sizes (tens of
+            thousands of tokens) a BERT-base forward is milliseconds of GPU work against its ~200
+            kernel launches, queued ahead because nothing waits for the device. The "nested"
+            attention backend breaks the graph (its nested tensors read device values): it is
+            refused with compile, and "auto" passes over it. With "auto", batches run eagerly
+            while the backend has not run and fallbacks are left (a failure then is the backend's,
+            not the compiler's), compiled from then on.
 
     Raises:
         ValueError: a model type or configuration this module does not wire (the message says
-            which), or an attention backend that cannot run on the model's device and dtype.
+            which), an attention backend that cannot run on the model's device and dtype, or
+            compile with fuse_add_norm or with "nested" attention.
+        TypeError: a switch that is not True or False.
+        RuntimeError: compile where inductor cannot build kernels (no C++ compiler for the CPU, no
+            Triton for CUDA; the message names the fix).
     """
 
     def __init__(self, model: nn.Module, attention: str = "auto", fuse_qkv: bool | str = "auto",
-                 fuse_add_norm: bool = False, fuse_bias_gelu: bool = False):
+                 fuse_add_norm: bool = False, fuse_bias_gelu: bool = False, compile: bool = False):
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in PACKED_MODEL_TYPES:
             raise ValueError(f"packed encoding wires the model types {', '.join(PACKED_MODEL_TYPES)}; "
@@ -85,7 +117,8 @@ class PackedModel:
             raise ValueError(f"packed encoding cannot run this {model_type} model: {problem} (use packed=False)")
         if fuse_qkv == "auto":
             fuse_qkv = model_type == "bert"
-        flags = {"fuse_qkv": fuse_qkv, "fuse_add_norm": fuse_add_norm, "fuse_bias_gelu": fuse_bias_gelu}
+        flags = {"fuse_qkv": fuse_qkv, "fuse_add_norm": fuse_add_norm, "fuse_bias_gelu": fuse_bias_gelu,
+                 "compile": compile}
         for name, flag in flags.items():
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
@@ -93,19 +126,37 @@ class PackedModel:
             raise ValueError(f"fuse_add_norm and fuse_bias_gelu fuse BERT-family layers, not {model_type}")
         if fuse_bias_gelu and getattr(model.config, "hidden_act", None) not in GELU_ACTIVATIONS:
             raise ValueError(f"fuse_bias_gelu needs a GELU activation, the model has {model.config.hidden_act!r}")
+        if compile and fuse_add_norm:
+            raise ValueError("compile fuses the residual add and LayerNorm itself (inductor); fuse_add_norm is the "
+                             "eager path's kernel: set one of them")
+        if compile and attention == "nested":
+            raise ValueError("attention 'nested' breaks torch.compile's graph (its nested tensors read device "
+                             "values); with compile use 'auto', 'padded' or a flash kernel")
+        weight = next(model.parameters())
         self.model = model
         self.config = model.config
         self.causal = model_type != "bert"
-        weight = next(model.parameters())
-        self.attention = pick_backend(attention, weight.device, weight.dtype, self.causal)
-        self._fallbacks = auto_backends(weight.device, weight.dtype, self.causal)[1:] if attention == "auto" else []
+        if attention == "auto":  # the first that can run here; the others are fallbacks for the first batch
+            candidates = [name for name in auto_backends(weight.device, weight.dtype, self.causal)
+                          if not (compile and name == "nested")]
+            self.attention, self._fallbacks = candidates[0], candidates[1:]
+        else:
+            self.attention, self._fallbacks = pick_backend(attention, weight.device, weight.dtype, self.causal), []
+        if compile:
+            problem = _compile_problem(weight.device)
+            if problem is not None:
+                raise RuntimeError(f"compile=True: {problem}, or run eagerly (compile=False)")
         self._proven = False  # a batch has run with self.attention
         self.fuse_qkv, self.fuse_add_norm, self.fuse_bias_gelu = fuse_qkv, fuse_add_norm, fuse_bias_gelu
-        self._fused: dict[int, tuple] = {}  # layer -> (key of the projections it was made from, weight, bias, sizes)
+        self.compile = compile
+        self._fused: dict[int, tuple] = {}  # layer -> (key of the projections it was made from, weight, bias)
+        self._qkv: list = []  # this forward's fused projections per layer (see `_fused_projections`)
+        self._eager = {"bert": self._bert, "gpt_neox": self._gpt_neox}.get(model_type, self._llama)
+        self._compiled = torch.compile(_own_code(self._eager)) if compile else None
 
     def __repr__(self) -> str:
         return (f"PackedModel({self.config.model_type}, attention={self.attention!r}, fuse_qkv={self.fuse_qkv}, "
-                f"fuse_add_norm={self.fuse_add_norm}, fuse_bias_gelu={self.fuse_bias_gelu})")
+                f"fuse_add_norm={self.fuse_add_norm}, fuse_bias_gelu={self.fuse_bias_gelu}, compile={self.compile})")
 
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
         """Hidden states of the batch's tokens, [N, hidden] in the model's dtype (inference: run it
@@ -119,10 +170,11 @@ class PackedModel:
         if window is not None and batch.max_seqlen > window:
             raise ValueError(f"a text of {batch.max_seqlen} tokens is longer than the model's sliding window "
                              f"({window}), which packed attention does not apply; use packed=False")
-        forward = {"bert": self._bert, "gpt_neox": self._gpt_neox}.get(self.config.model_type, self._llama)
         while True:
+            compiled = self._compiled is not None and (self._proven or not self._fallbacks)
+            self._qkv = self._fused_projections()
             try:
-                hidden = forward(batch)
+                hidden = self._run_compiled(batch) if compiled else self._eager(batch)
             except torch.OutOfMemoryError:
                 raise
             except Exception as error:  # only until one batch has run; then raised
@@ -134,6 +186,20 @@ class PackedModel:
                 continue
             self._proven = True
             return hidden
+
+    def _run_compiled(self, batch: PackedBatch) -> torch.Tensor:
+        """The compiled forward, what varies from batch to batch symbolic from the first compile
+        (`COMPILE_DYNAMIC`); a failure of torch.compile itself raised as a RuntimeError that says so."""
+        from torch._dynamo.exc import TorchDynamoException
+
+        try:
+            with torch.compiler.config.patch(dynamic_sources=COMPILE_DYNAMIC):
+                return self._compiled(batch)
+        except TorchDynamoException as error:
+            reason = next(iter(str(error).strip().splitlines()), "")[:300]  # the rest: the chained error
+            raise RuntimeError(f"torch.compile failed on the packed {self.config.model_type} model (attention "
+                               f"{self.attention!r}): {type(error).__name__}: {reason}; run it eagerly "
+                               f"(compile=False)") from error
 
     # ------------------------------------------------------------------ the families
 
@@ -206,18 +272,26 @@ class PackedModel:
 
     def _project(self, i: int, x: torch.Tensor, heads: int, kv_heads: int):
         """Layer i's q [N, heads, head_dim], k and v [N, kv_heads, head_dim] of x [N, hidden]."""
-        projections = self._projections(i)
-        fused = self._fused_weights(i, projections) if self.fuse_qkv else None
+        fused = self._qkv[i] if self._qkv else None
         n = x.shape[0]
         if fused is None:
-            return tuple(p(x).view(n, h, -1) for p, h in zip(projections, (heads, kv_heads, kv_heads)))
-        weight, bias, sizes = fused
-        q, k, v = F.linear(x, weight, bias).split(sizes, dim=-1)  # [N, q + k + v] -> three views
-        return q.view(n, heads, -1), k.view(n, kv_heads, -1), v.view(n, kv_heads, -1)
+            return tuple(p(x).view(n, h, -1) for p, h in zip(self._projections(i), (heads, kv_heads, kv_heads)))
+        qkv = F.linear(x, *fused).view(n, heads + 2 * kv_heads, -1)  # [N, q + k + v heads, head_dim]
+        return qkv.split((heads, kv_heads, kv_heads), dim=1)  # three views
 
-    def _fused_weights(self, i: int, projections) -> tuple[torch.Tensor, torch.Tensor | None, list[int]] | None:
-        """(weight [q + k + v, hidden], bias or None, [q, k, v] sizes) of three nn.Linear, made once
-        and again whenever a module, weight or bias is replaced or changed in place; else None."""
+    def _fused_projections(self) -> list:
+        """Each layer's `_fused_weights` (or None), [] without fuse_qkv or for GPT-NeoX (whose layers
+        have one q/k/v projection already). Made eagerly before each forward, so that a compiled
+        forward reads ready tensors and traces no cache lookups."""
+        if not self.fuse_qkv or self.config.model_type == "gpt_neox":
+            return []
+        layers = self.model.encoder.layer if self.config.model_type == "bert" else self.model.layers
+        return [self._fused_weights(i, self._projections(i)) for i in range(len(layers))]
+
+    def _fused_weights(self, i: int, projections) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(weight [q + k + v, hidden], bias or None) of three nn.Linear (whose heads share one
+        head_dim, as in every wired family), made once and again whenever a module, weight or bias
+        is replaced or changed in place; else None."""
         if not all(type(p) is nn.Linear for p in projections):
             return None
         tensors = [t for p in projections for t in (p.weight, p.bias)]
@@ -231,7 +305,7 @@ class PackedModel:
         with torch.no_grad():
             weight = torch.cat([p.weight for p in projections])
             bias = None if biases[0] is None else torch.cat(biases)
-        self._fused[i] = (key, tensors, weight, bias, [p.out_features for p in projections])  # tensors: ids stay theirs
+        self._fused[i] = (key, tensors, weight, bias)  # tensors: their ids stay theirs
         return self._fused[i][2:]
 
 
@@ -250,6 +324,32 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = rotary // 2
     rotated = torch.cat((-part[..., half:], part[..., :half]), dim=-1)  # rotate_half
     return torch.cat((part * cos + rotated * sin, rest), dim=-1)
+
+
+def _own_code(method):
+    """`method` bound to a copy of its function with a code object of its own. torch.compile keeps
+    compiled graphs, and counts them against its recompile limit (8), per code object: without a
+    copy every PackedModel of a process would share one budget for its family's forward (a model
+    in fp16 and one in bf16 with two variants each would spend it, and later ones run eagerly)."""
+    function = method.__func__
+    copy = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                              function.__defaults__, function.__closure__)
+    return types.MethodType(copy, method.__self__)
+
+
+def _compile_problem(device: torch.device) -> str | None:
+    """Why inductor cannot build kernels for `device` in this process (with the fix), or None."""
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "inductor generates Triton kernels for CUDA and Triton is not installed: pip install triton"
+    if device.type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except Exception as error:  # inductor's own search: InvalidCxxCompiler where none runs
+            return (f"inductor builds CPU kernels with a C++ compiler and found none ({type(error).__name__}): "
+                    f"install g++ (apt-get install g++) or set CXX to one before Python starts")
+    return None
 
 
 def _unsupported(model: nn.Module) -> str | None:
