@@ -28,13 +28,14 @@ Steps (in this order; each one's failure is recorded and the run goes on):
              the measuring); and fastret's tokenizer and model timed apart against `encode`.
   encode_paths
              packed (unpadded) encoding against the padded path (benchmarks/gpu_encode_paths.py):
-             BERT-base at PubMed lengths packed per attention backend and fusion switch, fp16 and
+             BERT-base at PubMed lengths packed per attention backend, fusion switch and compiled, fp16 and
              bf16, and a 1B decoder (Pythia-1B shape, last token), with MFU and min cosine to
              padded; whether the loop runs with no host synchronisation; `Encoder.embed` end to
              end, packed and padded. In the dry run: every packed path tiny against the padded one.
   corpus     --corpus-docs documents (default 100,000) through `Encoder.encode_corpus` (BERT-base
              shape, fp16) into a store, end to end (tokenizing, encoding, writing shards), the
-             store opened and searched; the time for 1,000,000 extrapolated linearly.
+             store opened and searched; the time for 1,000,000 extrapolated linearly (run
+             --corpus-docs 1000000 for the end-to-end million the encoding issue asks for).
   search     exact int8 search, --search-rows x 768 (default 1,000,000) random unit vectors:
              fastret Index on CUDA (1 query: median latency; 1,000 queries: QPS), against a
              chunked torch float16 matmul + top-k (what faiss-gpu's flat index does); top-10 ids
