@@ -222,6 +222,7 @@ def test_tiny_models_packed_equal_padded(request, family, preset):
         docs = ["Statins lower cholesterol " * 4, "Query: vitamin D", "a", ""]
     padded = fastret.Encoder(directory, device="cpu", preset=preset)
     packed = fastret.Encoder(directory, device="cpu", preset=preset, packed=True)
+    assert packed.packed_model.first_token_only is (preset == "medcpt-article")  # CLS pooling: the last layer on CLS
     assert np.abs(padded.encode(docs) - packed.encode(docs)).max() <= 1e-5
 
 
@@ -250,6 +251,37 @@ def test_bert_fusions_equal_the_padded_forward(fusions):
     with torch.no_grad():
         got = packed(collate_packed(token_ids, None))
     torch.testing.assert_close(got, padded_states(model, token_ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(fuse_qkv=False), dict(fuse_bias_gelu=True, fuse_add_norm=True),
+                                     dict(attention="nested")], ids=str)
+def test_first_token_only_gives_the_first_rows_of_the_full_forward(options):
+    model = tiny("bert")
+    token_ids = texts()
+    type_ids = [[0] * (len(ids) // 2) + [1] * (len(ids) - len(ids) // 2) for ids in token_ids]
+    batch = collate_packed(token_ids, type_ids)
+    packed = PackedModel(model, first_token_only=True, **options)
+    assert "first_token_only=True" in repr(packed)
+    with torch.no_grad():
+        got = packed(batch)
+    starts = np.cumsum([0] + [len(ids) for ids in token_ids])[:-1]
+    assert got.shape == (len(token_ids), 32)
+    torch.testing.assert_close(got, padded_states(model, token_ids, type_ids)[starts], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # one text, texts of one token, empty texts (zeros, as pooling gives them)
+        for lengths in ([7], [1, 1, 4], [0, 5, 0, 2, 0]):
+            some = texts(lengths, seed=3)
+            real = [ids for ids in some if ids]
+            want = torch.zeros(len(some), 32)
+            want[[n for n, ids in enumerate(some) if ids]] = padded_states(model, real)[
+                np.cumsum([0] + [len(ids) for ids in real])[:-1]]
+            torch.testing.assert_close(packed(collate_packed(some, None)), want, atol=1e-5, rtol=1e-5)
+
+
+def test_first_token_only_is_checked():
+    with pytest.raises(ValueError, match="first_token_only serves BERT-family encoders .*, not llama"):
+        PackedModel(tiny("llama"), first_token_only=True)
+    with pytest.raises(TypeError, match="first_token_only must be True or False"):
+        PackedModel(tiny("bert"), first_token_only="yes")
 
 
 def test_fusions_are_refused_where_they_do_not_apply():

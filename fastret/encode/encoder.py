@@ -118,7 +118,10 @@ class Encoder:
         if compile and not packed:
             raise ValueError("compile=True compiles the packed model and this encoder runs padded (packed=False, "
                              "or packed='auto' off CUDA or for a model type it does not wire): pass packed=True")
-        self.packed_model: PackedModel | None = PackedModel(self.model, compile=compile) if packed else None
+        # CLS pooling reads each text's first token only: a BERT-family model's last layer runs on those rows
+        first_token_only = self.pooling == "cls" and self.model.config.model_type == "bert"
+        self.packed_model: PackedModel | None = PackedModel(
+            self.model, compile=compile, first_token_only=first_token_only) if packed else None
 
         self.max_length = resolve_max_length(self.model, self.tokenizer, max_length,
                                              preset_config and preset_config.max_length, st_config.get("max_length"))
@@ -416,9 +419,11 @@ class Encoder:
         encoder's device: (vectors,) or (vectors, codes, scales), queued without waiting."""
         if isinstance(batch, PackedBatch):
             batch = batch.to(self.device, non_blocking=True)
-            hidden = self.packed_model(batch)  # [N, hidden]
-            pooled = pool_normalize_packed(hidden, batch.cu_seqlens, mode=self.pooling, normalize=normalize,
-                                           quantize=quantize)
+            hidden = self.packed_model(batch)  # [N, hidden]; [B, hidden] with first_token_only
+            bounds = batch.cu_seqlens
+            if self.packed_model.first_token_only:  # one row per text, already its first token
+                bounds = torch.arange(batch.num_texts + 1, dtype=bounds.dtype, device=bounds.device)
+            pooled = pool_normalize_packed(hidden, bounds, mode=self.pooling, normalize=normalize, quantize=quantize)
         else:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             hidden = self.model(**batch).last_hidden_state  # [B, L, hidden]

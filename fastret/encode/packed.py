@@ -44,7 +44,7 @@ from torch import nn
 
 from ..kernels.add_layer_norm import add_layer_norm
 from .batches import PackedBatch
-from .varlen_attention import auto_backends, pick_backend, varlen_attention
+from .varlen_attention import auto_backends, first_token_attention, pick_backend, varlen_attention
 
 PACKED_MODEL_TYPES = ("bert", "gpt_neox", "llama", "qwen2", "mistral", "gemma")
 GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -97,17 +97,25 @@ class PackedModel:
             while the backend has not run and fallbacks are left (a failure then is the backend's,
             not the compiler's), compiled from then on.
 
+        first_token_only: BERT family: compute the last layer for each text's first token only
+            and return those rows, [B, hidden] (all that CLS pooling and a cross-encoder's pooler
+            read; zeros for an empty text, as pooling gives): the keys and values of that layer still come from every token, but its query,
+            attention output and feed-forward run on B rows instead of N (a sixth of MiniLM's
+            work, a twelfth of BERT-base's). The rows equal the full forward's first rows, to
+            float rounding.
+
     Raises:
         ValueError: a model type or configuration this module does not wire (the message says
-            which), an attention backend that cannot run on the model's device and dtype, or
-            compile with fuse_add_norm or with "nested" attention.
+            which), an attention backend that cannot run on the model's device and dtype,
+            compile with fuse_add_norm or with "nested" attention, or first_token_only on a decoder.
         TypeError: a switch that is not True or False.
         RuntimeError: compile where inductor cannot build kernels (no C++ compiler for the CPU, no
             Triton for CUDA; the message names the fix).
     """
 
     def __init__(self, model: nn.Module, attention: str = "auto", fuse_qkv: bool | str = "auto",
-                 fuse_add_norm: bool = False, fuse_bias_gelu: bool = False, compile: bool = False):
+                 fuse_add_norm: bool = False, fuse_bias_gelu: bool = False, compile: bool = False,
+                 first_token_only: bool = False):
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in PACKED_MODEL_TYPES:
             raise ValueError(f"packed encoding wires the model types {', '.join(PACKED_MODEL_TYPES)}; "
@@ -118,10 +126,13 @@ class PackedModel:
         if fuse_qkv == "auto":
             fuse_qkv = model_type == "bert"
         flags = {"fuse_qkv": fuse_qkv, "fuse_add_norm": fuse_add_norm, "fuse_bias_gelu": fuse_bias_gelu,
-                 "compile": compile}
+                 "compile": compile, "first_token_only": first_token_only}
         for name, flag in flags.items():
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if first_token_only and model_type != "bert":
+            raise ValueError(f"first_token_only serves BERT-family encoders (CLS pooling, cross-encoders), not "
+                             f"{model_type}")
         if (fuse_add_norm or fuse_bias_gelu) and model_type != "bert":
             raise ValueError(f"fuse_add_norm and fuse_bias_gelu fuse BERT-family layers, not {model_type}")
         if fuse_bias_gelu and getattr(model.config, "hidden_act", None) not in GELU_ACTIVATIONS:
@@ -149,6 +160,7 @@ class PackedModel:
         self._proven = False  # a batch has run with self.attention
         self.fuse_qkv, self.fuse_add_norm, self.fuse_bias_gelu = fuse_qkv, fuse_add_norm, fuse_bias_gelu
         self.compile = compile
+        self.first_token_only = first_token_only
         self._fused: dict[int, tuple] = {}  # layer -> (key of the projections it was made from, weight, bias)
         self._qkv: list = []  # this forward's fused projections per layer (see `_fused_projections`)
         self._eager = {"bert": self._bert, "gpt_neox": self._gpt_neox}.get(model_type, self._llama)
@@ -156,11 +168,13 @@ class PackedModel:
 
     def __repr__(self) -> str:
         return (f"PackedModel({self.config.model_type}, attention={self.attention!r}, fuse_qkv={self.fuse_qkv}, "
-                f"fuse_add_norm={self.fuse_add_norm}, fuse_bias_gelu={self.fuse_bias_gelu}, compile={self.compile})")
+                f"fuse_add_norm={self.fuse_add_norm}, fuse_bias_gelu={self.fuse_bias_gelu}, compile={self.compile}"
+                + (", first_token_only=True)" if self.first_token_only else ")"))
 
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
-        """Hidden states of the batch's tokens, [N, hidden] in the model's dtype (inference: run it
-        under torch.inference_mode or no_grad). Reads no device value on the host."""
+        """Hidden states of the batch's tokens, [N, hidden] in the model's dtype ([B, hidden], each
+        text's first token, with first_token_only; inference: run it under torch.inference_mode or
+        no_grad). Reads no device value on the host."""
         if not isinstance(batch, PackedBatch):
             raise TypeError(f"PackedModel takes a PackedBatch (fastret.encode.batches.collate_packed), "
                             f"got {type(batch).__name__}")
@@ -209,13 +223,40 @@ class PackedModel:
                  else emb.token_type_embeddings.weight[0])  # type 0 everywhere: one row, broadcast
         x = emb.LayerNorm(emb.word_embeddings(batch.input_ids) + types + emb.position_embeddings(batch.position_ids))
         heads = self.config.num_attention_heads
-        for i, layer in enumerate(self.model.encoder.layer):  # x [N, hidden] throughout
+        layers = self.model.encoder.layer
+        for i, layer in enumerate(layers):  # x [N, hidden] throughout
+            if self.first_token_only and i == len(layers) - 1:
+                return self._bert_layer_on_first_tokens(i, x, batch)
             attention = layer.attention
             q, k, v = self._project(i, x, heads, heads)  # [N, heads, head_dim] each
             a = varlen_attention(q, k, v, batch, False, _scale(attention.self, q), self.attention)
             x = self._add_norm(attention.output.LayerNorm, attention.output.dense(a.flatten(1)), x)
             x = self._add_norm(layer.output.LayerNorm, layer.output.dense(self._intermediate(layer.intermediate, x)), x)
         return x
+
+    def _bert_layer_on_first_tokens(self, i: int, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """BERT layer i for each text's first token only: x [N, hidden] -> [B, hidden]. Keys and
+        values from every token; the query, attention output and feed-forward of the B first rows."""
+        layer = self.model.encoder.layer[i]
+        attention, heads = layer.attention, self.config.num_attention_heads
+        # an empty text's first row is another's (clamped into range): its output is zeroed below
+        first = x.index_select(0, batch.cu_seqlens[:-1].long().clamp(max=x.shape[0] - 1))  # [B, hidden]
+        fused = self._qkv[i] if self._qkv else None
+        if fused is None:
+            projections = self._projections(i)
+            q = projections[0](first)
+            k, v = (p(x).view(x.shape[0], heads, -1) for p in projections[1:])  # [N, heads, head_dim]
+        else:
+            weight, bias = fused  # [3 x hidden, hidden]: q, k, v rows
+            rows = weight.shape[0] // 3
+            q = F.linear(first, weight[:rows], None if bias is None else bias[:rows])
+            k, v = F.linear(x, weight[rows:], None if bias is None else bias[rows:]).view(
+                x.shape[0], 2 * heads, -1).split((heads, heads), dim=1)  # [N, heads, head_dim] each
+        q = q.view(first.shape[0], heads, -1)  # [B, heads, head_dim]
+        a = first_token_attention(q, k, v, batch, _scale(attention.self, q))  # [B, heads, head_dim]
+        y = self._add_norm(attention.output.LayerNorm, attention.output.dense(a.flatten(1)), first)
+        y = self._add_norm(layer.output.LayerNorm, layer.output.dense(self._intermediate(layer.intermediate, y)), y)
+        return torch.where((batch.lengths > 0)[:, None], y, y.new_zeros(()))  # [B, hidden]
 
     def _gpt_neox(self, batch: PackedBatch) -> torch.Tensor:
         x = self.model.embed_in(batch.input_ids)  # [N, hidden]

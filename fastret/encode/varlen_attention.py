@@ -113,19 +113,40 @@ def _nested(q, k, v, batch: PackedBatch, scale: float) -> torch.Tensor:
     return out.transpose(1, 2).values()  # [N, Hq, Dh]
 
 
+def first_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch,
+                          scale: float) -> torch.Tensor:
+    """Attention of each text's first token over all of its tokens (not causal): q [B, Hq, Dh]
+    (the first tokens' queries), k, v [N, Hkv, Dh] packed -> [B, Hq, Dh]; what the last layer of
+    an encoder needs when only each text's first token is read (CLS pooling, a cross-encoder's
+    pooler). Keys and values padded to [B, Hkv, max_seqlen, Dh] and masked: any device, no host read."""
+    out = F.scaled_dot_product_attention(q[:, :, None, :], _padded_rows(k, batch), _padded_rows(v, batch),
+                                         attn_mask=_key_mask(batch)[:, None, None, :], scale=scale,
+                                         enable_gqa=q.shape[1] != k.shape[1])  # [B, Hq, 1, Dh]
+    return out[:, :, 0, :]
+
+
+def _padded_rows(x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Packed rows x [N, H, Dh] as [B, H, max_seqlen, Dh], zeros past each text's end."""
+    B, L = batch.num_texts, batch.max_seqlen
+    out = x.new_zeros((B * L, *x.shape[1:]))
+    out.index_copy_(0, batch.padded_index, x)
+    return out.view(B, L, *x.shape[1:]).transpose(1, 2)
+
+
+def _key_mask(batch: PackedBatch) -> torch.Tensor:
+    """bool [B, max_seqlen]: True at each text's real tokens."""
+    keys = torch.arange(batch.max_seqlen, device=batch.lengths.device)  # [L]
+    return keys[None, :] < batch.lengths[:, None]
+
+
 def _padded(q, k, v, batch: PackedBatch, causal: bool, scale: float) -> torch.Tensor:
     """SDPA on [B, H, max_seqlen, Dh] copies of the packed rows, keys masked past each text's end."""
     B, L = batch.num_texts, batch.max_seqlen
-
-    def padded(x):  # [N, H, Dh] -> [B, H, L, Dh], zeros past each text's end
-        out = x.new_zeros((B * L, *x.shape[1:]))
-        out.index_copy_(0, batch.padded_index, x)
-        return out.view(B, L, *x.shape[1:]).transpose(1, 2)
-
-    keys = torch.arange(L, device=q.device)  # [L]
-    mask = (keys[None, :] < batch.lengths[:, None])[:, None, None, :]  # [B, 1, 1, L]: real keys
+    mask = _key_mask(batch)[:, None, None, :]  # [B, 1, 1, L]: real keys
     if causal:
+        keys = torch.arange(L, device=q.device)  # [L]
         mask = mask & (keys[None, :] <= keys[:, None])  # [B, 1, L, L]: and not after the query
-    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=mask, scale=scale,
+    out = F.scaled_dot_product_attention(_padded_rows(q, batch), _padded_rows(k, batch), _padded_rows(v, batch),
+                                         attn_mask=mask, scale=scale,
                                          enable_gqa=q.shape[1] != k.shape[1])  # [B, Hq, L, Dh]
     return out.transpose(1, 2).reshape(B * L, out.shape[1], out.shape[3]).index_select(0, batch.padded_index)

@@ -13,8 +13,8 @@ Pairs run in length-sorted batches under a token budget, on the device and in th
 `Encoder` would pick, int8 linear layers on the CPU with `quantize="int8"`. A BERT-family
 cross-encoder (BertForSequenceClassification: MedCPT-Cross-Encoder, the ms-marco MiniLM ones) runs
 packed by default: the pairs of a batch back to back with no pad token in any matmul
-(`fastret.encode.packed`, one GEMM for q, k and v), then the model's own pooler and classifier on
-each pair's first token; on the CPU the intermediate layer's bias and GELU ride in its GEMM
+(`fastret.encode.packed`, one GEMM for q, k and v), the last layer computed for each pair's first
+token only (the one row the pooler reads), then the model's own pooler and classifier; on the CPU the intermediate layer's bias and GELU ride in its GEMM
 (exact there) and batches hold at most CPU_PACKED_TOKENS tokens.
 """
 
@@ -107,7 +107,8 @@ class Reranker:
         self.packed_model = None
         if packed is not False and wired is None:
             on_cpu = self.device.type == "cpu"
-            self.packed_model = PackedModel(self.model.bert, fuse_bias_gelu=on_cpu and self.quantize is None)
+            self.packed_model = PackedModel(self.model.bert, fuse_bias_gelu=on_cpu and self.quantize is None,
+                                            first_token_only=True)
         self.max_length = resolve_max_length(self.model, self.tokenizer, max_length,
                                              preset and RERANKER_PRESETS[preset].max_length)
         self._backend = truncating_tokenizer(self.tokenizer, self.max_length)
@@ -196,10 +197,10 @@ class Reranker:
         return scores
 
     def _packed_logits(self, batch) -> torch.Tensor:
-        """[B] logits of a PackedBatch: the packed encoder, then the model's pooler (on each pair's
-        first token) and classifier, as BertForSequenceClassification applies them."""
-        hidden = self.packed_model(batch)  # [N, hidden]
-        first = hidden.index_select(0, batch.cu_seqlens[:-1].long())  # [B, hidden]
+        """[B] logits of a PackedBatch: the packed encoder (its last layer on each pair's first
+        token only), then the model's pooler and classifier, as BertForSequenceClassification
+        applies them."""
+        first = self.packed_model(batch)  # [B, hidden]
         return self.model.classifier(self.model.bert.pooler(first[:, None, :]))[:, 0]
 
     def rank(self, query: str, texts: Sequence[str], top_k: int | None = None, activation: str = "sigmoid",
