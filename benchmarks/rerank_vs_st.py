@@ -14,12 +14,16 @@ time does not depend on the weights):
     bert-base  12 layers, 768 wide, random: the shape of MedCPT-Cross-Encoder (PubMedBERT)
 Precisions: float32 for both engines; bfloat16 for both where the CPU has bf16 instructions; and
 fastret's int8 linear layers (its own row: no CrossEncoder counterpart). Scores are checked
-against CrossEncoder's at float32.
+against CrossEncoder's at float32. With --device cuda (benchmarks/gpu_check.py's rerank step):
+float32, float16 and bfloat16 for both engines on the GPU, no int8 row, and the speed-ups
+reported without the CPU's 1.5x target.
 
-The ceiling: every engine that computes the same scores at the same precision does the model's
-multiply-adds on the real (unpadded) tokens of the pairs. The benchmark counts them (2 per
-multiply-add: the linear layers and the attention products, from the model's config and each
-pair's token count) and measures the fastest rate this CPU reaches at that precision (torch's own
+The ceiling: every engine that computes the same scores at the same precision does at least the
+multiply-adds the scores need: every layer on the real (unpadded) tokens of the pairs, but the
+last layer only for what reaches the first token (the one row the pooler reads: the keys and
+values of every token, the rest for that token). The benchmark counts them (2 per multiply-add:
+the linear layers and the attention products, from the model's config and each pair's token
+count) and measures the fastest rate this CPU reaches at that precision (torch's own
 matrix product, a 2048^3 GEMM, best of several: one matrix product at full tiles, nothing else).
 Useful FLOP/s over that rate is each engine's fraction of the machine; the rate over CrossEncoder's
 useful FLOP/s is the most any engine doing that arithmetic can gain over CrossEncoder here, the
@@ -54,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=8, help="NFCorpus test queries, each with its top 100")
     parser.add_argument("--shapes", default="minilm,bert-base")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per engine, best kept")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU rows")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args()
 
@@ -92,25 +97,35 @@ def candidate_pairs(queries: int) -> list[list[tuple[str, str]]]:
 
 
 def useful_flops(config, lengths: list[int]) -> float:
-    """FLOPs (2 per multiply-add) of a BERT encoder's layers over sequences of `lengths` real
-    tokens: per token the four attention projections and the two feed-forward matrices, per
-    sequence the attention products Q K^T and P V (L^2 x hidden each)."""
+    """FLOPs (2 per multiply-add) that a cross-encoder's score needs over pairs of `lengths` real
+    tokens. Every layer but the last, on every token: the four attention projections and the two
+    feed-forward matrices, and per pair the attention products Q K^T and P V (L^2 x hidden each).
+    The last layer only feeds the first token (all the pooler reads): keys and values of every
+    token, then the first token's query, attention (2 x L x hidden), output projection and
+    feed-forward."""
     hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     per_token = 2 * (4 * hidden * hidden + 2 * hidden * inner)
-    return float(layers * sum(n * per_token + 4 * n * n * hidden for n in lengths))
+    first_layers = (layers - 1) * sum(n * per_token + 4 * n * n * hidden for n in lengths)
+    last_layer = sum(n * 2 * (2 * hidden * hidden) + 2 * (2 * hidden * hidden + 2 * hidden * inner)
+                     + 4 * n * hidden for n in lengths)
+    return float(first_layers + last_layer)
 
 
-def gemm_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
-    """FLOP/s of torch's size^3 matrix product at `dtype` on this CPU, best of `repeats`."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+def gemm_rate(dtype: torch.dtype, device: torch.device, repeats: int = 8) -> float:
+    """FLOP/s of torch's size^3 matrix product at `dtype` on `device` (2048 on a CPU, 8192 on a
+    GPU), best of `repeats`."""
+    size = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     a @ b
-    best = min(timed_once(lambda: a @ b) for _ in range(repeats))
+    best = min(timed_once(lambda: a @ b, device) for _ in range(repeats))
     return 2 * size**3 / best
 
 
-def timed_once(fn) -> float:
+def timed_once(fn, device: torch.device) -> float:
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -135,13 +150,15 @@ def pairs_per_second(engines: dict, per_query: list, rounds: int) -> tuple[dict,
     return {name: total / min(times) for name, times in seconds.items()}, scores
 
 
-def measure_shape(shape: str, per_query: list, rounds: int) -> dict:
+def measure_shape(shape: str, per_query: list, rounds: int, device: torch.device = torch.device("cpu")) -> dict:
+    """Each precision's row for the cross-encoder of `shape` on `device` (module docstring)."""
     from sentence_transformers import CrossEncoder
 
     from transformers import AutoConfig
 
     path = cross_encoder(shape)
-    precisions = ["float32"] + (["bfloat16"] if bf16_instruction_sets() else [])
+    on_gpu = device.type == "cuda"
+    precisions = ["float32"] + (["float16", "bfloat16"] if on_gpu else ["bfloat16"] if bf16_instruction_sets() else [])
     rows, reference = {}, None
     probe = fastret.Reranker(path, device="cpu", max_length=512)
     lengths = [len(ids) for pairs in per_query for ids in probe.tokenize(pairs)[0]]
@@ -150,14 +167,14 @@ def measure_shape(shape: str, per_query: list, rounds: int) -> dict:
           f"{flops_per_pair / 1e9:.2f} GFLOP of model arithmetic per pair", flush=True)
     for precision in precisions:
         dtype = getattr(torch, precision)
-        theirs = CrossEncoder(str(path), device="cpu", max_length=512, model_kwargs={"dtype": dtype})
-        ours = fastret.Reranker(path, device="cpu", dtype=precision, max_length=512)
+        theirs = CrossEncoder(str(path), device=str(device), max_length=512, model_kwargs={"dtype": dtype})
+        ours = fastret.Reranker(path, device=device, dtype=precision, max_length=512)
         rates, scores = pairs_per_second({"st": lambda p: theirs.predict(p, batch_size=BATCH),
                                           "fastret": lambda p: ours.predict(p, batch_size=BATCH)}, per_query, rounds)
         (st_rate, st_scores), (our_rate, our_scores) = (rates["st"], scores["st"]), (rates["fastret"], scores["fastret"])
         if precision == "float32":
             reference = st_scores
-        peak = gemm_rate(dtype)
+        peak = gemm_rate(dtype, device)
         rows[precision] = {"sentence_transformers_pairs_per_s": st_rate, "fastret_pairs_per_s": our_rate,
                            "speedup": our_rate / st_rate,
                            "gemm_flops_per_s": peak,
@@ -173,6 +190,8 @@ def measure_shape(shape: str, per_query: list, rounds: int) -> dict:
               f"{rows[precision]['sentence_transformers_of_gemm_rate']:.0%}, fastret at "
               f"{rows[precision]['fastret_of_gemm_rate']:.0%}; ceiling "
               f"{rows[precision]['ceiling_vs_sentence_transformers']:.2f}x CrossEncoder", flush=True)
+    if on_gpu:  # the int8 layers run on the CPU only
+        return rows
     int8 = fastret.Reranker(path, device="cpu", quantize="int8", max_length=512)
     rates, all_scores = pairs_per_second({"int8": lambda p: int8.predict(p, batch_size=BATCH)}, per_query, rounds)
     rate, scores = rates["int8"], all_scores["int8"]
@@ -186,23 +205,26 @@ def measure_shape(shape: str, per_query: list, rounds: int) -> dict:
 
 def main() -> int:
     args = parse_args()
+    device = torch.device(args.device)
     per_query = candidate_pairs(args.queries)
-    print(f"{len(per_query)} queries x their BM25 top {TOP} (NFCorpus test), threads {torch.get_num_threads()}",
-          flush=True)
-    results = {shape: measure_shape(shape, per_query, args.rounds) for shape in args.shapes.split(",")}
+    print(f"{len(per_query)} queries x their BM25 top {TOP} (NFCorpus test), threads {torch.get_num_threads()}, "
+          f"on {device}", flush=True)
+    results = {shape: measure_shape(shape, per_query, args.rounds, device) for shape in args.shapes.split(",")}
     checks = []
     for shape, rows in results.items():
-        for precision in ("float32", "bfloat16"):
+        for precision in ("float32", "float16", "bfloat16"):
             if precision in rows:
                 row = rows[precision]
-                checks.append((verdict(row["speedup"] >= TARGET),
+                target = "" if device.type == "cuda" else f">= {TARGET}x; "
+                checks.append(("INFO" if device.type == "cuda" else verdict(row["speedup"] >= TARGET),
                                f"{shape}, {precision}: {row['speedup']:.2f}x CrossEncoder's pairs/s on the same "
-                               f"pairs and precision (>= {TARGET}x; the arithmetic at this CPU's GEMM rate "
-                               f"allows at most {row['ceiling_vs_sentence_transformers']:.2f}x)"))
+                               f"pairs and precision ({target}the arithmetic at this {device.type.upper()}'s GEMM "
+                               f"rate allows at most {row['ceiling_vs_sentence_transformers']:.2f}x)"))
         checks.append((verdict(rows["float32"]["max_abs_diff_to_st_float32"] < 1e-4),
                        f"{shape}: float32 scores within {rows['float32']['max_abs_diff_to_st_float32']:.1e} of "
                        "CrossEncoder's (< 1e-4)"))
-    report = {"command": shlex.join([sys.executable, *sys.argv]), "machine": cpu_info(),
+    report = {"command": shlex.join([sys.executable, *sys.argv]), "machine": cpu_info(), "device": str(device),
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "threads": torch.get_num_threads(), "queries": len(per_query), "top": TOP, "batch_size": BATCH,
               "rounds": args.rounds,
               "results": results}

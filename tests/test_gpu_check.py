@@ -21,7 +21,7 @@ def test_dry_run_passes_every_step(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert report["dry_run"] and report["failed_steps"] == []
     steps = report["steps"]
-    assert list(steps) == ["kernels", "encode", "encode_paths", "corpus", "search", "bandwidth", "profile"]
+    assert list(steps) == ["kernels", "encode", "encode_paths", "corpus", "search", "rerank", "bandwidth", "profile"]
     kernels = steps["kernels"]
     assert len(kernels["pooling"]) == 18 and all(case["passed"] for case in kernels["pooling"])
     assert all(case["passed"] for case in kernels["mesh_similarity"] + kernels["search"] + kernels["scan"])
@@ -37,6 +37,8 @@ def test_dry_run_passes_every_step(tmp_path):
     assert all(row["same_results"] for row in scan["sweep"])
     assert scan["binary"]["same_as_cpu_core"] and scan["binary"]["popcount_kernel_ms"] > 0
     assert steps["search"]["large"]["same_as_cpu_core"] and steps["search"]["large"]["binary_first_stage_scan_ms"] > 0
+    rerank = steps["rerank"]["shapes"]["minilm"]["float32"]
+    assert rerank["fastret_pairs_per_s"] > 0 and rerank["max_abs_diff_to_st_float32"] < 1e-4
 
 
 def test_a_failing_step_is_recorded_and_fails_the_run(tmp_path):
