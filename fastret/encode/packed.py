@@ -99,10 +99,10 @@ class PackedModel:
 
         first_token_only: BERT family: compute the last layer for each text's first token only
             and return those rows, [B, hidden] (all that CLS pooling and a cross-encoder's pooler
-            read; zeros for an empty text, as pooling gives): the keys and values of that layer still come from every token, but its query,
-            attention output and feed-forward run on B rows instead of N (a sixth of MiniLM's
-            work, a twelfth of BERT-base's). The rows equal the full forward's first rows, to
-            float rounding.
+            read; zeros for an empty text, as pooling gives): the keys and values of that layer
+            still come from every token, but its query, attention output and feed-forward run on
+            B rows instead of N (a sixth of MiniLM's work, a twelfth of BERT-base's). The rows
+            equal the full forward's first rows, to float rounding.
 
     Raises:
         ValueError: a model type or configuration this module does not wire (the message says
@@ -241,18 +241,7 @@ class PackedModel:
         attention, heads = layer.attention, self.config.num_attention_heads
         # an empty text's first row is another's (clamped into range): its output is zeroed below
         first = x.index_select(0, batch.cu_seqlens[:-1].long().clamp(max=x.shape[0] - 1))  # [B, hidden]
-        fused = self._qkv[i] if self._qkv else None
-        if fused is None:
-            projections = self._projections(i)
-            q = projections[0](first)
-            k, v = (p(x).view(x.shape[0], heads, -1) for p in projections[1:])  # [N, heads, head_dim]
-        else:
-            weight, bias = fused  # [3 x hidden, hidden]: q, k, v rows
-            rows = weight.shape[0] // 3
-            q = F.linear(first, weight[:rows], None if bias is None else bias[:rows])
-            k, v = F.linear(x, weight[rows:], None if bias is None else bias[rows:]).view(
-                x.shape[0], 2 * heads, -1).split((heads, heads), dim=1)  # [N, heads, head_dim] each
-        q = q.view(first.shape[0], heads, -1)  # [B, heads, head_dim]
+        q, k, v = self._project(i, x, heads, heads, queries=first)  # q [B, ...], k and v [N, heads, head_dim]
         a = first_token_attention(q, k, v, batch, _scale(attention.self, q))  # [B, heads, head_dim]
         y = self._add_norm(attention.output.LayerNorm, attention.output.dense(a.flatten(1)), first)
         y = self._add_norm(layer.output.LayerNorm, layer.output.dense(self._intermediate(layer.intermediate, y)), y)
@@ -311,14 +300,24 @@ class PackedModel:
         attention = self.model.layers[i].self_attn
         return attention.q_proj, attention.k_proj, attention.v_proj
 
-    def _project(self, i: int, x: torch.Tensor, heads: int, kv_heads: int):
-        """Layer i's q [N, heads, head_dim], k and v [N, kv_heads, head_dim] of x [N, hidden]."""
+    def _project(self, i: int, x: torch.Tensor, heads: int, kv_heads: int, queries: torch.Tensor | None = None):
+        """Layer i's q [M, heads, head_dim] of `queries` [M, hidden] (default x), k and v
+        [N, kv_heads, head_dim] of x [N, hidden]: one GEMM with the fused weights when the queries
+        are x, their q rows and k + v rows apart when they are not."""
         fused = self._qkv[i] if self._qkv else None
         n = x.shape[0]
         if fused is None:
-            return tuple(p(x).view(n, h, -1) for p, h in zip(self._projections(i), (heads, kv_heads, kv_heads)))
-        qkv = F.linear(x, *fused).view(n, heads + 2 * kv_heads, -1)  # [N, q + k + v heads, head_dim]
-        return qkv.split((heads, kv_heads, kv_heads), dim=1)  # three views
+            q_proj, k_proj, v_proj = self._projections(i)
+            q = q_proj(x if queries is None else queries)
+            return q.view(q.shape[0], heads, -1), k_proj(x).view(n, kv_heads, -1), v_proj(x).view(n, kv_heads, -1)
+        if queries is None:
+            qkv = F.linear(x, *fused).view(n, heads + 2 * kv_heads, -1)  # [N, q + k + v heads, head_dim]
+            return qkv.split((heads, kv_heads, kv_heads), dim=1)  # three views
+        weight, bias = fused  # rows: q, then k and v
+        rows = weight.shape[0] * heads // (heads + 2 * kv_heads)
+        q = F.linear(queries, weight[:rows], None if bias is None else bias[:rows]).view(queries.shape[0], heads, -1)
+        kv = F.linear(x, weight[rows:], None if bias is None else bias[rows:]).view(n, 2 * kv_heads, -1)
+        return (q, *kv.split((kv_heads, kv_heads), dim=1))
 
     def _fused_projections(self) -> list:
         """Each layer's `_fused_weights` (or None), [] without fuse_qkv or for GPT-NeoX (whose layers

@@ -14,8 +14,9 @@ Pairs run in length-sorted batches under a token budget, on the device and in th
 cross-encoder (BertForSequenceClassification: MedCPT-Cross-Encoder, the ms-marco MiniLM ones) runs
 packed by default: the pairs of a batch back to back with no pad token in any matmul
 (`fastret.encode.packed`, one GEMM for q, k and v), the last layer computed for each pair's first
-token only (the one row the pooler reads), then the model's own pooler and classifier; on the CPU the intermediate layer's bias and GELU ride in its GEMM
-(exact there) and batches hold at most CPU_PACKED_TOKENS tokens.
+token only (the one row the pooler reads), then the model's own pooler and classifier; on the CPU
+the intermediate layer's bias and GELU ride in its GEMM (exact there) and batches hold at most
+CPU_PACKED_TOKENS tokens.
 """
 
 from __future__ import annotations
