@@ -23,8 +23,9 @@ multiply-adds the scores need: every layer on the real (unpadded) tokens of the 
 last layer only for what reaches the first token (the one row the pooler reads: the keys and
 values of every token, the rest for that token). The benchmark counts them (2 per multiply-add:
 the linear layers and the attention products, from the model's config and each pair's token
-count) and measures the fastest rate this CPU reaches at that precision (torch's own
-matrix product, a 2048^3 GEMM, best of several: one matrix product at full tiles, nothing else).
+count) and measures the fastest rate the device reaches at that precision (torch's own
+matrix product, 2048^3 on a CPU and 8192^3 on a GPU, best of several: one matrix product at full
+tiles, nothing else).
 Useful FLOP/s over that rate is each engine's fraction of the machine; the rate over CrossEncoder's
 useful FLOP/s is the most any engine doing that arithmetic can gain over CrossEncoder here, the
 ceiling beside each speed-up.

@@ -715,13 +715,10 @@ def open_index(config: ServeConfig, model_device: Any = "cpu") -> Searchable | N
     """
     if config.index is None:
         return None
-    device = config.search_device
-    if device != "auto":
-        return open_searchable(config.index, shards=config.shards, ray_address=config.ray_address,
-                               replicas=config.replicas, device=device)
+    auto = config.search_device == "auto"
     index = open_searchable(config.index, shards=config.shards, ray_address=config.ray_address,
-                            replicas=config.replicas)
-    if str(model_device).startswith("cuda") and config.shards is None and config.ray_address is None:
+                            replicas=config.replicas, device="cpu" if auto else config.search_device)
+    if auto and str(model_device).startswith("cuda") and config.shards is None and config.ray_address is None:
         try:
             index.to(model_device)
         except ValueError as error:
