@@ -155,6 +155,78 @@ def test_core_keeps_thousands_of_candidates_exactly(rng, adversarial):
             np.testing.assert_array_equal(got[0], expected[0])
 
 
+def adaptive_reference(q_codes, q_scales, planes, codes, scales, ids, dim, k, candidates, round_rows, sigmas):
+    """The binary top `candidates` in first-stage order, read to `binary.rerank_depths`' depth, the
+    k best of those by exact int8 score; and the depths."""
+    first = binary.binary_scores_ref(planes, sign_bits.sign_bit_rows(codes), dim)
+    order = rank(first, np.broadcast_to(ids, first.shape), candidates)  # [q, candidates]: first-stage order
+    dots = q_codes.astype(np.int64) @ codes.astype(np.int64).T
+    exact = (dots.astype(np.float32) * q_scales[:, None]) * scales[None, :]  # the core's float32 expression
+    ordered = np.take_along_axis(exact, order, 1)
+    depths = binary.rerank_depths(np.take_along_axis(first, order, 1), ordered, k, round_rows=round_rows,
+                                  sigmas=sigmas)
+    rows = np.stack([order[q, :d][rank(ordered[q, :d][None], ids[order[q, :d]][None], k)[0]]
+                     for q, d in enumerate(depths)])
+    return np.take_along_axis(exact, rows, 1), rows, depths
+
+
+def test_rerank_depths_follow_the_written_rule():
+    b = np.arange(1000, 0, -1, dtype=np.float64)[None].repeat(2, 0)  # first-stage order: descending
+    e = (b / 1000).astype(np.float32)  # exactly linear: no residual, the line is exact
+    # the 10th best read is 0.991 from the first round on; the next candidate after n read is 1 - n / 1000
+    assert binary.rerank_depths(b, e, 10, round_rows=100, sigmas=4).tolist() == [100, 100]
+    assert binary.rerank_depths(b, e, 150, round_rows=100, sigmas=4).tolist() == [200, 200]  # never before c
+    assert binary.rerank_depths(b, e, 10, round_rows=100, sigmas=0).tolist() == [1000, 1000]  # off
+    assert binary.rerank_depths(b, e, 10, round_rows=1000, sigmas=4).tolist() == [1000, 1000]  # one round
+    noisy = e.copy()
+    noisy[:, 1::2] -= 0.2  # the line 0.1 lower, residual deviation 0.1: predicted 1 - n / 1000 - 0.1 + 4 x 0.1,
+    # the 10th best 0.982 (every other one lowered): the first round past n = 318 stops
+    assert binary.rerank_depths(b, noisy, 10, round_rows=100, sigmas=4).tolist() == [400, 400]
+    flat = np.full_like(b, 7.0)  # every first-stage score equal: nothing to predict from
+    assert binary.rerank_depths(flat, e, 10, round_rows=100, sigmas=4).tolist() == [1000, 1000]
+    broken = e.copy()
+    broken[1, 150] = -np.inf  # an exact score that is not finite: the second query reads on to the end
+    assert binary.rerank_depths(b, broken, 10, round_rows=100, sigmas=4).tolist() == [100, 100]
+    broken[1, 50] = -np.inf
+    assert binary.rerank_depths(b, broken, 10, round_rows=100, sigmas=4).tolist() == [100, 1000]
+
+
+@pytest.mark.parametrize("dim", [64, 384])
+def test_core_adaptive_depth_equals_the_reference(rng, dim):
+    """Candidates read in first-stage order, a round at a time, until binary.rerank_depths stops: the
+    core's ids and scores equal the reference's, whatever the threads, and the rule does stop early."""
+    n, k, candidates = 20_000, 10, 4_000
+    centres = unit_rows(rng, 40, dim)
+    vectors = centres[rng.integers(0, 40, n)] + 0.6 * unit_rows(rng, n, dim)
+    codes, scales = (np.asarray(a) for a in fastret.quantize_int8(vectors))
+    ids = rng.permutation(n).astype(np.int64)
+    queries = centres[:4] + 0.3 * unit_rows(rng, 4, dim)
+    q_codes, q_scales = (np.asarray(a) for a in fastret.quantize_queries(queries))
+    segments = [(codes[:7000], scales[:7000], ids[:7000], None), (codes[7000:], scales[7000:], ids[7000:], None)]
+    bits = [sign_bits.sign_bits(codes[:7000]), sign_bits.sign_bits(codes[7000:])]
+    planes = binary.query_planes(q_codes, 4)
+    threads = fastret.get_num_threads()
+    try:
+        for round_rows, sigmas, n_threads in ((256, 4.0, threads), (256, 4.0, 1), (100, 2.0, 3), (64, 4.0, 8)):
+            fastret.set_num_threads(n_threads)
+            scores, rows, depths = adaptive_reference(q_codes, q_scales, planes, codes, scales, ids, dim, k,
+                                                      candidates, round_rows, sigmas)
+            assert (depths < candidates).all() and (depths % round_rows == 0).all(), depths
+            for batch in (slice(0, 4), slice(1, 2)):  # a thread per query, and every thread on one query
+                got = _core.topk_binary(q_codes[batch], q_scales[batch], planes[batch], segments, bits, k, candidates,
+                                        None, round_rows, sigmas)
+                message = f"round {round_rows} sigmas {sigmas} threads {n_threads}"
+                np.testing.assert_array_equal(got[1], rows[batch], err_msg=message)
+                np.testing.assert_array_equal(got[0], scores[batch], err_msg=message)
+        # without the rule every candidate is read: the two stages' reference
+        got = _core.topk_binary(q_codes, q_scales, planes, segments, bits, k, candidates, None, 256, 0.0)
+        expected = two_stage_reference(q_codes, q_scales, planes, codes, scales, ids, np.zeros(n, bool), dim, k,
+                                       candidates)
+        np.testing.assert_array_equal(got[1], expected[1])
+    finally:
+        fastret.set_num_threads(threads)
+
+
 def test_core_refuses_bad_binary_arguments(rng):
     codes = rng.integers(-127, 128, (10, 8)).astype(np.int8)
     segment = (codes, np.ones(10, np.float32), np.arange(10, dtype=np.int64), None)
