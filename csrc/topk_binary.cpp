@@ -53,10 +53,8 @@ constexpr double kSampleShare = 8;
 constexpr double kSampleSlack = 2;
 // Candidates whose codes are prefetched ahead of the one being scored (through the codes pointer).
 constexpr size_t kPrefetchAhead = 8;
-// Adaptive re-ranking depth reads a step of candidates between two joins of its threads (rerank_query):
-// at least one round, kRowsPerThread a thread, and a kStepGrowth-th of those read so far.
-constexpr size_t kRowsPerThread = 64;
-constexpr size_t kStepGrowth = 4;
+// Threads per round of adaptive re-ranking depth read at once (rerank_query): more threads read several rounds.
+constexpr size_t kThreadsPerRound = 4;
 
 void check_arguments(size_t n_queries, size_t n_rows, size_t dim, size_t k, size_t candidates, size_t query_bits,
                      const Segment* segments, size_t n_segments) {
@@ -238,16 +236,14 @@ bool read_cached(const CodesFile& file, size_t row, size_t dim, int8_t* buffer) 
 #endif
 }
 
-// Second stage for some of one query's candidates (chosen[picks[j]], j < n_picks; picks in row
-// order, so that a file's or a mapping's rows are read front to back): their exact scores into
-// exact[picks[j]]. Rows in
+// Second stage for a slice of one query's candidates: their exact scores into exact[i]. Rows in
 // memory (or mapped) are read through the codes pointer, prefetched a few ahead; rows of a codes
 // file are read at once when the page cache holds them, and the others, after the OS has been
 // asked for all of them together, one by one. Returns what failed reading a codes file ("" when
 // nothing did).
-std::string score_candidates(const Candidate* chosen, const size_t* picks, size_t n_picks, const int8_t* query,
-                             float query_scale, const Segment* segments, const CodesFile* codes_files,
-                             const BitTiles& tiles, size_t dim, float* exact) {
+std::string score_candidates(const Candidate* chosen, size_t n_chosen, const int8_t* query, float query_scale,
+                             const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim,
+                             float* exact) {
   auto locate = [&](const Candidate& c, size_t& s, size_t& row) {
     s = tiles.segment_of_row(static_cast<size_t>(c.row));
     row = static_cast<size_t>(c.row) - tiles.first_row[s];
@@ -260,12 +256,11 @@ std::string score_candidates(const Candidate* chosen, const size_t* picks, size_
     const int8_t* codes = segments[s].codes + row * dim;
     for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 3);
   };
-  for (size_t j = 0; j < std::min(n_picks, kPrefetchAhead); ++j) prefetch(chosen[picks[j]]);
+  for (size_t i = 0; i < std::min(n_chosen, kPrefetchAhead); ++i) prefetch(chosen[i]);
   std::vector<int8_t> buffer(dim);
   std::vector<size_t> waiting;  // candidates of codes files whose rows are not in the page cache
-  for (size_t j = 0; j < n_picks; ++j) {
-    if (j + kPrefetchAhead < n_picks) prefetch(chosen[picks[j + kPrefetchAhead]]);
-    const size_t i = picks[j];
+  for (size_t i = 0; i < n_chosen; ++i) {
+    if (i + kPrefetchAhead < n_chosen) prefetch(chosen[i + kPrefetchAhead]);
     size_t s, row;
     locate(chosen[i], s, row);
     const int8_t* codes = segments[s].codes + row * dim;
@@ -301,33 +296,27 @@ std::string score_candidates(const Candidate* chosen, const size_t* picks, size_
 // One query's candidates, in first-stage order, re-ranked into `best` (k kept): read a step of
 // rounds at a time by `threads` threads, then offered round by round, stopping after the first
 // round after which `DepthFit` says the rest is beyond the k best (rerank_depth.h; with
-// depth.sigmas <= 0, every candidate). Steps grow with the candidates read, so that a deep read
-// joins its threads a few dozen times, not once a round (a join can cost a thread's wake-up), for
-// at most a quarter more rows read; the rows read past the stop are left out, so the result
-// depends on the rounds alone, not on the threads or the steps. Returns what failed reading a
+// depth.sigmas <= 0, every candidate). A step holds several rounds when there are many threads, so
+// that each reads enough rows between two joins; the candidates read past the stop are left out,
+// so the result depends on the rounds alone, not on the threads. Returns what failed reading a
 // codes file ("" when nothing did).
 std::string rerank_query(const std::vector<Candidate>& chosen, const int8_t* query, float query_scale,
                          const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim,
                          const RerankDepth& depth, int threads, TopK& best) {
   const size_t n = chosen.size();
   const size_t round = depth.sigmas > 0 ? std::max<size_t>(1, depth.round) : std::max<size_t>(1, n);
+  const size_t step = round * std::max<size_t>(1, static_cast<size_t>(threads) / kThreadsPerRound);
   std::vector<float> exact(n);
-  std::vector<size_t> picks(n);  // each step's candidates in row order
   DepthFit fit;
-  for (size_t begin = 0, end; begin < n; begin = end) {
-    // whole rounds: at least one, kRowsPerThread a thread, a kStepGrowth-th of those read
-    const size_t wanted = std::max({round, kRowsPerThread * static_cast<size_t>(threads), begin / kStepGrowth});
-    end = std::min(n, begin + (wanted + round - 1) / round * round);
-    for (size_t i = begin; i < end; ++i) picks[i] = i;
-    std::sort(picks.begin() + static_cast<std::ptrdiff_t>(begin), picks.begin() + static_cast<std::ptrdiff_t>(end),
-              [&](size_t a, size_t b) { return chosen[a].row < chosen[b].row; });
+  for (size_t begin = 0; begin < n; begin += step) {
+    const size_t end = std::min(n, begin + step);
     std::string failure;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int slice = 0; slice < threads; ++slice) {
       const size_t from = begin + static_cast<size_t>(slice) * (end - begin) / static_cast<size_t>(threads);
       const size_t to = begin + static_cast<size_t>(slice + 1) * (end - begin) / static_cast<size_t>(threads);
-      std::string error = score_candidates(chosen.data(), picks.data() + from, to - from, query, query_scale, segments,
-                                           codes_files, tiles, dim, exact.data());
+      std::string error = score_candidates(chosen.data() + from, to - from, query, query_scale, segments, codes_files,
+                                           tiles, dim, exact.data() + from);
       if (!error.empty()) {
 #pragma omp critical(fastret_rerank_failure)
         failure = std::move(error);
