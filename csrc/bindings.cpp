@@ -5,7 +5,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
 #include <vector>
 #include <stdexcept>
 #include <string>
@@ -163,9 +162,7 @@ py::list picked_rows(const py::sequence& masks) {
 
 py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_scales, const Array<uint64_t>& planes,
                       const py::sequence& segments, const py::sequence& bits, size_t k, size_t candidates,
-                      const py::object& codes_files, size_t depth_round, double depth_sigmas) {
-  require(depth_round >= 1, "topk_binary: depth_round must be at least 1");
-  require(std::isfinite(depth_sigmas), "topk_binary: depth_sigmas must be finite (<= 0: read every candidate)");
+                      const py::object& codes_files) {
   const auto [n_queries, dim] = query_shape(queries, query_scales);
   const size_t words = (dim + 63) / 64;
   require(planes.ndim() == 3 && static_cast<size_t>(planes.shape(0)) == n_queries &&
@@ -204,7 +201,7 @@ py::tuple topk_binary(const Array<int8_t>& queries, const Array<float>& query_sc
     py::gil_scoped_release release;
     fastret::topk_binary(queries.data(), query_scales.data(), planes.data(), n_queries, planes.shape(1),
                          parts.data(), bit_blocks.data(), files.data(), parts.size(), dim, k, candidates,
-                         fastret::RerankDepth{depth_round, depth_sigmas}, scores_data, rows_data);
+                         scores_data, rows_data);
   }
   return py::make_tuple(scores, rows);
 }
@@ -282,12 +279,10 @@ PYBIND11_MODULE(_core, m) {
         "[-127, 127]; a block whose codes all lie in [-63, 63] may take a faster kernel.");
   m.def("topk_binary", &topk_binary, py::arg("queries").noconvert(), py::arg("query_scales").noconvert(),
         py::arg("planes").noconvert(), py::arg("segments"), py::arg("bits"), py::arg("k"), py::arg("candidates"),
-        py::arg("codes_files") = py::none(), py::arg("depth_round") = 256, py::arg("depth_sigmas") = 0.0,
+        py::arg("codes_files") = py::none(),
         "Binary first stage (the `candidates` best rows by sign bits against the query planes), re-ranked by "
         "exact int8 score: (int8 scores float32 [q, k], global rows int64 [q, k]), as topk_int8's. codes_files: "
-        "per segment None or (fd, offset): its candidates' codes are read with pread at offset + row * dim. "
-        "depth_sigmas > 0: candidates are read in first-stage order, depth_round at a time, until the next one is "
-        "predicted depth_sigmas residual deviations below the k-th best (fastret.search.binary.rerank_depths).");
+        "per segment None or (fd, offset): its candidates' codes are read with pread at offset + row * dim.");
   m.def("picked_rows", &picked_rows, py::arg("masks"), "The set rows (int64, ascending) of each bool mask.");
   m.def("simd_path", &fastret::simd_path, "The active SIMD path.");
   m.def("set_simd_path", &fastret::set_simd_path, py::arg("name"),

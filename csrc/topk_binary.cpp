@@ -8,11 +8,10 @@
 //   every query's distances, and rows whose score reaches a query's current threshold are
 //   offered to that query's private reservoir of `candidates` (topk_heap.h: O(1) an offer, as a
 //   query may keep tens of thousands);
-//   the threads' reservoirs of each query are merged into its candidates, in first-stage order,
-//   whose int8 rows are then read (prefetched through the codes pointer a few rows ahead, or with
-//   pread from the codes file) and scored exactly, a round at a time until the rule of
-//   rerank_depth.h stops (or all of them), in parallel over the queries or, when the block has
-//   fewer queries than threads, over slices of each round.
+//   the threads' reservoirs of each query are merged into its candidates, whose int8 rows are then
+//   read (prefetched through the codes pointer a few rows ahead, or with pread from the codes
+//   file) and scored exactly, in parallel over the queries and, when the block has fewer queries
+//   than threads, over slices of each query's candidates (their k best merged after).
 #include "topk_binary.h"
 
 #include <fcntl.h>
@@ -29,7 +28,6 @@
 #include <string>
 #include <vector>
 
-#include "rerank_depth.h"
 #include "simd_paths.h"
 #include "topk_heap.h"
 
@@ -53,8 +51,6 @@ constexpr double kSampleShare = 8;
 constexpr double kSampleSlack = 2;
 // Candidates whose codes are prefetched ahead of the one being scored (through the codes pointer).
 constexpr size_t kPrefetchAhead = 8;
-// Threads per round of adaptive re-ranking depth read at once (rerank_query): more threads read several rounds.
-constexpr size_t kThreadsPerRound = 4;
 
 void check_arguments(size_t n_queries, size_t n_rows, size_t dim, size_t k, size_t candidates, size_t query_bits,
                      const Segment* segments, size_t n_segments) {
@@ -236,14 +232,14 @@ bool read_cached(const CodesFile& file, size_t row, size_t dim, int8_t* buffer) 
 #endif
 }
 
-// Second stage for a slice of one query's candidates: their exact scores into exact[i]. Rows in
-// memory (or mapped) are read through the codes pointer, prefetched a few ahead; rows of a codes
-// file are read at once when the page cache holds them, and the others, after the OS has been
-// asked for all of them together, one by one. Returns what failed reading a codes file ("" when
-// nothing did).
-std::string score_candidates(const Candidate* chosen, size_t n_chosen, const int8_t* query, float query_scale,
-                             const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim,
-                             float* exact) {
+// Second stage for a slice of one query's candidates: their exact scores, the k best of them into
+// `best`. Rows in memory (or mapped) are read through the codes pointer, prefetched a few ahead;
+// rows of a codes file are read at once when the page cache holds them, and the others, after
+// the OS has been asked for all of them together, one by one. Returns what failed reading a codes
+// file ("" when nothing did).
+std::string rerank(const Candidate* chosen, size_t n_chosen, const int8_t* query, float query_scale,
+                   const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim,
+                   TopK& best) {
   auto locate = [&](const Candidate& c, size_t& s, size_t& row) {
     s = tiles.segment_of_row(static_cast<size_t>(c.row));
     row = static_cast<size_t>(c.row) - tiles.first_row[s];
@@ -271,7 +267,7 @@ std::string score_candidates(const Candidate* chosen, size_t n_chosen, const int
       }
       codes = buffer.data();
     }
-    exact[i] = row_score(query, query_scale, codes, segments[s].scales[row], dim);
+    best.offer(row_score(query, query_scale, codes, segments[s].scales[row], dim), chosen[i].id, chosen[i].row);
   }
 #ifdef POSIX_FADV_WILLNEED  // (not on macOS: there each read waits for its own row)
   for (size_t i : waiting) {  // rows at random: the OS starts reading them all at once (the reads
@@ -288,49 +284,8 @@ std::string score_candidates(const Candidate* chosen, size_t n_chosen, const int
     if (!failed.empty())
       return "could not read row " + std::to_string(row) + " of segment " + std::to_string(s) + "'s codes file: " +
              failed;
-    exact[i] = row_score(query, query_scale, buffer.data(), segments[s].scales[row], dim);
-  }
-  return {};
-}
-
-// One query's candidates, in first-stage order, re-ranked into `best` (k kept): read a step of
-// rounds at a time by `threads` threads, then offered round by round, stopping after the first
-// round after which `DepthFit` says the rest is beyond the k best (rerank_depth.h; with
-// depth.sigmas <= 0, every candidate). A step holds several rounds when there are many threads, so
-// that each reads enough rows between two joins; the candidates read past the stop are left out,
-// so the result depends on the rounds alone, not on the threads. Returns what failed reading a
-// codes file ("" when nothing did).
-std::string rerank_query(const std::vector<Candidate>& chosen, const int8_t* query, float query_scale,
-                         const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim,
-                         const RerankDepth& depth, int threads, TopK& best) {
-  const size_t n = chosen.size();
-  const size_t round = depth.sigmas > 0 ? std::max<size_t>(1, depth.round) : std::max<size_t>(1, n);
-  const size_t step = round * std::max<size_t>(1, static_cast<size_t>(threads) / kThreadsPerRound);
-  std::vector<float> exact(n);
-  DepthFit fit;
-  for (size_t begin = 0; begin < n; begin += step) {
-    const size_t end = std::min(n, begin + step);
-    std::string failure;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int slice = 0; slice < threads; ++slice) {
-      const size_t from = begin + static_cast<size_t>(slice) * (end - begin) / static_cast<size_t>(threads);
-      const size_t to = begin + static_cast<size_t>(slice + 1) * (end - begin) / static_cast<size_t>(threads);
-      std::string error = score_candidates(chosen.data() + from, to - from, query, query_scale, segments, codes_files,
-                                           tiles, dim, exact.data() + from);
-      if (!error.empty()) {
-#pragma omp critical(fastret_rerank_failure)
-        failure = std::move(error);
-      }
-    }
-    if (!failure.empty()) return failure;
-    for (size_t round_begin = begin; round_begin < end; round_begin += round) {
-      const size_t round_end = std::min(end, round_begin + round);
-      for (size_t i = round_begin; i < round_end; ++i) {
-        best.offer(exact[i], chosen[i].id, chosen[i].row);
-        fit.add(chosen[i].score, exact[i]);
-      }
-      if (round_end < n && fit.beyond(chosen[round_end].score, best.threshold(), depth.sigmas)) return {};
-    }
+    best.offer(row_score(query, query_scale, buffer.data(), segments[s].scales[row], dim), chosen[i].id,
+               chosen[i].row);
   }
   return {};
 }
@@ -340,7 +295,7 @@ std::string rerank_query(const std::vector<Candidate>& chosen, const int8_t* que
 void topk_binary(const int8_t* queries, const float* query_scales, const uint64_t* planes, size_t n_queries,
                  size_t query_bits, const Segment* segments, const uint64_t* const* bits,
                  const CodesFile* codes_files, size_t n_segments, size_t dim, size_t k, size_t candidates,
-                 const RerankDepth& depth, float* out_scores, int64_t* out_rows) {
+                 float* out_scores, int64_t* out_rows) {
   const BitTiles tiles(segments, n_segments);
   check_arguments(n_queries, tiles.n_rows(), dim, k, candidates, query_bits, segments, n_segments);
   const SimdPath& path = active_simd_path();
@@ -350,6 +305,8 @@ void topk_binary(const int8_t* queries, const float* query_scales, const uint64_
   const size_t block = std::max<size_t>(1, std::min(n_queries, kCandidateBudget / (n_threads * 2 * candidates)));
   std::vector<std::vector<Reservoir>> reservoirs(n_threads);
   std::vector<std::vector<Candidate>> chosen(block);
+  // A block of fewer queries than threads re-ranks each query's candidates in `slices` parts.
+  const size_t slices = std::max<size_t>(1, n_threads / std::min(block, n_queries));
   std::vector<TopK> best;
 
   for (size_t q0 = 0; q0 < n_queries; q0 += block) {
@@ -379,32 +336,36 @@ void topk_binary(const int8_t* queries, const float* query_scales, const uint64_
                          better);
         merged.resize(candidates);
       }
-      std::sort(merged.begin(), merged.end(), better);  // first-stage order: the order re-ranking reads them in
+      // in row order: the re-ranking reads the codes (pages, or the file) front to back
+      std::sort(merged.begin(), merged.end(), [](const Candidate& a, const Candidate& b) { return a.row < b.row; });
     }
-    best.assign(n_block, TopK(k));
-    // a block of at least as many queries as threads: a thread a query; fewer: the queries one after
-    // another, all threads reading each one's candidates
-    const int query_threads = static_cast<int>(n_block >= n_threads ? n_threads : 1);
-    const int round_threads = static_cast<int>(n_block >= n_threads ? 1 : n_threads);
+    best.assign(n_block * slices, TopK(k));
+    const int rerank_threads = static_cast<int>(std::min(n_threads, n_block * slices));
     std::atomic<bool> failed{false};
     std::string failure;
     std::mutex failure_lock;
-#pragma omp parallel for num_threads(query_threads) schedule(dynamic) if (query_threads > 1)
-    for (long q = 0; q < static_cast<long>(n_block); ++q) {
+#pragma omp parallel for num_threads(rerank_threads) schedule(dynamic)
+    for (long item = 0; item < static_cast<long>(n_block * slices); ++item) {
       if (failed.load(std::memory_order_relaxed)) continue;  // no exception may leave the parallel region
-      const size_t query = q0 + static_cast<size_t>(q);
-      std::string error = rerank_query(chosen[static_cast<size_t>(q)], queries + query * dim, query_scales[query], segments, codes_files,
-                                       tiles, dim, depth, round_threads, best[static_cast<size_t>(q)]);
+      const size_t q = static_cast<size_t>(item) / slices, slice = static_cast<size_t>(item) % slices;
+      const size_t query = q0 + q, n_chosen = chosen[q].size();
+      const size_t begin = slice * n_chosen / slices, end = (slice + 1) * n_chosen / slices;
+      std::string error = rerank(chosen[q].data() + begin, end - begin, queries + query * dim, query_scales[query],
+                                 segments, codes_files, tiles, dim, best[item]);
       if (!error.empty()) {
         std::lock_guard<std::mutex> hold(failure_lock);
         if (!failed.exchange(true)) failure = std::move(error);
       }
     }
     if (failed) throw std::runtime_error("topk_binary: " + failure);
-    for (size_t q = 0; q < n_block; ++q) {
-      std::vector<Candidate> top = best[q].items();
+    for (size_t q = 0; q < n_block; ++q) {  // each query's slices: their k best, in order
+      std::vector<Candidate> top;
+      for (size_t slice = 0; slice < slices; ++slice) {
+        const auto& items = best[q * slices + slice].items();
+        top.insert(top.end(), items.begin(), items.end());
+      }
       const size_t kept = std::min(k, top.size());
-      std::sort(top.begin(), top.end(), better);
+      std::partial_sort(top.begin(), top.begin() + kept, top.end(), better);
       for (size_t i = 0; i < k; ++i) {
         out_scores[(q0 + q) * k + i] = i < kept ? top[i].score : -std::numeric_limits<float>::infinity();
         out_rows[(q0 + q) * k + i] = i < kept ? top[i].row : -1;

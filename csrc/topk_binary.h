@@ -10,7 +10,6 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "rerank_depth.h"
 #include "simd_paths.h"
 #include "topk_int8.h"
 
@@ -26,8 +25,7 @@ struct CodesFile {
 };
 
 // For every query: the `candidates` best live rows of all segments by the first-stage score, then
-// the k best of those by exact int8 score: of all of them (depth.sigmas <= 0), or of those read in
-// first-stage order until the rule of rerank_depth.h stops.
+// the k best of those by exact int8 score.
 //   queries      int8  [n_queries, dim]   query_scales float [n_queries]
 //   planes       uint64 [n_queries, query_bits, words]   words = ceil(dim / 64)
 //   segments     [n_segments] codes, scales, ids and deleted as for topk_int8 (no picked rows)
@@ -43,6 +41,6 @@ struct CodesFile {
 void topk_binary(const int8_t* queries, const float* query_scales, const uint64_t* planes, size_t n_queries,
                  size_t query_bits, const Segment* segments, const uint64_t* const* bits,
                  const CodesFile* codes_files, size_t n_segments, size_t dim, size_t k, size_t candidates,
-                 const RerankDepth& depth, float* out_scores, int64_t* out_rows);
+                 float* out_scores, int64_t* out_rows);
 
 }  // namespace fastret

@@ -63,9 +63,6 @@ AUTO_C_GROWTH = 0.4  # per result: (AUTO_C / c) ** 0.4
 AUTO_DEEP_FLOOR = 100
 AUTO_GROWTH = 0.7  # x5 a decade of rows
 AUTO_MAX = 100_000
-# Adaptive re-ranking depth of oversample="auto" (`rerank_depths`; csrc/rerank_depth.h).
-DEPTH_ROUND = 256  # candidates read between two checks of the rule
-DEPTH_SIGMAS = 4.0  # margin, in residual standard deviations of the line through the candidates read
 
 
 def auto_oversample(rows: int, c: int) -> int:
@@ -124,55 +121,3 @@ def binary_scores_ref(planes: np.ndarray, bits: np.ndarray, dim: int) -> np.ndar
     counts = np.unpackbits(differ.view(np.uint8), axis=-1).sum(axis=-1, dtype=np.int64)  # [q, B, n]
     weights = (1 << np.arange(planes.shape[1], dtype=np.int64))[None, :, None]
     return (weights * (dim - 2 * counts)).sum(axis=1)
-
-
-def rerank_depths(first: np.ndarray, exact: np.ndarray, c: int, *, round_rows: int = DEPTH_ROUND,
-                  sigmas: float = DEPTH_SIGMAS) -> np.ndarray:
-    """int64 [q]: how many of each query's candidates adaptive re-ranking reads (oversample="auto"),
-    the reference of the C++ core's rule (csrc/rerank_depth.h), computed the same way in the same order.
-
-    Candidates are read in first-stage order, `round_rows` at a time. After each round, with the n
-    read so far (first-stage scores b, exact int8 scores e), the least-squares line e ~ b predicts
-    the next candidate's exact score from its first-stage score; reading stops when that prediction
-    plus `sigmas` residual standard deviations is below the c-th best exact score read. Never before
-    c are read, nor while every b read is equal, nor once an exact score is not finite.
-
-    Args:
-        first: [q, m] first-stage scores of each query's candidates in reading order (score
-            descending, then id ascending).
-        exact: [q, m] their int8 scores (float32, as the core computes them).
-        c: results per query (the k of the C++ core).
-        round_rows: candidates per round, >= 1.
-        sigmas: the margin; <= 0 reads every candidate.
-    """
-    first = np.asarray(first, np.float64)
-    exact = np.asarray(exact, np.float32)
-    q, m = first.shape
-    depths = np.full(q, m, np.int64)
-    if sigmas <= 0 or m <= round_rows:
-        return depths
-    e = exact.astype(np.float64)
-    finite = np.cumsum(~np.isfinite(e), axis=1) == 0  # [q, m]: every exact score so far finite
-    e = np.where(np.isfinite(e), e, 0.0)
-    sb, se, sbb, sbe, see = (np.cumsum(x, axis=1) for x in (first, e, first * first, first * e, e * e))
-    undecided = np.ones(q, bool)
-    best = np.empty((q, 0), np.float32)  # each query's c best exact scores read so far
-    for n in range(round_rows, m, round_rows):
-        best = np.concatenate([best, exact[:, n - round_rows:n]], axis=1)
-        if best.shape[1] > c:
-            best = -np.partition(-best, c - 1, axis=1)[:, :c]
-        kth = best.min(axis=1) if best.shape[1] >= c else np.full(q, -np.inf, np.float32)
-        i = n - 1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mb, me = sb[:, i] / n, se[:, i] / n
-            vb = sbb[:, i] / n - mb * mb
-            cbe = sbe[:, i] / n - mb * me
-            slope = cbe / vb
-            residual = np.maximum(0.0, see[:, i] / n - me * me - slope * cbe)
-            predicted = me + slope * (first[:, n] - mb) + sigmas * np.sqrt(residual)
-        stop = undecided & finite[:, i] & (kth > -np.inf) & (vb > 0) & (predicted < kth)
-        depths[stop] = n
-        undecided &= ~stop
-        if not undecided.any():
-            break
-    return depths

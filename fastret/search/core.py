@@ -86,9 +86,8 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
     `allowed` (a filter's bool mask per segment or None for every row, see fastret.search.filters)
     narrows the search to those rows (`narrowed` picks each segment's way): the results are those
     of an index holding only the allowed live rows, with min(c, such rows) columns (none when no
-    row passes). An oversample of "auto" is `binary.auto_oversample` of those rows, read to the
-    adaptive depth (`binary.rerank_depths`). The binary first stage of torch queries runs on their
-    CUDA device (`torch_backend.binary_scan_candidates`).
+    row passes). An oversample of "auto" is `binary.auto_oversample` of those rows. The binary first
+    stage of torch queries runs on their CUDA device (`torch_backend.binary_scan_candidates`).
     """
     if oversample is not None and checks.is_torch(q_codes) and not torch_backend.kernels_on_device(q_codes.device):
         raise ValueError(f"first_stage='binary' runs in the C++ core on the CPU or on a CUDA GPU with triton, not on "
@@ -106,18 +105,16 @@ def segment_candidates(segments: Sequence[Segment], q_codes: Any, q_scales: Any,
                     None if q_floats is None else np.empty((q, 0), np.float32))
         if all(mask is None for mask in allowed):
             allowed = None
-    adaptive = oversample == binary.AUTO
-    if adaptive:
+    if oversample == binary.AUTO:
         searched = sum(s.live_count for s in segments) if passing is None else passing
         oversample = binary.auto_oversample(searched, c)
     if checks.is_torch(q_codes):
         if oversample is not None:
             return torch_backend.binary_scan_candidates(segments, q_codes, q_scales, c, q_floats, allowed,
-                                                        oversample=oversample, adaptive=adaptive)
+                                                        oversample=oversample)
         return torch_backend.torch_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
     if oversample is not None:
-        return binary_candidates(segments, q_codes, q_scales, c, q_floats, allowed, oversample=oversample,
-                                 adaptive=adaptive)
+        return binary_candidates(segments, q_codes, q_scales, c, q_floats, allowed, oversample=oversample)
     return core_candidates(segments, q_codes, q_scales, c, q_floats, allowed)
 
 
@@ -199,11 +196,10 @@ def core_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: 
 
 def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales: np.ndarray, c: int,
                       q_floats: np.ndarray | None = None, allowed: Sequence[np.ndarray] | None = None, *,
-                      oversample: int, query_bits: int = binary.DEFAULT_QUERY_BITS, adaptive: bool = False):
+                      oversample: int, query_bits: int = binary.DEFAULT_QUERY_BITS):
     """The top c by int8 score among the top c x oversample by the binary first stage's score
     (fastret.search.binary), one call of the C++ core: the same arguments and results as
-    `core_candidates`, and `allowed` as bool masks or None only (no picked rows). With `adaptive`,
-    among those the core reads, in first-stage order, before `binary.rerank_depths` stops it."""
+    `core_candidates`, and `allowed` as bool masks or None only (no picked rows)."""
     check_score_range(q_scales, max_scale(segments), q_codes.shape[1])
     masks = [None] * len(segments) if allowed is None else allowed
     planes = binary.query_planes(q_codes, query_bits)
@@ -212,8 +208,7 @@ def binary_candidates(segments: Sequence[Segment], q_codes: np.ndarray, q_scales
     kept = min(c * oversample, sum(len(s) for s in segments))
     # mapped segments' candidate rows are read with pread: only those rows, no page mapped in
     scores, rows = _core.topk_binary(q_codes, q_scales, planes, [s.core_view(a) for s, a in zip(segments, masks)],
-                                     [s.sign_bits() for s in segments], c, kept, [s.codes_file() for s in segments],
-                                     binary.DEPTH_ROUND, binary.DEPTH_SIGMAS if adaptive else 0.0)
+                                     [s.sign_bits() for s in segments], c, kept, [s.codes_file() for s in segments])
     return _found(segments, scores, rows, q_floats)
 
 

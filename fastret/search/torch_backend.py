@@ -204,19 +204,16 @@ def scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_fl
 
 def binary_scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: int, q_floats=None,
                            allowed: Sequence[np.ndarray] | None = None, *, oversample: int,
-                           query_bits: int = binary.DEFAULT_QUERY_BITS, adaptive: bool = False):
+                           query_bits: int = binary.DEFAULT_QUERY_BITS):
     """`fastret.search.core.binary_candidates` on the queries' device, with the same results: the
     first-stage score of every row (fastret.kernels.binary_scores over each segment's resident
     sign bits, `resident_bits`), the best min(c x oversample, rows) live (and allowed) rows of all
-    segments by that score (ties to the lower id), and the top c of those by int8 score: of all of
-    them, or with `adaptive` of those the C++ core reads before `binary.rerank_depths` stops it (every
-    candidate is scored here, where the rows are resident; the rule then leaves the rest out).
+    segments by that score (ties to the lower id), and the top c of those by int8 score.
 
     Args:
         segments, q_codes, q_scales, c, q_floats, allowed: as `torch_candidates` (torch queries).
         oversample: first-stage candidates per result (an int >= 1: "auto" is resolved by the caller).
         query_bits: the planes of the queries' levels (fastret.search.binary).
-        adaptive: apply the adaptive depth of oversample="auto".
     """
     import torch
 
@@ -249,10 +246,6 @@ def binary_scan_candidates(segments: Sequence[Segment], q_codes, q_scales, c: in
     candidates = rank(first, ids, kept)  # the first stage over every segment: (score, then id)
     ids, second = ids.gather(1, candidates), second.gather(1, candidates)
     exact = None if exact is None else exact.gather(1, candidates)
-    if adaptive:  # the candidates past each query's depth are left out, as the core never reads them
-        depths = binary.rerank_depths(first.gather(1, candidates).cpu().numpy(), second.cpu().numpy(), c)
-        past = torch.arange(second.shape[1], device=device)[None, :] >= torch.from_numpy(depths).to(device)[:, None]
-        second = second.masked_fill(past, float("-inf"))
     best = rank(second, ids, c)
     return (second.gather(1, best).cpu().numpy(), ids.gather(1, best).cpu().numpy(),
             None if exact is None else exact.gather(1, best).cpu().numpy())
