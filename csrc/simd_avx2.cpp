@@ -33,7 +33,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "simd_paths.h"
 
@@ -47,12 +50,33 @@ static FASTRET_AVX2 inline __m256i count_bytes(__m256i x, __m256i bit_counts, __
                          _mm256_shuffle_epi8(bit_counts, _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble)));
 }
 
-// The binary first stage without a vector popcount (before AVX-512 VPOPCNTDQ): one register holds
-// word w of 4 rows of a block (simd_paths.h), and each byte's bits are counted by two 16-entry
-// table lookups (vpshufb on its nibbles). Byte counts add up over at most 31 words (31 * 8 < 256)
-// before vpsadbw sums each 64-bit lane's bytes: one row's count per lane, no shuffle across rows.
-FASTRET_AVX2 uint32_t binary_distances_avx2(const uint64_t* blocks, size_t n_rows, size_t words,
-                                            const uint64_t* planes, size_t query_bits, uint32_t* out) {
+// The binary first stage without a vector popcount (before AVX-512 VPOPCNTDQ), two kernels.
+//
+// Bit counts (any query bits): one register holds word w of 4 rows of a block (simd_paths.h), and
+// each byte's bits are counted by two 16-entry table lookups (vpshufb on its nibbles). Byte counts
+// add up over at most 31 words (31 * 8 < 256) before vpsadbw sums each 64-bit lane's bytes: one
+// row's count per lane, no shuffle across rows. Each query plane costs a full count.
+//
+// Query tables (3 or 4 query bits, the default 4; fast scan): a row's distance is a sum over its
+// dimensions, out = sum_i (b_i ? T - m_i : m_i) with m_i the query's level index (bits of the
+// planes) and T = 2^query_bits - 1, so each nibble of a row's bits (4 dimensions) adds one of 16
+// values that depend only on the query: one vpshufb looks up 32 rows' nibbles at once, whatever
+// the query bits, where bit counts pay once per plane. That needs a register of the same byte of
+// 32 rows, so 32 rows (4 blocks) are transposed in registers first, a word at a time:
+//   8 loads  R[2c + h] = word w of rows 8c + 4h .. 8c + 4h + 3            (4 rows x 8 bytes)
+//   vpshufb  in each 128-bit lane [row a: bytes 0-7][row a+1: bytes 0-7] -> 16-bit units
+//            [byte 0 of a, a+1][byte 1 of a, a+1] ...                      (unit j: byte j)
+//   unpack   the 8 x 8 units of the registers' low lanes (and of their high lanes, the same
+//            instructions) transposed: Z[j] holds unit j of 32 rows, byte j of each
+// Z[j]'s byte p belongs to row kFastScanRow[p] (measured once, `fast_scan_rows`). Lookups of two
+// bytes (4 nibbles, each <= 4T = 60) add up in bytes (<= 240), then widen into 16-bit sums of even
+// and odd bytes: exact while words * 64 * T < 65,536 (every 384-dim query: 5,760).
+
+// The kernel of bit counts on the blocks [block0, block_end) of a tile (rows of those blocks into
+// out[8 * block0 ..]), and the least distance of their valid rows (j < n_rows).
+static FASTRET_AVX2 uint32_t bit_count_distances(const uint64_t* blocks, size_t block0, size_t block_end,
+                                                 size_t n_rows, size_t words, const uint64_t* planes,
+                                                 size_t query_bits, uint32_t* out) {
   constexpr size_t kWordsPerSum = 31;
   const __m256i nibble = _mm256_set1_epi8(0x0f);
   const __m256i bit_counts = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
@@ -61,7 +85,7 @@ FASTRET_AVX2 uint32_t binary_distances_avx2(const uint64_t* blocks, size_t n_row
   const __m256i lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i interleaved = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
   __m256i nearest = _mm256_set1_epi32(-1);  // UINT32_MAX in each lane
-  for (size_t j = 0; j < n_rows; j += kBitBlock) {
+  for (size_t j = block0 * kBitBlock; j < block_end * kBitBlock; j += kBitBlock) {
     const uint64_t* block = blocks + (j / kBitBlock) * words * kBitBlock;
     __m256i total[2] = {zero, zero};  // uint64 lanes: rows 0-3, rows 4-7
     for (size_t p = query_bits; p-- > 0;) {
@@ -83,13 +107,167 @@ FASTRET_AVX2 uint32_t binary_distances_avx2(const uint64_t* blocks, size_t n_row
     const __m256i mixed = _mm256_blend_epi32(total[0], _mm256_slli_epi64(total[1], 32), 0xAA);
     const __m256i rows = _mm256_permutevar8x32_epi32(mixed, interleaved);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), rows);
-    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min(n_rows - j, kBitBlock))),
+    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min(n_rows - std::min(n_rows, j), kBitBlock))),
                                              lane_index);  // the padding rows left out
     nearest = _mm256_min_epu32(nearest, _mm256_blendv_epi8(_mm256_set1_epi32(-1), rows, valid));
   }
   alignas(32) uint32_t lanes[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), nearest);
   return *std::min_element(lanes, lanes + 8);
+}
+
+constexpr size_t kFastScanRows = 4 * kBitBlock;  // rows a fast-scan group transposes at once
+
+// Word w of 32 rows (4 blocks from `group`) as 8 registers Z[j], Z[j]'s bytes byte j of each row.
+static FASTRET_AVX2 inline void transpose_word(const uint64_t* group, size_t words, size_t w, __m256i z[8]) {
+  // in each 128-bit lane: bytes of row a at 0-7, of row a+1 at 8-15 -> unit j = (byte j of a, byte j of a+1)
+  const __m256i pair_bytes = _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15,  //
+                                              0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  __m256i r[8];
+  for (size_t c = 0; c < 4; ++c)
+    for (size_t h = 0; h < 2; ++h)
+      r[2 * c + h] = _mm256_shuffle_epi8(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + (c * words + w) * kBitBlock + 4 * h)), pair_bytes);
+  // an 8 x 8 transpose of 16-bit units in each 128-bit lane: r[i] unit j -> z[j] unit i
+  __m256i a[8], b[8];
+  for (size_t i = 0; i < 4; ++i) {
+    a[2 * i] = _mm256_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm256_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+  }
+  for (size_t i = 0; i < 2; ++i)  // a[4i + h] holds units 4h .. 4h + 3 of two pairs: b[4i + 2h + u] units 4h + 2u, + 1
+    for (size_t half = 0; half < 2; ++half) {
+      b[4 * i + 2 * half] = _mm256_unpacklo_epi32(a[4 * i + half], a[4 * i + 2 + half]);
+      b[4 * i + 2 * half + 1] = _mm256_unpackhi_epi32(a[4 * i + half], a[4 * i + 2 + half]);
+    }
+  for (size_t q = 0; q < 4; ++q) {
+    z[2 * q] = _mm256_unpacklo_epi64(b[q], b[4 + q]);
+    z[2 * q + 1] = _mm256_unpackhi_epi64(b[q], b[4 + q]);
+  }
+}
+
+// The row of each byte of a transposed register, as `transpose_word` leaves them: measured on rows
+// whose every byte is their own number (transpose_word is a fixed permutation of rows).
+static FASTRET_AVX2 void measure_fast_scan_rows(uint8_t* rows) {
+  alignas(32) uint64_t group[kFastScanRows];  // one word per row: 4 blocks of 8 rows
+  for (size_t row = 0; row < kFastScanRows; ++row) group[row] = 0x0101010101010101ULL * row;
+  __m256i z[8];
+  transpose_word(group, 1, 0, z);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(rows), z[0]);
+}
+
+// `measure_fast_scan_rows`' answer, measured once.
+static const uint8_t* fast_scan_rows() {
+  static const std::array<uint8_t, kFastScanRows> rows = [] {
+    std::array<uint8_t, kFastScanRows> found{};
+    measure_fast_scan_rows(found.data());
+    return found;
+  }();
+  return rows.data();
+}
+
+// The 16 sums of a query's nibble tables: table[(w * 16 + k) * 16 + x] = sum over dimensions
+// i = 64 w + 4 k + t (t < 4) of (bit t of x ? T - m_i : m_i).
+static void build_fast_scan_table(const uint64_t* planes, size_t query_bits, size_t words, uint8_t* table) {
+  const uint32_t top = (1u << query_bits) - 1;
+  for (size_t w = 0; w < words; ++w)
+    for (size_t k = 0; k < 16; ++k) {
+      uint32_t m[4];
+      for (size_t t = 0; t < 4; ++t) {
+        m[t] = 0;
+        for (size_t p = 0; p < query_bits; ++p)
+          m[t] |= static_cast<uint32_t>((planes[p * words + w] >> (4 * k + t)) & 1) << p;
+      }
+      for (uint32_t x = 0; x < 16; ++x) {
+        uint32_t sum = 0;
+        for (size_t t = 0; t < 4; ++t) sum += (x >> t) & 1 ? top - m[t] : m[t];
+        table[(w * 16 + k) * 16 + x] = static_cast<uint8_t>(sum);
+      }
+    }
+}
+
+// Each thread's tables of the queries it scanned last, by where their planes are (a block's queries
+// take turns tile after tile: building a query's tables costs more than a tile's lookups), checked
+// against the planes themselves, so a new query at a reused address gets new tables.
+class FastScanTables {
+ public:
+  const uint8_t* of(const uint64_t* planes, size_t query_bits, size_t words) {
+    // a multiplicative hash: queries' planes lie a fixed stride apart, which a plain modulo would fold together
+    Slot& slot = slots_[(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(planes)) * 0x9E3779B97F4A7C15ULL) >> 56];
+    const size_t n = query_bits * words;
+    if (slot.planes.size() != n || !std::equal(slot.planes.begin(), slot.planes.end(), planes)) {
+      slot.planes.assign(planes, planes + n);
+      slot.table.resize(words * 16 * 16);
+      build_fast_scan_table(planes, query_bits, words, slot.table.data());
+    }
+    return slot.table.data();
+  }
+
+ private:
+  static constexpr size_t kSlots = 256;  // the hash's top 8 bits
+  struct Slot {
+    std::vector<uint64_t> planes;  // query_bits x words: the query the table is for
+    std::vector<uint8_t> table;
+  };
+  std::array<Slot, kSlots> slots_;
+};
+
+// Distances of the 32 rows of each whole group of 4 blocks (into out), by query tables; returns the
+// least distance of the valid rows (j < n_rows) among them.
+static FASTRET_AVX2 uint32_t fast_scan_distances(const uint64_t* blocks, size_t n_groups, size_t n_rows, size_t words,
+                                                 const uint8_t* table, uint32_t* out) {
+  const __m256i nibble = _mm256_set1_epi8(0x0f);
+  const __m256i low_bytes = _mm256_set1_epi16(0x00ff);
+  const uint8_t* row_of = fast_scan_rows();
+  uint32_t nearest = UINT32_MAX;
+  for (size_t g = 0; g < n_groups; ++g) {
+    const uint64_t* group = blocks + g * 4 * words * kBitBlock;
+    __m256i even = _mm256_setzero_si256(), odd = _mm256_setzero_si256();  // 16-bit sums of bytes 0, 2, .. / 1, 3, ..
+    for (size_t w = 0; w < words; ++w) {
+      __m256i z[8];
+      transpose_word(group, words, w, z);
+      const uint8_t* word_table = table + w * 16 * 16;
+      for (size_t j = 0; j < 8; j += 2) {
+        __m256i sum = _mm256_setzero_si256();  // 4 lookups of <= 60: <= 240 a byte
+        for (size_t jj = j; jj < j + 2; ++jj) {
+          const __m256i lo_table = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(word_table + (2 * jj) * 16)));
+          const __m256i hi_table = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(word_table + (2 * jj + 1) * 16)));
+          sum = _mm256_add_epi8(sum, _mm256_shuffle_epi8(lo_table, _mm256_and_si256(z[jj], nibble)));
+          sum = _mm256_add_epi8(
+              sum, _mm256_shuffle_epi8(hi_table, _mm256_and_si256(_mm256_srli_epi16(z[jj], 4), nibble)));
+        }
+        even = _mm256_add_epi16(even, _mm256_and_si256(sum, low_bytes));
+        odd = _mm256_add_epi16(odd, _mm256_srli_epi16(sum, 8));
+      }
+    }
+    alignas(32) uint16_t sums[2][16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums[0]), even);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums[1]), odd);
+    uint32_t* group_out = out + g * kFastScanRows;
+    for (size_t byte = 0; byte < kFastScanRows; ++byte) group_out[row_of[byte]] = sums[byte & 1][byte >> 1];
+    const size_t valid = std::min(kFastScanRows, n_rows - std::min(n_rows, g * kFastScanRows));
+    for (size_t j = 0; j < valid; ++j) nearest = std::min(nearest, group_out[j]);
+  }
+  return nearest;
+}
+
+FASTRET_AVX2 uint32_t binary_distances_avx2(const uint64_t* blocks, size_t n_rows, size_t words,
+                                            const uint64_t* planes, size_t query_bits, uint32_t* out) {
+  const size_t n_blocks = (n_rows + kBitBlock - 1) / kBitBlock;
+  const uint32_t top = (1u << query_bits) - 1;
+  size_t fast_groups = 0;
+  uint32_t nearest = UINT32_MAX;
+  // 3 or 4 bits: a nibble adds at most 4T <= 60, four of them fit a byte; the 16-bit sums stay exact
+  if (query_bits >= 3 && query_bits <= 4 && top * 64 * words < 65536) {
+    static thread_local FastScanTables tables;
+    fast_groups = n_blocks / 4;
+    nearest = fast_scan_distances(blocks, fast_groups, n_rows, words, tables.of(planes, query_bits, words), out);
+  }
+  if (4 * fast_groups < n_blocks)  // the blocks after the last whole group, and every block of 1-2 query bits
+    nearest = std::min(nearest, bit_count_distances(blocks, 4 * fast_groups, n_blocks, n_rows, words, planes,
+                                                    query_bits, out));
+  return nearest;
 }
 
 namespace {

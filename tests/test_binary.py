@@ -92,7 +92,8 @@ def two_stage_reference(q_codes, q_scales, planes, codes, scales, ids, deleted, 
     return np.array(out_scores), np.array(out_rows)
 
 
-@pytest.mark.parametrize("dim", [5, 64, 130, 384])
+# 4,500 dims: past what the AVX2 path's query tables sum exactly at 4 query bits (its bit counts then)
+@pytest.mark.parametrize("dim", [5, 64, 130, 384, 4500])
 @pytest.mark.parametrize("n_queries", [1, 3])
 def test_core_two_stages_equal_the_reference(simd_path, rng, dim, n_queries):
     n = 700
@@ -112,8 +113,9 @@ def test_core_two_stages_equal_the_reference(simd_path, rng, dim, n_queries):
     bits = [sign_bits.sign_bits(codes[:cut]), sign_bits.sign_bits(codes[cut:])]
     threads = fastret.get_num_threads()
     try:
-        # 3 threads: one query's candidates re-ranked in 3 slices; reservoirs cut many times (c = 1, 10)
-        for query_bits, n_threads in ((1, threads), (4, threads), (8, threads), (1, 3), (4, 1)):
+        # 3 threads: one query's candidates re-ranked in 3 slices; reservoirs cut many times (c = 1, 10);
+        # 3 and 4 query bits take the AVX2 path's query tables, 1 and 8 its bit counts
+        for query_bits, n_threads in ((1, threads), (3, threads), (4, threads), (8, threads), (1, 3), (4, 1)):
             fastret.set_num_threads(n_threads)
             planes = binary.query_planes(q_codes, query_bits)
             for k, candidates in ((1, 1), (10, 10), (10, 40), (10, 300), (5, n)):
