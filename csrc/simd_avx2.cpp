@@ -70,7 +70,7 @@ static FASTRET_AVX2 inline __m256i count_bytes(__m256i x, __m256i bit_counts, __
 //            instructions) transposed: Z[j] holds unit j of 32 rows, byte j of each
 // Z[j]'s byte p belongs to row kFastScanRow[p] (measured once, `fast_scan_rows`). Lookups of two
 // bytes (4 nibbles, each <= 4T = 60) add up in bytes (<= 240), then widen into 16-bit sums of even
-// and odd bytes: exact while words * 64 * T < 65,536 (every 384-dim query: 5,760).
+// and odd bytes, exact up to 1,024 dimensions (kFastScanWords; longer rows take the bit counts).
 
 // The kernel of bit counts on the blocks [block0, block_end) of a tile (rows of those blocks into
 // out[8 * block0 ..]), and the least distance of their valid rows (j < n_rows).
@@ -117,6 +117,7 @@ static FASTRET_AVX2 uint32_t bit_count_distances(const uint64_t* blocks, size_t 
 }
 
 constexpr size_t kFastScanRows = 4 * kBitBlock;  // rows a fast-scan group transposes at once
+constexpr size_t kFastScanWords = 16;            // the longest rows (1,024 dims) looked up by query tables
 
 // Word w of 32 rows (4 blocks from `group`) as 8 registers Z[j], Z[j]'s bytes byte j of each row.
 static FASTRET_AVX2 inline void transpose_word(const uint64_t* group, size_t words, size_t w, __m256i z[8]) {
@@ -255,11 +256,12 @@ static FASTRET_AVX2 uint32_t fast_scan_distances(const uint64_t* blocks, size_t 
 FASTRET_AVX2 uint32_t binary_distances_avx2(const uint64_t* blocks, size_t n_rows, size_t words,
                                             const uint64_t* planes, size_t query_bits, uint32_t* out) {
   const size_t n_blocks = (n_rows + kBitBlock - 1) / kBitBlock;
-  const uint32_t top = (1u << query_bits) - 1;
   size_t fast_groups = 0;
   uint32_t nearest = UINT32_MAX;
-  // 3 or 4 bits: a nibble adds at most 4T <= 60, four of them fit a byte; the 16-bit sums stay exact
-  if (query_bits >= 3 && query_bits <= 4 && top * 64 * words < 65536) {
+  // 3 or 4 bits: a nibble adds at most 4T <= 60, four of them fit a byte, and the 16-bit sums of at
+  // most kFastScanWords words stay exact (15 x 64 x 16 < 65,536); longer rows' tables would also
+  // crowd each thread's cache of them (4 KiB a query at 1,024 dims)
+  if (query_bits >= 3 && query_bits <= 4 && words <= kFastScanWords) {
     static thread_local FastScanTables tables;
     fast_groups = n_blocks / 4;
     nearest = fast_scan_distances(blocks, fast_groups, n_rows, words, tables.of(planes, query_bits, words), out);
