@@ -21,14 +21,13 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 import fastret
 from fastret.search import core, rules
-from harness import cpu_info
+from harness import batch_seconds, cpu_info
 
 QUERY_BITS = (1, 2, 3, 4)
 
@@ -46,13 +45,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def best_seconds(search, repeats: int) -> float:
-    search()  # warm-up: caches, the kernels' query tables
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        search()
-        best = min(best, time.perf_counter() - start)
-    return best
+    """The least seconds of `repeats` calls of search(), after one to warm up (caches, the kernels' query tables)."""
+    search()
+    return min(batch_seconds(lambda _: search(), None) for _ in range(repeats))
 
 
 def main() -> int:
