@@ -68,9 +68,10 @@ static FASTRET_AVX2 inline __m256i count_bytes(__m256i x, __m256i bit_counts, __
 //            [byte 0 of a, a+1][byte 1 of a, a+1] ...                      (unit j: byte j)
 //   unpack   the 8 x 8 units of the registers' low lanes (and of their high lanes, the same
 //            instructions) transposed: Z[j] holds unit j of 32 rows, byte j of each
-// Z[j]'s byte p belongs to row kFastScanRow[p] (measured once, `fast_scan_rows`). Lookups of two
-// bytes (4 nibbles, each <= 4T = 60) add up in bytes (<= 240), then widen into 16-bit sums of even
-// and odd bytes, exact up to 1,024 dimensions (kFastScanWords; longer rows take the bit counts).
+// Z[j]'s byte p belongs to row fast_scan_rows()[p] (the same for every j; measured once). Lookups
+// of two bytes (4 nibbles, each <= 4T = 60) add up in bytes (<= 240), then widen into 16-bit sums
+// of even and odd bytes (the two rows of each unit), exact up to 1,024 dimensions (kFastScanWords;
+// longer rows take the bit counts).
 
 // The kernel of bit counts on the blocks [block0, block_end) of a tile (rows of those blocks into
 // out[8 * block0 ..]), and the least distance of their valid rows (j < n_rows).
