@@ -28,6 +28,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "simd_paths.h"
 #include "topk_heap.h"
 
@@ -101,6 +105,25 @@ uint32_t distance_limit(float threshold, float base) {
   return static_cast<uint32_t>((base - threshold) / 2.0f);
 }
 
+// Bit j set for each of the n <= 64 distances d[j] <= limit: four rows a compare with SSE2 (every
+// x86-64 CPU; unsigned order as signed after flipping the top bits), one a compare elsewhere. Once
+// a query keeps thousands of candidates most tiles hold one, so this runs on nearly every row.
+uint64_t rows_within(const uint32_t* d, size_t n, uint32_t limit) {
+  uint64_t mask = 0;
+  size_t j = 0;
+#if defined(__SSE2__)
+  const __m128i flip = _mm_set1_epi32(INT32_MIN);
+  const __m128i above = _mm_xor_si128(_mm_set1_epi32(static_cast<int>(limit)), flip);  // d <= limit: not d > limit
+  for (; j + 4 <= n; j += 4) {
+    const __m128i values = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + j)), flip);
+    const int over = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(values, above)));
+    mask |= static_cast<uint64_t>(~over & 0xF) << j;
+  }
+#endif
+  for (; j < n; ++j) mask |= uint64_t(d[j] <= limit) << j;
+  return mask;
+}
+
 // First stage for one block of queries: each thread's reservoirs (reservoirs[t][q]) hold its tiles' best
 // `candidates` rows per query among those whose distance is at most bounds[q].
 void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, size_t query_bits, const Segment* segments,
@@ -132,10 +155,8 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
         uint32_t limit = std::min(bounds[q], distance_limit(reservoir.threshold(), base));
         if (nearest > limit) continue;  // once the reservoir is cut, most tiles: no row can enter it
         for (size_t j0 = 0; j0 < n_rows; j0 += 64) {
-          // the rows of these 64 that may enter, as a mask (branch-free: vectorized), then those alone
-          const size_t n_group = std::min<size_t>(64, n_rows - j0);
-          uint64_t may_enter = 0;
-          for (size_t j = 0; j < n_group; ++j) may_enter |= uint64_t(distances[j0 + j] <= limit) << j;
+          // the rows of these 64 that may enter, as a mask, then those alone
+          uint64_t may_enter = rows_within(distances + j0, std::min<size_t>(64, n_rows - j0), limit);
           for (; may_enter != 0; may_enter &= may_enter - 1) {
             const size_t j = j0 + static_cast<size_t>(__builtin_ctzll(may_enter));
             if (distances[j] > limit || is_deleted(seg.deleted, row0 + j)) continue;  // the limit may have risen
@@ -248,6 +269,7 @@ std::string rerank(const Candidate* chosen, size_t n_chosen, const int8_t* query
   auto prefetch = [&](const Candidate& c) {
     size_t s, row;
     locate(c, s, row);
+    __builtin_prefetch(segments[s].scales + row, 0, 3);  // mapped with the index file: a cache miss each
     if (in_file(s)) return;
     const int8_t* codes = segments[s].codes + row * dim;
     for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 3);
