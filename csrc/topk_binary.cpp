@@ -269,7 +269,6 @@ std::string rerank(const Candidate* chosen, size_t n_chosen, const int8_t* query
   auto prefetch = [&](const Candidate& c) {
     size_t s, row;
     locate(c, s, row);
-    __builtin_prefetch(segments[s].scales + row, 0, 3);  // mapped with the index file: a cache miss each
     if (in_file(s)) return;
     const int8_t* codes = segments[s].codes + row * dim;
     for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 3);
