@@ -72,8 +72,9 @@ def main() -> int:
                                                                 query_bits=bits), args.repeats)
             single = best_seconds(lambda: core.binary_candidates(segments, q_codes[:1], q_scales[:1], 10,
                                                                  oversample=1, query_bits=bits), args.repeats)
-            rates[str(bits)] = {"batch_rows_queries_per_s": args.n * args.queries / batch, "single_query_ms": single * 1e3}
-            print(f"{path:12s} {bits}-bit queries: batch {args.n * args.queries / batch / 1e9:.2f} G rows x queries/s, "
+            rate = args.n * args.queries / batch
+            rates[str(bits)] = {"batch_rows_queries_per_s": rate, "single_query_ms": single * 1e3}
+            print(f"{path:12s} {bits}-bit queries: batch {rate / 1e9:.2f} G rows x queries/s, "
                   f"one query {single * 1e3:.1f} ms", flush=True)
         run["paths"][path] = rates
     if args.json:

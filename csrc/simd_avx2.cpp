@@ -108,7 +108,7 @@ static FASTRET_AVX2 uint32_t bit_count_distances(const uint64_t* blocks, size_t 
     const __m256i mixed = _mm256_blend_epi32(total[0], _mm256_slli_epi64(total[1], 32), 0xAA);
     const __m256i rows = _mm256_permutevar8x32_epi32(mixed, interleaved);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), rows);
-    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min(n_rows - std::min(n_rows, j), kBitBlock))),
+    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min(n_rows - j, kBitBlock))),
                                              lane_index);  // the padding rows left out
     nearest = _mm256_min_epu32(nearest, _mm256_blendv_epi8(_mm256_set1_epi32(-1), rows, valid));
   }
@@ -129,7 +129,8 @@ static FASTRET_AVX2 inline void transpose_word(const uint64_t* group, size_t wor
   for (size_t c = 0; c < 4; ++c)
     for (size_t h = 0; h < 2; ++h)
       r[2 * c + h] = _mm256_shuffle_epi8(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + (c * words + w) * kBitBlock + 4 * h)), pair_bytes);
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + (c * words + w) * kBitBlock + 4 * h)),
+          pair_bytes);
   // an 8 x 8 transpose of 16-bit units in each 128-bit lane: r[i] unit j -> z[j] unit i
   __m256i a[8], b[8];
   for (size_t i = 0; i < 4; ++i) {
@@ -248,7 +249,7 @@ static FASTRET_AVX2 uint32_t fast_scan_distances(const uint64_t* blocks, size_t 
     _mm256_store_si256(reinterpret_cast<__m256i*>(sums[1]), odd);
     uint32_t* group_out = out + g * kFastScanRows;
     for (size_t byte = 0; byte < kFastScanRows; ++byte) group_out[row_of[byte]] = sums[byte & 1][byte >> 1];
-    const size_t valid = std::min(kFastScanRows, n_rows - std::min(n_rows, g * kFastScanRows));
+    const size_t valid = std::min(kFastScanRows, n_rows - g * kFastScanRows);  // a whole group starts before n_rows
     for (size_t j = 0; j < valid; ++j) nearest = std::min(nearest, group_out[j]);
   }
   return nearest;
