@@ -172,32 +172,36 @@ bool binary_kernels_agree(const std::vector<std::string>& paths, std::mt19937& r
   std::uniform_int_distribution<uint64_t> word;
   for (size_t words = 1; words <= 13; ++words) {
     for (size_t query_bits = 1; query_bits <= fastret::kMaxQueryBits; ++query_bits) {
-      const size_t n_rows = 1 + (words * 7 + query_bits) % 70;
-      std::vector<uint64_t> rows(n_rows * words), planes(query_bits * words);
-      for (uint64_t& x : rows) x = word(rng);
-      for (uint64_t& x : planes) x = word(rng);
-      rows[0] = 0;  // extremes: nothing and everything differs
-      for (size_t w = 0; w < words; ++w) rows[(n_rows - 1) * words + w] = ~planes[w];
-      const std::vector<uint64_t> blocks = blocked(rows, n_rows, words);
-      std::vector<uint32_t> got(blocks.size() / words);  // whole blocks: kernels may fill the padding
-      for (const std::string& path : paths) {
-        fastret::set_simd_path(path);
-        const uint32_t nearest = fastret::active_simd_path().binary_distances(blocks.data(), n_rows, words,
-                                                                              planes.data(), query_bits, got.data());
-        uint32_t expected_nearest = UINT32_MAX;
-        for (size_t j = 0; j < n_rows; ++j) {
-          const uint32_t expected = binary_distance_reference(&rows[j * words], planes.data(), words, query_bits);
-          expected_nearest = std::min(expected_nearest, expected);
-          if (got[j] != expected) {
-            std::printf("FAIL: path %s binary_distances, words %zu, query_bits %zu, row %zu\n", path.c_str(), words,
-                        query_bits, j);
+      for (bool nearest_last : {false, true}) {
+        const size_t n_rows = 1 + (words * 7 + query_bits) % 70;
+        std::vector<uint64_t> rows(n_rows * words), planes(query_bits * words);
+        for (uint64_t& x : rows) x = word(rng);
+        for (uint64_t& x : planes) x = word(rng);
+        rows[0] = 0;  // extremes: nothing and everything differs
+        for (size_t w = 0; w < words; ++w) rows[(n_rows - 1) * words + w] = ~planes[w];
+        if (nearest_last)  // the last row (often beside padding rows) the nearest: the query's signs
+          for (size_t w = 0; w < words; ++w) rows[(n_rows - 1) * words + w] = planes[(query_bits - 1) * words + w];
+        const std::vector<uint64_t> blocks = blocked(rows, n_rows, words);
+        std::vector<uint32_t> got(blocks.size() / words);  // whole blocks: kernels may fill the padding
+        for (const std::string& path : paths) {
+          fastret::set_simd_path(path);
+          const uint32_t nearest = fastret::active_simd_path().binary_distances(blocks.data(), n_rows, words,
+                                                                                planes.data(), query_bits, got.data());
+          uint32_t expected_nearest = UINT32_MAX;
+          for (size_t j = 0; j < n_rows; ++j) {
+            const uint32_t expected = binary_distance_reference(&rows[j * words], planes.data(), words, query_bits);
+            expected_nearest = std::min(expected_nearest, expected);
+            if (got[j] != expected) {
+              std::printf("FAIL: path %s binary_distances, words %zu, query_bits %zu, row %zu\n", path.c_str(), words,
+                          query_bits, j);
+              return false;
+            }
+          }
+          if (nearest != expected_nearest) {  // the padding rows (zero bits: often the nearest) must not count
+            std::printf("FAIL: path %s binary_distances returned %u, the nearest row is at %u (words %zu, bits %zu)\n",
+                        path.c_str(), nearest, expected_nearest, words, query_bits);
             return false;
           }
-        }
-        if (nearest != expected_nearest) {  // the padding rows (zero bits: often the nearest) must not count
-          std::printf("FAIL: path %s binary_distances returned %u, the nearest row is at %u (words %zu, bits %zu)\n",
-                      path.c_str(), nearest, expected_nearest, words, query_bits);
-          return false;
         }
       }
     }
