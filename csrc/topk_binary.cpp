@@ -2,13 +2,14 @@
 //
 // Work layout for one block of queries:
 //   the rows of all segments are cut into kBitTile-row tiles (a segment's last tile may be short),
-//   numbered across segments; threads take contiguous ranges of tiles;
+//   numbered across segments; threads take chunks of kScanChunkTiles tiles, the next as they finish one;
 //   for each tile (kBitTile x 48 bytes at 384 dims: L1-resident; whole blocks of kBitBlock rows, so
 //   row0 * words is where its bits start) the path's binary kernel computes
 //   every query's distances, and rows whose score reaches a query's current threshold are
 //   offered to that query's private reservoir of `candidates` (topk_heap.h: O(1) an offer, as a
 //   query may keep tens of thousands);
-//   the threads' reservoirs of each query are merged into its candidates, whose int8 rows are then
+//   each thread cuts its reservoirs to their best, then those of each query are merged into its
+//   candidates (cut to the best `candidates`, split into row ranges), whose int8 rows are then
 //   read (prefetched through the codes pointer a few rows ahead, or with pread from the codes
 //   file) and scored exactly, in parallel over the queries and, when the block has fewer queries
 //   than threads, over slices of each query's candidates (their k best merged after).
@@ -44,6 +45,9 @@ namespace {
 
 constexpr size_t kBitTile = 256;
 static_assert(kBitTile % kBitBlock == 0, "tiles start at a block");
+// Tiles a thread takes at once in the scan: chunks handed out as threads finish theirs, so that a
+// thread slowed down (by the OS, another process) does not leave the others waiting.
+constexpr size_t kScanChunkTiles = 64;
 constexpr size_t kMaxDim = 65536;  // |first-stage score| <= dim * 255 stays exact in float32
 // Candidate entries held at once (threads x queries in a block x 2 candidates: a reservoir's buffer).
 constexpr size_t kCandidateBudget = size_t(1) << 22;
@@ -97,6 +101,9 @@ struct BitTiles {
   }
 };
 
+// Candidates in the order of their rows.
+bool by_row(const Candidate& a, const Candidate& b) { return a.row < b.row; }
+
 // The largest kernel output whose score (base - 2 * distance) can still enter a reservoir whose
 // threshold is `threshold` (-inf before its first cut: every row can). Scores are integers, exact
 // in float, so the limit is exact and a tie with the threshold is offered (the cut breaks it by id).
@@ -136,13 +143,14 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
   {
 #ifdef _OPENMP
     const size_t t = static_cast<size_t>(omp_get_thread_num());
-    const size_t team = static_cast<size_t>(omp_get_num_threads());
 #else
-    const size_t t = 0, team = 1;
+    const size_t t = 0;
 #endif
     uint32_t distances[kBitTile];  // kernels fill whole blocks: kBitTile is a multiple of kBitBlock
-    size_t segment = 0;
-    for (size_t tile = t * n_tiles / team; tile < (t + 1) * n_tiles / team; ++tile) {
+    size_t segment = 0;            // a thread's chunks come in increasing order: its segment only moves on
+#pragma omp for schedule(dynamic, kScanChunkTiles) nowait
+    for (long tile_number = 0; tile_number < static_cast<long>(n_tiles); ++tile_number) {
+      const size_t tile = static_cast<size_t>(tile_number);
       while (tiles.first_tile[segment + 1] <= tile) ++segment;
       const Segment& seg = segments[segment];
       const size_t row0 = (tile - tiles.first_tile[segment]) * kBitTile;
@@ -167,6 +175,7 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
         }
       }
     }
+    for (Reservoir& mine : reservoirs[t]) mine.items();  // each thread cuts its own to their best, at once
   }
 }
 
@@ -357,8 +366,11 @@ void topk_binary(const int8_t* queries, const float* query_scales, const uint64_
                          better);
         merged.resize(candidates);
       }
-      // in row order: the re-ranking reads the codes (pages, or the file) front to back
-      std::sort(merged.begin(), merged.end(), [](const Candidate& a, const Candidate& b) { return a.row < b.row; });
+      // each slice's rows before the next one's (each is sorted where it is re-ranked, in parallel)
+      for (size_t slice = 1; slice < slices; ++slice)
+        std::nth_element(merged.begin() + static_cast<std::ptrdiff_t>((slice - 1) * merged.size() / slices),
+                         merged.begin() + static_cast<std::ptrdiff_t>(slice * merged.size() / slices), merged.end(),
+                         by_row);
     }
     best.assign(n_block * slices, TopK(k));
     const int rerank_threads = static_cast<int>(std::min(n_threads, n_block * slices));
@@ -371,6 +383,9 @@ void topk_binary(const int8_t* queries, const float* query_scales, const uint64_
       const size_t q = static_cast<size_t>(item) / slices, slice = static_cast<size_t>(item) % slices;
       const size_t query = q0 + q, n_chosen = chosen[q].size();
       const size_t begin = slice * n_chosen / slices, end = (slice + 1) * n_chosen / slices;
+      // in row order: the re-ranking reads the codes (pages, or the file) front to back
+      std::sort(chosen[q].begin() + static_cast<std::ptrdiff_t>(begin),
+                chosen[q].begin() + static_cast<std::ptrdiff_t>(end), by_row);
       std::string error = rerank(chosen[q].data() + begin, end - begin, queries + query * dim, query_scales[query],
                                  segments, codes_files, tiles, dim, best[item]);
       if (!error.empty()) {
