@@ -96,9 +96,6 @@ struct BitTiles {
   size_t segment_of_tile(size_t tile) const {
     return static_cast<size_t>(std::upper_bound(first_tile.begin(), first_tile.end(), tile) - first_tile.begin()) - 1;
   }
-  size_t segment_of_row(size_t global_row) const {
-    return static_cast<size_t>(std::upper_bound(first_row.begin(), first_row.end(), global_row) - first_row.begin()) - 1;
-  }
 };
 
 // Candidates in the order of their rows.
@@ -270,52 +267,57 @@ bool read_cached(const CodesFile& file, size_t row, size_t dim, int8_t* buffer) 
 std::string rerank(const Candidate* chosen, size_t n_chosen, const int8_t* query, float query_scale,
                    const Segment* segments, const CodesFile* codes_files, const BitTiles& tiles, size_t dim,
                    TopK& best) {
-  auto locate = [&](const Candidate& c, size_t& s, size_t& row) {
-    s = tiles.segment_of_row(static_cast<size_t>(c.row));
-    row = static_cast<size_t>(c.row) - tiles.first_row[s];
+  // Each candidate's segment, row there and scale, gathered first (the candidates come in row order):
+  // the scales' loads, each from another page of the mapping, overlap in this loop, where inside the
+  // one below each waited for memory (most of that loop's time outside its system calls).
+  struct Located {
+    size_t segment, row;
+    float scale;
   };
+  std::vector<Located> where(n_chosen);
+  for (size_t i = 0, s = 0; i < n_chosen; ++i) {
+    const size_t global_row = static_cast<size_t>(chosen[i].row);
+    if (global_row < tiles.first_row[s]) s = 0;  // out of row order: look from the first segment again
+    while (tiles.first_row[s + 1] <= global_row) ++s;
+    const size_t row = global_row - tiles.first_row[s];
+    where[i] = {s, row, segments[s].scales[row]};
+  }
   auto in_file = [&](size_t s) { return codes_files != nullptr && codes_files[s].fd >= 0; };
-  auto prefetch = [&](const Candidate& c) {
-    size_t s, row;
-    locate(c, s, row);
-    if (in_file(s)) return;
-    const int8_t* codes = segments[s].codes + row * dim;
+  auto prefetch = [&](const Located& at) {
+    if (in_file(at.segment)) return;
+    const int8_t* codes = segments[at.segment].codes + at.row * dim;
     for (size_t byte = 0; byte < dim; byte += 64) __builtin_prefetch(codes + byte, 0, 3);
   };
-  for (size_t i = 0; i < std::min(n_chosen, kPrefetchAhead); ++i) prefetch(chosen[i]);
+  for (size_t i = 0; i < std::min(n_chosen, kPrefetchAhead); ++i) prefetch(where[i]);
   std::vector<int8_t> buffer(dim);
   std::vector<size_t> waiting;  // candidates of codes files whose rows are not in the page cache
   for (size_t i = 0; i < n_chosen; ++i) {
-    if (i + kPrefetchAhead < n_chosen) prefetch(chosen[i + kPrefetchAhead]);
-    size_t s, row;
-    locate(chosen[i], s, row);
-    const int8_t* codes = segments[s].codes + row * dim;
-    if (in_file(s)) {
-      if (!read_cached(codes_files[s], row, dim, buffer.data())) {
+    if (i + kPrefetchAhead < n_chosen) prefetch(where[i + kPrefetchAhead]);
+    const Located& at = where[i];
+    const int8_t* codes = segments[at.segment].codes + at.row * dim;
+    if (in_file(at.segment)) {
+      if (!read_cached(codes_files[at.segment], at.row, dim, buffer.data())) {
         waiting.push_back(i);
         continue;
       }
       codes = buffer.data();
     }
-    best.offer(row_score(query, query_scale, codes, segments[s].scales[row], dim), chosen[i].id, chosen[i].row);
+    best.offer(row_score(query, query_scale, codes, at.scale, dim), chosen[i].id, chosen[i].row);
   }
 #ifdef POSIX_FADV_WILLNEED  // (not on macOS: there each read waits for its own row)
-  for (size_t i : waiting) {  // rows at random: the OS starts reading them all at once (the reads
-    size_t s, row;            // below wait less)
-    locate(chosen[i], s, row);
-    posix_fadvise(codes_files[s].fd, static_cast<off_t>(codes_files[s].offset + row * dim), static_cast<off_t>(dim),
+  for (size_t i : waiting) {  // rows at random: the OS starts reading them all at once (the reads below wait less)
+    const CodesFile& file = codes_files[where[i].segment];
+    posix_fadvise(file.fd, static_cast<off_t>(file.offset + where[i].row * dim), static_cast<off_t>(dim),
                   POSIX_FADV_WILLNEED);
   }
 #endif
   for (size_t i : waiting) {
-    size_t s, row;
-    locate(chosen[i], s, row);
-    const std::string failed = read_row(codes_files[s], row, dim, buffer.data());
+    const Located& at = where[i];
+    const std::string failed = read_row(codes_files[at.segment], at.row, dim, buffer.data());
     if (!failed.empty())
-      return "could not read row " + std::to_string(row) + " of segment " + std::to_string(s) + "'s codes file: " +
-             failed;
-    best.offer(row_score(query, query_scale, buffer.data(), segments[s].scales[row], dim), chosen[i].id,
-               chosen[i].row);
+      return "could not read row " + std::to_string(at.row) + " of segment " + std::to_string(at.segment) +
+             "'s codes file: " + failed;
+    best.offer(row_score(query, query_scale, buffer.data(), at.scale, dim), chosen[i].id, chosen[i].row);
   }
   return {};
 }
