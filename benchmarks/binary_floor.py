@@ -39,6 +39,7 @@ from pathlib import Path  # noqa: E402
 
 import fastret  # noqa: E402
 from binary_search import make_queries  # noqa: E402
+from filtered_search import add_store_arguments, store_dir, write_store  # noqa: E402
 from fastret.search import binary  # noqa: E402
 from fastret.storage import store  # noqa: E402
 from harness import cpu_info, finish, median_latency, verdict  # noqa: E402
@@ -48,11 +49,7 @@ SEARCHES = ("exact int8", "scan", "defaults")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10_000_000, help="vectors in the store (default 10M)")
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--shards", type=int, default=20, help="shards the store is written in")
-    parser.add_argument("--dir", type=Path, help="the store (default benchmarks/.cache/filtered-N-dim, shared "
-                                                 "with binary_search.py and filtered_search.py)")
+    add_store_arguments(parser)
     parser.add_argument("--threads", default=None,
                         help="comma-separated thread counts (default: 1 and every core this process may use)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds taking the three searches in turns")
@@ -63,7 +60,7 @@ def parse_args() -> argparse.Namespace:
                         help="run fastret on this SIMD path (fastret.available_simd_paths(); default: the best)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    args.dir = args.dir or Path(__file__).resolve().parent / ".cache" / f"filtered-{args.n}-{args.dim}"
+    args.dir = store_dir(args)
     cores = len(os.sched_getaffinity(0))
     try:
         args.threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
@@ -108,8 +105,6 @@ def main() -> int:
     args = parse_args()
     if args.simd_path:
         fastret.set_simd_path(args.simd_path)
-    from filtered_search import write_store
-
     command = shlex.join([sys.executable, *sys.argv])
     print(f"command: {command}\nstore: {args.dir}", flush=True)
     write_store(args.dir, args.n, args.dim, args.shards)

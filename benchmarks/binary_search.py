@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 import fastret  # noqa: E402
 from fastret.search import binary  # noqa: E402
 from fastret.storage import sign_bits, store  # noqa: E402
+from filtered_search import SEED, add_store_arguments, shard_vectors, store_dir, write_store  # noqa: E402
 from harness import batch_seconds, cpu_info, finish, median_latency, recall_at_k, verdict  # noqa: E402
 
 OVERSAMPLES = (1, 2, 4, 10, 20)
@@ -61,11 +62,7 @@ OVERSAMPLES = (1, 2, 4, 10, 20)
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10_000_000, help="vectors in the store (default 10M)")
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--shards", type=int, default=20, help="shards the store is written in")
-    parser.add_argument("--dir", type=Path, help="the store (default benchmarks/.cache/filtered-N-dim, shared "
-                                                 "with filtered_search.py)")
+    add_store_arguments(parser)
     parser.add_argument("--queries", type=int, default=1000, help="batch size (default 1,000)")
     parser.add_argument("--singles", type=int, default=50, help="single queries timed (median)")
     parser.add_argument("--rss-queries", type=int, default=1000, help="single queries before the resident set is read")
@@ -81,7 +78,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    args.dir = args.dir or Path(__file__).resolve().parent / ".cache" / f"filtered-{args.n}-{args.dim}"
+    args.dir = store_dir(args)
     return args
 
 
@@ -120,8 +117,6 @@ def planted_recall(index, k: int, count: int) -> dict:
 
 def make_queries(count: int, dim: int) -> np.ndarray:
     """float32 [count, dim]: unit vectors drawn as the store's are (filtered_search's generator)."""
-    from filtered_search import SEED, shard_vectors
-
     mean = np.random.default_rng(SEED).standard_normal(dim).astype(np.float32) * 0.5
     return shard_vectors(np.random.default_rng(SEED + 1), count, dim, mean)
 
@@ -260,8 +255,6 @@ def main() -> int:
         fastret.set_simd_path(args.simd_path)
     if args.rss_child:
         return rss_child(args)
-    from filtered_search import write_store
-
     command = shlex.join([sys.executable, *sys.argv])
     print(f"command: {command}\nstore: {args.dir}")
     write_store(args.dir, args.n, args.dim, args.shards)

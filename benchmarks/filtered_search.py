@@ -55,19 +55,31 @@ FILTERS = {
 }
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """--n, --dim, --shards and --dir: the store `write_store` writes (or reuses), which
+    binary_search.py and binary_floor.py search too; `store_dir` resolves --dir."""
     parser.add_argument("--n", type=int, default=10_000_000, help="vectors in the store (default 10M)")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--shards", type=int, default=20, help="shards the store is written in")
-    parser.add_argument("--dir", type=Path, help="the store (default benchmarks/.cache/filtered-N-dim)")
+    parser.add_argument("--dir", type=Path, help="the store (default benchmarks/.cache/filtered-N-dim, shared by "
+                                                 "filtered_search.py, binary_search.py and binary_floor.py)")
+
+
+def store_dir(args: argparse.Namespace) -> Path:
+    """--dir, or the store's default place for --n and --dim."""
+    return args.dir or Path(__file__).resolve().parent / ".cache" / f"filtered-{args.n}-{args.dim}"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_store_arguments(parser)
     parser.add_argument("--queries", type=int, default=100, help="batch size (default 100)")
     parser.add_argument("--singles", type=int, default=20, help="single queries timed (median)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--skip-faiss", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    args.dir = args.dir or Path(__file__).resolve().parent / ".cache" / f"filtered-{args.n}-{args.dim}"
+    args.dir = store_dir(args)
     return args
 
 
