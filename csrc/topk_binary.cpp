@@ -2,7 +2,7 @@
 //
 // Work layout for one block of queries:
 //   the rows of all segments are cut into kBitTile-row tiles (a segment's last tile may be short),
-//   numbered across segments; threads take chunks of kScanChunkTiles tiles, the next as they finish one;
+//   numbered across segments; threads take chunks of up to kScanChunkTiles tiles, the next as they finish one;
 //   for each tile (kBitTile x 48 bytes at 384 dims: L1-resident; whole blocks of kBitBlock rows, so
 //   row0 * words is where its bits start) the path's binary kernel computes
 //   every query's distances, and rows whose score reaches a query's current threshold are
@@ -45,9 +45,11 @@ namespace {
 
 constexpr size_t kBitTile = 256;
 static_assert(kBitTile % kBitBlock == 0, "tiles start at a block");
-// Tiles a thread takes at once in the scan: chunks handed out as threads finish theirs, so that a
-// thread slowed down (by the OS, another process) does not leave the others waiting.
+// Tiles a thread takes at once in the scan (at most; at least kScanChunksPerThread chunks a thread):
+// chunks handed out as threads finish theirs, so that a thread slowed down (by the OS, another
+// process) does not leave the others waiting.
 constexpr size_t kScanChunkTiles = 64;
+constexpr size_t kScanChunksPerThread = 4;
 constexpr size_t kMaxDim = 65536;  // |first-stage score| <= dim * 255 stays exact in float32
 // Candidate entries held at once (threads x queries in a block x 2 candidates: a reservoir's buffer).
 constexpr size_t kCandidateBudget = size_t(1) << 22;
@@ -136,6 +138,8 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
   const size_t n_tiles = tiles.n_tiles();
   const int n_threads = static_cast<int>(reservoirs.size());
   const float base = static_cast<float>(dim * ((size_t(1) << query_bits) - 1));
+  const size_t most = n_tiles / (kScanChunksPerThread * static_cast<size_t>(n_threads));
+  const int chunk = static_cast<int>(std::max<size_t>(1, std::min(kScanChunkTiles, most)));
 #pragma omp parallel num_threads(n_threads)
   {
 #ifdef _OPENMP
@@ -145,7 +149,7 @@ void scan_bits(const SimdPath& path, const uint64_t* planes, size_t n_block, siz
 #endif
     uint32_t distances[kBitTile];  // kernels fill whole blocks: kBitTile is a multiple of kBitBlock
     size_t segment = 0;            // a thread's chunks come in increasing order: its segment only moves on
-#pragma omp for schedule(dynamic, kScanChunkTiles) nowait
+#pragma omp for schedule(dynamic, chunk) nowait
     for (long tile_number = 0; tile_number < static_cast<long>(n_tiles); ++tile_number) {
       const size_t tile = static_cast<size_t>(tile_number);
       while (tiles.first_tile[segment + 1] <= tile) ++segment;
