@@ -111,7 +111,7 @@ def main() -> int:
     store.write_missing_bits(args.dir, show_progress_bar=True)
     index = fastret.Index.load(args.dir, verify=False)
     queries = make_queries(args.rounds * args.singles, args.dim)
-    candidates = args.k * binary.auto_oversample(len(index), args.k)
+    candidates = min(args.k * binary.auto_oversample(len(index), args.k), len(index))  # as the core keeps them
     index.search(queries[:1], args.k)  # exact int8 first: it reads every code into the page cache
 
     by_threads = {}

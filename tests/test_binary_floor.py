@@ -7,13 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fastret.search import binary
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_small_run_reports_every_search_and_what_they_allow(tmp_path):
-    rows, k = 4_000, 5
+@pytest.mark.parametrize("rows", [4_000, 60])  # 60: fewer rows than the defaults' candidates, all of them kept
+def test_a_small_run_reports_every_search_and_what_they_allow(tmp_path, rows):
+    k = 5
     done = subprocess.run([sys.executable, "binary_floor.py", "--n", str(rows), "--shards", "2", "--dir",
                            str(tmp_path / "store"), "--threads", "1,2", "--rounds", "2", "--singles", "2", "--k", str(k),
                            "--json", str(tmp_path / "floor.json")],
@@ -26,7 +29,7 @@ def test_a_small_run_reports_every_search_and_what_they_allow(tmp_path):
     for row in report["by_threads"].values():
         for search in ("exact int8", "scan", "defaults"):
             assert len(row[search]["rounds_ms"]) == 2 and row[search]["single_ms"] > 0
-        assert row["candidates"] == k * binary.auto_oversample(rows, k)
+        assert row["candidates"] == min(k * binary.auto_oversample(rows, k), rows)
         assert row["speedup_defaults"] == row["exact int8"]["single_ms"] / row["defaults"]["single_ms"]
         assert row["per_candidate_us"] >= 0
 
